@@ -1,0 +1,1 @@
+"""Pricing, usage, cost and generation records."""

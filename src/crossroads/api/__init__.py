@@ -1,0 +1,1 @@
+"""HTTP endpoints (thin): each parses, calls the pipeline, renders."""

@@ -1,0 +1,97 @@
+"""A minimal ASGI toolkit: the gateway's hot path needs a request's headers and body and a way to answer, nothing more
+(no middleware stack, no dependency injection, no per-request object graph)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+
+from crossroads.errors import GatewayError
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]
+
+
+class Request:
+    __slots__ = ("scope", "receive", "send", "headers", "path_params", "body")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, path_params: dict[str, str] | None = None) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        # ASGI servers give lower-case header names; the last value of a repeated header wins.
+        self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        self.path_params = path_params or {}
+        self.body = b""
+
+    @property
+    def method(self) -> str:
+        return self.scope["method"]
+
+    @property
+    def path(self) -> str:
+        return self.scope["path"]
+
+    def header(self, name: str) -> str | None:
+        value = self.headers.get(name.encode())
+        return value.decode("latin-1") if value is not None else None
+
+    def query(self) -> dict[str, str]:
+        from urllib.parse import parse_qsl
+
+        return dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
+
+    async def read_body(self, limit: int) -> bytes:
+        length = self.headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise GatewayError(413, f"Request body too large: {int(length)} bytes, the limit is {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise GatewayError(413, f"Request body too large: over {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        self.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self.body
+
+
+class ClientGone(Exception):
+    """The client disconnected; there is nobody to answer."""
+
+
+def _header_list(headers: dict[str, str] | Iterable[tuple[bytes, bytes]] | None) -> list[tuple[bytes, bytes]]:
+    if not headers:
+        return []
+    if isinstance(headers, dict):
+        return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return list(headers)
+
+
+async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+                  content_type: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*content_type, (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await respond(send, status, orjson.dumps(payload), headers)
+
+
+async def respond_error(send: Send, error: GatewayError) -> None:
+    await respond(send, error.status, error.body(), _header_list(error.headers))

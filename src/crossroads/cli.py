@@ -1,0 +1,84 @@
+"""The `crossroads` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from crossroads import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossroads", description="Self-hosted, OpenRouter-compatible LLM gateway")
+    parser.add_argument("--version", action="version", version=f"crossroads {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML configuration file (default: $CROSSROADS_CONFIG, else the environment)")
+    serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    from crossroads.config import ConfigError, ensure_master_key, load_config
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: "
+                                                                                "%(message)s")
+    if args.workers < 1:
+        print("crossroads: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.config:
+        os.environ["CROSSROADS_CONFIG"] = os.path.abspath(args.config)
+    try:
+        config = load_config(os.environ.get("CROSSROADS_CONFIG") or None)
+        key, generated = ensure_master_key(config)
+    except ConfigError as exc:
+        print(f"crossroads: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"crossroads: cannot prepare data_dir {config.server.data_dir!r}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
+    if generated:
+        # Shown once; afterwards it is only in data_dir/master_key (mode 0600).
+        print(f"crossroads: generated a master key (stored in {os.path.join(config.server.data_dir, 'master_key')}):"
+              f"\n\n    {key}\n", file=sys.stderr, flush=True)
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    if not config.providers:
+        print("crossroads: warning: no provider connections configured (set OPENAI_API_KEY, ANTHROPIC_API_KEY, ... or "
+              "use --config)", file=sys.stderr)
+
+    import uvicorn
+
+    options = {
+        "host": host, "port": port, "workers": args.workers, "lifespan": "on", "access_log": False,
+        "log_level": args.log_level, "timeout_graceful_shutdown": int(config.server.shutdown_grace),
+        "http": "httptools", "server_header": False, "date_header": False,
+    }
+    try:
+        import uvloop  # noqa: F401
+
+        options["loop"] = "uvloop"
+    except ImportError:
+        options["loop"] = "asyncio"
+    print(f"crossroads {__version__}: {len(config.providers)} connection(s) from {config.source}; "
+          f"listening on http://{host}:{port}", file=sys.stderr, flush=True)
+    if args.workers == 1:
+        from crossroads.api.app import Gateway
+
+        uvicorn.run(Gateway(config), **options)
+    else:
+        uvicorn.run("crossroads.api.app:create_app", factory=True, **options)
+    return 0

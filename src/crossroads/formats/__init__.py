@@ -1,0 +1,1 @@
+"""Client-facing wire formats. Chat Completions is the canonical internal shape."""

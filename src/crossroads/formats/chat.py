@@ -1,0 +1,249 @@
+"""OpenAI Chat Completions as OpenRouter extends it: request checks and response/stream rendering.
+
+Validation checks the types of the fields the gateway and its adapters read, and names the field in the error;
+everything else passes through untouched (no whole-body model validation on the hot path).
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from typing import Any
+
+import orjson
+
+from crossroads.accounting.pricing import completion_cost, prompt_cost
+from crossroads.catalog import Pricing
+from crossroads.errors import GatewayError
+from crossroads.providers.base import Usage
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+_NUMBER = (int, float)
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__)
+
+
+def _fail(field: str, expected: str, value: Any) -> GatewayError:
+    return GatewayError(400, f"Invalid request: '{field}' must be {expected}, got {_kind(value)}",
+                        metadata={"field": field})
+
+
+def _check(body: dict[str, Any], field: str, kinds: type | tuple[type, ...], expected: str) -> Any:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise _fail(field, expected, value)
+    if not isinstance(value, kinds):
+        raise _fail(field, expected, value)
+    return value
+
+
+# field -> (accepted types, description for the error message)
+_SCALAR_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "stream": (bool, "a boolean"),
+    "max_tokens": (int, "an integer"),
+    "max_completion_tokens": (int, "an integer"),
+    "temperature": (_NUMBER, "a number"),
+    "top_p": (_NUMBER, "a number"),
+    "top_k": (_NUMBER, "a number"),
+    "min_p": (_NUMBER, "a number"),
+    "top_a": (_NUMBER, "a number"),
+    "frequency_penalty": (_NUMBER, "a number"),
+    "presence_penalty": (_NUMBER, "a number"),
+    "repetition_penalty": (_NUMBER, "a number"),
+    "seed": (int, "an integer"),
+    "logit_bias": (dict, "an object"),
+    "tools": (list, "an array"),
+    "tool_choice": ((str, dict), "a string or an object"),
+    "parallel_tool_calls": (bool, "a boolean"),
+    "response_format": (dict, "an object"),
+    "user": (str, "a string"),
+    "reasoning": (dict, "an object"),
+    "stream_options": (dict, "an object"),
+    "models": (list, "an array of model ids"),
+    "provider": (dict, "an object"),
+    "transforms": (list, "an array of strings"),
+    "prompt": (str, "a string"),
+    "stop": ((str, list), "a string or an array of strings"),
+    "metadata": (dict, "an object"),
+}
+
+
+def parse_chat_request(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise GatewayError(400, "Invalid request: the body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(400, f"Invalid JSON in request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, f"Invalid request: the body must be a JSON object, got {_kind(body)}")
+    model = body.get("model")
+    if model is None and isinstance(body.get("models"), list) and body["models"]:
+        model = body["model"] = body["models"][0]
+    if not isinstance(model, str) or not model:
+        raise _fail("model", "a non-empty string", model) if model is not None else GatewayError(
+            400, "Invalid request: 'model' is required", metadata={"field": "model"})
+    for field, (kinds, expected) in _SCALAR_FIELDS.items():
+        if field in body:
+            _check(body, field, kinds, expected)
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = body.get(field)
+        if value is not None and value < 1:
+            raise GatewayError(400, f"Invalid request: '{field}' must be at least 1, got {value}",
+                               metadata={"field": field})
+    stop = body.get("stop")
+    if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
+        raise _fail("stop", "a string or an array of strings", stop)
+    messages = body.get("messages")
+    if messages is None:
+        if body.get("prompt") is None:
+            raise GatewayError(400, "Invalid request: 'messages' (or 'prompt') is required",
+                               metadata={"field": "messages"})
+    else:
+        _check_messages(messages)
+    tools = body.get("tools")
+    if tools:
+        for i, tool in enumerate(tools):
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise GatewayError(400, f"Invalid request: 'tools[{i}].function.name' must be a string",
+                                   metadata={"field": f"tools[{i}].function.name"})
+    fmt = body.get("response_format")
+    if fmt is not None and fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise GatewayError(400, "Invalid request: 'response_format.type' must be one of text, json_object, "
+                                "json_schema", metadata={"field": "response_format.type"})
+    if fmt is not None and fmt.get("type") == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
+        raise _fail("response_format.json_schema", "an object", fmt.get("json_schema"))
+    return body
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list):
+        raise _fail("messages", "an array", messages)
+    if not messages:
+        raise GatewayError(400, "Invalid request: 'messages' must not be empty", metadata={"field": "messages"})
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _fail(f"messages[{i}]", "an object", message)
+        role = message.get("role")
+        if role not in ROLES:
+            raise GatewayError(400, f"Invalid request: 'messages[{i}].role' must be one of "
+                                    f"{', '.join(sorted(ROLES))}, got {role!r}", metadata={"field": f"messages[{i}].role"})
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise _fail(f"messages[{i}].content", "a string or an array of content parts", content)
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise GatewayError(400, f"Invalid request: 'messages[{i}].content[{j}].type' must be a string",
+                                       metadata={"field": f"messages[{i}].content[{j}].type"})
+        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise GatewayError(400, f"Invalid request: 'messages[{i}].tool_call_id' is required for tool messages",
+                               metadata={"field": f"messages[{i}].tool_call_id"})
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None and not isinstance(tool_calls, list):
+            raise _fail(f"messages[{i}].tool_calls", "an array", tool_calls)
+
+
+def new_generation_id() -> str:
+    return f"gen-{int(time.time())}-{''.join(secrets.choice(_ALPHABET) for _ in range(20))}"
+
+
+def usage_payload(usage: Usage, pricing: Pricing) -> dict[str, Any]:
+    p_cost = prompt_cost(usage, pricing)
+    c_cost = completion_cost(usage, pricing)
+    cost = round(p_cost + c_cost, 12)
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cost": cost,
+        "is_byok": False,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens,
+                                  "cache_write_tokens": usage.cache_write_tokens},
+        "cost_details": {"upstream_inference_cost": cost,
+                         "upstream_inference_prompt_cost": round(p_cost, 12),
+                         "upstream_inference_completions_cost": round(c_cost, 12)},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def wants_reasoning(body: dict[str, Any]) -> bool:
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("exclude"):
+        return False
+    return body.get("include_reasoning") is not False
+
+
+class ChatRenderer:
+    """Stamps OpenRouter's fields on what a translator produced and renders it for the client."""
+
+    __slots__ = ("generation_id", "model", "provider", "created", "include_reasoning", "_stamp")
+
+    def __init__(self, generation_id: str, model: str, provider: str, *, include_reasoning: bool = True) -> None:
+        self.generation_id = generation_id
+        self.model = model
+        self.provider = provider
+        self.created = int(time.time())
+        self.include_reasoning = include_reasoning
+        self._stamp = {"id": generation_id, "object": "chat.completion.chunk", "created": self.created,
+                       "model": model, "provider": provider}
+
+    def completion(self, result: dict[str, Any], usage: Usage, pricing: Pricing) -> bytes:
+        choices = result.get("choices") or []
+        for choice in choices:
+            message = choice.setdefault("message", {"role": "assistant", "content": None})
+            message.setdefault("role", "assistant")
+            message.setdefault("content", None)
+            message.setdefault("refusal", None)
+            if not self.include_reasoning:
+                message.pop("reasoning", None)
+                message.pop("reasoning_details", None)
+            else:
+                message.setdefault("reasoning", None)
+            choice.setdefault("logprobs", None)
+        out = {
+            "id": self.generation_id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "provider": self.provider,
+            "system_fingerprint": result.get("system_fingerprint"),
+            "choices": choices,
+            "usage": usage_payload(usage, pricing),
+        }
+        if result.get("service_tier") is not None:
+            out["service_tier"] = result["service_tier"]
+        return orjson.dumps(out)
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        if not self.include_reasoning:
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta")
+                if delta:
+                    delta.pop("reasoning", None)
+                    delta.pop("reasoning_details", None)
+        chunk.update(self._stamp)
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def usage_chunk(self, usage: Usage, pricing: Pricing) -> bytes:
+        return b"data: " + orjson.dumps({**self._stamp, "choices": [], "usage": usage_payload(usage, pricing)}) + b"\n\n"
+
+    def error_chunk(self, code: int | str, message: str, metadata: dict[str, Any] | None = None) -> bytes:
+        error: dict[str, Any] = {"code": code, "message": message}
+        if metadata:
+            error["metadata"] = metadata
+        return b"data: " + orjson.dumps({
+            **self._stamp, "error": error,
+            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error",
+                         "native_finish_reason": "error"}],
+        }) + b"\n\n"

@@ -1,0 +1,1 @@
+"""Authentication, key policy, credit and rate limits."""

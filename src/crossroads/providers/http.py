@@ -1,0 +1,56 @@
+"""Pooled upstream HTTP: one aiohttp session per connection, and an SSE reader for upstream streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+
+class UpstreamClient:
+    """One pooled aiohttp session per connection, created inside the worker's event loop on first use."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        # Non-stream: the whole exchange is bounded. Stream: connecting and each read are bounded, not the total,
+        # since a long generation may legitimately stream for many minutes.
+        self.unary_timeout = aiohttp.ClientTimeout(total=timeout)
+        self.stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+            # auto_decompress stays on; cookies would leak state between clients, so none are kept.
+            session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                            skip_auto_headers=("User-Agent",))
+            self._session = session
+        return session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, bytes]]:
+    """Yield (event name, data) per server-sent event; comments and ids are skipped."""
+    event: str | None = None
+    data: list[bytes] = []
+    async for raw_line in response.content:
+        line = raw_line.rstrip(b"\r\n")
+        if not line:
+            if data:
+                yield event, data[0] if len(data) == 1 else b"\n".join(data)
+            event, data = None, []
+            continue
+        if line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode("utf-8", "replace")
+        # ':' comments, 'id:' and 'retry:' carry nothing the gateway needs.
+    if data:
+        yield event, data[0] if len(data) == 1 else b"\n".join(data)

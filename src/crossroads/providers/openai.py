@@ -1,0 +1,157 @@
+"""OpenAI Chat Completions upstreams: OpenAI itself and every OpenAI-compatible server (vLLM, Ollama, Groq, DeepSeek,
+Together, Mistral, OpenRouter, ...).
+
+The canonical shape *is* this API, so the request goes through nearly untouched: the model name is replaced, fields
+only OpenRouter understands are removed (unless the upstream is OpenRouter), and parameters the vendor rejects are
+dropped. Responses get finish reasons normalised and `reasoning_content` (DeepSeek, vLLM) renamed to `reasoning`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from crossroads.config import ConnectionConfig
+from crossroads.providers.base import RequestContext, UpstreamRequest, UpstreamStreamError, Usage, error_text
+
+# Fields of OpenRouter's request schema that a plain OpenAI-compatible server does not know.
+OPENROUTER_ONLY_FIELDS = frozenset({
+    "models", "route", "provider", "transforms", "plugins", "usage", "reasoning", "include_reasoning", "prompt",
+    "debug", "preset",
+})
+# Routing fields the gateway acts on itself, so even an OpenRouter upstream must not see them.
+GATEWAY_FIELDS = frozenset({"models", "route", "provider"})
+
+_FINISH_REASONS = {
+    "stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter",
+    "function_call": "tool_calls", "error": "error", "eos": "stop", "end_turn": "stop", "max_tokens": "length",
+    "tool_use": "tool_calls", "stop_sequence": "stop", "completed": "stop",
+}
+
+
+def normalise_finish_reason(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return _FINISH_REASONS.get(value, "stop")
+
+
+def read_openai_usage(raw: dict[str, Any], usage: Usage) -> None:
+    usage.seen = True
+    usage.prompt_tokens = int(raw.get("prompt_tokens") or 0)
+    usage.completion_tokens = int(raw.get("completion_tokens") or 0)
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    usage.cached_tokens = int(prompt_details.get("cached_tokens") or raw.get("prompt_cache_hit_tokens") or 0)
+    usage.cache_write_tokens = int(prompt_details.get("cache_write_tokens") or 0)
+    usage.reasoning_tokens = int(completion_details.get("reasoning_tokens") or 0)
+
+
+class OpenAIAdapter:
+    type = "openai"
+
+    def __init__(self, conn: ConnectionConfig) -> None:
+        self.conn = conn
+        self.url = conn.base_url + "/chat/completions"
+        self.is_openrouter = conn.vendor is not None and conn.vendor.key == "openrouter"
+        self.is_openai = conn.vendor is not None and conn.vendor.key == "openai"
+        dropped = set(conn.vendor.drop_params) if conn.vendor else set()
+        dropped |= GATEWAY_FIELDS if self.is_openrouter else OPENROUTER_ONLY_FIELDS
+        self.dropped = frozenset(dropped)
+        self.headers = {"Content-Type": "application/json", **conn.headers}
+        if conn.api_key:
+            self.headers["Authorization"] = f"Bearer {conn.api_key}"
+
+    def translator(self, ctx: RequestContext) -> OpenAITranslator:
+        return OpenAITranslator(self, ctx)
+
+    def error_message(self, status: int, raw: bytes) -> str:
+        return error_text(raw, status)
+
+    def models_url(self) -> str:
+        return self.conn.base_url + "/models"
+
+
+class OpenAITranslator:
+    __slots__ = ("adapter", "ctx", "usage", "upstream_model", "upstream_id")
+
+    def __init__(self, adapter: OpenAIAdapter, ctx: RequestContext) -> None:
+        self.adapter = adapter
+        self.ctx = ctx
+        self.usage = Usage()
+        self.upstream_model: str | None = None
+        self.upstream_id: str | None = None
+
+    async def request(self, body: dict[str, Any]) -> UpstreamRequest:
+        adapter = self.adapter
+        out = {k: v for k, v in body.items() if k not in adapter.dropped}
+        out["model"] = self.ctx.model.upstream
+        if "messages" not in out and "prompt" in body:
+            out["messages"] = [{"role": "user", "content": body["prompt"]}]
+        reasoning = body.get("reasoning")
+        if not adapter.is_openrouter and isinstance(reasoning, dict) and reasoning.get("effort") \
+                and "reasoning_effort" not in out:
+            out["reasoning_effort"] = reasoning["effort"]
+        if adapter.is_openai and "max_tokens" in out:
+            # OpenAI's reasoning models refuse max_tokens; max_completion_tokens works for every current model.
+            value = out.pop("max_tokens")
+            out.setdefault("max_completion_tokens", value)
+        if self.ctx.stream:
+            options = dict(out.get("stream_options") or {})
+            options["include_usage"] = True  # the gateway needs usage to bill, whatever the client asked
+            out["stream_options"] = options
+        else:
+            out.pop("stream_options", None)
+        return UpstreamRequest(url=adapter.url, body=orjson.dumps(out), headers=adapter.headers)
+
+    def response(self, raw: bytes) -> dict[str, Any]:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise ValueError("upstream response has no choices")
+        self.upstream_model = data.get("model")
+        self.upstream_id = data.get("id")
+        if isinstance(data.get("usage"), dict):
+            read_openai_usage(data["usage"], self.usage)
+        for choice in data["choices"]:
+            message = choice.get("message") or {}
+            if "reasoning_content" in message:
+                reasoning = message.pop("reasoning_content")
+                if reasoning and not message.get("reasoning"):
+                    message["reasoning"] = reasoning
+            native = choice.get("native_finish_reason") or choice.get("finish_reason")
+            choice["finish_reason"] = normalise_finish_reason(choice.get("finish_reason"))
+            choice["native_finish_reason"] = native
+        return data
+
+    def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
+        if data == b"[DONE]":
+            return []
+        chunk = orjson.loads(data)
+        if not isinstance(chunk, dict):
+            return []
+        if "error" in chunk and not chunk.get("choices"):
+            err = chunk["error"]
+            message = err.get("message") if isinstance(err, dict) else str(err)
+            raise UpstreamStreamError(message or "upstream stream error", raw=err)
+        if self.upstream_model is None:
+            self.upstream_model = chunk.get("model")
+            self.upstream_id = chunk.get("id")
+        usage = chunk.pop("usage", None)
+        if isinstance(usage, dict):
+            read_openai_usage(usage, self.usage)
+        choices = chunk.get("choices")
+        if not choices:
+            return []
+        for choice in choices:
+            delta = choice.get("delta")
+            if delta and "reasoning_content" in delta:
+                reasoning = delta.pop("reasoning_content")
+                if reasoning and not delta.get("reasoning"):
+                    delta["reasoning"] = reasoning
+            finish = choice.get("finish_reason")
+            choice["native_finish_reason"] = choice.get("native_finish_reason") or finish
+            choice["finish_reason"] = normalise_finish_reason(finish)
+        return [chunk]
+
+    def finish(self) -> list[dict[str, Any]]:
+        return []

@@ -1,0 +1,1 @@
+"""Model resolution, provider preferences, fallbacks, retries and health."""

@@ -1,0 +1,146 @@
+"""Which connections serve which models.
+
+Built once per worker at start-up from the configuration, the built-in catalog and, for OpenAI-compatible servers
+without catalog entries, the upstream's own GET /models. Resolution on the request path is a dict lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+
+from crossroads.catalog import Catalog, ModelSpec
+from crossroads.config import Config, ConnectionConfig
+from crossroads.errors import GatewayError
+from crossroads.providers import make_adapter
+from crossroads.providers.base import ProviderAdapter
+from crossroads.providers.http import UpstreamClient
+
+log = logging.getLogger("crossroads.routing")
+
+
+@dataclass(slots=True)
+class Connection:
+    """A configured upstream account at run time: its settings, its adapter and its pooled HTTP client."""
+
+    config: ConnectionConfig
+    adapter: ProviderAdapter
+    client: UpstreamClient
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(slots=True)
+class Deployment:
+    """One model as served by one connection."""
+
+    model: ModelSpec
+    connection: Connection
+
+
+@dataclass(slots=True)
+class Registry:
+    connections: dict[str, Connection] = field(default_factory=dict)
+    models: dict[str, list[Deployment]] = field(default_factory=dict)
+
+    def add(self, model: ModelSpec, connection: Connection) -> None:
+        self.models.setdefault(model.id, []).append(Deployment(model, connection))
+
+    def resolve(self, model_id: str) -> Deployment:
+        """A catalog/config id, else ad-hoc `<connection>/<upstream-model>`; 404 when neither exists."""
+        deployments = self.models.get(model_id)
+        if deployments:
+            return deployments[0]
+        name, sep, upstream = model_id.partition("/")
+        connection = self.connections.get(name) if sep else None
+        if connection is not None and upstream:
+            return Deployment(self._adhoc_model(connection, model_id, upstream), connection)
+        raise GatewayError(404, f"Model {model_id!r} not found: it is not in /api/v1/models and no connection is named "
+                                f"{name!r}" if sep else f"Model {model_id!r} not found")
+
+    def _adhoc_model(self, connection: Connection, model_id: str, upstream: str) -> ModelSpec:
+        # Reuse what is known about that upstream model (limits, prices) when the connection lists it.
+        for deployments in self.models.values():
+            for dep in deployments:
+                if dep.connection is connection and dep.model.upstream == upstream:
+                    known = dep.model
+                    return ModelSpec(**{**{k: getattr(known, k) for k in ModelSpec.__slots__}, "id": model_id})
+        return ModelSpec(id=model_id, upstream=upstream, name=model_id)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.client.close() for c in self.connections.values()), return_exceptions=True)
+
+
+def build_registry(config: Config) -> Registry:
+    registry = Registry()
+    for conn_config in config.providers:
+        connection = Connection(conn_config, make_adapter(conn_config), UpstreamClient(conn_config.timeout))
+        registry.connections[conn_config.name] = connection
+        for model in models_for(conn_config, config.catalog):
+            registry.add(model, connection)
+    return registry
+
+
+def models_for(conn: ConnectionConfig, catalog: Catalog) -> list[ModelSpec]:
+    if conn.models:
+        return conn.models
+    vendor = conn.vendor
+    if vendor is None:
+        return []
+    if vendor.key == "openrouter":
+        # OpenRouter serves every catalog model under the catalog's own id.
+        out = []
+        for model in catalog.by_id.values():
+            copy = ModelSpec(**{k: getattr(model, k) for k in ModelSpec.__slots__})
+            copy.upstream = model.id
+            out.append(copy)
+        return out
+    return vendor.models
+
+
+async def discover_models(registry: Registry, config: Config) -> None:
+    """Ask each OpenAI-compatible connection marked `discover` for its models (bounded time; failures only logged)."""
+    targets = [c for c in registry.connections.values() if c.config.discover]
+    if not targets:
+        return
+    results = await asyncio.gather(*(_discover(c, config.server.discovery_timeout) for c in targets),
+                                   return_exceptions=True)
+    for connection, result in zip(targets, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("model discovery for connection %r failed: %s", connection.name, _describe(result))
+            continue
+        for upstream in result:
+            registry.add(ModelSpec(id=f"{connection.name}/{upstream}", upstream=upstream,
+                                   name=f"{connection.name}: {upstream}",
+                                   supported_parameters=_DISCOVERED_PARAMS), connection)
+
+
+_DISCOVERED_PARAMS = ["max_tokens", "temperature", "top_p", "stop", "frequency_penalty", "presence_penalty", "seed",
+                      "tools", "tool_choice", "response_format"]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+async def _discover(connection: Connection, seconds: float) -> list[str]:
+    adapter = connection.adapter
+    headers = {k: v for k, v in getattr(adapter, "headers", {}).items() if k.lower() != "content-type"}
+    url = connection.config.base_url + "/models"
+    async with connection.client.session.get(url, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=seconds)) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"GET /models answered HTTP {resp.status}")
+        data = orjson.loads(await resp.read())
+    items = data.get("data") if isinstance(data, dict) else data
+    if isinstance(data, dict) and items is None:
+        items = data.get("models")  # Ollama's native listing shape
+    return [str(item.get("id") or item.get("name")) for item in items or [] if isinstance(item, dict)]

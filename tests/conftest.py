@@ -1,0 +1,163 @@
+"""Shared fixtures: fake upstream servers on loopback and a real Crossroads server process in front of them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.fakes.anthropic_fake import FakeAnthropic
+from tests.fakes.gemini_fake import FakeGemini
+from tests.fakes.openai_fake import FakeOpenAI
+
+MASTER_KEY = "sk-or-v1-" + "7" * 64
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GatewayProcess:
+    """`crossroads serve` in a subprocess, with its output captured to a file for assertions."""
+
+    def __init__(self, config: dict, workdir: Path, *, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = config.get("server", {}).get("port") or free_port()
+        config.setdefault("server", {})["port"] = self.port
+        self.config_path = workdir / "crossroads.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "gateway.log"
+        self.args = args or []
+        self.env = env
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> GatewayProcess:
+        env = {**os.environ, **(self.env or {})}
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "crossroads", "serve", "--config", str(self.config_path), *self.args],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> float:
+        start = time.monotonic()
+        deadline = start + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=0.5).status_code == 200:
+                    return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_local() -> Iterator[FakeOpenAI]:
+    """An OpenAI-compatible server with no key and no catalog entries (a vLLM/Ollama stand-in)."""
+    fake = FakeOpenAI(api_key=None, models=["llama-3.2-3b", "qwen2.5-7b"]).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gemini() -> Iterator[FakeGemini]:
+    fake = FakeGemini().start()
+    yield fake
+    fake.stop()
+
+
+PRICING = {"prompt": 1.0, "completion": 2.0, "input_cache_read": 0.5, "input_cache_write": 1.25}
+
+
+def gateway_config(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, fake_gemini: FakeGemini,
+                   fake_local: FakeOpenAI, data_dir: Path) -> dict:
+    return {
+        "server": {"host": "127.0.0.1", "master_key": MASTER_KEY, "data_dir": str(data_dir),
+                   "keepalive_interval": 0.3, "max_body_bytes": 2 * 1024 * 1024,
+                   "media": {"allow": ["127.0.0.0/8"]}},
+        "providers": [
+            {"name": "oai", "type": "openai", "base_url": fake_openai.base_url + "/v1", "api_key": fake_openai.api_key,
+             "timeout": 5,
+             "models": [{"id": "openai/gpt-4o-mini", "upstream": "gpt-4o-mini", "context_length": 128000,
+                         "max_completion_tokens": 16384, "pricing": PRICING,
+                         "input_modalities": ["text", "image", "file"]}]},
+            {"name": "ant", "type": "anthropic", "base_url": fake_anthropic.base_url + "/v1",
+             "api_key": fake_anthropic.api_key, "timeout": 5,
+             "models": [{"id": "anthropic/claude-sonnet-4", "upstream": "claude-sonnet-4-20250514",
+                         "pricing": PRICING}]},
+            {"name": "gem", "type": "gemini", "base_url": fake_gemini.base_url + "/v1beta",
+             "api_key": fake_gemini.api_key, "timeout": 5,
+             "models": [{"id": "google/gemini-2.5-flash", "upstream": "gemini-2.5-flash", "pricing": PRICING}]},
+            {"name": "local", "type": "openai", "base_url": fake_local.base_url + "/v1", "timeout": 5},
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, fake_gemini: FakeGemini, fake_local: FakeOpenAI,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    workdir = tmp_path_factory.mktemp("gateway")
+    proc = GatewayProcess(gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, workdir / "data"),
+                          workdir).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_fakes(request: pytest.FixtureRequest) -> None:
+    # Every test starts with empty queues and recordings on whichever fakes it uses.
+    for name in ("fake_openai", "fake_anthropic", "fake_gemini", "fake_local"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).reset()
