@@ -141,6 +141,8 @@ def gateway_config(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, fake_
              "api_key": fake_gemini.api_key, "timeout": 5,
              "models": [{"id": "google/gemini-2.5-flash", "upstream": "gemini-2.5-flash", "pricing": PRICING}]},
             {"name": "local", "type": "openai", "base_url": fake_local.base_url + "/v1", "timeout": 5},
+            {"name": "slow", "type": "openai", "base_url": fake_openai.base_url + "/v1", "api_key": fake_openai.api_key,
+             "timeout": 1, "models": [{"id": "test/slow", "upstream": "gpt-4o-mini"}]},
         ],
     }
 

@@ -108,8 +108,14 @@ def parse_chat_request(raw: bytes) -> dict[str, Any]:
         if body.get("prompt") is None:
             raise GatewayError(400, "Invalid request: 'messages' (or 'prompt') is required",
                                metadata={"field": "messages"})
+        # OpenRouter accepts a bare prompt; every adapter sees it as one user turn.
+        body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
     else:
         _check_messages(messages)
+    effort = body.get("reasoning_effort")
+    if isinstance(effort, str) and "reasoning" not in body:
+        # OpenAI's flat spelling (sent by the openrouter SDK too) means the same as reasoning.effort.
+        body["reasoning"] = {"effort": effort}
     tools = body.get("tools")
     if tools:
         for i, tool in enumerate(tools):

@@ -86,8 +86,6 @@ class OpenAITranslator:
         adapter = self.adapter
         out = {k: v for k, v in body.items() if k not in adapter.dropped}
         out["model"] = self.ctx.model.upstream
-        if "messages" not in out and "prompt" in body:
-            out["messages"] = [{"role": "user", "content": body["prompt"]}]
         reasoning = body.get("reasoning")
         if not adapter.is_openrouter and isinstance(reasoning, dict) and reasoning.get("effort") \
                 and "reasoning_effort" not in out:

@@ -1,0 +1,155 @@
+"""A fast fake OpenAI-compatible upstream for the benchmark.
+
+`python bench/upstream.py --port P` serves, on 127.0.0.1:
+
+- `POST /v1/chat/completions`: a static chat completion, or, when the request body has `"stream": true`, a static SSE
+  stream of 40 content chunks, a finish chunk, a usage chunk and `data: [DONE]` (OpenAI's chunk shape);
+- `GET /v1/models` and `GET /health`: small static JSON.
+
+Everything it answers is precomputed bytes, and the HTTP/1.1 handling is a bare asyncio protocol on uvloop (keep-alive,
+Content-Length bodies, no chunked request bodies), so it costs a few microseconds per request and is never what limits
+a benchmark. It is a benchmark fixture, not an HTTP server to expose anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+
+import orjson
+
+MODEL = "bench-model"
+CREATED = 1_700_000_000
+STREAM_CHUNKS = 40
+
+COMPLETION = orjson.dumps({
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": CREATED,
+    "model": MODEL,
+    "system_fingerprint": "fp_bench",
+    "choices": [{
+        "index": 0,
+        "message": {"role": "assistant", "content": "Hello! This is a static benchmark answer from the fake upstream."},
+        "logprobs": None,
+        "finish_reason": "stop",
+    }],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 40, "total_tokens": 52,
+              "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}},
+})
+
+
+def _chunk(delta: dict, finish: str | None = None, usage: dict | None = None, choices: bool = True) -> bytes:
+    body: dict = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": CREATED, "model": MODEL,
+                  "system_fingerprint": "fp_bench",
+                  "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else []}
+    if usage is not None:
+        body["usage"] = usage
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _stream_body() -> bytes:
+    parts = [_chunk({"role": "assistant", "content": "tok0 "})]
+    parts += [_chunk({"content": f"tok{i} "}) for i in range(1, STREAM_CHUNKS)]
+    parts.append(_chunk({}, finish="stop"))
+    parts.append(_chunk({}, usage={"prompt_tokens": 12, "completion_tokens": STREAM_CHUNKS,
+                                   "total_tokens": 12 + STREAM_CHUNKS}, choices=False))
+    parts.append(b"data: [DONE]\n\n")
+    return b"".join(parts)
+
+
+STREAM = _stream_body()
+MODELS = orjson.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "created": CREATED,
+                                                    "owned_by": "bench"}]})
+HEALTH = b'{"status":"ok"}'
+
+
+def _response(status: bytes, content_type: bytes, body: bytes) -> bytes:
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: " + content_type + b"\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: keep-alive\r\n\r\n" + body)
+
+
+R_COMPLETION = _response(b"200 OK", b"application/json", COMPLETION)
+R_STREAM = _response(b"200 OK", b"text/event-stream", STREAM)
+R_MODELS = _response(b"200 OK", b"application/json", MODELS)
+R_HEALTH = _response(b"200 OK", b"application/json", HEALTH)
+R_NOT_FOUND = _response(b"404 Not Found", b"application/json", b'{"error":{"message":"not found"}}')
+R_BAD = _response(b"400 Bad Request", b"application/json", b'{"error":{"message":"bad request"}}')
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+
+
+class FakeUpstream(asyncio.Protocol):
+    __slots__ = ("transport", "buffer")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        out = []
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = buffer[:end]
+            match = _CONTENT_LENGTH.search(head)
+            length = int(match.group(1)) if match else 0
+            total = end + 4 + length
+            if len(buffer) < total:
+                break
+            body = buffer[end + 4:total]
+            buffer = buffer[total:]
+            line = head[:head.find(b"\r\n")] if b"\r\n" in head else head
+            parts = line.split(b" ")
+            if len(parts) != 3:
+                out.append(R_BAD)
+                continue
+            method, target = parts[0], parts[1].split(b"?", 1)[0]
+            if method == b"POST" and target.endswith(b"/chat/completions"):
+                out.append(R_STREAM if _STREAM_TRUE.search(body) else R_COMPLETION)
+            elif method == b"GET" and target.endswith(b"/models"):
+                out.append(R_MODELS)
+            elif method == b"GET" and target == b"/health":
+                out.append(R_HEALTH)
+            else:
+                out.append(R_NOT_FOUND)
+        self.buffer = buffer
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+async def serve(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(FakeUpstream, host, port, backlog=1024)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="fast fake OpenAI-compatible upstream (benchmark fixture)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(args.host, args.port))
+    else:
+        uvloop.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
