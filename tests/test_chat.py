@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import MASTER_KEY, PRICING
-from tests.fakes.base import Fault, FakeUpstream, Reply, ToolCall
+from tests.fakes.base import FakeUpstream, Reply, ToolCall
 
 PROVIDERS = {
     "openai": ("openai/gpt-4o-mini", "oai", "fake_openai"),
