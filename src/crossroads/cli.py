@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from crossroads import __version__
@@ -64,7 +65,7 @@ def serve(args: argparse.Namespace) -> int:
 
     options = {
         "host": host, "port": port, "workers": args.workers, "lifespan": "on", "access_log": False,
-        "log_level": args.log_level, "timeout_graceful_shutdown": int(config.server.shutdown_grace),
+        "log_level": args.log_level, "timeout_graceful_shutdown": config.server.shutdown_grace,
         "http": "httptools", "server_header": False, "date_header": False,
     }
     try:
@@ -73,6 +74,9 @@ def serve(args: argparse.Namespace) -> int:
         options["loop"] = "uvloop"
     except ImportError:
         options["loop"] = "asyncio"
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die of it (exit status -15/143);
+    # a requested stop is a clean exit (0). Until uvicorn installs its own handler, SIGTERM exits at once.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     print(f"crossroads {__version__}: {len(config.providers)} connection(s) from {config.source}; "
           f"listening on http://{host}:{port}", file=sys.stderr, flush=True)
     if args.workers == 1:
@@ -82,3 +86,7 @@ def serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run("crossroads.api.app:create_app", factory=True, **options)
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -46,6 +46,7 @@ class ServerConfig:
     keepalive_interval: float = 3.0  # seconds between ": PROCESSING" comments while a stream waits on its upstream
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
     discovery_timeout: float = 3.0  # seconds a connection's GET /models may take at start-up
+    database_url: str | None = None  # SQLAlchemy-style URL; None = SQLite file in data_dir
     media: MediaConfig = field(default_factory=MediaConfig)
 
 
@@ -70,13 +71,20 @@ class Config:
     catalog: Catalog
 
 
+class _EnvStr(str):
+    """A string produced by ``${VAR}`` substitution: where the key wants a number or a boolean, it is parsed as one
+    (``port: ${PORT:-8080}``), since the environment only holds strings."""
+
+
 def _expand_env(value: Any) -> Any:
     if isinstance(value, str):
         whole = _ENV_PATTERN.fullmatch(value)
         if whole is not None:
             result = os.environ.get(whole.group(1)) or whole.group(2)
-            return result if result else None
-        return _ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", value)
+            return _EnvStr(result) if result else None
+        if _ENV_PATTERN.search(value) is None:
+            return value
+        return _EnvStr(_ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", value))
     if isinstance(value, dict):
         return {k: _expand_env(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -111,6 +119,14 @@ class _Reader:
                 raise self.error(name, "is required")
             return default
         kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, _EnvStr):
+            parsed = None
+            if str not in kinds:
+                try:
+                    parsed = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    pass
+            value = self.data[name] = parsed if parsed is not None and not isinstance(parsed, str) else str(value)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(value, bool) and bool not in kinds:
@@ -164,7 +180,7 @@ def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> C
 
 _SERVER_KEYS = {
     "host", "port", "master_key", "data_dir", "max_body_bytes", "keepalive_interval", "shutdown_grace",
-    "discovery_timeout", "media",
+    "discovery_timeout", "media", "database_url",
 }
 _CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "models", "catalog", "discover"}
 _MODEL_KEYS = {
@@ -185,6 +201,7 @@ def _read_server(r: _Reader) -> ServerConfig:
     server.keepalive_interval = r.positive("keepalive_interval", float, server.keepalive_interval)
     server.shutdown_grace = r.positive("shutdown_grace", float, server.shutdown_grace)
     server.discovery_timeout = r.positive("discovery_timeout", float, server.discovery_timeout)
+    server.database_url = r.get("database_url", str, None)
     media = _Reader(r.source, r.key("media"), r.data.get("media"), {"allow", "max_bytes", "timeout"})
     defaults = MediaConfig()
     server.media = MediaConfig(
@@ -224,7 +241,7 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
         type=kind,
         base_url=base_url,
         api_key=r.get("api_key", str, None),
-        headers={str(k): v for k, v in headers.items()},
+        headers={str(k): str(v) for k, v in headers.items()},
         timeout=r.positive("timeout", float, 600.0),
         vendor=vendor,
     )
