@@ -1,0 +1,85 @@
+"""`migrate(url)`: Alembic ``upgrade head``, configured in code (no alembic.ini), over the async drivers."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+
+from crossroads.store.engine import async_url, create_engine, sqlite_path, translate_errors
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATE_SQLITE_BUSY_TIMEOUT_MS = 120_000
+_thread_lock = threading.Lock()
+
+
+def alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    return cfg
+
+
+def migrate(url: str) -> None:
+    """Bring the database at `url` to the newest schema. Idempotent; safe to run from several processes at once.
+
+    Creates the SQLite file's folder. Synchronous: runs its own event loop (on a helper thread when called from
+    inside a running loop, which it then blocks until done). Raises `StoreUnavailable` when the database cannot be
+    reached, ValueError for an unusable URL."""
+    target = async_url(url)
+    path = sqlite_path(target)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # Alembic's `context` is module-global, hence the process-wide lock; across processes, see _sqlite_lock / env.py.
+    with _thread_lock, _sqlite_lock(path):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(_migrate(target))
+            return
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="crossroads-migrate") as pool:
+            pool.submit(asyncio.run, _migrate(target)).result()
+
+
+@contextlib.contextmanager
+def _sqlite_lock(path: Path | None) -> Iterator[None]:
+    """Serialise SQLite migrations across processes: switching a new file to WAL while another connection
+    holds its write lock can deadlock until the busy timeout. PostgreSQL uses an advisory lock in env.py instead."""
+    if path is None:
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: the transaction (BEGIN IMMEDIATE + busy timeout) is all there is
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+async def _migrate(target: Any) -> None:
+    engine = create_engine(target, pool=False, busy_timeout_ms=MIGRATE_SQLITE_BUSY_TIMEOUT_MS)
+    try:
+        with translate_errors():
+            async with engine.connect() as connection:
+                connection = await connection.execution_options(crossroads_write=True)
+                await connection.run_sync(_upgrade)
+    finally:
+        await engine.dispose()
+
+
+def _upgrade(connection: Any) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")

@@ -1,0 +1,94 @@
+"""SQLAlchemy Core tables of the store. The Alembic scripts in ``migrations/`` create them; keep both in step."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend.
+
+    PostgreSQL keeps them as ``timestamptz``. SQLite has no datetime type: values are stored as naive UTC text
+    (``YYYY-MM-DD HH:MM:SS.ffffff``), which sorts and compares correctly, and come back with ``tzinfo=UTC``.
+    Naive datetimes handed in are taken to be UTC already.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("hash", sa.String(64), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("limit", sa.Float, nullable=True),
+    sa.Column("limit_reset", sa.String(16), nullable=True),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("allowed_models", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("is_management", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+generations = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=True),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("provider_name", sa.Text, nullable=True),
+    sa.Column("provider_type", sa.Text, nullable=True),
+    sa.Column("upstream_model", sa.Text, nullable=True),
+    sa.Column("upstream_id", sa.Text, nullable=True),
+    sa.Column("api_type", sa.String(32), nullable=False),
+    sa.Column("streamed", sa.Boolean, nullable=False),
+    sa.Column("cancelled", sa.Boolean, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("finish_reason", sa.Text, nullable=True),
+    sa.Column("native_finish_reason", sa.Text, nullable=True),
+    sa.Column("tokens_prompt", sa.Integer, nullable=False),
+    sa.Column("tokens_completion", sa.Integer, nullable=False),
+    sa.Column("tokens_reasoning", sa.Integer, nullable=False),
+    sa.Column("tokens_cached", sa.Integer, nullable=False),
+    sa.Column("tokens_cache_write", sa.Integer, nullable=False),
+    sa.Column("cost", sa.Float, nullable=False),
+    sa.Column("latency_ms", sa.Integer, nullable=True),
+    sa.Column("generation_time_ms", sa.Integer, nullable=True),
+    sa.Column("ttft_ms", sa.Integer, nullable=True),
+    sa.Column("http_referer", sa.Text, nullable=True),
+    sa.Column("app_title", sa.Text, nullable=True),
+    sa.Column("user", sa.Text, nullable=True),
+    sa.Column("user_agent", sa.Text, nullable=True),
+    sa.Column("provider_responses", sa.JSON(none_as_null=True), nullable=True),
+    sa.Index("ix_generations_key_hash_created_at", "key_hash", "created_at"),
+    sa.Index("ix_generations_created_at", "created_at"),
+)
+
+# Small counters; ``keys_version`` is bumped in the same transaction as every api_keys write.
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)

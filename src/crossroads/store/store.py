@@ -1,0 +1,214 @@
+"""`Store`: API keys and generation records over an async SQLAlchemy engine (aiosqlite or asyncpg)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crossroads.store.engine import async_url, create_engine, translate_errors
+from crossroads.store.rows import GenerationRow, KeyRow
+from crossroads.store.schema import api_keys, generations, meta
+
+_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(KeyRow))
+_KEY_MUTABLE = frozenset(_KEY_FIELDS) - {"hash", "created_at"}
+_GENERATION_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRow))
+_KEYS_VERSION = "keys_version"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+class Store:
+    """One per process (or per event loop). Every method raises `StoreUnavailable` when the database cannot be
+    reached; other errors (e.g. IntegrityError for a duplicate key hash) propagate."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(crossroads_write=True)
+        self._dialect = engine.dialect.name
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Create the engine; does not connect (use `ping` to check). The schema must exist (`migrate`)."""
+        return cls(create_engine(async_url(url)))
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        with translate_errors():
+            async with self._engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+
+    # --- helpers -------------------------------------------------------------------------------------------
+
+    async def _fetch(self, statement: Any) -> list[Any]:
+        with translate_errors():
+            async with self._engine.connect() as conn:
+                return list((await conn.execute(statement)).all())
+
+    @staticmethod
+    def _bump_keys_version() -> Any:
+        return meta.update().where(meta.c.name == _KEYS_VERSION).values(value=meta.c.value + 1)
+
+    @staticmethod
+    def _key_row(row: Any) -> KeyRow:
+        values = row._mapping
+        return KeyRow(**{name: values[name] for name in _KEY_FIELDS})
+
+    # --- API keys --------------------------------------------------------------------------------------------
+
+    async def insert_key(self, key: KeyRow) -> None:
+        """Insert a key; `created_at` / `updated_at` default to now. A duplicate hash raises IntegrityError."""
+        values = {name: getattr(key, name) for name in _KEY_FIELDS}
+        values["created_at"] = values["created_at"] or _now()
+        values["updated_at"] = values["updated_at"] or values["created_at"]
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                await conn.execute(api_keys.insert().values(**values))
+                await conn.execute(self._bump_keys_version())
+
+    async def update_key(self, hash: str, changes: dict) -> KeyRow | None:
+        """Apply `changes` (KeyRow field names, except hash and created_at) and set updated_at to now (unless
+        `changes` names it). Returns the updated row, or None when no key has this hash."""
+        unknown = set(changes) - _KEY_MUTABLE
+        if unknown:
+            raise ValueError(f"cannot update key field(s): {', '.join(sorted(unknown))}")
+        values = dict(changes)
+        values.setdefault("updated_at", _now())
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                result = await conn.execute(api_keys.update().where(api_keys.c.hash == hash).values(**values))
+                if result.rowcount == 0:
+                    return None
+                await conn.execute(self._bump_keys_version())
+                row = (await conn.execute(api_keys.select().where(api_keys.c.hash == hash))).one()
+        return self._key_row(row)
+
+    async def delete_key(self, hash: str) -> bool:
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                result = await conn.execute(api_keys.delete().where(api_keys.c.hash == hash))
+                if result.rowcount == 0:
+                    return False
+                await conn.execute(self._bump_keys_version())
+        return True
+
+    async def get_key(self, hash: str) -> KeyRow | None:
+        rows = await self._fetch(api_keys.select().where(api_keys.c.hash == hash))
+        return self._key_row(rows[0]) if rows else None
+
+    async def list_keys(self, *, offset: int = 0, limit: int | None = None) -> list[KeyRow]:
+        """Keys oldest first (ties by hash)."""
+        statement = api_keys.select().order_by(api_keys.c.created_at, api_keys.c.hash).offset(offset)
+        if limit is not None:
+            statement = statement.limit(limit)
+        return [self._key_row(row) for row in await self._fetch(statement)]
+
+    async def keys_version(self) -> str:
+        """An opaque token that changes whenever a key row is inserted, updated or deleted (by this module's
+        writes: a counter bumped in the same transaction; the row count and newest updated_at are folded in too
+        so that most edits made by hand are noticed as well). One single-row query."""
+        statement = sa.select(
+            sa.select(meta.c.value).where(meta.c.name == _KEYS_VERSION).scalar_subquery(),
+            sa.select(sa.func.count()).select_from(api_keys).scalar_subquery(),
+            sa.select(sa.func.max(api_keys.c.updated_at)).scalar_subquery(),
+        )
+        counter, count, newest = (await self._fetch(statement))[0]
+        newest_text = newest.isoformat() if isinstance(newest, datetime) else str(newest)
+        return f"{counter}:{count}:{newest_text}"
+
+    # --- generations -----------------------------------------------------------------------------------------
+
+    async def insert_generations(self, rows: list[GenerationRow]) -> None:
+        """Insert a batch in one transaction; rows whose id already exists (or repeats in the batch) are ignored."""
+        if not rows:
+            return
+        insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
+        statement = insert(generations).on_conflict_do_nothing(index_elements=[generations.c.id])
+        values = [{name: getattr(row, name) for name in _GENERATION_FIELDS} for row in rows]
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                await conn.execute(statement, values)
+
+    async def get_generation(self, id: str) -> GenerationRow | None:
+        rows = await self._fetch(generations.select().where(generations.c.id == id))
+        if not rows:
+            return None
+        values = rows[0]._mapping
+        row = GenerationRow(**{name: values[name] for name in _GENERATION_FIELDS})
+        if row.provider_responses is None:
+            row.provider_responses = []
+        return row
+
+    async def key_spend(self, since: dict[str, datetime]) -> dict[str | None, dict[str, float]]:
+        """Per key_hash (None = master key): {"total": all-time cost, name: cost since `since[name]` (inclusive)}."""
+        names = list(since)
+        columns = [sa.func.coalesce(sa.func.sum(generations.c.cost), 0.0).label("total")]
+        for index, name in enumerate(names):
+            recent = sa.case((generations.c.created_at >= since[name], generations.c.cost), else_=0.0)
+            columns.append(sa.func.coalesce(sa.func.sum(recent), 0.0).label(f"s{index}"))
+        statement = sa.select(generations.c.key_hash, *columns).group_by(generations.c.key_hash)
+        result: dict[str | None, dict[str, float]] = {}
+        for row in await self._fetch(statement):
+            spend = {"total": float(row.total)}
+            for index, name in enumerate(names):
+                spend[name] = float(row[index + 2])
+            result[row.key_hash] = spend
+        return result
+
+    async def activity(self, date_from: date, date_to: date, key_hash: str | None) -> list[dict]:
+        """Usage grouped by (UTC date, model, key_hash) for date_from..date_to inclusive; key_hash None = all keys."""
+        if self._dialect == "postgresql":
+            day = sa.func.to_char(sa.func.timezone(sa.literal_column("'UTC'"), generations.c.created_at),
+                                  sa.literal_column("'YYYY-MM-DD'"))
+        else:  # stored as "YYYY-MM-DD HH:MM:SS.ffffff" UTC text
+            day = sa.func.substr(generations.c.created_at, sa.literal_column("1"), sa.literal_column("10"))
+        statement = (
+            sa.select(
+                day.label("date"),
+                generations.c.model,
+                generations.c.key_hash,
+                sa.func.count().label("requests"),
+                sa.func.sum(generations.c.cost).label("cost"),
+                sa.func.sum(generations.c.tokens_prompt).label("prompt_tokens"),
+                sa.func.sum(generations.c.tokens_completion).label("completion_tokens"),
+                sa.func.sum(generations.c.tokens_reasoning).label("reasoning_tokens"),
+            )
+            .where(generations.c.created_at >= _day_start(date_from))
+            .where(generations.c.created_at < _day_start(date_to + timedelta(days=1)))
+            .group_by(day, generations.c.model, generations.c.key_hash)
+        )
+        if key_hash is not None:
+            statement = statement.where(generations.c.key_hash == key_hash)
+        out = [
+            {
+                "date": str(row.date),
+                "model": row.model,
+                "key_hash": row.key_hash,
+                "requests": int(row.requests),
+                "cost": float(row.cost or 0.0),
+                "prompt_tokens": int(row.prompt_tokens or 0),
+                "completion_tokens": int(row.completion_tokens or 0),
+                "reasoning_tokens": int(row.reasoning_tokens or 0),
+            }
+            for row in await self._fetch(statement)
+        ]
+        # Sorted here, not in SQL, so that the order is the same (binary, None first) on every backend/collation.
+        out.sort(key=lambda r: (r["date"], r["model"], r["key_hash"] is not None, r["key_hash"] or ""))
+        return out
+
+    async def total_spend(self) -> float:
+        rows = await self._fetch(sa.select(sa.func.coalesce(sa.func.sum(generations.c.cost), 0.0)))
+        return float(rows[0][0])
