@@ -586,8 +586,9 @@ async def run_fake(fake: FakeGemini, reply: Reply, *, stream: bool, api_key: str
                                                                 headers=req.headers) as resp:
         if resp.status != 200 or not stream:
             return translator, resp.status, chunks, await resp.read()
-        async for name, data in iter_sse(resp):
-            chunks += translator.stream_event(name, data)
+        async for events in iter_sse(resp):
+            for name, data in events:
+                chunks += translator.stream_event(name, data)
         chunks += translator.finish()
     return translator, 200, chunks, b""
 

@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    from crossroads.admin import add_key_commands
+
+    add_key_commands(sub)
     return parser
 
 
@@ -28,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "keys":
+        from crossroads.admin import run_keys
+
+        return run_keys(args)
     return 2
 
 
@@ -51,6 +58,11 @@ def serve(args: argparse.Namespace) -> int:
         print(f"crossroads: cannot prepare data_dir {config.server.data_dir!r}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
+    problem = prepare_store(config, args.workers)
+    if problem:
+        print(f"crossroads: {problem}", file=sys.stderr)
+        return 2
+    os.environ["CROSSROADS_WORKERS"] = str(args.workers)
     if generated:
         # Shown once; afterwards it is only in data_dir/master_key (mode 0600).
         print(f"crossroads: generated a master key (stored in {os.path.join(config.server.data_dir, 'master_key')}):"
@@ -86,6 +98,36 @@ def serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run("crossroads.api.app:create_app", factory=True, **options)
     return 0
+
+
+def prepare_store(config: object, workers: int) -> str | None:
+    """Migrate the database once, before any worker starts; refuse a setup whose limits could not hold."""
+    import asyncio
+
+    from crossroads.store import Store, StoreUnavailable, database_url, migrate
+
+    url = database_url(config.server)  # type: ignore[attr-defined]
+    try:
+        migrate(url)
+        if workers > 1:
+            limited = asyncio.run(_limited_keys(Store, url))
+            if limited:
+                return (f"{limited} API key(s) have credit limits, which are enforced within one process; "
+                        f"--workers {workers} would let each worker spend the full limit. Run one worker, or remove "
+                        "the limits (crossroads keys list).")
+    except StoreUnavailable as exc:
+        return f"the database is unavailable: {exc}"
+    except OSError as exc:
+        return f"cannot open the database: {exc.strerror or exc}"
+    return None
+
+
+async def _limited_keys(store_cls: type, url: str) -> int:
+    store = await store_cls.open(url)  # type: ignore[attr-defined]
+    try:
+        return sum(1 for row in await store.list_keys() if row.limit is not None)
+    finally:
+        await store.close()
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -64,11 +64,19 @@ class ConnectionConfig:
 
 
 @dataclass(slots=True)
+class AccountingConfig:
+    durability: str = "batched"  # batched: records written off the request path; strict: durable before responding
+    flush_interval: float = 1.0  # seconds between batched writes of generation records
+    budget: float | None = None  # USD the whole account may spend: GET /api/v1/credits' total_credits
+
+
+@dataclass(slots=True)
 class Config:
     source: str
     server: ServerConfig
     providers: list[ConnectionConfig]
     catalog: Catalog
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
 
 
 class _EnvStr(str):
@@ -164,8 +172,10 @@ def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> C
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         raise ConfigError(source, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     raw = _expand_env(raw)
-    top = _Reader(source, "", raw, {"server", "providers"})
+    top = _Reader(source, "", raw, {"server", "providers", "accounting"})
     server = _read_server(_Reader(source, "server", top.data.get("server"), _SERVER_KEYS))
+    accounting = _read_accounting(_Reader(source, "accounting", top.data.get("accounting"),
+                                          {"durability", "flush_interval", "budget"}))
     providers_raw = top.get("providers", list, [])
     providers: list[ConnectionConfig] = []
     seen: set[str] = set()
@@ -175,7 +185,20 @@ def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> C
             raise ConfigError(source, f"providers[{index}].name", f"duplicate connection name {conn.name!r}")
         seen.add(conn.name)
         providers.append(conn)
-    return Config(source=source, server=server, providers=providers, catalog=catalog)
+    return Config(source=source, server=server, providers=providers, catalog=catalog, accounting=accounting)
+
+
+def _read_accounting(r: _Reader) -> AccountingConfig:
+    accounting = AccountingConfig()
+    accounting.durability = r.get("durability", str, accounting.durability)
+    if accounting.durability not in ("batched", "strict"):
+        raise r.error("durability", f"must be batched or strict, got {accounting.durability!r}")
+    accounting.flush_interval = r.positive("flush_interval", float, accounting.flush_interval)
+    budget = r.get("budget", float, None)
+    if budget is not None and budget < 0:
+        raise r.error("budget", "must not be negative")
+    accounting.budget = budget
+    return accounting
 
 
 _SERVER_KEYS = {

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
+from crossroads.accounting.exchange import Exchange
+from crossroads.accounting.recorder import GenerationRecorder
+from crossroads.api import account
 from crossroads.api.asgi import (
     ClientGone,
     Receive,
@@ -22,12 +28,16 @@ from crossroads.api.models import ModelViews
 from crossroads.config import Config, ensure_master_key, load_config
 from crossroads.errors import GatewayError
 from crossroads.gate.auth import Authenticator
+from crossroads.gate.credits import CreditLedger, period_starts
+from crossroads.gate.keys import KeyCache
 from crossroads.routing.registry import Registry, build_registry, discover_models
+from crossroads.store import Store, database_url
 
 log = logging.getLogger("crossroads")
 
 Handler = Callable[[Request], Awaitable[None]]
 API_PREFIXES = ("/api/v1", "/v1")
+DISCOVERY_HEAD_START = 1.0  # seconds start-up waits for upstream model discovery before answering /health
 
 
 class Gateway:
@@ -39,12 +49,51 @@ class Gateway:
         self.views: ModelViews | None = None
         self._media: Any = None
         self.ready = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.ledger = CreditLedger()
+        # Set at start-up (they need the event loop and the database).
+        self.store: Store = None  # type: ignore[assignment]
+        self.keys: KeyCache = None  # type: ignore[assignment]
+        self.recorder: GenerationRecorder = None  # type: ignore[assignment]
+        # With several worker processes each would keep its own ledger, so limits would not hold: refuse them.
+        self.workers = int(os.environ.get("CROSSROADS_WORKERS") or 1)
         self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {}
         for prefix in API_PREFIXES:
-            self.routes[("POST", prefix + "/chat/completions")] = (self._chat, True)
-            self.routes[("GET", prefix + "/models")] = (self._models, True)
-            self.routes[("GET", prefix + "/providers")] = (self._providers, True)
+            for method, path, handler in (
+                ("POST", "/chat/completions", self._chat),
+                ("GET", "/models", self._models),
+                ("GET", "/providers", self._providers),
+                ("GET", "/key", self._bind(account.current_key)),
+                ("GET", "/auth/key", self._bind(account.current_key)),
+                ("GET", "/keys", self._bind(account.list_keys)),
+                ("POST", "/keys", self._bind(account.create_key)),
+                ("GET", "/credits", self._bind(account.credits)),
+                ("GET", "/generation", self._bind(account.generation)),
+                ("GET", "/activity", self._bind(account.activity)),
+            ):
+                self.routes[(method, prefix + path)] = (handler, True)
+        self.key_routes: dict[str, Handler] = {
+            "GET": self._bind(account.get_key), "PATCH": self._bind(account.update_key),
+            "DELETE": self._bind(account.delete_key)}
         self.routes[("GET", "/health")] = (self._health, False)
+
+    def _bind(self, endpoint: Callable[[Gateway, Request], Awaitable[None]]) -> Handler:
+        async def handler(request: Request) -> None:
+            await endpoint(self, request)
+
+        return handler
+
+    def check_limit_allowed(self, changes: dict[str, Any]) -> None:
+        if self.workers > 1 and changes.get("limit") is not None:
+            raise GatewayError(400, "Credit limits are enforced in one process; this gateway runs "
+                                    f"{self.workers} workers. Run a single worker to use key limits.")
+
+    async def finish(self, exchange: Exchange) -> None:
+        """Settle the request's credit reservation with its real cost and hand its record to the writer."""
+        row = exchange.to_row()
+        if exchange.reservation is not None:
+            self.ledger.settle(exchange.reservation, row.cost)
+        await self.recorder.record(row)
 
     @property
     def media(self) -> Any:
@@ -79,12 +128,42 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
+        self.views = ModelViews(self.registry)
+        self.store = await Store.open(database_url(self.config.server))
+        self.keys = KeyCache(self.store)
+        await self.keys.load()
+        self.keys.start()
+        self.auth.keys = self.keys
+        starts = period_starts(datetime.now(UTC))
+        self.ledger.load(await self.store.key_spend(starts), starts)
+        accounting = self.config.accounting
+        self.recorder = GenerationRecorder(self.store, flush_interval=accounting.flush_interval,
+                                           strict=accounting.durability == "strict")
+        self.recorder.start()
+        # Everything loaded so far lives as long as the process: keep it out of every future GC pass.
+        gc.freeze()
+        discovery = asyncio.get_running_loop().create_task(self._discover())
+        # Readiness must not wait on a slow upstream: discovery gets a short head start, then finishes in the
+        # background (ad-hoc "<connection>/<model>" addressing works either way).
+        await asyncio.wait((discovery,), timeout=DISCOVERY_HEAD_START)
+        self._background.add(discovery)
+        discovery.add_done_callback(self._background.discard)
+        self.ready = True
+
+    async def _discover(self) -> None:
         await discover_models(self.registry, self.config)
         self.views = ModelViews(self.registry)
-        self.ready = True
 
     async def shutdown(self) -> None:
         self.ready = False
+        for task in list(self._background):
+            task.cancel()
+        if self.recorder is not None:
+            await self.recorder.stop(self.config.server.shutdown_grace)
+        if self.keys is not None:
+            await self.keys.stop()
+        if self.store is not None:
+            await self.store.close()
         await self.registry.close()
         if self._media is not None:
             await self._media.close()
@@ -94,6 +173,9 @@ class Gateway:
         if found is not None:
             return found[0], found[1], {}
         for prefix in API_PREFIXES:
+            keys_base = prefix + "/keys/"
+            if path.startswith(keys_base) and "/" not in path[len(keys_base):] and method in self.key_routes:
+                return self.key_routes[method], True, {"hash": path[len(keys_base):]}
             base = prefix + "/models/"
             if method == "GET" and path.startswith(base) and path.endswith("/endpoints"):
                 model_id = path[len(base):-len("/endpoints")]
@@ -112,8 +194,8 @@ class Gateway:
                 raise GatewayError(404, f"Not found: {method} {path}")
             handler, needs_auth, _ = found
             if needs_auth:
-                self.auth.authenticate(request.headers)
-            if method == "POST":
+                request.principal = self.auth.authenticate(request.headers)
+            if method in ("POST", "PATCH"):
                 await request.read_body(self.config.server.max_body_bytes)
                 await self._watched(handler, request)
             else:

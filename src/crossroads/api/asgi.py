@@ -20,7 +20,7 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 
 
 class Request:
-    __slots__ = ("scope", "receive", "send", "headers", "path_params", "body")
+    __slots__ = ("scope", "receive", "send", "headers", "path_params", "body", "principal")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, path_params: dict[str, str] | None = None) -> None:
         self.scope = scope
@@ -30,6 +30,7 @@ class Request:
         self.headers: dict[bytes, bytes] = dict(scope["headers"])
         self.path_params = path_params or {}
         self.body = b""
+        self.principal: Any = None  # set by authentication (crossroads.gate.auth.Principal)
 
     @property
     def method(self) -> str:
@@ -42,6 +43,15 @@ class Request:
     def header(self, name: str) -> str | None:
         value = self.headers.get(name.encode())
         return value.decode("latin-1") if value is not None else None
+
+    def json(self) -> Any:
+        """The body as JSON (management endpoints; the inference path has its own checks)."""
+        if not self.body:
+            return {}
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(400, f"Invalid JSON in request body: {exc}") from None
 
     def query(self) -> dict[str, str]:
         from urllib.parse import parse_qsl

@@ -6,7 +6,7 @@ everything else passes through untouched (no whole-body model validation on the 
 
 from __future__ import annotations
 
-import secrets
+import os
 import string
 import time
 from typing import Any
@@ -161,7 +161,9 @@ def _check_messages(messages: Any) -> None:
 
 
 def new_generation_id() -> str:
-    return f"gen-{int(time.time())}-{''.join(secrets.choice(_ALPHABET) for _ in range(20))}"
+    # One urandom read mapped onto 62 letters/digits (a 256/62 bias that no one can exploit in an id).
+    suffix = "".join(_ALPHABET[b % 62] for b in os.urandom(20))
+    return f"gen-{int(time.time())}-{suffix}"
 
 
 def usage_payload(usage: Usage, pricing: Pricing) -> dict[str, Any]:

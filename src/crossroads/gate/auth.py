@@ -1,20 +1,39 @@
-"""Who is calling: the master key for now (real API keys come with the store)."""
+"""Who is calling: the master key, or an API key from the key cache."""
 
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from crossroads.errors import GatewayError
+from crossroads.gate.keys import hash_key, is_expired, model_allowed
+
+if TYPE_CHECKING:
+    from crossroads.gate.keys import KeyCache
+    from crossroads.store.rows import KeyRow
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    kind: str  # "master"
-    label: str
+    kind: str  # "master" | "key"
+    key: KeyRow | None = None
+
+    @property
+    def key_hash(self) -> str | None:
+        return self.key.hash if self.key is not None else None
+
+    @property
+    def is_master(self) -> bool:
+        return self.kind == "master"
+
+    @property
+    def can_manage(self) -> bool:
+        return self.kind == "master" or (self.key is not None and self.key.is_management)
 
 
-MASTER = Principal(kind="master", label="master")
+MASTER = Principal(kind="master")
 
 
 def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
@@ -29,13 +48,38 @@ def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
 
 
 class Authenticator:
-    def __init__(self, master_key: str) -> None:
+    def __init__(self, master_key: str, keys: KeyCache | None = None) -> None:
         self._master = master_key.encode()
+        self.keys = keys
 
     def authenticate(self, headers: dict[bytes, bytes]) -> Principal:
-        key = presented_key(headers)
-        if key is None:
+        presented = presented_key(headers)
+        if presented is None:
             raise GatewayError(401, "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
-        if hmac.compare_digest(key, self._master):
+        if hmac.compare_digest(presented, self._master):
             return MASTER
-        raise GatewayError(401, "Invalid API key")
+        # Lookup by hash: a dict probe on a digest reveals nothing about the key through timing.
+        row = self.keys.get(hash_key(presented)) if self.keys is not None else None
+        if row is None:
+            raise GatewayError(401, "Invalid API key")
+        if row.disabled:
+            raise GatewayError(401, "API key is disabled")
+        if is_expired(row, datetime.now(UTC)):
+            raise GatewayError(401, "API key has expired")
+        return Principal(kind="key", key=row)
+
+
+def require_inference(principal: Principal, model_id: str) -> None:
+    key = principal.key
+    if key is None:
+        return
+    if key.is_management:
+        raise GatewayError(403, "Management keys may not call inference; create a regular API key")
+    if not model_allowed(key.allowed_models, model_id):
+        raise GatewayError(403, f"Model {model_id!r} is not allowed for this API key",
+                           metadata={"allowed_models": key.allowed_models})
+
+
+def require_management(principal: Principal) -> None:
+    if not principal.can_manage:
+        raise GatewayError(403, "This endpoint needs the master key or a management key")

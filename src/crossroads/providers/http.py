@@ -35,22 +35,41 @@ class UpstreamClient:
         self._session = None
 
 
-async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, bytes]]:
-    """Yield (event name, data) per server-sent event; comments and ids are skipped."""
+async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[list[tuple[str | None, bytes]]]:
+    """Yield, per network read, the complete server-sent events it finished: [(event name, data), ...].
+
+    Working per read rather than per line keeps the Python work per event small, and lets the caller forward all
+    events of one read in one write. Comments, ids and retry fields are skipped.
+    """
+    buffer = b""
+    async for chunk in response.content.iter_any():
+        buffer += chunk
+        if b"\r" in buffer:
+            # On the whole buffer, so a CRLF split across two reads is still seen.
+            buffer = buffer.replace(b"\r\n", b"\n")
+        if b"\n\n" not in buffer:
+            continue
+        *blocks, buffer = buffer.split(b"\n\n")
+        events = [parsed for block in blocks if (parsed := _parse_block(block)) is not None]
+        if events:
+            yield events
+    if buffer.strip():
+        parsed = _parse_block(buffer)
+        if parsed is not None:
+            yield [parsed]
+
+
+def _parse_block(block: bytes) -> tuple[str | None, bytes] | None:
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return None, block[6:]  # the common case: one data line, no event name
     event: str | None = None
     data: list[bytes] = []
-    async for raw_line in response.content:
-        line = raw_line.rstrip(b"\r\n")
-        if not line:
-            if data:
-                yield event, data[0] if len(data) == 1 else b"\n".join(data)
-            event, data = None, []
-            continue
+    for line in block.split(b"\n"):
         if line.startswith(b"data:"):
             value = line[5:]
             data.append(value[1:] if value.startswith(b" ") else value)
         elif line.startswith(b"event:"):
             event = line[6:].strip().decode("utf-8", "replace")
-        # ':' comments, 'id:' and 'retry:' carry nothing the gateway needs.
-    if data:
-        yield event, data[0] if len(data) == 1 else b"\n".join(data)
+    if not data:
+        return None
+    return event, data[0] if len(data) == 1 else b"\n".join(data)

@@ -147,8 +147,11 @@ class OpenAITranslator:
                 if reasoning and not delta.get("reasoning"):
                     delta["reasoning"] = reasoning
             finish = choice.get("finish_reason")
-            choice["native_finish_reason"] = choice.get("native_finish_reason") or finish
-            choice["finish_reason"] = normalise_finish_reason(finish)
+            if finish is None:
+                choice.setdefault("native_finish_reason", None)
+            else:
+                choice["native_finish_reason"] = choice.get("native_finish_reason") or finish
+                choice["finish_reason"] = normalise_finish_reason(finish)
         return [chunk]
 
     def finish(self) -> list[dict[str, Any]]:

@@ -1,0 +1,132 @@
+"""One inference request's bookkeeping: what it reserved, what happened upstream, and the record it leaves."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from crossroads.accounting.pricing import request_cost
+from crossroads.providers.base import Usage
+from crossroads.store.rows import GenerationRow
+
+if TYPE_CHECKING:
+    from crossroads.catalog import ModelSpec
+    from crossroads.gate.auth import Principal
+    from crossroads.gate.credits import Reservation
+    from crossroads.routing.registry import Connection
+
+CHARS_PER_TOKEN = 4  # a rough, deliberately pessimistic-for-the-client estimate when no usage is known
+IMAGE_TOKENS = 1000  # worst-case-ish prompt tokens an image or file part is reserved at
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    chars = 0
+    media = 0
+    for message in body.get("messages") or ():
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict):
+                    continue
+                if part.get("type") == "text":
+                    chars += len(part.get("text") or "")
+                else:
+                    media += 1
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, dict):
+                chars += len(str(call.get("function") or ""))
+    if body.get("tools"):
+        chars += len(str(body["tools"]))
+    return chars // CHARS_PER_TOKEN + media * IMAGE_TOKENS + 8
+
+
+def worst_case_output(body: dict[str, Any], model: ModelSpec) -> int:
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and value > 0:
+            return value
+    return model.max_completion_tokens or model.context_length or 4096
+
+
+class Exchange:
+    """Filled in as the request progresses; `record()` turns it into the generation row."""
+
+    def __init__(self, generation_id: str, principal: Principal, model: ModelSpec, connection: Connection,
+                 *, stream: bool, headers: dict[bytes, bytes], user: str | None, prompt_estimate: int) -> None:
+        self.generation_id = generation_id
+        self.principal = principal
+        self.model = model
+        self.connection = connection
+        self.stream = stream
+        self.headers = headers
+        self.user = user
+        self.prompt_estimate = prompt_estimate
+        self.reservation: Reservation | None = None
+        self.started = time.monotonic()
+        self.upstream_started: float | None = None
+        self.upstream_ended: float | None = None
+        self.first_token: float | None = None
+        self.usage = Usage()
+        self.upstream_model: str | None = None
+        self.upstream_id: str | None = None
+        self.streamed_chars = 0
+        self.cancelled = False
+        self.status = 200
+        self.error: str | None = None
+        self.finish_reason: str | None = None
+        self.native_finish_reason: str | None = None
+        self.attempts: list[dict[str, Any]] = []
+
+    def attempt(self, status: int | None, error: str | None = None) -> None:
+        latency = (time.monotonic() - self.upstream_started) * 1000 if self.upstream_started else None
+        self.attempts.append({"provider_name": self.connection.name, "model_permaslug": self.model.id,
+                              "status": status, "latency": round(latency, 1) if latency is not None else None,
+                              "error": error})
+
+    def billed_usage(self) -> Usage:
+        """The upstream's usage when it reported one; otherwise an estimate from what was streamed."""
+        if self.usage.seen:
+            return self.usage
+        usage = Usage()
+        if self.streamed_chars:
+            usage.prompt_tokens = self.prompt_estimate
+            usage.completion_tokens = -(-self.streamed_chars // CHARS_PER_TOKEN)
+        return usage
+
+    def cost(self) -> float:
+        return request_cost(self.billed_usage(), self.model.pricing)
+
+    def to_row(self) -> GenerationRow:
+        now = time.monotonic()
+        usage = self.billed_usage()
+        headers = self.headers
+        title = headers.get(b"x-title") or headers.get(b"x-openrouter-title")
+
+        def ms(start: float | None, end: float | None) -> int | None:
+            return int((end - start) * 1000) if start is not None and end is not None else None
+
+        return GenerationRow(
+            id=self.generation_id, created_at=datetime.now(UTC), key_hash=self.principal.key_hash,
+            model=self.model.id, provider_name=self.connection.name, provider_type=self.connection.config.type,
+            upstream_model=self.upstream_model or self.model.upstream, upstream_id=self.upstream_id,
+            streamed=self.stream, cancelled=self.cancelled, status=self.status, error=self.error,
+            finish_reason=self.finish_reason, native_finish_reason=self.native_finish_reason,
+            tokens_prompt=usage.prompt_tokens, tokens_completion=usage.completion_tokens,
+            tokens_reasoning=usage.reasoning_tokens, tokens_cached=usage.cached_tokens,
+            tokens_cache_write=usage.cache_write_tokens, cost=request_cost(usage, self.model.pricing),
+            latency_ms=ms(self.started, now),
+            generation_time_ms=ms(self.upstream_started, self.upstream_ended or now),
+            ttft_ms=ms(self.upstream_started, self.first_token),
+            http_referer=_text(headers.get(b"http-referer") or headers.get(b"referer")),
+            app_title=_text(title), user=self.user, user_agent=_text(headers.get(b"user-agent")),
+            provider_responses=self.attempts,
+        )
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("utf-8", "replace")[:500] if value else None

@@ -1,0 +1,122 @@
+"""Generation records, written in batches off the request path.
+
+`record()` appends to an in-memory buffer; a background task flushes it at least every `flush_interval` seconds (or
+sooner when a batch fills). When the store is unavailable the rows stay in the buffer and the flush is retried with
+backoff, so a database outage delays records but loses none; `stop()` flushes what is left before the process exits.
+With `strict=True` each `record()` waits until its row is committed.
+
+Rows not yet written are still visible through `pending()`, so a record can be read back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from crossroads.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from crossroads.store import Store
+    from crossroads.store.rows import GenerationRow
+
+log = logging.getLogger("crossroads.accounting")
+
+
+class GenerationRecorder:
+    def __init__(self, store: Store, *, flush_interval: float = 1.0, batch_size: int = 500,
+                 strict: bool = False) -> None:
+        self.store = store
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.strict = strict
+        self._buffer: list[GenerationRow] = []
+        self._by_id: dict[str, GenerationRow] = {}
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def record(self, row: GenerationRow) -> None:
+        self._buffer.append(row)
+        self._by_id[row.id] = row
+        if len(self._buffer) >= self.batch_size:
+            self._wake.set()
+        if self.strict:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters[row.id] = waiter
+            self._wake.set()
+            await waiter
+
+    def pending(self, generation_id: str) -> GenerationRow | None:
+        return self._by_id.get(generation_id)
+
+    def pending_rows(self) -> list[GenerationRow]:
+        return list(self._buffer)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Flush everything still buffered, retrying for up to `grace` seconds."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        deadline = asyncio.get_running_loop().time() + grace
+        delay = 0.1
+        while self._buffer:
+            if await self._flush():
+                continue
+            if asyncio.get_running_loop().time() + delay > deadline:
+                log.error("could not write %d generation records before shutdown", len(self._buffer))
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _run(self) -> None:
+        delay = self.flush_interval
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if not self._buffer:
+                delay = self.flush_interval
+                continue
+            ok = await self._flush()
+            # After a failure, back off (up to 5 s) instead of hammering a database that is down.
+            delay = self.flush_interval if ok else min(max(delay * 2, 0.25), 5.0)
+
+    async def _flush(self) -> bool:
+        batch = self._buffer[: self.batch_size]
+        try:
+            await self.store.insert_generations(batch)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable, %d generation records held for retry: %s", len(self._buffer), exc)
+            return False
+        except Exception:  # noqa: BLE001 - a bad row must not wedge the writer forever
+            log.exception("writing %d generation records failed; retrying them one by one", len(batch))
+            batch = await self._write_singly(batch)
+        del self._buffer[: len(batch)]
+        for row in batch:
+            self._by_id.pop(row.id, None)
+            waiter = self._waiters.pop(row.id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    async def _write_singly(self, batch: list[GenerationRow]) -> list[GenerationRow]:
+        """Write rows one at a time; return the prefix that was dealt with (written, or dropped as unwritable)."""
+        for done, row in enumerate(batch):
+            try:
+                await self.store.insert_generations([row])
+            except StoreUnavailable:
+                return batch[:done]
+            except Exception:  # noqa: BLE001
+                log.exception("dropping unwritable generation record %s", row.id)
+        return batch

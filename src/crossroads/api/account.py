@@ -1,0 +1,282 @@
+"""OpenRouter's account API: the calling key, key management, credits, generations and activity."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from crossroads.api.asgi import Request, respond_json
+from crossroads.errors import GatewayError
+from crossroads.gate.auth import require_management
+from crossroads.gate.credits import PERIODS
+from crossroads.gate.keys import display_label, generate_key, hash_key
+from crossroads.store.rows import GenerationRow, KeyRow
+
+if TYPE_CHECKING:
+    from crossroads.api.app import Gateway
+
+LIMIT_RESETS = (None, "daily", "weekly", "monthly")
+WORKSPACE = "default"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def key_payload(gateway: Gateway, key: KeyRow) -> dict[str, Any]:
+    spend = gateway.ledger.spend.get(key.hash)
+    usage = {"usage": 0.0, "usage_daily": 0.0, "usage_weekly": 0.0, "usage_monthly": 0.0}
+    if spend is not None:
+        gateway.ledger.used(key.hash, None)  # rolls the periods over if a boundary passed
+        usage = {"usage": round(spend.total, 12), "usage_daily": round(spend.daily, 12),
+                 "usage_weekly": round(spend.weekly, 12), "usage_monthly": round(spend.monthly, 12)}
+    remaining = gateway.ledger.remaining(key)
+    return {
+        "hash": key.hash, "name": key.name, "label": key.label, "disabled": key.disabled,
+        "limit": key.limit, "limit_remaining": None if remaining is None else round(max(remaining, 0.0), 12),
+        "limit_reset": key.limit_reset, "include_byok_in_limit": False, **usage,
+        "byok_usage": 0.0, "byok_usage_daily": 0.0, "byok_usage_weekly": 0.0, "byok_usage_monthly": 0.0,
+        "created_at": _iso(key.created_at), "updated_at": _iso(key.updated_at), "last_used_at": None,
+        "expires_at": _iso(key.expires_at), "allowed_models": key.allowed_models,
+        "is_management_key": key.is_management, "creator_user_id": None, "external_user": None,
+        "workspace_id": WORKSPACE,
+    }
+
+
+def _current_key_payload(gateway: Gateway, request: Request) -> dict[str, Any]:
+    principal = request.principal
+    if principal.key is None:  # the master key: unlimited, may do everything
+        total = sum(s.total for s in gateway.ledger.spend.values())
+        base: dict[str, Any] = {
+            "label": "master", "limit": None, "limit_remaining": None, "limit_reset": None,
+            "usage": round(total, 12), "usage_daily": 0.0, "usage_weekly": 0.0, "usage_monthly": 0.0,
+            "byok_usage": 0.0, "byok_usage_daily": 0.0, "byok_usage_weekly": 0.0, "byok_usage_monthly": 0.0,
+            "include_byok_in_limit": False, "expires_at": None, "creator_user_id": None, "workspace_id": WORKSPACE,
+            "is_management_key": True,
+        }
+        for period in PERIODS:
+            base[f"usage_{period}"] = round(sum(getattr(s, period) for s in gateway.ledger.spend.values()), 12)
+    else:
+        base = key_payload(gateway, principal.key)
+    base.update({
+        "is_free_tier": False, "is_provisioning_key": base["is_management_key"],
+        "rate_limit": {"requests": -1, "interval": "10s", "note": "no request rate limit is configured"},
+        "allowed_data_regions": [], "budgets": [], "effective_budget": None,
+        "free_model_daily_requests": {"limit": 0, "remaining": 0, "used": 0}, "organization_id": None,
+    })
+    return base
+
+
+async def current_key(gateway: Gateway, request: Request) -> None:
+    await respond_json(request.send, 200, {"data": _current_key_payload(gateway, request)})
+
+
+# -- key management ------------------------------------------------------------------------------------------------
+def _parse_expiry(value: Any, field: str = "expires_at") -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise GatewayError(400, f"Invalid request: '{field}' must be an ISO-8601 date-time string",
+                           metadata={"field": field})
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise GatewayError(400, f"Invalid request: '{field}' is not an ISO-8601 date-time: {value!r}",
+                           metadata={"field": field}) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def key_changes(body: Any, *, creating: bool) -> dict[str, Any]:
+    """Validate a create/update body into KeyRow field changes (OpenRouter's names, plus allowed_models)."""
+    if not isinstance(body, dict):
+        raise GatewayError(400, "Invalid request: the body must be a JSON object")
+    changes: dict[str, Any] = {}
+    if "name" in body or creating:
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise GatewayError(400, "Invalid request: 'name' must be a non-empty string", metadata={"field": "name"})
+        changes["name"] = name.strip()
+    if "limit" in body:
+        limit = body["limit"]
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or limit < 0):
+            raise GatewayError(400, "Invalid request: 'limit' must be a non-negative number or null",
+                               metadata={"field": "limit"})
+        changes["limit"] = None if limit is None else float(limit)
+    if "limit_reset" in body:
+        if body["limit_reset"] not in LIMIT_RESETS:
+            raise GatewayError(400, "Invalid request: 'limit_reset' must be daily, weekly, monthly or null",
+                               metadata={"field": "limit_reset"})
+        changes["limit_reset"] = body["limit_reset"]
+    if "expires_at" in body:
+        changes["expires_at"] = _parse_expiry(body["expires_at"])
+    if "allowed_models" in body:
+        models = body["allowed_models"]
+        if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
+            raise GatewayError(400, "Invalid request: 'allowed_models' must be a list of model ids/patterns or null",
+                               metadata={"field": "allowed_models"})
+        changes["allowed_models"] = models
+    if "disabled" in body:
+        if not isinstance(body["disabled"], bool):
+            raise GatewayError(400, "Invalid request: 'disabled' must be a boolean", metadata={"field": "disabled"})
+        changes["disabled"] = body["disabled"]
+    for field in ("management", "is_management_key"):
+        if field in body:
+            if not creating:
+                raise GatewayError(400, f"Invalid request: '{field}' can only be set when a key is created",
+                                   metadata={"field": field})
+            if not isinstance(body[field], bool):
+                raise GatewayError(400, f"Invalid request: '{field}' must be a boolean", metadata={"field": field})
+            changes["is_management"] = body[field]
+    return changes
+
+
+def new_key_row(changes: dict[str, Any]) -> tuple[str, KeyRow]:
+    plaintext = generate_key()
+    now = datetime.now(UTC)
+    row = KeyRow(hash=hash_key(plaintext), name=changes["name"], label=display_label(plaintext),
+                 limit=changes.get("limit"), limit_reset=changes.get("limit_reset"),
+                 expires_at=changes.get("expires_at"), allowed_models=changes.get("allowed_models"),
+                 disabled=changes.get("disabled", False), is_management=changes.get("is_management", False),
+                 created_at=now, updated_at=now)
+    return plaintext, row
+
+
+async def create_key(gateway: Gateway, request: Request) -> None:
+    require_management(request.principal)
+    changes = key_changes(request.json(), creating=True)
+    gateway.check_limit_allowed(changes)
+    plaintext, row = new_key_row(changes)
+    await gateway.store.insert_key(row)
+    gateway.keys.put(row)
+    await respond_json(request.send, 201, {"data": key_payload(gateway, row), "key": plaintext})
+
+
+async def list_keys(gateway: Gateway, request: Request) -> None:
+    require_management(request.principal)
+    query = request.query()
+    include_disabled = query.get("include_disabled", "true").lower() != "false"
+    try:
+        offset = int(query.get("offset", "0"))
+    except ValueError:
+        raise GatewayError(400, "Invalid request: 'offset' must be an integer", metadata={"field": "offset"}) from None
+    rows = await gateway.store.list_keys(offset=max(offset, 0))
+    data = [key_payload(gateway, r) for r in rows if include_disabled or not r.disabled]
+    await respond_json(request.send, 200, {"data": data})
+
+
+async def _known_key(gateway: Gateway, key_hash: str) -> KeyRow:
+    row = await gateway.store.get_key(key_hash)
+    if row is None:
+        raise GatewayError(404, f"API key {key_hash!r} not found")
+    return row
+
+
+async def get_key(gateway: Gateway, request: Request) -> None:
+    require_management(request.principal)
+    row = await _known_key(gateway, request.path_params["hash"])
+    await respond_json(request.send, 200, {"data": key_payload(gateway, row)})
+
+
+async def update_key(gateway: Gateway, request: Request) -> None:
+    require_management(request.principal)
+    key_hash = request.path_params["hash"]
+    changes = key_changes(request.json(), creating=False)
+    gateway.check_limit_allowed(changes)
+    row = await gateway.store.update_key(key_hash, changes)
+    if row is None:
+        raise GatewayError(404, f"API key {key_hash!r} not found")
+    gateway.keys.put(row)
+    await respond_json(request.send, 200, {"data": key_payload(gateway, row)})
+
+
+async def delete_key(gateway: Gateway, request: Request) -> None:
+    require_management(request.principal)
+    key_hash = request.path_params["hash"]
+    if not await gateway.store.delete_key(key_hash):
+        raise GatewayError(404, f"API key {key_hash!r} not found")
+    gateway.keys.drop(key_hash)
+    await respond_json(request.send, 200, {"deleted": True})
+
+
+# -- credits, generations, activity --------------------------------------------------------------------------------
+async def credits(gateway: Gateway, request: Request) -> None:
+    principal = request.principal
+    if principal.key is not None and principal.key.limit is not None and not principal.can_manage:
+        total_credits, usage = principal.key.limit, gateway.ledger.used(principal.key.hash, principal.key.limit_reset)
+    else:
+        total_credits = gateway.config.accounting.budget or 0.0
+        usage = sum(s.total for s in gateway.ledger.spend.values())
+    await respond_json(request.send, 200, {"data": {"total_credits": total_credits, "total_usage": round(usage, 12)}})
+
+
+def generation_payload(row: GenerationRow) -> dict[str, Any]:
+    def seconds(ms: int | None) -> float | None:
+        return None if ms is None else ms / 1000
+
+    return {
+        "id": row.id, "model": row.model, "provider_name": row.provider_name, "total_cost": row.cost,
+        "usage": row.cost, "upstream_inference_cost": row.cost, "cache_discount": None, "is_byok": False,
+        "tokens_prompt": row.tokens_prompt, "tokens_completion": row.tokens_completion,
+        "native_tokens_prompt": row.tokens_prompt, "native_tokens_completion": row.tokens_completion,
+        "native_tokens_reasoning": row.tokens_reasoning, "native_tokens_cached": row.tokens_cached,
+        "native_tokens_completion_images": 0,
+        "latency": row.latency_ms, "generation_time": row.generation_time_ms,
+        "moderation_latency": None, "time_to_first_token": row.ttft_ms,
+        "streamed": row.streamed, "cancelled": row.cancelled,
+        "finish_reason": row.finish_reason, "native_finish_reason": row.native_finish_reason,
+        "origin": row.http_referer or "", "http_referer": row.http_referer, "app_id": None, "app_title": row.app_title,
+        "api_type": row.api_type, "created_at": _iso(row.created_at), "data_region": "global",
+        "external_user": row.user, "user": row.user, "user_agent": row.user_agent,
+        "num_fetches": 0, "num_input_audio_prompt": 0, "num_media_completion": 0, "num_media_prompt": 0,
+        "num_search_results": 0, "preset_id": None, "router": None, "service_tier": None,
+        "upstream_id": row.upstream_id, "upstream_model": row.upstream_model, "provider_type": row.provider_type,
+        "web_search_engine": None, "workspace_id": WORKSPACE, "status": row.status, "error": row.error,
+        "key_hash": row.key_hash, "tokens_cache_write": row.tokens_cache_write,
+        "provider_responses": [
+            {k: v for k, v in attempt.items() if v is not None or k == "status"}
+            for attempt in row.provider_responses],
+        "seconds": {"latency": seconds(row.latency_ms)},
+    }
+
+
+async def generation(gateway: Gateway, request: Request) -> None:
+    generation_id = request.query().get("id")
+    if not generation_id:
+        raise GatewayError(400, "Invalid request: the 'id' query parameter is required", metadata={"field": "id"})
+    row = gateway.recorder.pending(generation_id) or await gateway.store.get_generation(generation_id)
+    principal = request.principal
+    # A key sees only its own generations; not-found and not-yours look the same.
+    if row is None or (not principal.is_master and row.key_hash != principal.key_hash):
+        raise GatewayError(404, f"Generation {generation_id!r} not found")
+    await respond_json(request.send, 200, {"data": generation_payload(row)})
+
+
+def _date_param(query: dict[str, str], name: str, default: date) -> date:
+    value = query.get(name)
+    if not value:
+        return default
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        raise GatewayError(400, f"Invalid request: '{name}' must be a date (YYYY-MM-DD)",
+                           metadata={"field": name}) from None
+
+
+async def activity(gateway: Gateway, request: Request) -> None:
+    query = request.query()
+    today = datetime.now(UTC).date()
+    if query.get("date"):
+        date_from = date_to = _date_param(query, "date", today)
+    else:
+        date_to = _date_param(query, "date_to", today)
+        date_from = _date_param(query, "date_from", date_to - timedelta(days=29))
+    principal = request.principal
+    key_hash = principal.key_hash if not principal.can_manage else (query.get("key_hash") or None)
+    rows = await gateway.store.activity(date_from, date_to, key_hash)
+    data = [{
+        "date": r["date"], "model": r["model"], "model_permaslug": r["model"], "endpoint_id": r["model"],
+        "provider_name": r.get("provider_name") or "", "key_hash": r["key_hash"], "usage": round(r["cost"], 12),
+        "byok_usage_inference": 0.0, "requests": r["requests"], "prompt_tokens": r["prompt_tokens"],
+        "completion_tokens": r["completion_tokens"], "reasoning_tokens": r["reasoning_tokens"],
+        "cached_tokens": r.get("cached_tokens", 0)} for r in rows]
+    await respond_json(request.send, 200, {"data": data})

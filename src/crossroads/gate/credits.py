@@ -1,0 +1,115 @@
+"""Credit limits that hold under concurrency.
+
+Before a request goes upstream, its worst-case cost is reserved against the key's remaining limit; when it completes
+the reservation is replaced by the real cost. All of it happens in this process's memory, synchronously (no await
+between check and reserve), so concurrent requests cannot overspend. Spend is loaded from the store at start-up.
+
+The ledger is exact within one process; the CLI refuses a configuration where several processes would each keep
+their own (see `crossroads.cli`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from crossroads.errors import GatewayError
+
+if TYPE_CHECKING:
+    from crossroads.store.rows import KeyRow
+
+PERIODS = ("daily", "weekly", "monthly")
+
+
+def period_starts(now: datetime) -> dict[str, datetime]:
+    """Midnight UTC today, Monday 00:00 UTC this week, the 1st 00:00 UTC this month."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"daily": day, "weekly": day - timedelta(days=day.weekday()), "monthly": day.replace(day=1)}
+
+
+@dataclass(slots=True)
+class Spend:
+    total: float = 0.0
+    daily: float = 0.0
+    weekly: float = 0.0
+    monthly: float = 0.0
+    reserved: float = 0.0
+
+    def in_period(self, reset: str | None) -> float:
+        return getattr(self, reset) if reset in PERIODS else self.total
+
+
+@dataclass(slots=True)
+class Reservation:
+    key_hash: str | None
+    amount: float
+    settled: bool = False
+
+
+@dataclass
+class CreditLedger:
+    spend: dict[str | None, Spend] = field(default_factory=dict)
+    starts: dict[str, datetime] = field(default_factory=lambda: period_starts(datetime.now(UTC)))
+
+    def load(self, spend_by_key: dict[str | None, dict[str, float]], starts: dict[str, datetime]) -> None:
+        self.starts = starts
+        for key_hash, figures in spend_by_key.items():
+            entry = self.spend.setdefault(key_hash, Spend())
+            entry.total = figures.get("total", 0.0)
+            for period in PERIODS:
+                setattr(entry, period, figures.get(period, 0.0))
+
+    def _roll(self, now: datetime) -> None:
+        starts = period_starts(now)
+        for period in PERIODS:
+            if starts[period] != self.starts[period]:
+                for entry in self.spend.values():
+                    setattr(entry, period, 0.0)
+        self.starts = starts
+
+    def used(self, key_hash: str | None, reset: str | None) -> float:
+        self._roll(datetime.now(UTC))
+        entry = self.spend.get(key_hash)
+        return entry.in_period(reset) if entry else 0.0
+
+    def remaining(self, key: KeyRow) -> float | None:
+        if key.limit is None:
+            return None
+        entry = self.spend.get(key.hash)
+        used = self.used(key.hash, key.limit_reset)
+        return key.limit - used - (entry.reserved if entry else 0.0)
+
+    def reserve(self, key: KeyRow | None, amount: float, *, prompt_cost: float,
+                completion_price: float) -> Reservation:
+        """Reserve `amount` USD for a request, or raise 402 saying how many max_tokens would fit."""
+        if key is None:
+            return Reservation(None, 0.0)
+        entry = self.spend.setdefault(key.hash, Spend())
+        if key.limit is not None:
+            left = key.limit - self.used(key.hash, key.limit_reset) - entry.reserved
+            if amount > left:
+                if completion_price > 0 and left > prompt_cost:
+                    fits = int((left - prompt_cost) / completion_price)
+                    hint = f" At most {fits} max_tokens would fit." if fits > 0 else ""
+                else:
+                    hint = ""
+                raise GatewayError(
+                    402, f"Insufficient credit: this request may cost up to ${amount:.6f} but the key has "
+                         f"${max(left, 0.0):.6f} of its ${key.limit:g} limit left.{hint}",
+                    metadata={"limit": key.limit, "limit_remaining": max(left, 0.0), "reservation": amount})
+        entry.reserved += amount
+        return Reservation(key.hash, amount)
+
+    def settle(self, reservation: Reservation, cost: float) -> None:
+        """Replace the reservation with the real cost (exactly once)."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        entry = self.spend.setdefault(reservation.key_hash, Spend())
+        entry.reserved = max(entry.reserved - reservation.amount, 0.0)
+        self._roll(datetime.now(UTC))
+        entry.total += cost
+        entry.daily += cost
+        entry.weekly += cost
+        entry.monthly += cost

@@ -1,0 +1,94 @@
+"""API keys: generation, hashing, and the in-memory view every request is authenticated against.
+
+Only a SHA-256 hash of a key is stored (keys carry 256 random bits, so a plain hash cannot be reversed); the
+plaintext exists once, in the creation response. The cache answers every request from memory and follows changes
+made by other processes (other workers, the `crossroads keys` CLI) by polling a cheap version stamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
+
+from crossroads.store.rows import KeyRow
+
+if TYPE_CHECKING:
+    from crossroads.store import Store
+
+log = logging.getLogger("crossroads.keys")
+
+KEY_PREFIX = "sk-or-v1-"
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_hex(32)
+
+
+def hash_key(plaintext: str | bytes) -> str:
+    data = plaintext.encode() if isinstance(plaintext, str) else plaintext
+    return hashlib.sha256(data).hexdigest()
+
+
+def display_label(plaintext: str) -> str:
+    """What lists show: enough to recognise a key, never enough to use it."""
+    return f"{plaintext[:len(KEY_PREFIX) + 3]}...{plaintext[-3:]}"
+
+
+def model_allowed(patterns: Iterable[str] | None, model_id: str) -> bool:
+    if patterns is None:
+        return True
+    return any(p == model_id or fnmatchcase(model_id, p) for p in patterns)
+
+
+def is_expired(key: KeyRow, now: datetime | None = None) -> bool:
+    return key.expires_at is not None and key.expires_at <= (now or datetime.now(UTC))
+
+
+class KeyCache:
+    """hash -> KeyRow, loaded at start-up, updated in place by this process's writes and by polling for others'."""
+
+    def __init__(self, store: Store, *, poll_interval: float = 1.0) -> None:
+        self.store = store
+        self.poll_interval = poll_interval
+        self.keys: dict[str, KeyRow] = {}
+        self._version: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def load(self) -> None:
+        version = await self.store.keys_version()
+        rows = await self.store.list_keys()
+        self.keys = {row.hash: row for row in rows}
+        self._version = version
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def get(self, key_hash: str) -> KeyRow | None:
+        return self.keys.get(key_hash)
+
+    def put(self, row: KeyRow) -> None:
+        self.keys[row.hash] = row
+
+    def drop(self, key_hash: str) -> None:
+        self.keys.pop(key_hash, None)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                version = await self.store.keys_version()
+                if version != self._version:
+                    await self.load()
+            except Exception as exc:  # noqa: BLE001 - the DB may be briefly away; keep serving from memory
+                log.warning("could not refresh API keys from the store: %s", type(exc).__name__)
