@@ -67,6 +67,7 @@ class Exchange:
         self.user = user
         self.prompt_estimate = prompt_estimate
         self.reservation: Reservation | None = None
+        self.finished = False  # settled and recorded (exactly once)
         self.started = time.monotonic()
         self.upstream_started: float | None = None
         self.upstream_ended: float | None = None

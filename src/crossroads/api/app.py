@@ -89,7 +89,13 @@ class Gateway:
                                     f"{self.workers} workers. Run a single worker to use key limits.")
 
     async def finish(self, exchange: Exchange) -> None:
-        """Settle the request's credit reservation with its real cost and hand its record to the writer."""
+        """Settle the request's credit reservation with its real cost and hand its record to the writer.
+
+        Called just before the response completes (so that with strict durability the record is committed before the
+        client has its answer) and again, as a no-op, when the request ends whatever the way."""
+        if exchange.finished:
+            return
+        exchange.finished = True
         row = exchange.to_row()
         if exchange.reservation is not None:
             self.ledger.settle(exchange.reservation, row.cost)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -122,6 +123,7 @@ async def _exchange(gateway: Gateway, request: Request, body: dict[str, Any], ex
                                                        [connection.config.api_key])}) from None
         _note_result(exchange, translator, result.get("choices") or ())
         payload = renderer.completion(result, translator.usage, exchange.model.pricing)
+        await gateway.finish(exchange)
         await respond(request.send, 200, payload, extra_headers, JSON_HEADERS)
         return
     await _stream(gateway, request, connection, upstream, translator, renderer, exchange, extra_headers)
@@ -140,10 +142,12 @@ def _note_result(exchange: Exchange, translator: Any, choices: Any) -> None:
 class _SSEWriter:
     """Sends the SSE response, starting it lazily, and keeps the connection alive while the upstream is silent."""
 
-    __slots__ = ("send", "headers", "started", "last_write", "interval", "_heartbeat")
+    __slots__ = ("send", "headers", "started", "last_write", "interval", "_heartbeat", "before_end")
 
-    def __init__(self, send: Any, headers: list[tuple[bytes, bytes]], interval: float) -> None:
+    def __init__(self, send: Any, headers: list[tuple[bytes, bytes]], interval: float,
+                 before_end: Callable[[], Awaitable[None]]) -> None:
         self.send = send
+        self.before_end = before_end  # runs before the final (empty) body message completes the response
         self.headers = headers
         self.started = False
         self.last_write = time.monotonic()
@@ -173,6 +177,7 @@ class _SSEWriter:
     async def end(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        await self.before_end()
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def stop_heartbeat(self) -> None:
@@ -183,7 +188,8 @@ class _SSEWriter:
 async def _stream(gateway: Gateway, request: Request, connection: Connection, upstream: Any, translator: Any,
                   renderer: ChatRenderer, exchange: Exchange, extra_headers: list[tuple[bytes, bytes]]) -> None:
     client = connection.client
-    writer = _SSEWriter(request.send, extra_headers, gateway.config.server.keepalive_interval)
+    writer = _SSEWriter(request.send, extra_headers, gateway.config.server.keepalive_interval,
+                        lambda: gateway.finish(exchange))
     pending = asyncio.ensure_future(client.session.post(upstream.url, data=upstream.body, headers=upstream.headers,
                                                         timeout=client.stream_timeout))
     resp: aiohttp.ClientResponse | None = None
