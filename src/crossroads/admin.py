@@ -22,6 +22,9 @@ def add_key_commands(sub: Any) -> None:
     create.add_argument("--expires", help="expiry as ISO-8601, e.g. 2027-01-31T00:00:00Z")
     create.add_argument("--models", help="comma-separated model ids or glob patterns the key may use")
     create.add_argument("--management", action="store_true", help="a management key (may not call inference)")
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--tpm", type=int, help="tokens per minute")
+    create.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
     actions.add_parser("list", help="list keys")
     for action in ("disable", "enable", "delete"):
         one = actions.add_parser(action, help=f"{action} a key")
@@ -54,7 +57,8 @@ async def _run(args: argparse.Namespace, url: str) -> int:
     try:
         if args.action == "create":
             body: dict[str, Any] = {"name": args.name, "limit": args.limit, "limit_reset": args.limit_reset,
-                                    "expires_at": args.expires, "management": args.management}
+                                    "expires_at": args.expires, "management": args.management,
+                                    "rpm": args.rpm, "tpm": args.tpm, "priority": args.priority}
             if args.models:
                 body["allowed_models"] = [m.strip() for m in args.models.split(",") if m.strip()]
             plaintext, row = new_key_row(key_changes(body, creating=True))

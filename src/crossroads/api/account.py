@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from crossroads.api.app import Gateway
 
 LIMIT_RESETS = (None, "daily", "weekly", "monthly")
+PRIORITIES = ("high", "normal", "low")
 WORKSPACE = "default"
 
 
@@ -38,7 +39,8 @@ def key_payload(gateway: Gateway, key: KeyRow) -> dict[str, Any]:
         "byok_usage": 0.0, "byok_usage_daily": 0.0, "byok_usage_weekly": 0.0, "byok_usage_monthly": 0.0,
         "created_at": _iso(key.created_at), "updated_at": _iso(key.updated_at), "last_used_at": None,
         "expires_at": _iso(key.expires_at), "allowed_models": key.allowed_models,
-        "is_management_key": key.is_management, "creator_user_id": None, "external_user": None,
+        "is_management_key": key.is_management, "rpm": key.rpm, "tpm": key.tpm, "priority": key.priority,
+        "creator_user_id": None, "external_user": None,
         "workspace_id": WORKSPACE,
     }
 
@@ -60,11 +62,18 @@ def _current_key_payload(gateway: Gateway, request: Request) -> dict[str, Any]:
         base = key_payload(gateway, principal.key)
     base.update({
         "is_free_tier": False, "is_provisioning_key": base["is_management_key"],
-        "rate_limit": {"requests": -1, "interval": "10s", "note": "no request rate limit is configured"},
+        "rate_limit": _rate_limit(principal.key),
         "allowed_data_regions": [], "budgets": [], "effective_budget": None,
         "free_model_daily_requests": {"limit": 0, "remaining": 0, "used": 0}, "organization_id": None,
     })
     return base
+
+
+def _rate_limit(key: KeyRow | None) -> dict[str, Any]:
+    if key is None or key.rpm is None:
+        return {"requests": -1, "interval": "1m", "note": "no request rate limit is set for this key"}
+    return {"requests": key.rpm, "interval": "1m", "note": "requests per minute (tokens per minute: "
+            f"{'none' if key.tpm is None else key.tpm})"}
 
 
 async def current_key(gateway: Gateway, request: Request) -> None:
@@ -119,6 +128,18 @@ def key_changes(body: Any, *, creating: bool) -> dict[str, Any]:
         if not isinstance(body["disabled"], bool):
             raise GatewayError(400, "Invalid request: 'disabled' must be a boolean", metadata={"field": "disabled"})
         changes["disabled"] = body["disabled"]
+    for field in ("rpm", "tpm"):
+        if field in body:
+            value = body[field]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise GatewayError(400, f"Invalid request: '{field}' must be a positive integer or null",
+                                   metadata={"field": field})
+            changes[field] = value
+    if "priority" in body:
+        if body["priority"] not in PRIORITIES:
+            raise GatewayError(400, "Invalid request: 'priority' must be high, normal or low",
+                               metadata={"field": "priority"})
+        changes["priority"] = body["priority"]
     for field in ("management", "is_management_key"):
         if field in body:
             if not creating:
@@ -137,7 +158,8 @@ def new_key_row(changes: dict[str, Any]) -> tuple[str, KeyRow]:
                  limit=changes.get("limit"), limit_reset=changes.get("limit_reset"),
                  expires_at=changes.get("expires_at"), allowed_models=changes.get("allowed_models"),
                  disabled=changes.get("disabled", False), is_management=changes.get("is_management", False),
-                 created_at=now, updated_at=now)
+                 created_at=now, updated_at=now, rpm=changes.get("rpm"), tpm=changes.get("tpm"),
+                 priority=changes.get("priority", "normal"))
     return plaintext, row
 
 

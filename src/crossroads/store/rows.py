@@ -20,6 +20,9 @@ class KeyRow:
     is_management: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    rpm: int | None = None  # requests per minute; None = no limit
+    tpm: int | None = None  # tokens per minute; None = no limit
+    priority: str = "normal"  # high | normal | low: who is refused first when a connection is near capacity
 
 
 @dataclass(slots=True)

@@ -47,6 +47,9 @@ api_keys = sa.Table(
     sa.Column("is_management", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("rpm", sa.Integer, nullable=True),
+    sa.Column("tpm", sa.Integer, nullable=True),
+    sa.Column("priority", sa.String(16), nullable=False, default="normal"),
 )
 
 generations = sa.Table(
