@@ -470,3 +470,17 @@ async def test_other_errors_propagate(tmp_path: Path) -> None:
         assert not isinstance(info.value, StoreUnavailable)
     finally:
         await store.close()
+
+
+async def test_stored_responses_round_trip(fresh_url: str) -> None:
+    await asyncio.to_thread(migrate, fresh_url)
+    store = await Store.open(fresh_url)
+    try:
+        history = [{"type": "message", "role": "user", "content": "hi"}]
+        await store.put_response("resp_1", "h" * 64, history, {"id": "resp_1", "output": []})
+        assert await store.get_response("resp_1") == ("h" * 64, history, {"id": "resp_1", "output": []})
+        assert await store.get_response("resp_2") is None
+        assert await store.delete_response("resp_1") is True
+        assert await store.delete_response("resp_1") is False
+    finally:
+        await store.close()

@@ -68,6 +68,9 @@ class Exchange:
         self.prompt_estimate = prompt_estimate
         self.reservation: Reservation | None = None
         self.finished = False  # settled and recorded (exactly once)
+        self.api_type = "chat"  # which front format the client spoke
+        self.model_id = model.id  # the model the client is told served (a catalog id, a route's target...)
+        self.dropped: list[str] = []  # request fields the format conversion could not express
         self.started = time.monotonic()
         self.upstream_started: float | None = None
         self.upstream_ended: float | None = None
@@ -113,7 +116,7 @@ class Exchange:
 
         return GenerationRow(
             id=self.generation_id, created_at=datetime.now(UTC), key_hash=self.principal.key_hash,
-            model=self.model.id, provider_name=self.connection.name, provider_type=self.connection.config.type,
+            model=self.model_id, provider_name=self.connection.name, provider_type=self.connection.config.type,
             upstream_model=self.upstream_model or self.model.upstream, upstream_id=self.upstream_id,
             streamed=self.stream, cancelled=self.cancelled, status=self.status, error=self.error,
             finish_reason=self.finish_reason, native_finish_reason=self.native_finish_reason,
@@ -125,7 +128,8 @@ class Exchange:
             ttft_ms=ms(self.upstream_started, self.first_token),
             http_referer=_text(headers.get(b"http-referer") or headers.get(b"referer")),
             app_title=_text(title), user=self.user, user_agent=_text(headers.get(b"user-agent")),
-            provider_responses=self.attempts,
+            provider_responses=self.attempts, api_type=self.api_type,
+            events=[{"type": "dropped_field", "field": name} for name in self.dropped],
         )
 
 

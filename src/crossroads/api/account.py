@@ -247,7 +247,9 @@ def generation_payload(row: GenerationRow) -> dict[str, Any]:
         "streamed": row.streamed, "cancelled": row.cancelled,
         "finish_reason": row.finish_reason, "native_finish_reason": row.native_finish_reason,
         "origin": row.http_referer or "", "http_referer": row.http_referer, "app_id": None, "app_title": row.app_title,
-        "api_type": row.api_type, "created_at": _iso(row.created_at), "data_region": "global",
+        # OpenRouter's api_type names the API family (all of these are "completions"); which endpoint the client
+        # spoke (chat, messages, responses, completions) is `endpoint`.
+        "api_type": "completions", "endpoint": row.api_type, "events": row.events, "created_at": _iso(row.created_at), "data_region": "global",
         "external_user": row.user, "user": row.user, "user_agent": row.user_agent,
         "num_fetches": 0, "num_input_audio_prompt": 0, "num_media_completion": 0, "num_media_prompt": 0,
         "num_search_results": 0, "preset_id": None, "router": None, "service_tier": None,

@@ -56,3 +56,4 @@ class GenerationRow:
     user: str | None = None
     user_agent: str | None = None
     provider_responses: list[dict[str, Any]] = field(default_factory=list)  # one per upstream attempt
+    events: list[dict[str, Any]] = field(default_factory=list)  # e.g. request fields a conversion had to drop

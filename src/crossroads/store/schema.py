@@ -84,8 +84,20 @@ generations = sa.Table(
     sa.Column("user", sa.Text, nullable=True),
     sa.Column("user_agent", sa.Text, nullable=True),
     sa.Column("provider_responses", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("events", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_generations_key_hash_created_at", "key_hash", "created_at"),
     sa.Index("ix_generations_created_at", "created_at"),
+)
+
+# Responses API objects kept for `previous_response_id` (store: true): the conversation so far as input items.
+stored_responses = sa.Table(
+    "stored_responses",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=True),  # None for the master key
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("history", sa.JSON, nullable=False),  # input items of the whole chain, this response's output included
+    sa.Column("response", sa.JSON, nullable=False),  # the Response object as returned
 )
 
 # Small counters; ``keys_version`` is bumped in the same transaction as every api_keys write.

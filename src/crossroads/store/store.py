@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crossroads.store.engine import async_url, create_engine, translate_errors
 from crossroads.store.rows import GenerationRow, KeyRow
-from crossroads.store.schema import api_keys, generations, meta
+from crossroads.store.schema import api_keys, generations, meta, stored_responses
 
 _KEY_FIELDS = tuple(f.name for f in dataclasses.fields(KeyRow))
 _KEY_MUTABLE = frozenset(_KEY_FIELDS) - {"hash", "created_at"}
@@ -129,6 +129,26 @@ class Store:
         newest_text = newest.isoformat() if isinstance(newest, datetime) else str(newest)
         return f"{counter}:{count}:{newest_text}"
 
+    # --- stored responses (Responses API, store: true) -----------------------------------------------------
+
+    async def put_response(self, id: str, key_hash: str | None, history: list[dict], response: dict) -> None:
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                await conn.execute(stored_responses.insert().values(
+                    id=id, key_hash=key_hash, created_at=_now(), history=history, response=response))
+
+    async def get_response(self, id: str) -> tuple[str | None, list[dict], dict] | None:
+        """(key_hash, history, response) or None."""
+        rows = await self._fetch(sa.select(stored_responses.c.key_hash, stored_responses.c.history,
+                                           stored_responses.c.response).where(stored_responses.c.id == id))
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    async def delete_response(self, id: str) -> bool:
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                result = await conn.execute(stored_responses.delete().where(stored_responses.c.id == id))
+        return result.rowcount > 0
+
     # --- generations -----------------------------------------------------------------------------------------
 
     async def insert_generations(self, rows: list[GenerationRow]) -> None:
@@ -150,6 +170,8 @@ class Store:
         row = GenerationRow(**{name: values[name] for name in _GENERATION_FIELDS})
         if row.provider_responses is None:
             row.provider_responses = []
+        if row.events is None:
+            row.events = []
         return row
 
     async def key_spend(self, since: dict[str, datetime]) -> dict[str | None, dict[str, float]]:

@@ -1,4 +1,4 @@
-"""API keys get capacity limits and a priority: rpm, tpm, priority.
+"""API keys get capacity limits and a priority (rpm, tpm, priority); generations get events; stored_responses.
 
 Revision ID: 0002
 Revises: 0001
@@ -20,9 +20,22 @@ def upgrade() -> None:
         batch.add_column(sa.Column("rpm", sa.Integer, nullable=True))
         batch.add_column(sa.Column("tpm", sa.Integer, nullable=True))
         batch.add_column(sa.Column("priority", sa.String(16), nullable=False, server_default="normal"))
+    with op.batch_alter_table("generations") as batch:
+        batch.add_column(sa.Column("events", sa.JSON, nullable=True))
+    op.create_table(
+        "stored_responses",
+        sa.Column("id", sa.String(128), primary_key=True),
+        sa.Column("key_hash", sa.String(64), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("history", sa.JSON, nullable=False),
+        sa.Column("response", sa.JSON, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("stored_responses")
+    with op.batch_alter_table("generations") as batch:
+        batch.drop_column("events")
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("priority")
         batch.drop_column("tpm")
