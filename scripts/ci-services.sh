@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Starts a throwaway PostgreSQL cluster for the store tests and prints the variable that points the tests at it.
+# Starts a throwaway PostgreSQL cluster and a throwaway Redis server for the tests and prints the variables that point
+# the tests at them.
 #
-#   eval "$(scripts/ci-services.sh [ENV_FILE])"   # start (or reuse) the cluster; also writes the export to ENV_FILE
-#   scripts/ci-services.sh stop                  # stop it and remove its files
+#   eval "$(scripts/ci-services.sh [ENV_FILE])"   # start (or reuse) both; also writes the exports to ENV_FILE
+#   scripts/ci-services.sh stop                  # stop both and remove their files
 #
 # Installs the postgresql package with apt-get when no PostgreSQL binaries are found (needs root). As root the server
 # runs as the `postgres` user (created if missing), since PostgreSQL refuses to run as root. The cluster lives in
 # $CROSSROADS_PG_DIR (default /tmp/crossroads-ci-postgres), listens on 127.0.0.1 only, at a free port, with trust
-# authentication and durability switched off (fsync=off): it is for tests only. Everything but the final
-# `export ...` line goes to stderr.
+# authentication and durability switched off (fsync=off): it is for tests only.
+#
+# Redis: installs Debian's redis-server package with apt-get when redis-server is missing (needs root). The server
+# lives in $CROSSROADS_REDIS_DIR (default /tmp/crossroads-ci-redis), listens on 127.0.0.1 only, at a free port, with
+# persistence off (no RDB snapshots, no AOF): it is for tests only.
+#
+# Everything but the final two `export ...` lines (PostgreSQL, then Redis) goes to stderr.
 set -euo pipefail
 
 PG_DIR="${CROSSROADS_PG_DIR:-/tmp/crossroads-ci-postgres}"
 DATA="$PG_DIR/data"
 DB_NAME=crossroads_test
+REDIS_DIR="${CROSSROADS_REDIS_DIR:-/tmp/crossroads-ci-redis}"
 log() { echo "ci-services: $*" >&2; }
 
 find_bindir() {
@@ -49,6 +56,77 @@ pick_port() {
   done
   log "no free port found"; return 1
 }
+
+# redis_ping PORT: whether a Redis server answers PING on 127.0.0.1:PORT (plain bash, no redis-cli needed).
+# In a subshell, so that a refused connection cannot end the script.
+redis_ping() {
+  (
+    exec 4<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'PING\r\n' >&4
+    reply=""
+    read -r -t 2 reply <&4 || true
+    [ "${reply%$'\r'}" = "+PONG" ]
+  ) 2>/dev/null
+}
+
+# is_redis PID: whether PID is a live redis-server (a stale pid file may name an unrelated process by now).
+is_redis() { [ -n "$1" ] && [ "$(ps -p "$1" -o comm= 2>/dev/null)" = "redis-server" ]; }
+
+stop_redis() {
+  local pid
+  if [ -f "$REDIS_DIR/redis.pid" ]; then
+    pid="$(cat "$REDIS_DIR/redis.pid")"
+    if is_redis "$pid"; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  fi
+  rm -rf "$REDIS_DIR"
+}
+
+# start_redis: start (or reuse) the Redis server and set REDIS_PORT.
+start_redis() {
+  local pid
+  if [ -f "$REDIS_DIR/port" ] && [ -f "$REDIS_DIR/redis.pid" ]; then
+    REDIS_PORT="$(cat "$REDIS_DIR/port")"
+    pid="$(cat "$REDIS_DIR/redis.pid")"
+    if is_redis "$pid" && redis_ping "$REDIS_PORT"; then
+      log "reusing the running Redis in $REDIS_DIR on port $REDIS_PORT"
+      return 0
+    fi
+  fi
+  stop_redis  # a stale server or leftover files: start afresh
+  if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then log "redis-server not found and not root: install redis-server first"; exit 1; fi
+    log "installing redis-server with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends redis-server >&2
+    command -v redis-server >/dev/null 2>&1 || { log "redis-server still not found after installing"; exit 1; }
+  fi
+  mkdir -p "$REDIS_DIR"
+  chmod 700 "$REDIS_DIR"
+  REDIS_PORT="$(pick_port)"
+  echo "$REDIS_PORT" > "$REDIS_DIR/port"
+  # save "" and appendonly no: nothing is ever written to disk.
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$REDIS_DIR" \
+    --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" >&2 \
+    || { log "redis-server did not start"; exit 1; }
+  for _ in $(seq 100); do
+    if redis_ping "$REDIS_PORT"; then
+      log "started Redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p') in $REDIS_DIR on 127.0.0.1:$REDIS_PORT"
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "Redis did not answer; its log:"; cat "$REDIS_DIR/redis.log" >&2 2>/dev/null || true
+  exit 1
+}
+
+if [ "${1:-}" = "stop" ]; then
+  stop_redis
+  log "stopped Redis"
+fi
 
 OWNER=postgres
 if [ "$(id -u)" -ne 0 ]; then OWNER="$(id -un)"; fi
@@ -105,6 +183,10 @@ if ! as_owner "$BINDIR/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -tA
   as_owner "$BINDIR/createdb" -h 127.0.0.1 -p "$PORT" -U postgres "$DB_NAME"
 fi
 
+start_redis
+
 LINE="export CROSSROADS_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:$PORT/$DB_NAME"
-if [ -n "$ENV_FILE" ]; then echo "$LINE" > "$ENV_FILE"; fi
+REDIS_LINE="export CROSSROADS_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+if [ -n "$ENV_FILE" ]; then printf '%s\n%s\n' "$LINE" "$REDIS_LINE" > "$ENV_FILE"; fi
 echo "$LINE"
+echo "$REDIS_LINE"

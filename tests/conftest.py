@@ -127,6 +127,10 @@ def gateway_config(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, fake_
         "server": {"host": "127.0.0.1", "master_key": MASTER_KEY, "data_dir": str(data_dir),
                    "keepalive_interval": 0.3, "max_body_bytes": 2 * 1024 * 1024,
                    "media": {"allow": ["127.0.0.0/8"]}},
+        # The shared gateway checks how each failure reaches the client: no retries, and a breaker that never opens
+        # (a test's injected failures must not eject a connection for the tests after it). tests/test_routing.py
+        # runs its own gateways with the defaults.
+        "routing": {"retries": 0, "breaker": {"failure_threshold": 1000000}},
         "providers": [
             {"name": "oai", "type": "openai", "base_url": fake_openai.base_url + "/v1", "api_key": fake_openai.api_key,
              "timeout": 5,

@@ -379,7 +379,9 @@ def test_nonexistent_config_file(tmp_path: Path) -> None:
 def test_no_secret_in_logs_or_errors(tmp_path: Path) -> None:
     provider_key = "plain-provider-secret-9f8e7d6c5b4a"  # not shaped like an sk- key: must be removed by value
     fake = FakeOpenAI(api_key=provider_key).start()
-    gw = GatewayProcess(small_config(fake, tmp_path / "data"), tmp_path, args=["--log-level", "debug"])
+    config = small_config(fake, tmp_path / "data")
+    config["routing"] = {"retries": 0}  # each injected failure reaches the client
+    gw = GatewayProcess(config, tmp_path, args=["--log-level", "debug"])
     try:
         gw.start()
         echo = ('{"error": {"message": "Incorrect API key provided: ' + provider_key + ' (Authorization: Bearer '

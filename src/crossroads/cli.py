@@ -110,11 +110,20 @@ def prepare_store(config: object, workers: int) -> str | None:
     try:
         migrate(url)
         if workers > 1:
-            limited = asyncio.run(_limited_keys(Store, url))
-            if limited:
-                return (f"{limited} API key(s) have credit limits, which are enforced within one process; "
+            credit, rate = asyncio.run(_limited_keys(Store, url))
+            if credit:
+                return (f"{credit} API key(s) have credit limits, which are enforced within one process; "
                         f"--workers {workers} would let each worker spend the full limit. Run one worker, or remove "
                         "the limits (crossroads keys list).")
+            if not os.environ.get("CROSSROADS_REDIS_URL"):
+                config_limited = [f"connection {c.name}" for c in config.providers if c.rpm or c.tpm]  # type: ignore[attr-defined]
+                config_limited += [f"route {r.name}" for r in config.routes if r.rpm or r.tpm]  # type: ignore[attr-defined]
+                if rate:
+                    config_limited.append(f"{rate} API key(s)")
+                if config_limited:
+                    return (f"rate limits ({', '.join(config_limited)}) are counted per process unless "
+                            f"CROSSROADS_REDIS_URL points at a shared Redis; --workers {workers} would multiply "
+                            "them. Set CROSSROADS_REDIS_URL or run one worker.")
     except StoreUnavailable as exc:
         return f"the database is unavailable: {exc}"
     except OSError as exc:
@@ -122,10 +131,13 @@ def prepare_store(config: object, workers: int) -> str | None:
     return None
 
 
-async def _limited_keys(store_cls: type, url: str) -> int:
+async def _limited_keys(store_cls: type, url: str) -> tuple[int, int]:
+    """How many keys have a credit limit, and how many a rate limit."""
     store = await store_cls.open(url)  # type: ignore[attr-defined]
     try:
-        return sum(1 for row in await store.list_keys() if row.limit is not None)
+        rows = await store.list_keys()
+        return (sum(1 for row in rows if row.limit is not None),
+                sum(1 for row in rows if row.rpm is not None or row.tpm is not None))
     finally:
         await store.close()
 

@@ -61,6 +61,9 @@ class ConnectionConfig:
     models: list[ModelSpec] = field(default_factory=list)
     vendor: Vendor | None = None  # catalog vendor whose models and parameter rules apply
     discover: bool = False  # ask the upstream's GET /models at start-up
+    data_collection: str = "allow"  # "deny": the operator vouches the upstream neither stores nor trains on prompts
+    rpm: int | None = None  # capacity: requests per minute this connection may take (None = unlimited)
+    tpm: int | None = None  # capacity: tokens per minute
 
 
 @dataclass(slots=True)
@@ -71,12 +74,86 @@ class AccountingConfig:
 
 
 @dataclass(slots=True)
+class BreakerConfig:
+    failure_threshold: int = 5  # consecutive failures that open a connection's circuit breaker
+    cooldown: float = 30.0  # seconds an open breaker waits before letting a trial request through
+
+
+def _default_priority_shares() -> dict[str, float]:
+    return {"high": 1.0, "normal": 0.9, "low": 0.7}
+
+
+@dataclass(slots=True)
+class RoutingConfig:
+    retries: int = 2  # retries on the same connection after a failed attempt, before the next candidate
+    max_retry_wait: float = 5.0  # an upstream's Retry-After longer than this moves on to the next candidate instead
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    # Share of a capacity limit (rpm/tpm) each request priority may use: low-priority traffic stops first.
+    priority_shares: dict[str, float] = field(default_factory=_default_priority_shares)
+
+
+CONDITION_OPERATORS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists")
+
+
+@dataclass(slots=True)
+class ValueTest:
+    """One comparison of a routing condition: `op` is one of CONDITION_OPERATORS."""
+
+    op: str
+    operand: Any
+
+
+@dataclass(slots=True)
+class ConditionCheck:
+    """What a condition looks at: prompt_tokens | key (the API key's name) | metadata.<field> | header.<name>."""
+
+    subject: str
+    field: str | None  # the metadata field or the lower-case header name; None for prompt_tokens and key
+    tests: list[ValueTest]
+
+
+@dataclass(slots=True)
+class RouteConditionConfig:
+    checks: list[ConditionCheck]  # all must hold (an empty list always matches)
+    target: str | None = None  # the target it picks (None when it blocks)
+    block: bool = False
+    message: str | None = None  # what a blocked client is told
+
+
+@dataclass(slots=True)
+class RouteTargetConfig:
+    connection: str
+    model: str  # the upstream model id (or an id that connection lists)
+    name: str  # how conditions refer to it; defaults to "<connection>/<model>"
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)  # merged over the request body for this target
+
+
+@dataclass(slots=True)
+class RouteConfig:
+    """A model name of the operator's own (VM-X's "AI resource"): targets, a fallback chain and conditions."""
+
+    name: str
+    targets: list[RouteTargetConfig]
+    strategy: str = "ordered"  # ordered | weighted
+    display_name: str = ""
+    description: str = ""
+    context_length: int | None = None
+    fallback: list[str | RouteTargetConfig] = field(default_factory=list)  # model ids or targets, tried in order
+    conditions: list[RouteConditionConfig] = field(default_factory=list)
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(slots=True)
 class Config:
     source: str
     server: ServerConfig
     providers: list[ConnectionConfig]
     catalog: Catalog
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    routes: list[RouteConfig] = field(default_factory=list)
 
 
 class _EnvStr(str):
@@ -172,7 +249,7 @@ def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> C
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         raise ConfigError(source, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     raw = _expand_env(raw)
-    top = _Reader(source, "", raw, {"server", "providers", "accounting"})
+    top = _Reader(source, "", raw, {"server", "providers", "accounting", "routing", "routes"})
     server = _read_server(_Reader(source, "server", top.data.get("server"), _SERVER_KEYS))
     accounting = _read_accounting(_Reader(source, "accounting", top.data.get("accounting"),
                                           {"durability", "flush_interval", "budget"}))
@@ -185,7 +262,11 @@ def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> C
             raise ConfigError(source, f"providers[{index}].name", f"duplicate connection name {conn.name!r}")
         seen.add(conn.name)
         providers.append(conn)
-    return Config(source=source, server=server, providers=providers, catalog=catalog, accounting=accounting)
+    routing = _read_routing(_Reader(source, "routing", top.data.get("routing"),
+                                    {"retries", "max_retry_wait", "breaker", "priority_shares"}))
+    routes = _read_routes(source, top.get("routes", list, []), seen)
+    return Config(source=source, server=server, providers=providers, catalog=catalog, accounting=accounting,
+                  routing=routing, routes=routes)
 
 
 def _read_accounting(r: _Reader) -> AccountingConfig:
@@ -205,7 +286,8 @@ _SERVER_KEYS = {
     "host", "port", "master_key", "data_dir", "max_body_bytes", "keepalive_interval", "shutdown_grace",
     "discovery_timeout", "media", "database_url",
 }
-_CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "models", "catalog", "discover"}
+_CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "models", "catalog", "discover",
+                    "data_collection", "rpm", "tpm"}
 _MODEL_KEYS = {
     "id", "upstream", "name", "created", "description", "context_length", "max_completion_tokens", "pricing",
     "input_modalities", "output_modalities", "tokenizer", "reasoning", "supported_parameters",
@@ -291,7 +373,208 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
         conn.models.append(spec)
     conn.discover = r.get("discover", bool, kind == "openai" and not conn.models and not (vendor and vendor.models)
                           and not (vendor and vendor.key == "openrouter"))
+    conn.data_collection = r.get("data_collection", str, "allow")
+    if conn.data_collection not in ("allow", "deny"):
+        raise r.error("data_collection", f"must be allow or deny, got {conn.data_collection!r}")
+    conn.rpm = _optional_positive(r, "rpm")
+    conn.tpm = _optional_positive(r, "tpm")
     return conn
+
+
+def _optional_positive(r: _Reader, name: str) -> int | None:
+    value = r.get(name, int, None)
+    if value is not None and value <= 0:
+        raise r.error(name, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _read_routing(r: _Reader) -> RoutingConfig:
+    routing = RoutingConfig()
+    routing.retries = r.get("retries", int, routing.retries)
+    if isinstance(routing.retries, bool) or routing.retries < 0:
+        raise r.error("retries", f"must be a non-negative integer, got {routing.retries!r}")
+    routing.max_retry_wait = r.positive("max_retry_wait", float, routing.max_retry_wait)
+    breaker = _Reader(r.source, r.key("breaker"), r.data.get("breaker"), {"failure_threshold", "cooldown"})
+    defaults = BreakerConfig()
+    routing.breaker = BreakerConfig(
+        failure_threshold=breaker.positive("failure_threshold", int, defaults.failure_threshold),
+        cooldown=breaker.positive("cooldown", float, defaults.cooldown),
+    )
+    shares_raw = r.get("priority_shares", dict, None)
+    if shares_raw is not None:
+        shares = _Reader(r.source, r.key("priority_shares"), shares_raw, set(map(str, shares_raw)))
+        routing.priority_shares = {}
+        for name in shares_raw:
+            value = shares.get(str(name), float, required=True)
+            if not 0 < value <= 1:
+                raise shares.error(str(name), f"must be a share between 0 (exclusive) and 1, got {value!r}")
+            routing.priority_shares[str(name)] = value
+    return routing
+
+
+_ROUTE_KEYS = {"name", "display_name", "description", "context_length", "strategy", "targets", "fallback",
+               "conditions", "rpm", "tpm"}
+_TARGET_KEYS = {"connection", "model", "name", "weight", "params"}
+_CONDITION_KEYS = {"when", "target", "action", "message"}
+_CONDITION_SUBJECTS = {"prompt_tokens", "key", "metadata", "header"}
+_NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
+
+
+def _read_routes(source: str, items: list[Any], connections: set[str]) -> list[RouteConfig]:
+    routes: list[RouteConfig] = []
+    names: set[str] = set()
+    for index, item in enumerate(items):
+        route = _read_route(_Reader(source, f"routes[{index}]", item, _ROUTE_KEYS), connections)
+        if route.name in names:
+            raise ConfigError(source, f"routes[{index}].name", f"duplicate route name {route.name!r}")
+        names.add(route.name)
+        routes.append(route)
+    # A fallback naming another route could loop; routes fall back to models and targets only.
+    for index, route in enumerate(routes):
+        for position, entry in enumerate(route.fallback):
+            if isinstance(entry, str) and entry in names:
+                raise ConfigError(source, f"routes[{index}].fallback[{position}]",
+                                  f"{entry!r} is a route; a fallback must be a model id or a target")
+    return routes
+
+
+def _read_route(r: _Reader, connections: set[str]) -> RouteConfig:
+    name = r.get("name", str, required=True)
+    if not _NAME_PATTERN.match(name):
+        raise r.error("name", f"{name!r} may hold only letters, digits, '.', '_' and '-' (no '/')")
+    strategy = r.get("strategy", str, "ordered")
+    if strategy not in ("ordered", "weighted"):
+        raise r.error("strategy", f"must be ordered or weighted, got {strategy!r}")
+    targets_raw = r.get("targets", list, required=True)
+    if not targets_raw:
+        raise r.error("targets", "must list at least one target")
+    targets = [_read_target(_Reader(r.source, r.key(f"targets[{i}]"), item, _TARGET_KEYS), connections,
+                            weighted=strategy == "weighted") for i, item in enumerate(targets_raw)]
+    seen: set[str] = set()
+    for i, target in enumerate(targets):
+        if target.name in seen:
+            raise r.error(f"targets[{i}].name", f"duplicate target name {target.name!r}")
+        seen.add(target.name)
+    fallback: list[str | RouteTargetConfig] = []
+    for i, item in enumerate(r.get("fallback", list, [])):
+        key = r.key(f"fallback[{i}]")
+        if isinstance(item, str) and item:
+            fallback.append(item)
+        elif isinstance(item, dict):
+            fallback.append(_read_target(_Reader(r.source, key, item, _TARGET_KEYS), connections, weighted=False))
+        else:
+            raise ConfigError(r.source, key, "must be a model id or a mapping with connection and model")
+    conditions = [_read_condition(_Reader(r.source, r.key(f"conditions[{i}]"), item, _CONDITION_KEYS), seen)
+                  for i, item in enumerate(r.get("conditions", list, []))]
+    return RouteConfig(
+        name=name,
+        targets=targets,
+        strategy=strategy,
+        display_name=r.get("display_name", str, ""),
+        description=r.get("description", str, ""),
+        context_length=_optional_positive(r, "context_length"),
+        fallback=fallback,
+        conditions=conditions,
+        rpm=_optional_positive(r, "rpm"),
+        tpm=_optional_positive(r, "tpm"),
+    )
+
+
+def _read_target(r: _Reader, connections: set[str], *, weighted: bool) -> RouteTargetConfig:
+    connection = r.get("connection", str, required=True)
+    if connection not in connections:
+        known = ", ".join(sorted(connections)) or "none"
+        raise r.error("connection", f"no connection is named {connection!r} (configured: {known})")
+    model = r.get("model", str, required=True)
+    if not model:
+        raise r.error("model", "must not be empty")
+    if not weighted and "weight" in r.data:
+        raise r.error("weight", "only applies to a route with strategy: weighted")
+    params = r.get("params", dict, {})
+    return RouteTargetConfig(
+        connection=connection,
+        model=model,
+        name=r.get("name", str, f"{connection}/{model}"),
+        weight=r.positive("weight", float, 1.0),
+        params={str(k): v for k, v in params.items()},
+    )
+
+
+def _read_condition(r: _Reader, target_names: set[str]) -> RouteConditionConfig:
+    when = _Reader(r.source, r.key("when"), r.data.get("when"), _CONDITION_SUBJECTS)
+    checks: list[ConditionCheck] = []
+    if "prompt_tokens" in when.data:
+        checks.append(ConditionCheck("prompt_tokens", None,
+                                     _read_tests(when, "prompt_tokens", when.data["prompt_tokens"], numeric=True)))
+    if "key" in when.data:
+        checks.append(ConditionCheck("key", None, _read_tests(when, "key", when.data["key"], numeric=False)))
+    for subject in ("metadata", "header"):
+        fields = when.get(subject, dict, {})
+        for field_name, spec in fields.items():
+            name = str(field_name).lower() if subject == "header" else str(field_name)
+            tests = _read_tests(when, f"{subject}.{field_name}", spec, numeric=False)
+            if subject == "header":
+                # Header values are strings on the wire; compare them as strings.
+                tests = [ValueTest(t.op, _stringify(t.operand)) if t.op not in _NUMERIC_OPERATORS + ("exists",)
+                         else t for t in tests]
+            checks.append(ConditionCheck(subject, name, tests))
+    action = r.get("action", str, None)
+    action = action.lower() if action is not None else ("route" if "target" in r.data else None)
+    if action not in ("route", "block"):
+        raise r.error("action", "must be route (with a target) or block"
+                      if action is not None else "a condition needs a target or action: block")
+    target = r.get("target", str, None)
+    message = r.get("message", str, None)
+    if action == "block":
+        if target is not None:
+            raise r.error("target", "a blocking condition picks no target")
+        return RouteConditionConfig(checks=checks, block=True, message=message)
+    if target is None:
+        raise r.error("target", "is required for action: route")
+    if target not in target_names:
+        raise r.error("target", f"{target!r} is not one of this route's targets ({', '.join(sorted(target_names))})")
+    if message is not None:
+        raise r.error("message", "only applies to action: block")
+    return RouteConditionConfig(checks=checks, target=target)
+
+
+def _stringify(operand: Any) -> Any:
+    if isinstance(operand, tuple):
+        return tuple(str(x) for x in operand)
+    return str(operand) if not isinstance(operand, bool) else str(operand).lower()
+
+
+def _read_tests(r: _Reader, name: str, spec: Any, *, numeric: bool) -> list[ValueTest]:
+    """A scalar means equality, a list means membership, a mapping holds operators (eq, in, gt, exists, ...)."""
+    if isinstance(spec, list):
+        spec = {"in": spec}
+    elif not isinstance(spec, dict):
+        spec = {"eq": spec}
+    if not spec:
+        raise r.error(name, "must hold at least one test")
+    tests: list[ValueTest] = []
+    for op, operand in spec.items():
+        if op not in CONDITION_OPERATORS:
+            raise r.error(f"{name}.{op}", f"unknown operator (allowed: {', '.join(CONDITION_OPERATORS)})")
+        key = f"{name}.{op}"
+        if op == "exists":
+            if not isinstance(operand, bool):
+                raise r.error(key, "must be true or false")
+        elif op in ("in", "not_in"):
+            if not isinstance(operand, list) or not all(_is_scalar(x) for x in operand):
+                raise r.error(key, "must be a list of plain values")
+            operand = tuple(operand)
+        elif op in _NUMERIC_OPERATORS or numeric:
+            if not isinstance(operand, (int, float)) or isinstance(operand, bool):
+                raise r.error(key, f"must be a number, got {type(operand).__name__} {operand!r}")
+        elif not _is_scalar(operand):
+            raise r.error(key, "must be a plain value (string, number or boolean)")
+        tests.append(ValueTest(op, operand))
+    return tests
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
 
 
 _DEFAULT_PARAMS = {

@@ -23,14 +23,19 @@ from crossroads.api.asgi import (
     respond_error,
     respond_json,
 )
-from crossroads.api.chat import chat_completions
+from crossroads.api.inference import serve
 from crossroads.api.models import ModelViews
 from crossroads.config import Config, ensure_master_key, load_config
 from crossroads.errors import GatewayError
+from crossroads.formats.chat import ChatFront
 from crossroads.gate.auth import Authenticator
 from crossroads.gate.credits import CreditLedger, period_starts
 from crossroads.gate.keys import KeyCache
+from crossroads.gate.ratelimit import Limit, make_limiter
+from crossroads.routing.health import BreakerPolicy, HealthBoard
 from crossroads.routing.registry import Registry, build_registry, discover_models
+from crossroads.routing.routes import RouteTable
+from crossroads.routing.select import RoutePlan, plan
 from crossroads.store import Store, database_url
 
 log = logging.getLogger("crossroads")
@@ -51,12 +56,24 @@ class Gateway:
         self.ready = False
         self._background: set[asyncio.Task[None]] = set()
         self.ledger = CreditLedger()
+        self.route_table = RouteTable.from_config(config)
+        breaker = config.routing.breaker
+        self.health = HealthBoard(BreakerPolicy(failure_threshold=breaker.failure_threshold,
+                                                cooldown=breaker.cooldown))
+        self.redis_url = os.environ.get("CROSSROADS_REDIS_URL") or None
+        self.limiter = make_limiter(self.redis_url, priority_shares=config.routing.priority_shares)
+        self._connection_limits = {
+            c.name: [Limit(f"conn:{c.name}", rpm=c.rpm, tpm=c.tpm, priority_shares=True)]
+            for c in config.providers if c.rpm or c.tpm}
+        self._route_limits = {r.name: Limit(f"route:{r.name}", rpm=r.rpm, tpm=r.tpm)
+                              for r in config.routes if r.rpm or r.tpm}
         # Set at start-up (they need the event loop and the database).
         self.store: Store = None  # type: ignore[assignment]
         self.keys: KeyCache = None  # type: ignore[assignment]
         self.recorder: GenerationRecorder = None  # type: ignore[assignment]
         # With several worker processes each would keep its own ledger, so limits would not hold: refuse them.
         self.workers = int(os.environ.get("CROSSROADS_WORKERS") or 1)
+        self.chat_front = ChatFront()
         self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {}
         for prefix in API_PREFIXES:
             for method, path, handler in (
@@ -87,6 +104,25 @@ class Gateway:
         if self.workers > 1 and changes.get("limit") is not None:
             raise GatewayError(400, "Credit limits are enforced in one process; this gateway runs "
                                     f"{self.workers} workers. Run a single worker to use key limits.")
+        if self.workers > 1 and self.redis_url is None and (changes.get("rpm") or changes.get("tpm")):
+            raise GatewayError(400, f"Rate limits need CROSSROADS_REDIS_URL when the gateway runs {self.workers} "
+                                    "workers (each would otherwise count alone).")
+
+    # -- routing and capacity (used by api/inference.py) ---------------------------------------------------------
+    def plan(self, body: dict[str, Any], headers: dict[bytes, bytes], key: Any, prompt_tokens: int) -> RoutePlan:
+        return plan(self.registry, self.route_table, body, headers=headers, key=key, stats=self.health,
+                    prompt_tokens=prompt_tokens)
+
+    def request_limits(self, key: Any, route: str | None) -> list[Limit]:
+        limits = []
+        if key is not None and (key.rpm or key.tpm):
+            limits.append(Limit(f"key:{key.hash}", rpm=key.rpm, tpm=key.tpm))
+        if route is not None and route in self._route_limits:
+            limits.append(self._route_limits[route])
+        return limits
+
+    def connection_limits(self, name: str) -> list[Limit]:
+        return self._connection_limits.get(name, [])
 
     async def finish(self, exchange: Exchange) -> None:
         """Settle the request's credit reservation with its real cost and hand its record to the writer.
@@ -134,7 +170,7 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
-        self.views = ModelViews(self.registry)
+        self.views = ModelViews(self.registry, self.route_table, self.health)
         self.store = await Store.open(database_url(self.config.server))
         self.keys = KeyCache(self.store)
         await self.keys.load()
@@ -158,7 +194,7 @@ class Gateway:
 
     async def _discover(self) -> None:
         await discover_models(self.registry, self.config)
-        self.views = ModelViews(self.registry)
+        self.views = ModelViews(self.registry, self.route_table, self.health)
 
     async def shutdown(self) -> None:
         self.ready = False
@@ -171,6 +207,7 @@ class Gateway:
         if self.store is not None:
             await self.store.close()
         await self.registry.close()
+        await self.limiter.close()
         if self._media is not None:
             await self._media.close()
 
@@ -241,7 +278,7 @@ class Gateway:
 
     # -- handlers ----------------------------------------------------------------------------------------------------
     async def _chat(self, request: Request) -> None:
-        await chat_completions(self, request)
+        await serve(self, request, self.chat_front)
 
     async def _models(self, request: Request) -> None:
         assert self.views is not None

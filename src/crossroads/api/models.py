@@ -5,7 +5,7 @@ The bodies only change when the configuration does, so they are rendered once pe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -13,6 +13,10 @@ from crossroads.accounting.pricing import price_string
 from crossroads.catalog import ModelSpec
 from crossroads.errors import GatewayError
 from crossroads.routing.registry import Deployment, Registry
+
+if TYPE_CHECKING:
+    from crossroads.routing.health import HealthBoard
+    from crossroads.routing.routes import RouteTable
 
 
 def _modality(spec: ModelSpec) -> str:
@@ -55,8 +59,22 @@ def model_item(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def _endpoint_item(dep: Deployment) -> dict[str, Any]:
+def route_item(entry: dict[str, Any]) -> dict[str, Any]:
+    """A named route as a /models item: any of its targets may serve it, so its prices are not fixed."""
+    spec = ModelSpec(id=entry["id"], upstream=entry["id"], name=entry["name"] or entry["id"],
+                     description=entry["description"], context_length=entry["context_length"],
+                     max_completion_tokens=entry["max_completion_tokens"],
+                     input_modalities=entry["input_modalities"], output_modalities=entry["output_modalities"],
+                     supported_parameters=entry["supported_parameters"])
+    item = model_item(spec)
+    item["pricing"] = {name: "-1" for name in item["pricing"]}  # OpenRouter's marker for "varies" (e.g. auto)
+    return item
+
+
+def _endpoint_item(dep: Deployment, health: HealthBoard | None) -> dict[str, Any]:
     spec, conn = dep.model, dep.connection
+    live = health.endpoint_stats(conn.name, spec.id) if health is not None else {
+        "status": 0, "uptime_last_30m": None}
     return {
         "name": f"{conn.name} | {spec.upstream}",
         "model_id": spec.id,
@@ -70,16 +88,21 @@ def _endpoint_item(dep: Deployment) -> dict[str, Any]:
         "max_completion_tokens": spec.max_completion_tokens,
         "max_prompt_tokens": None,
         "supported_parameters": spec.supported_parameters,
-        "status": 0,
-        "uptime_last_30m": None,
+        **live,
+        "data_collection": conn.config.data_collection,
         "supports_implicit_caching": spec.pricing.input_cache_read > 0,
     }
 
 
 class ModelViews:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, routes: RouteTable | None = None,
+                 health: HealthBoard | None = None) -> None:
         self.registry = registry
+        self.health = health
         items = [model_item(deps[0].model) for deps in registry.models.values()]
+        if routes is not None:
+            named = {entry["id"]: route_item(entry) for entry in routes.models_entries(registry)}
+            items = [item for item in items if item["id"] not in named] + list(named.values())
         items.sort(key=lambda m: m["id"])
         self.models_body = orjson.dumps({"data": items, "total_count": len(items), "links": {"next": None}})
         self.providers_body = orjson.dumps({"data": [
@@ -96,4 +119,4 @@ class ModelViews:
         architecture = model_item(spec)["architecture"]
         return orjson.dumps({"data": {
             "id": spec.id, "name": spec.name or spec.id, "created": spec.created, "description": spec.description,
-            "architecture": architecture, "endpoints": [_endpoint_item(d) for d in deployments]}})
+            "architecture": architecture, "endpoints": [_endpoint_item(d, self.health) for d in deployments]}})

@@ -16,6 +16,7 @@ import orjson
 from crossroads.accounting.pricing import completion_cost, prompt_cost
 from crossroads.catalog import Pricing
 from crossroads.errors import GatewayError
+from crossroads.formats.base import Parsed
 from crossroads.providers.base import Usage
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -255,3 +256,28 @@ class ChatRenderer:
             "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error",
                          "native_finish_reason": "error"}],
         }) + b"\n\n"
+
+
+class ChatRendererAdapter(ChatRenderer):
+    """ChatRenderer under the front-format `Renderer` contract."""
+
+    __slots__ = ()
+
+    def end(self, usage: Usage, pricing: Pricing, finish_reason: str | None, native: str | None) -> bytes:
+        return self.usage_chunk(usage, pricing) + b"data: [DONE]\n\n"
+
+
+class ChatFront:
+    """POST /chat/completions: the canonical format itself."""
+
+    api_type = "chat"
+    native_type = "openai"
+
+    def parse(self, raw: bytes) -> Parsed:
+        return Parsed(parse_chat_request(raw))
+
+    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> ChatRendererAdapter:
+        return ChatRendererAdapter(generation_id, model_id, provider, include_reasoning=wants_reasoning(parsed.body))
+
+    def error_body(self, error: GatewayError) -> bytes:
+        return error.body()

@@ -48,9 +48,35 @@ class Deployment:
 class Registry:
     connections: dict[str, Connection] = field(default_factory=dict)
     models: dict[str, list[Deployment]] = field(default_factory=dict)
+    # (connection name, model id or upstream id) -> deployment; built on first `find`, dropped by `add`.
+    _by_connection: dict[tuple[str, str], Deployment] | None = field(default=None, repr=False, compare=False)
 
     def add(self, model: ModelSpec, connection: Connection) -> None:
         self.models.setdefault(model.id, []).append(Deployment(model, connection))
+        self._by_connection = None
+
+    def deployments(self, model_id: str) -> list[Deployment]:
+        """Every deployment of a catalog/config id, else the one ad-hoc `<connection>/<upstream-model>`; 404."""
+        return self.models.get(model_id) or [self.resolve(model_id)]
+
+    def find(self, connection: str, model: str) -> Deployment | None:
+        """`model` (an id the connection lists, or its upstream id) on the named connection; an ad-hoc deployment
+        when the connection does not list it; None when no connection has that name."""
+        index = self._by_connection
+        if index is None:
+            index = self._by_connection = {}
+            for deployments in self.models.values():
+                for dep in deployments:
+                    index.setdefault((dep.connection.name, dep.model.id), dep)
+                    index.setdefault((dep.connection.name, dep.model.upstream), dep)
+        dep = index.get((connection, model))
+        if dep is not None:
+            return dep
+        conn = self.connections.get(connection)
+        if conn is None:
+            return None
+        model_id = f"{connection}/{model}"
+        return Deployment(ModelSpec(id=model_id, upstream=model, name=model_id), conn)
 
     def resolve(self, model_id: str) -> Deployment:
         """A catalog/config id, else ad-hoc `<connection>/<upstream-model>`; 404 when neither exists."""

@@ -1,0 +1,577 @@
+"""Every inference endpoint: front format -> gate -> router -> provider adapter -> upstream, and back.
+
+One `Call` per request. It asks the router for candidates (model x connection, in try order), passes the gate (model
+allow-list, rate limits, credit reservation), then tries candidates in turn: each with bounded retries on the same
+connection for retryable failures (connect error, timeout, 429, 5xx), honouring Retry-After, skipping connections whose
+circuit breaker is open or whose capacity is spent. Fallback and retry are possible until the first data byte reached
+the client; after that, a failure becomes the front format's mid-stream error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from crossroads.accounting.exchange import Exchange, estimate_prompt_tokens, worst_case_output
+from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, Request, respond
+from crossroads.errors import GatewayError, redact
+from crossroads.formats.chat import new_generation_id
+from crossroads.gate.keys import model_allowed
+from crossroads.gate.ratelimit import Limit
+from crossroads.providers.base import RequestContext, UpstreamStreamError
+from crossroads.providers.http import iter_sse
+from crossroads.routing.retry import is_retryable, retry_delay
+
+if TYPE_CHECKING:
+    from crossroads.api.app import Gateway
+    from crossroads.formats.base import Front
+    from crossroads.routing.registry import Connection
+    from crossroads.routing.select import Candidate
+
+_MAX_ERROR_BODY = 64 * 1024
+PROCESSING = b": PROCESSING\n\n"
+
+# Upstream rate-limit headers, normalised to X-RateLimit-* on successful responses (request limits first).
+_UPSTREAM_LIMIT_HEADERS = (
+    ("X-RateLimit-Limit", ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit", "x-ratelimit-limit")),
+    ("X-RateLimit-Remaining", ("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining",
+                               "x-ratelimit-remaining")),
+    ("X-RateLimit-Reset", ("x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset", "x-ratelimit-reset")),
+)
+
+
+class AttemptFailed(Exception):
+    """An attempt failed before anything reached the client: the call may retry or fall back."""
+
+    def __init__(self, error: GatewayError, status: int | None, retry_after: str | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.status = status  # upstream HTTP status; None for connect errors and timeouts
+        self.retry_after = retry_after
+
+
+def upstream_error(connection: Connection, status: int, raw: bytes, headers: Any = None) -> GatewayError:
+    """Map an upstream's HTTP error to the status the client sees, keeping its body (secrets removed)."""
+    message = connection.adapter.error_message(status, raw)
+    secrets = [connection.config.api_key, *connection.config.headers.values()]
+    metadata = {"provider_name": connection.name, "raw": redact(raw[:_MAX_ERROR_BODY].decode("utf-8", "replace"),
+                                                                secrets)}
+    message = redact(message, secrets)
+    if status == 429:
+        extra = {}
+        retry_after = headers.get("Retry-After") if headers is not None else None
+        if retry_after:
+            extra["Retry-After"] = retry_after
+        return GatewayError(429, f"Rate limited by upstream {connection.name}: {message}", metadata=metadata,
+                            headers=extra)
+    if status == 408:
+        return GatewayError(408, f"Upstream {connection.name} timed out: {message}", metadata=metadata)
+    if status in (400, 413, 422):
+        # The upstream refused the request itself (context too long, bad parameter): the client can fix it.
+        return GatewayError(400, f"Upstream {connection.name} rejected the request: {message}", metadata=metadata)
+    if status in (401, 403):
+        # The connection's credentials are wrong: the gateway's fault, not the client's key.
+        return GatewayError(502, f"Upstream {connection.name} refused the gateway's credentials (HTTP {status}): "
+                                 f"{message}", metadata=metadata)
+    return GatewayError(502, f"Upstream {connection.name} failed (HTTP {status}): {message}", metadata=metadata)
+
+
+def transport_error(connection: Connection, exc: BaseException) -> GatewayError:
+    metadata = {"provider_name": connection.name, "raw": None}
+    if isinstance(exc, TimeoutError):
+        return GatewayError(408, f"Upstream {connection.name} timed out after {connection.config.timeout:g} s",
+                            metadata=metadata)
+    detail = redact(str(exc) or type(exc).__name__, [connection.config.api_key])
+    return GatewayError(502, f"Could not reach upstream {connection.name}: {detail}", metadata=metadata)
+
+
+async def serve(gateway: Gateway, request: Request, front: Front) -> None:
+    await Call(gateway, request, front).run()
+
+
+class Call:
+    __slots__ = ("gateway", "request", "front", "parsed", "body", "exchange", "renderer", "writer", "stream",
+                 "gate_ms", "routing_ms", "limits", "limit_headers", "candidate", "renderer")
+
+    def __init__(self, gateway: Gateway, request: Request, front: Front) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.front = front
+        self.writer: SSEWriter | None = None
+        self.limits: list[Limit] = []
+        self.limit_headers: dict[str, str] = {}
+        self.candidate: Candidate | None = None
+
+    async def run(self) -> None:
+        gateway, request = self.gateway, self.request
+        self.parsed = self.front.parse(request.body)
+        body = self.body = self.parsed.body
+        self.stream = bool(body.get("stream"))
+        principal = request.principal
+        prompt_tokens = estimate_prompt_tokens(body)
+
+        routing_started = time.perf_counter()
+        plan = gateway.plan(body, request.headers, principal.key, prompt_tokens)
+        self.routing_ms = (time.perf_counter() - routing_started) * 1000
+
+        gate_started = time.perf_counter()
+        key = principal.key
+        if key is not None:
+            if key.is_management:
+                raise GatewayError(403, "Management keys may not call inference; create a regular API key")
+            allowed = [c for c in plan.candidates if model_allowed(key.allowed_models, c.model_id)]
+            if not allowed:
+                raise GatewayError(403, f"Model {plan.candidates[0].model_id!r} is not allowed for this API key",
+                                   metadata={"allowed_models": key.allowed_models})
+            plan.candidates = allowed
+        candidates = plan.candidates
+        first = candidates[0]
+        user = body.get("user") if isinstance(body.get("user"), str) else None
+        exchange = self.exchange = Exchange(
+            new_generation_id(), principal, first.deployment.model, first.deployment.connection, stream=self.stream,
+            headers=request.headers, user=user, prompt_estimate=prompt_tokens)
+        exchange.api_type = self.front.api_type
+        exchange.model_id = first.model_id
+        exchange.dropped = self.parsed.dropped
+        # Request-level capacity (key, route): all or nothing, before anything else is spent.
+        self.limits = gateway.request_limits(key, first.route)
+        if self.limits:
+            decision = await gateway.limiter.acquire(self.limits, prompt_tokens, key.priority if key else "normal")
+            self.limit_headers = decision.headers()
+            if not decision.allowed:
+                self.limits = []  # nothing was counted
+                raise _limit_error(decision, "this API key" if (decision.scope or "").startswith("key:")
+                                   else "this route")
+        # Credit: the worst case over every candidate that may serve.
+        worst = 0.0
+        prompt_part = 0.0
+        completion_price = 0.0
+        for candidate in candidates:
+            pricing = candidate.deployment.model.pricing
+            prompt_cost = prompt_tokens * pricing.prompt + pricing.request
+            cost = prompt_cost + worst_case_output(body, candidate.deployment.model) * pricing.completion
+            if cost >= worst:
+                worst, prompt_part, completion_price = cost, prompt_cost, pricing.completion
+        try:
+            exchange.reservation = gateway.ledger.reserve(key, worst, prompt_cost=prompt_part,
+                                                          completion_price=completion_price)
+        except GatewayError:
+            await self._release_limits(0)
+            raise
+        self.gate_ms = (time.perf_counter() - gate_started) * 1000
+        try:
+            await self._try_candidates(candidates)
+        except GatewayError as error:
+            exchange.status, exchange.error = error.status, error.message
+            raise
+        except asyncio.CancelledError:
+            exchange.cancelled = True
+            exchange.status = 499  # the client went away
+            raise
+        except Exception as exc:
+            exchange.status, exchange.error = 500, type(exc).__name__
+            raise
+        finally:
+            if self.writer is not None:
+                self.writer.stop_heartbeat()
+            await gateway.finish(exchange)
+            await self._release_limits(exchange.billed_usage().total_tokens)
+
+    async def _release_limits(self, actual_tokens: int) -> None:
+        if self.limits:
+            limits, self.limits = self.limits, []
+            await self.gateway.limiter.adjust(limits, actual_tokens - self.exchange.prompt_estimate)
+
+    # -- the attempt loop ---------------------------------------------------------------------------------------------
+    async def _try_candidates(self, candidates: list[Candidate]) -> None:
+        gateway = self.gateway
+        health = gateway.health
+        retries = gateway.config.routing.retries
+        last: GatewayError | None = None
+        refused: GatewayError | None = None
+        for candidate in candidates:
+            connection = candidate.deployment.connection
+            if not health.acquire(connection.name):
+                self.exchange.attempts.append({"provider_name": connection.name,
+                                               "model_permaslug": candidate.deployment.model.id, "status": None,
+                                               "latency": None, "error": "skipped: circuit breaker open"})
+                last = last or GatewayError(503, f"Upstream {connection.name} is unavailable (circuit breaker open)")
+                continue
+            conn_limits = gateway.connection_limits(connection.name)
+            if conn_limits:
+                key = self.request.principal.key
+                decision = await gateway.limiter.acquire(conn_limits, self.exchange.prompt_estimate,
+                                                         key.priority if key else "normal")
+                if not decision.allowed:
+                    health.record_cancelled(connection.name)  # frees a half-open probe: nothing was tried
+                    self.exchange.attempts.append({"provider_name": connection.name,
+                                                   "model_permaslug": candidate.deployment.model.id, "status": 429,
+                                                   "latency": None, "error": f"capacity: {decision.code}"})
+                    refused = _limit_error(decision, f"connection {connection.name}")
+                    continue
+            succeeded = False
+            try:
+                await self._try_connection(candidate, retries)
+                succeeded = True
+                return
+            except AttemptFailed as failed:
+                # Any upstream failure (context too long included) moves on to the next candidate.
+                last = failed.error
+            finally:
+                if conn_limits:
+                    used = self.exchange.billed_usage().total_tokens if succeeded else 0
+                    await gateway.limiter.adjust(conn_limits, used - self.exchange.prompt_estimate)
+        error = last or refused or GatewayError(503, "No upstream could serve the request")
+        if last is not None and refused is not None and last.status == 503:
+            error = refused
+        if self.writer is not None and self.writer.started:
+            await self._fail_stream(error.status, error.message, error.metadata)
+            return
+        raise error
+
+    async def _try_connection(self, candidate: Candidate, retries: int) -> None:
+        """Up to 1 + retries attempts on one connection; raises AttemptFailed with the last failure."""
+        health = self.gateway.health
+        connection = candidate.deployment.connection
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._attempt(candidate)
+                return
+            except AttemptFailed as failed:
+                health.record_failure(connection.name, candidate.deployment.model.id, status=failed.status)
+                if attempt > retries or not is_retryable(failed.status):
+                    raise
+                delay = retry_delay(attempt, retry_after=failed.retry_after,
+                                    max_wait=self.gateway.config.routing.max_retry_wait)
+                if delay is None or not health.available(connection.name):
+                    raise
+                await asyncio.sleep(delay)
+                if not health.acquire(connection.name):
+                    raise
+            except asyncio.CancelledError:
+                health.record_cancelled(connection.name)
+                raise
+
+    def _switch_to(self, candidate: Candidate) -> None:
+        exchange = self.exchange
+        self.candidate = candidate
+        exchange.model = candidate.deployment.model
+        exchange.connection = candidate.deployment.connection
+        exchange.model_id = candidate.model_id
+
+    async def _attempt(self, candidate: Candidate) -> None:
+        self._switch_to(candidate)
+        exchange = self.exchange
+        connection = candidate.deployment.connection
+        model = candidate.deployment.model
+        body = self.body if not candidate.overrides else {**self.body, **candidate.overrides}
+        ctx = RequestContext(model=model, connection=connection.config, stream=self.stream,
+                             media=self.gateway.media if connection.config.type != "openai" else None)
+        translator = connection.adapter.translator(ctx)
+        upstream = await translator.request(body)
+        self.renderer = self.front.renderer(generation_id=exchange.generation_id, model_id=candidate.model_id,
+                                            provider=connection.name, parsed=self.parsed)
+        exchange.upstream_started = time.monotonic()
+        exchange.upstream_ended = None
+        client = connection.client
+        if not self.stream:
+            try:
+                async with client.session.post(upstream.url, data=upstream.body, headers=upstream.headers,
+                                               timeout=client.unary_timeout) as resp:
+                    raw = await resp.read()
+                    exchange.upstream_ended = time.monotonic()
+                    if resp.status != 200:
+                        self._fail_attempt(connection, resp.status, raw, resp.headers)
+                    upstream_headers = resp.headers
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                error = transport_error(connection, exc)
+                exchange.attempt(None, error.message)
+                raise AttemptFailed(error, None) from None
+            try:
+                result = translator.response(raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                error = GatewayError(502, f"Upstream {connection.name} sent a response the gateway cannot read: {exc}",
+                                     metadata={"provider_name": connection.name,
+                                               "raw": redact(raw[:_MAX_ERROR_BODY].decode("utf-8", "replace"),
+                                                             [connection.config.api_key])})
+                exchange.attempt(200, error.message)
+                raise AttemptFailed(error, 502) from None
+            exchange.attempt(200)
+            exchange.usage = translator.usage
+            exchange.upstream_model = translator.upstream_model
+            exchange.upstream_id = translator.upstream_id
+            for choice in result.get("choices") or ():
+                exchange.finish_reason = choice.get("finish_reason")
+                exchange.native_finish_reason = choice.get("native_finish_reason")
+                break
+            self._record_success(candidate, ttft=exchange.upstream_ended - exchange.upstream_started)
+            payload = self.renderer.completion(result, translator.usage, model.pricing)
+            await self.gateway.finish(exchange)
+            await respond(self.request.send, 200, payload, self._headers(upstream_headers), JSON_HEADERS)
+            return
+        await self._stream(candidate, upstream, translator)
+
+    def _fail_attempt(self, connection: Connection, status: int, raw: bytes, headers: Any) -> None:
+        error = upstream_error(connection, status, raw, headers)
+        self.exchange.attempt(status, error.message)
+        raise AttemptFailed(error, status, headers.get("Retry-After") if headers is not None else None)
+
+    def _record_success(self, candidate: Candidate, *, ttft: float | None) -> None:
+        exchange = self.exchange
+        end = exchange.upstream_ended or time.monotonic()
+        self.gateway.health.record_success(
+            candidate.deployment.connection.name, candidate.deployment.model.id, ttft=ttft,
+            output_tokens=exchange.billed_usage().completion_tokens,
+            duration=end - (exchange.upstream_started or end))
+
+    def _headers(self, upstream_headers: Any) -> list[tuple[bytes, bytes]]:
+        """X-Generation-Id, what served, how long the gate and the router took, limits, metadata echoes."""
+        exchange = self.exchange
+        connection = exchange.connection
+        out = [(b"x-generation-id", exchange.generation_id.encode()),
+               (b"x-crossroads-model", exchange.model_id.encode()),
+               (b"x-crossroads-provider", connection.config.type.encode()),
+               (b"x-crossroads-connection", connection.name.encode()),
+               (b"x-crossroads-gate-ms", f"{self.gate_ms:.2f}".encode()),
+               (b"x-crossroads-routing-ms", f"{self.routing_ms:.2f}".encode())]
+        if upstream_headers is not None:
+            request_id = upstream_headers.get("x-request-id") or upstream_headers.get("request-id")
+            if request_id:
+                out.append((b"x-request-id", _header_value(request_id)))
+        if self.limit_headers:
+            out.extend((k.lower().encode(), v.encode()) for k, v in self.limit_headers.items())
+        elif upstream_headers is not None:
+            for name, sources in _UPSTREAM_LIMIT_HEADERS:
+                for source in sources:
+                    value = upstream_headers.get(source)
+                    if value:
+                        out.append((name.lower().encode(), _header_value(value)))
+                        break
+        metadata = self.body.get("metadata")
+        if isinstance(metadata, dict):
+            for key, value in list(metadata.items())[:16]:
+                if isinstance(key, str) and isinstance(value, str | int | float | bool):
+                    name = "".join(c for c in key.lower() if c.isalnum() or c in "-_")[:64]
+                    if name:
+                        out.append((b"x-crossroads-metadata-" + name.encode(), _header_value(str(value))))
+        return out
+
+    # -- streams --------------------------------------------------------------------------------------------------
+    async def _stream(self, candidate: Candidate, upstream: Any, translator: Any) -> None:
+        exchange = self.exchange
+        connection = candidate.deployment.connection
+        client = connection.client
+        if self.writer is None:
+            self.writer = SSEWriter(self.request.send, self.gateway.config.server.keepalive_interval,
+                                    lambda: self.gateway.finish(exchange))
+        writer = self.writer
+        pending = asyncio.ensure_future(client.session.post(upstream.url, data=upstream.body,
+                                                            headers=upstream.headers, timeout=client.stream_timeout))
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            # Wait for the upstream's headers; past the keep-alive interval, commit to a 200 stream and keep it
+            # alive with comments (a later failure before any data can still retry or fall back).
+            try:
+                done, _ = await asyncio.wait((pending,), timeout=writer.interval)
+                if not done:
+                    await writer.start(self._headers(None))
+                    await writer.write(PROCESSING)
+                    await pending
+                resp = pending.result()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                error = transport_error(connection, exc)
+                exchange.attempt(None, error.message)
+                raise AttemptFailed(error, None) from None
+            if resp.status != 200:
+                raw = await _read_capped(resp)
+                self._fail_attempt(connection, resp.status, raw, resp.headers)
+            exchange.attempt(200)
+            await writer.start(self._headers(resp.headers))
+            try:
+                finished = await self._pump(resp, translator, writer)
+            except UpstreamStreamError as exc:
+                await self._after_data_failure(candidate, exc.code, redact(exc.message, [connection.config.api_key]),
+                                               {"provider_name": connection.name}, exc.code)
+                return
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                error = transport_error(connection, exc)
+                await self._after_data_failure(candidate, error.status,
+                                               f"Upstream stream broke off: {error.message}", error.metadata, None)
+                return
+            except (ValueError, KeyError, TypeError) as exc:
+                await self._after_data_failure(candidate, 502,
+                                               f"Upstream {connection.name} sent an unreadable stream event: {exc}",
+                                               {"provider_name": connection.name}, 502)
+                return
+            if not finished:
+                await self._after_data_failure(candidate, 502,
+                                               f"Upstream {connection.name} ended the stream before it finished",
+                                               {"provider_name": connection.name}, 502)
+                return
+            self._record_success(candidate, ttft=(exchange.first_token or time.monotonic())
+                                 - (exchange.upstream_started or 0.0))
+            writer.stop_heartbeat()
+            await writer.write(self.renderer.end(exchange.usage, exchange.model.pricing, exchange.finish_reason,
+                                                 exchange.native_finish_reason))
+            await writer.end()
+        finally:
+            if resp is not None:
+                resp.close()  # closes the upstream connection when we stopped early (client gone, error)
+            elif not pending.done():
+                pending.cancel()
+
+    async def _after_data_failure(self, candidate: Candidate, code: Any, message: str,
+                                  metadata: dict[str, Any] | None, status: int | None) -> None:
+        """A stream failed after it began. Before any data reached the client it is an ordinary failed attempt;
+        after, OpenRouter's rule applies: no retry, the format's error chunk ends the stream."""
+        if not self.writer or not self.writer.data_sent:
+            error = GatewayError(code if isinstance(code, int) else 502, message, metadata=metadata)
+            self.exchange.attempts[-1]["error"] = message
+            raise AttemptFailed(error, status)
+        self.gateway.health.record_failure(candidate.deployment.connection.name, candidate.deployment.model.id,
+                                           status=status)
+        await self._fail_stream(code, message, metadata)
+
+    async def _fail_stream(self, code: Any, message: str, metadata: dict[str, Any] | None) -> None:
+        exchange = self.exchange
+        exchange.error = message
+        exchange.status = code if isinstance(code, int) else 502
+        exchange.finish_reason = exchange.native_finish_reason = "error"
+        writer = self.writer
+        assert writer is not None
+        writer.stop_heartbeat()
+        await writer.write(self.renderer.error_chunk(exchange.status, message, metadata))
+        await writer.end()
+
+    async def _pump(self, resp: aiohttp.ClientResponse, translator: Any, writer: SSEWriter) -> bool:
+        """Forward the upstream's events in the client's format; return whether a choice finished."""
+        exchange = self.exchange
+        renderer = self.renderer
+        finished = False
+        try:
+            async for events in iter_sse(resp):
+                out: list[bytes] = []
+                try:
+                    for event, data in events:
+                        for chunk in translator.stream_event(event, data):
+                            finished = _observe(exchange, chunk) or finished
+                            out.append(renderer.chunk(chunk))
+                finally:
+                    # Everything one network read delivered goes out in one write, even when a later event of the
+                    # same read is an error: what came before it is part of the answer.
+                    data_out = b"".join(out)
+                    if data_out:
+                        await writer.write(data_out, data=True)
+            tail = b""
+            for chunk in translator.finish():
+                finished = _observe(exchange, chunk) or finished
+                tail += renderer.chunk(chunk)
+            if tail:
+                await writer.write(tail, data=True)
+        finally:
+            # Whatever happened (end, error, client gone), what the upstream said so far is what gets billed.
+            exchange.upstream_ended = time.monotonic()
+            exchange.usage = translator.usage
+            exchange.upstream_model = translator.upstream_model
+            exchange.upstream_id = translator.upstream_id
+        return finished
+
+
+def _observe(exchange: Exchange, chunk: dict[str, Any]) -> bool:
+    """Track time to first token, how much was generated (the bill when no usage comes) and the finish reason."""
+    finished = False
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta")
+        if delta:
+            size = len(delta.get("content") or "") + len(delta.get("reasoning") or "")
+            for call in delta.get("tool_calls") or ():
+                size += len((call.get("function") or {}).get("arguments") or "")
+            if size:
+                if exchange.first_token is None:
+                    exchange.first_token = time.monotonic()
+                exchange.streamed_chars += size
+        if choice.get("finish_reason"):
+            finished = True
+            exchange.finish_reason = choice["finish_reason"]
+            exchange.native_finish_reason = choice.get("native_finish_reason")
+    return finished
+
+
+def _limit_error(decision: Any, what: str) -> GatewayError:
+    code = decision.code or "resource_exhausted"
+    if code == "prioritization_gate_denied":
+        message = (f"Capacity of {what} is reserved for higher-priority keys right now; retry in "
+                   f"{decision.retry_after:.0f} s")
+    else:
+        unit = "requests" if decision.kind == "rpm" else "tokens"
+        message = f"Rate limit of {what} exceeded: {decision.limit} {unit} per minute; retry in " \
+                  f"{decision.retry_after:.0f} s"
+    return GatewayError(429, message, metadata={"code": code, "scope": decision.scope, "kind": decision.kind},
+                        headers=decision.headers(), code=code)
+
+
+def _header_value(value: str) -> bytes:
+    return value.replace("\r", "").replace("\n", "").encode("latin-1", "replace")[:256]
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await resp.content.read(_MAX_ERROR_BODY)
+    except (TimeoutError, aiohttp.ClientError):
+        return b""
+
+
+class SSEWriter:
+    """Sends the SSE response, starting it lazily, and keeps the connection alive while the upstream is silent."""
+
+    __slots__ = ("send", "started", "data_sent", "last_write", "interval", "_heartbeat", "before_end")
+
+    def __init__(self, send: Any, interval: float, before_end: Callable[[], Awaitable[None]]) -> None:
+        self.send = send
+        self.before_end = before_end  # runs before the final (empty) body message completes the response
+        self.started = False
+        self.data_sent = False  # whether anything but keep-alive comments went out (no retry after that)
+        self.last_write = time.monotonic()
+        self.interval = interval
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self, headers: list[tuple[bytes, bytes]]) -> None:
+        if not self.started:
+            self.started = True
+            await self.send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    async def write(self, payload: bytes, *, data: bool = False) -> None:
+        if data:
+            self.data_sent = True
+        await self._send(payload)
+
+    async def end(self) -> None:
+        self.stop_heartbeat()
+        await self.before_end()
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+
+    async def _beat(self) -> None:
+        # A comment line every `interval` of upstream silence, as OpenRouter does, so proxies and clients don't time
+        # the connection out while a model thinks.
+        while True:
+            idle = time.monotonic() - self.last_write
+            if idle >= self.interval:
+                await self._send(PROCESSING)
+                idle = 0.0
+            await asyncio.sleep(self.interval - idle)
+
+    async def _send(self, payload: bytes) -> None:
+        self.last_write = time.monotonic()
+        await self.send({"type": "http.response.body", "body": payload, "more_body": True})

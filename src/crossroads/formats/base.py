@@ -1,0 +1,45 @@
+"""The front-format contract: what a client speaks, converted to and from the canonical chat shape.
+
+A `Front` (one per endpoint, stateless) parses the client's request into a canonical chat request and makes one
+`Renderer` per request. The renderer turns the canonical result back into the client's format: a whole response, one
+stream chunk at a time, the stream's end (usage, terminator) and a mid-stream error in the format's own envelope.
+Errors before a response starts use `Front.error_body`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from crossroads.catalog import Pricing
+    from crossroads.errors import GatewayError
+    from crossroads.providers.base import Usage
+
+
+@dataclass(slots=True)
+class Parsed:
+    body: dict[str, Any]  # the canonical chat request
+    dropped: list[str] = field(default_factory=list)  # fields the conversion could not express
+    native: dict[str, Any] | None = None  # the client's own body, for pass-through to an upstream of the same format
+
+
+class Renderer(Protocol):
+    def completion(self, result: dict[str, Any], usage: Usage, pricing: Pricing) -> bytes: ...
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes: ...
+
+    def end(self, usage: Usage, pricing: Pricing, finish_reason: str | None, native: str | None) -> bytes: ...
+
+    def error_chunk(self, status: int, message: str, metadata: dict[str, Any] | None) -> bytes: ...
+
+
+class Front(Protocol):
+    api_type: str  # recorded in the generation record: chat | messages | responses | completions
+    native_type: str | None  # the provider type whose API this front speaks natively, if any
+
+    def parse(self, raw: bytes) -> Parsed: ...
+
+    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> Renderer: ...
+
+    def error_body(self, error: GatewayError) -> bytes: ...
