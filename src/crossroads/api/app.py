@@ -12,7 +12,7 @@ from typing import Any
 
 from crossroads.accounting.exchange import Exchange
 from crossroads.accounting.recorder import GenerationRecorder
-from crossroads.api import account
+from crossroads.api import account, stored
 from crossroads.api.asgi import (
     ClientGone,
     Receive,
@@ -28,6 +28,7 @@ from crossroads.api.models import ModelViews
 from crossroads.config import Config, ensure_master_key, load_config
 from crossroads.errors import GatewayError
 from crossroads.formats.chat import ChatFront
+from crossroads.formats.fronts import CompletionsFront, MessagesFront, ResponsesFront
 from crossroads.gate.auth import Authenticator
 from crossroads.gate.credits import CreditLedger, period_starts
 from crossroads.gate.keys import KeyCache
@@ -74,10 +75,19 @@ class Gateway:
         # With several worker processes each would keep its own ledger, so limits would not hold: refuse them.
         self.workers = int(os.environ.get("CROSSROADS_WORKERS") or 1)
         self.chat_front = ChatFront()
+        self.messages_front = MessagesFront()
         self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {}
+        # Endpoints whose errors take another shape than OpenAI's (the Anthropic SDK reads its own).
+        self.error_shapes: dict[str, Callable[[GatewayError], bytes]] = {}
         for prefix in API_PREFIXES:
+            self.error_shapes[prefix + "/messages"] = self.messages_front.error_body
+            self.error_shapes[prefix + "/messages/count_tokens"] = self.messages_front.error_body
             for method, path, handler in (
                 ("POST", "/chat/completions", self._chat),
+                ("POST", "/messages", self._front(self.messages_front)),
+                ("POST", "/messages/count_tokens", self._bind(stored.count_tokens)),
+                ("POST", "/responses", self._front(ResponsesFront())),
+                ("POST", "/completions", self._front(CompletionsFront())),
                 ("GET", "/models", self._models),
                 ("GET", "/providers", self._providers),
                 ("GET", "/key", self._bind(account.current_key)),
@@ -89,10 +99,18 @@ class Gateway:
                 ("GET", "/activity", self._bind(account.activity)),
             ):
                 self.routes[(method, prefix + path)] = (handler, True)
+        self.response_routes: dict[str, Handler] = {
+            "GET": self._bind(stored.get_response), "DELETE": self._bind(stored.delete_response)}
         self.key_routes: dict[str, Handler] = {
             "GET": self._bind(account.get_key), "PATCH": self._bind(account.update_key),
             "DELETE": self._bind(account.delete_key)}
         self.routes[("GET", "/health")] = (self._health, False)
+
+    def _front(self, front: Any) -> Handler:
+        async def handler(request: Request) -> None:
+            await serve(self, request, front)
+
+        return handler
 
     def _bind(self, endpoint: Callable[[Gateway, Request], Awaitable[None]]) -> Handler:
         async def handler(request: Request) -> None:
@@ -219,6 +237,10 @@ class Gateway:
             keys_base = prefix + "/keys/"
             if path.startswith(keys_base) and "/" not in path[len(keys_base):] and method in self.key_routes:
                 return self.key_routes[method], True, {"hash": path[len(keys_base):]}
+            responses_base = prefix + "/responses/"
+            if (path.startswith(responses_base) and "/" not in path[len(responses_base):]
+                    and method in self.response_routes):
+                return self.response_routes[method], True, {"id": path[len(responses_base):]}
             base = prefix + "/models/"
             if method == "GET" and path.startswith(base) and path.endswith("/endpoints"):
                 model_id = path[len(base):-len("/endpoints")]
@@ -244,7 +266,8 @@ class Gateway:
             else:
                 await handler(request)
         except GatewayError as error:
-            await respond_error(send, error)
+            shape = self.error_shapes.get(path.rstrip("/"))
+            await respond_error(send, error, shape(error) if shape is not None else None)
         except ClientGone:
             return
         except Exception:  # noqa: BLE001 - last line: a client never sees a traceback

@@ -103,5 +103,6 @@ async def respond_json(send: Send, status: int, payload: Any, headers: list[tupl
     await respond(send, status, orjson.dumps(payload), headers)
 
 
-async def respond_error(send: Send, error: GatewayError) -> None:
-    await respond(send, error.status, error.body(), _header_list(error.headers))
+async def respond_error(send: Send, error: GatewayError, body: bytes | None = None) -> None:
+    """The error in OpenAI's shape, or `body` (an endpoint's own error shape)."""
+    await respond(send, error.status, error.body() if body is None else body, _header_list(error.headers))

@@ -108,7 +108,7 @@ class Call:
 
     async def run(self) -> None:
         gateway, request = self.gateway, self.request
-        self.parsed = self.front.parse(request.body)
+        self.parsed = await self.front.parse(request, gateway)
         body = self.body = self.parsed.body
         self.stream = bool(body.get("stream"))
         principal = request.principal
@@ -312,10 +312,17 @@ class Call:
                 break
             self._record_success(candidate, ttft=exchange.upstream_ended - exchange.upstream_started)
             payload = self.renderer.completion(result, translator.usage, model.pricing)
+            await self._on_complete()
             await self.gateway.finish(exchange)
             await respond(self.request.send, 200, payload, self._headers(upstream_headers), JSON_HEADERS)
             return
         await self._stream(candidate, upstream, translator)
+
+    async def _on_complete(self) -> None:
+        """The front's own step once the answer is whole (the Responses API stores it for previous_response_id)."""
+        hook = getattr(self.renderer, "on_complete", None)
+        if hook is not None:
+            await hook(self.gateway, self.request.principal)
 
     def _fail_attempt(self, connection: Connection, status: int, raw: bytes, headers: Any) -> None:
         error = upstream_error(connection, status, raw, headers)
@@ -419,6 +426,7 @@ class Call:
             writer.stop_heartbeat()
             await writer.write(self.renderer.end(exchange.usage, exchange.model.pricing, exchange.finish_reason,
                                                  exchange.native_finish_reason))
+            await self._on_complete()
             await writer.end()
         finally:
             if resp is not None:

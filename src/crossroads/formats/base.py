@@ -22,6 +22,7 @@ class Parsed:
     body: dict[str, Any]  # the canonical chat request
     dropped: list[str] = field(default_factory=list)  # fields the conversion could not express
     native: dict[str, Any] | None = None  # the client's own body, for pass-through to an upstream of the same format
+    extra: dict[str, Any] = field(default_factory=dict)  # what a front keeps for its renderer (e.g. history)
 
 
 class Renderer(Protocol):
@@ -38,7 +39,10 @@ class Front(Protocol):
     api_type: str  # recorded in the generation record: chat | messages | responses | completions
     native_type: str | None  # the provider type whose API this front speaks natively, if any
 
-    def parse(self, raw: bytes) -> Parsed: ...
+    async def parse(self, request: Any, gateway: Any) -> Parsed:
+        """The client's request (an `api.asgi.Request`) as a canonical chat request. Async because a front may
+        need the store (e.g. the Responses API's previous_response_id)."""
+        ...
 
     def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> Renderer: ...
 

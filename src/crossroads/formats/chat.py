@@ -78,7 +78,8 @@ _SCALAR_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
 }
 
 
-def parse_chat_request(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 saying what is wrong with it."""
     if not raw:
         raise GatewayError(400, "Invalid request: the body is empty; send a JSON object")
     try:
@@ -87,6 +88,15 @@ def parse_chat_request(raw: bytes) -> dict[str, Any]:
         raise GatewayError(400, f"Invalid JSON in request body: {exc}") from None
     if not isinstance(body, dict):
         raise GatewayError(400, f"Invalid request: the body must be a JSON object, got {_kind(body)}")
+    return body
+
+
+def parse_chat_request(raw: bytes) -> dict[str, Any]:
+    return check_chat_body(parse_json_object(raw))
+
+
+def check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """Check (and normalise in place) the fields of a chat request the gateway and its adapters read."""
     model = body.get("model")
     if model is None and isinstance(body.get("models"), list) and body["models"]:
         model = body["model"] = body["models"][0]
@@ -273,8 +283,8 @@ class ChatFront:
     api_type = "chat"
     native_type = "openai"
 
-    def parse(self, raw: bytes) -> Parsed:
-        return Parsed(parse_chat_request(raw))
+    async def parse(self, request: Any, gateway: Any) -> Parsed:
+        return Parsed(parse_chat_request(request.body))
 
     def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> ChatRendererAdapter:
         return ChatRendererAdapter(generation_id, model_id, provider, include_reasoning=wants_reasoning(parsed.body))

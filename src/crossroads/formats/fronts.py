@@ -1,0 +1,167 @@
+"""The non-canonical fronts (Anthropic Messages, OpenAI Responses, legacy Completions) under the `Front` contract.
+
+Each converts the client's body with its format module, then checks the result with the same checks a chat request
+gets, so every front reaches the providers with the same guarantees. Renderers adapt each format module's renderer to
+`formats.base.Renderer`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from crossroads.accounting.pricing import request_cost
+from crossroads.errors import GatewayError
+from crossroads.formats.base import Parsed
+from crossroads.formats.chat import check_chat_body, parse_json_object
+from crossroads.formats.completions import CompletionsRenderer, completions_to_chat
+from crossroads.formats.messages import MessagesRenderer, anthropic_error_body, messages_to_chat
+from crossroads.formats.responses import (
+    ResponsesRenderer,
+    input_items,
+    items_for_history,
+    openai_error_body,
+    responses_to_chat,
+)
+
+if TYPE_CHECKING:
+    from crossroads.catalog import Pricing
+    from crossroads.providers.base import Usage
+
+
+def _suffix(generation_id: str) -> str:
+    return generation_id.removeprefix("gen-")
+
+
+def _openai_error(error: GatewayError) -> bytes:
+    return error.body()
+
+
+# -- Anthropic Messages ------------------------------------------------------------------------------------------
+class MessagesFront:
+    api_type = "messages"
+    native_type = "anthropic"
+
+    async def parse(self, request: Any, gateway: Any) -> Parsed:
+        native = parse_json_object(request.body)
+        body, dropped = messages_to_chat(native)
+        return Parsed(check_chat_body(body), dropped, native)
+
+    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> MessagesRendererAdapter:
+        return MessagesRendererAdapter(f"msg_{_suffix(generation_id)}", model_id)
+
+    def error_body(self, error: GatewayError) -> bytes:
+        return orjson.dumps(anthropic_error_body(error.status, error.message))
+
+
+class MessagesRendererAdapter(MessagesRenderer):
+    __slots__ = ()
+
+    def completion(self, result: dict[str, Any], usage: Usage, pricing: Pricing) -> bytes:
+        return orjson.dumps(self.response(result, usage))
+
+    def end(self, usage: Usage, pricing: Pricing, finish_reason: str | None, native: str | None) -> bytes:
+        return self.finish(usage, finish_reason, native)
+
+    def error_chunk(self, status: int, message: str, metadata: dict[str, Any] | None) -> bytes:
+        return self.error_event(status, message)
+
+
+# -- OpenAI Responses --------------------------------------------------------------------------------------------
+class ResponsesFront:
+    api_type = "responses"
+    native_type = None  # the openai adapter speaks chat completions; Responses always goes through the translation
+
+    async def parse(self, request: Any, gateway: Any) -> Parsed:
+        native = parse_json_object(request.body)
+        history: list[dict[str, Any]] | None = None
+        previous = native.get("previous_response_id")
+        if previous is not None:
+            if not isinstance(previous, str):
+                raise GatewayError(400, "Invalid request: 'previous_response_id' must be a string",
+                                   metadata={"field": "previous_response_id"})
+            stored = await gateway.store.get_response(previous)
+            principal = request.principal
+            if stored is None or (not principal.is_master and stored[0] != principal.key_hash):
+                # A key never learns whether another key's response exists.
+                raise GatewayError(404, f"Previous response with id '{previous}' not found.",
+                                   metadata={"field": "previous_response_id"})
+            history = stored[1]
+        body, dropped = responses_to_chat(native, history)
+        parsed = Parsed(check_chat_body(body), dropped, native)
+        parsed.extra["history"] = history or []
+        return parsed
+
+    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> ResponsesRendererAdapter:
+        return ResponsesRendererAdapter(f"resp_{_suffix(generation_id)}", model_id, parsed.native or {},
+                                        int(time.time()), parsed)
+
+    def error_body(self, error: GatewayError) -> bytes:
+        code = error.metadata.get("code") if isinstance(error.metadata, dict) else None
+        return orjson.dumps(openai_error_body(error.status, error.message, code if isinstance(code, str) else None,
+                                              param=(error.metadata or {}).get("field")))
+
+
+class ResponsesRendererAdapter(ResponsesRenderer):
+    __slots__ = ("parsed",)
+
+    def __init__(self, response_id: str, model: str, request: dict[str, Any], created_at: int,
+                 parsed: Parsed) -> None:
+        super().__init__(response_id, model, request, created_at)
+        self.parsed = parsed
+
+    def completion(self, result: dict[str, Any], usage: Usage, pricing: Pricing) -> bytes:
+        return orjson.dumps(self.response(result, usage))
+
+    def end(self, usage: Usage, pricing: Pricing, finish_reason: str | None, native: str | None) -> bytes:
+        return self.finish(usage, finish_reason)
+
+    def error_chunk(self, status: int, message: str, metadata: dict[str, Any] | None) -> bytes:
+        return self.error_event(status, message)
+
+    async def on_complete(self, gateway: Any, principal: Any) -> None:
+        """store: true (the default) keeps the conversation for a later previous_response_id."""
+        request = self.request
+        if request.get("store") is False or self.last_response is None:
+            return
+        history = [*self.parsed.extra.get("history", []), *input_items(request)]
+        await gateway.store.put_response(self.response_id, principal.key_hash,
+                                         items_for_history(history, self.last_response), self.last_response)
+
+
+# -- legacy Completions ------------------------------------------------------------------------------------------
+class CompletionsFront:
+    api_type = "completions"
+    native_type = None
+
+    async def parse(self, request: Any, gateway: Any) -> Parsed:
+        native = parse_json_object(request.body)
+        body, dropped = completions_to_chat(native)
+        return Parsed(check_chat_body(body), dropped, native)
+
+    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> CompletionsAdapter:
+        return CompletionsAdapter(f"cmpl-{_suffix(generation_id)}", model_id, int(time.time()))
+
+    def error_body(self, error: GatewayError) -> bytes:
+        return error.body()
+
+
+class CompletionsAdapter(CompletionsRenderer):
+    __slots__ = ()
+
+    def completion(self, result: dict[str, Any], usage: Usage, pricing: Pricing) -> bytes:
+        return orjson.dumps(self.response(result, usage, request_cost(usage, pricing)))
+
+    def end(self, usage: Usage, pricing: Pricing, finish_reason: str | None, native: str | None) -> bytes:
+        return self.finish(usage, request_cost(usage, pricing))
+
+    def error_chunk(self, status: int, message: str, metadata: dict[str, Any] | None) -> bytes:
+        error: dict[str, Any] = {"code": status, "message": message}
+        if metadata:
+            error["metadata"] = metadata
+        return b"data: " + orjson.dumps({"id": self.completion_id, "object": "text_completion",
+                                          "created": self.created, "model": self.model, "error": error,
+                                          "choices": [{"text": "", "index": 0, "logprobs": None,
+                                                       "finish_reason": "error"}]}) + b"\n\n"
