@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 
 from crossroads.accounting.exchange import Exchange, estimate_prompt_tokens, worst_case_output
 from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, Request, respond
@@ -95,7 +96,7 @@ async def serve(gateway: Gateway, request: Request, front: Front) -> None:
 
 class Call:
     __slots__ = ("gateway", "request", "front", "parsed", "body", "exchange", "renderer", "writer", "stream",
-                 "gate_ms", "routing_ms", "limits", "limit_headers", "candidate", "renderer")
+                 "gate_ms", "routing_ms", "limits", "limit_headers", "candidate", "renderer", "passthrough")
 
     def __init__(self, gateway: Gateway, request: Request, front: Front) -> None:
         self.gateway = gateway
@@ -105,6 +106,7 @@ class Call:
         self.limits: list[Limit] = []
         self.limit_headers: dict[str, str] = {}
         self.candidate: Candidate | None = None
+        self.passthrough = False
 
     async def run(self) -> None:
         gateway, request = self.gateway, self.request
@@ -275,6 +277,16 @@ class Call:
                              media=self.gateway.media if connection.config.type != "openai" else None)
         translator = connection.adapter.translator(ctx)
         upstream = await translator.request(body)
+        native = self.parsed.native
+        # The client speaks the upstream's own API: its body goes up untouched but for the model name, and the
+        # upstream's answer comes back untouched. The translator still reads both, for usage and the record.
+        self.passthrough = (native is not None and self.front.native_type == connection.config.type
+                            and not candidate.overrides)
+        if self.passthrough:
+            upstream.body = orjson.dumps({**native, "model": model.upstream})
+            beta = self.request.headers.get(b"anthropic-beta")
+            if beta and connection.config.type == "anthropic":
+                upstream.headers = {**upstream.headers, "anthropic-beta": beta.decode("latin-1")}
         self.renderer = self.front.renderer(generation_id=exchange.generation_id, model_id=candidate.model_id,
                                             provider=connection.name, parsed=self.parsed)
         exchange.upstream_started = time.monotonic()
@@ -311,7 +323,7 @@ class Call:
                 exchange.native_finish_reason = choice.get("native_finish_reason")
                 break
             self._record_success(candidate, ttft=exchange.upstream_ended - exchange.upstream_started)
-            payload = self.renderer.completion(result, translator.usage, model.pricing)
+            payload = raw if self.passthrough else self.renderer.completion(result, translator.usage, model.pricing)
             await self._on_complete()
             await self.gateway.finish(exchange)
             await respond(self.request.send, 200, payload, self._headers(upstream_headers), JSON_HEADERS)
@@ -424,8 +436,9 @@ class Call:
             self._record_success(candidate, ttft=(exchange.first_token or time.monotonic())
                                  - (exchange.upstream_started or 0.0))
             writer.stop_heartbeat()
-            await writer.write(self.renderer.end(exchange.usage, exchange.model.pricing, exchange.finish_reason,
-                                                 exchange.native_finish_reason))
+            if not self.passthrough:  # a passed-through stream already carried its own ending
+                await writer.write(self.renderer.end(exchange.usage, exchange.model.pricing,
+                                                     exchange.finish_reason, exchange.native_finish_reason))
             await self._on_complete()
             await writer.end()
         finally:
@@ -461,15 +474,21 @@ class Call:
         """Forward the upstream's events in the client's format; return whether a choice finished."""
         exchange = self.exchange
         renderer = self.renderer
+        passthrough = self.passthrough
         finished = False
         try:
             async for events in iter_sse(resp):
                 out: list[bytes] = []
                 try:
                     for event, data in events:
-                        for chunk in translator.stream_event(event, data):
+                        chunks = translator.stream_event(event, data)
+                        if passthrough:
+                            out.append(b"event: %s\ndata: %s\n\n" % (event.encode(), data) if event
+                                       else b"data: %s\n\n" % data)
+                        for chunk in chunks:
                             finished = _observe(exchange, chunk) or finished
-                            out.append(renderer.chunk(chunk))
+                            if not passthrough:
+                                out.append(renderer.chunk(chunk))
                 finally:
                     # Everything one network read delivered goes out in one write, even when a later event of the
                     # same read is an error: what came before it is part of the answer.
@@ -479,7 +498,8 @@ class Call:
             tail = b""
             for chunk in translator.finish():
                 finished = _observe(exchange, chunk) or finished
-                tail += renderer.chunk(chunk)
+                if not passthrough:
+                    tail += renderer.chunk(chunk)
             if tail:
                 await writer.write(tail, data=True)
         finally:
