@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import yaml
 
 from tests.conftest import MASTER_KEY, GatewayProcess, free_port
 from tests.fakes.base import Fault, Reply
@@ -406,3 +407,28 @@ def test_no_secret_in_logs_or_errors(tmp_path: Path) -> None:
     log = gw.log()
     assert provider_key not in log, log
     assert MASTER_KEY not in log, log
+
+
+def serve_exit(config: dict, tmp_path: Path, args: list[str], env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "crossroads.yaml"
+    path.write_text(yaml.safe_dump(config))
+    environment = {k: v for k, v in os.environ.items() if k != "CROSSROADS_REDIS_URL"}
+    return subprocess.run([sys.executable, "-m", "crossroads", "serve", "--config", str(path), *args],
+                          capture_output=True, text=True, timeout=30, cwd=tmp_path, env={**environment, **(env or {})})
+
+
+def test_workers_refused_when_limits_could_not_hold(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    # A connection's rpm counted in each of 2 processes would allow twice the limit: refused without Redis.
+    config = small_config(fake_openai, tmp_path / "data", port=free_port())
+    config["providers"][0]["rpm"] = 100
+    result = serve_exit(config, tmp_path, ["--workers", "2"])
+    assert result.returncode == 2
+    assert "CROSSROADS_REDIS_URL" in result.stderr and "connection oai" in result.stderr
+    assert "Traceback" not in result.stderr
+    # A key with a credit limit cannot be shared by processes at all.
+    config["providers"][0]["rpm"] = None
+    subprocess.run([sys.executable, "-m", "crossroads", "keys", "--config", str(tmp_path / "crossroads.yaml"),
+                    "create", "--name", "capped", "--limit", "5"], check=True, capture_output=True, cwd=tmp_path)
+    result = serve_exit(config, tmp_path, ["--workers", "2"])
+    assert result.returncode == 2 and "credit limits" in result.stderr
