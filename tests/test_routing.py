@@ -51,7 +51,8 @@ def routing_config(fakes: dict[str, FakeOpenAI], data_dir: Path, **routing) -> d
                     "priority_shares": {"high": 1.0, "normal": 0.8, "low": 0.5}, **routing},
         "providers": [
             connection("alpha", fakes["alpha"], [
-                {"id": "test/shared", "upstream": "m", "pricing": PRICE, "supported_parameters": tools_params},
+                {"id": "test/shared", "upstream": "m", "pricing": PRICE, "supported_parameters": tools_params,
+                 "context_length": 200000},
                 {"id": "test/first", "upstream": "first", "pricing": PRICE},
                 {"id": "test/timed", "upstream": "t", "pricing": PRICE}]),
             connection("beta", fakes["beta"], [
@@ -345,3 +346,15 @@ def test_limits_hold_across_two_processes_with_redis(fakes, tmp_path) -> None:
     finally:
         for proc in gateways:
             proc.stop()
+
+
+def test_auto_router_and_suffixes(gw, fakes) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for model in ("openrouter/auto", "crossroads/auto"):
+        resp = post(gw, {"model": model, "tools": tools, "max_tokens": 50000})
+        assert resp.status_code == 200, resp.text
+        # Only test/shared on alpha declares a context long enough for 50k output tokens, and tool support.
+        assert resp.json()["model"] == "test/shared" and resp.json()["provider"] == "alpha"
+    for suffix in (":floor", ":nitro"):
+        resp = post(gw, {"model": "test/second" + suffix})
+        assert resp.status_code == 200 and resp.json()["model"] == "test/second"
