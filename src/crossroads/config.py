@@ -62,6 +62,9 @@ class ConnectionConfig:
     vendor: Vendor | None = None  # catalog vendor whose models and parameter rules apply
     discover: bool = False  # ask the upstream's GET /models at start-up
     data_collection: str = "allow"  # "deny": the operator vouches the upstream neither stores nor trains on prompts
+    # The upstream also serves OpenAI's Responses API (POST /responses): Responses requests then pass through.
+    # Default: true for OpenAI itself, false for other OpenAI-compatible servers.
+    responses_api: bool = False
     rpm: int | None = None  # capacity: requests per minute this connection may take (None = unlimited)
     tpm: int | None = None  # capacity: tokens per minute
 
@@ -287,7 +290,7 @@ _SERVER_KEYS = {
     "discovery_timeout", "media", "database_url",
 }
 _CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "models", "catalog", "discover",
-                    "data_collection", "rpm", "tpm"}
+                    "data_collection", "rpm", "tpm", "responses_api"}
 _MODEL_KEYS = {
     "id", "upstream", "name", "created", "description", "context_length", "max_completion_tokens", "pricing",
     "input_modalities", "output_modalities", "tokenizer", "reasoning", "supported_parameters",
@@ -374,6 +377,8 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
     conn.discover = r.get("discover", bool, kind == "openai" and not conn.models and not (vendor and vendor.models)
                           and not (vendor and vendor.key == "openrouter"))
     conn.data_collection = r.get("data_collection", str, "allow")
+    conn.responses_api = r.get("responses_api", bool,
+                               kind == "openai" and conn.vendor is not None and conn.vendor.key == "openai")
     if conn.data_collection not in ("allow", "deny"):
         raise r.error("data_collection", f"must be allow or deny, got {conn.data_collection!r}")
     conn.rpm = _optional_positive(r, "rpm")
@@ -619,6 +624,7 @@ def _config_from_environment(catalog: Catalog) -> Config:
         providers.append(ConnectionConfig(
             name=vendor.key, type=vendor.type, base_url=base_url, api_key=api_key, vendor=vendor,
             discover=vendor.type == "openai" and not vendor.models and vendor.key != "openrouter",
+            responses_api=vendor.key == "openai",
         ))
     return Config(source="environment", server=server, providers=providers, catalog=catalog)
 

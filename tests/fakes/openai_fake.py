@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ class FakeOpenAI(FakeUpstream):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.list_models)
 
     def _auth_error(self, request: web.Request) -> web.Response | None:
@@ -56,7 +58,92 @@ class FakeOpenAI(FakeUpstream):
             return await self.write_sse(request, events, fault, error)
         return web.json_response(self.completion(reply, model))
 
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's Responses API (as api.openai.com serves it), for pass-through tests."""
+        rec = await self.record(request)
+        fault = self.next_fault()
+        await self.before_response(fault)
+        if (denied := self._auth_error(request)) is not None:
+            return denied
+        if fault and fault.status != 200:
+            body = orjson.dumps({"error": {"message": fault.message, "type": "server_error", "param": None,
+                                           "code": None}})
+            return self.error_response(fault, body)
+        req = rec.json
+        reply = self.next_reply()
+        model = reply.model or req.get("model")
+        response = self.response_object(reply, model, req)
+        if not req.get("stream"):
+            return web.json_response(response)
+        events = [sse({"type": t, "sequence_number": n, **data}, t)
+                  for n, (t, data) in enumerate(self.response_events(reply, response))]
+        error = sse({"type": "error", "code": "server_error", "message": fault.message if fault else "",
+                     "param": None, "sequence_number": len(events)}, "error")
+        return await self.write_sse(request, events, fault, error)
+
     # -- rendering -------------------------------------------------------------------------------------------------
+    def response_object(self, reply: Reply, model: str, req: dict[str, Any]) -> dict[str, Any]:
+        output: list[dict[str, Any]] = []
+        if reply.text:
+            output.append({"id": "msg_fake1", "type": "message", "status": "completed", "role": "assistant",
+                           "content": [{"type": "output_text", "text": reply.text, "annotations": [],
+                                        "logprobs": []}]})
+        for i, tc in enumerate(reply.tool_calls):
+            output.append({"id": f"fc_fake{i}", "type": "function_call", "status": "completed",
+                           "call_id": tc.id or f"call_{i}abc", "name": tc.name,
+                           "arguments": orjson.dumps(tc.arguments).decode()})
+        incomplete = reply.finish == "length"
+        return {
+            "id": f"resp_fake{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
+            "status": "incomplete" if incomplete else "completed", "background": False, "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "instructions": req.get("instructions"), "max_output_tokens": req.get("max_output_tokens"),
+            "model": model, "output": output, "parallel_tool_calls": True, "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None}, "service_tier": "default", "store": True,
+            "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+            "tools": req.get("tools") or [], "top_p": 1.0, "truncation": "disabled", "metadata": {},
+            "user": None,
+            "usage": {"input_tokens": reply.prompt_tokens,
+                      "input_tokens_details": {"cached_tokens": reply.cached_tokens},
+                      "output_tokens": reply.completion_tokens,
+                      "output_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
+                      "total_tokens": reply.prompt_tokens + reply.completion_tokens},
+        }
+
+    @staticmethod
+    def response_events(reply: Reply, response: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        opening = {**response, "status": "in_progress", "output": [], "usage": None}
+        events: list[tuple[str, dict[str, Any]]] = [("response.created", {"response": opening}),
+                                                    ("response.in_progress", {"response": opening})]
+        for index, item in enumerate(response["output"]):
+            if item["type"] == "message":
+                text = item["content"][0]["text"]
+                events.append(("response.output_item.added", {"output_index": index, "item": {
+                    **item, "status": "in_progress", "content": []}}))
+                events.append(("response.content_part.added", {"item_id": item["id"], "output_index": index,
+                                                               "content_index": 0, "part": {
+                                                                   "type": "output_text", "text": "",
+                                                                   "annotations": [], "logprobs": []}}))
+                for piece in split_text(text, reply.chunks):
+                    events.append(("response.output_text.delta", {"item_id": item["id"], "output_index": index,
+                                                                  "content_index": 0, "delta": piece,
+                                                                  "logprobs": []}))
+                events.append(("response.output_text.done", {"item_id": item["id"], "output_index": index,
+                                                             "content_index": 0, "text": text, "logprobs": []}))
+                events.append(("response.content_part.done", {"item_id": item["id"], "output_index": index,
+                                                              "content_index": 0, "part": item["content"][0]}))
+            else:
+                events.append(("response.output_item.added", {"output_index": index, "item": {
+                    **item, "status": "in_progress", "arguments": ""}}))
+                events.append(("response.function_call_arguments.delta", {
+                    "item_id": item["id"], "output_index": index, "delta": item["arguments"]}))
+                events.append(("response.function_call_arguments.done", {
+                    "item_id": item["id"], "output_index": index, "arguments": item["arguments"]}))
+            events.append(("response.output_item.done", {"output_index": index, "item": item}))
+        final = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+        events.append((final, {"response": response}))
+        return events
+
     @staticmethod
     def finish_reason(reply: Reply) -> str:
         return reply.finish

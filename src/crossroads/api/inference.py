@@ -25,6 +25,7 @@ from crossroads.gate.keys import model_allowed
 from crossroads.gate.ratelimit import Limit
 from crossroads.providers.base import RequestContext, UpstreamStreamError
 from crossroads.providers.http import iter_sse
+from crossroads.providers.openai_responses import ResponsesPassthrough
 from crossroads.routing.retry import is_retryable, retry_delay
 
 if TYPE_CHECKING:
@@ -275,14 +276,21 @@ class Call:
         body = self.body if not candidate.overrides else {**self.body, **candidate.overrides}
         ctx = RequestContext(model=model, connection=connection.config, stream=self.stream,
                              media=self.gateway.media if connection.config.type != "openai" else None)
-        translator = connection.adapter.translator(ctx)
-        upstream = await translator.request(body)
         native = self.parsed.native
-        # The client speaks the upstream's own API: its body goes up untouched but for the model name, and the
-        # upstream's answer comes back untouched. The translator still reads both, for usage and the record.
-        self.passthrough = (native is not None and self.front.native_type == connection.config.type
-                            and not candidate.overrides)
-        if self.passthrough:
+        if (native is not None and self.front.api_type == "responses" and connection.config.responses_api
+                and not candidate.overrides and not native.get("previous_response_id")):
+            # An upstream serving the Responses API itself. (A previous_response_id names a response kept here,
+            # which the upstream does not know, so that request goes through the translation instead.)
+            translator: Any = ResponsesPassthrough(connection.adapter, ctx, native)
+            self.passthrough = True
+        else:
+            translator = connection.adapter.translator(ctx)
+            # The client speaks the upstream's own API: its body goes up untouched but for the model name, and the
+            # upstream's answer comes back untouched. The translator still reads both, for usage and the record.
+            self.passthrough = (native is not None and self.front.native_type == connection.config.type
+                                and not candidate.overrides)
+        upstream = await translator.request(body)
+        if self.passthrough and self.front.native_type == connection.config.type:
             upstream.body = orjson.dumps({**native, "model": model.upstream})
             beta = self.request.headers.get(b"anthropic-beta")
             if beta and connection.config.type == "anthropic":
@@ -324,15 +332,19 @@ class Call:
                 break
             self._record_success(candidate, ttft=exchange.upstream_ended - exchange.upstream_started)
             payload = raw if self.passthrough else self.renderer.completion(result, translator.usage, model.pricing)
-            await self._on_complete()
+            await self._on_complete(translator)
             await self.gateway.finish(exchange)
             await respond(self.request.send, 200, payload, self._headers(upstream_headers), JSON_HEADERS)
             return
         await self._stream(candidate, upstream, translator)
 
-    async def _on_complete(self) -> None:
+    async def _on_complete(self, translator: Any) -> None:
         """The front's own step once the answer is whole (the Responses API stores it for previous_response_id)."""
         hook = getattr(self.renderer, "on_complete", None)
+        final = getattr(translator, "final_response", None)
+        if final is not None:  # a passed-through Response: keep the upstream's own object, under its own id
+            self.renderer.last_response = final
+            self.renderer.response_id = final.get("id") or self.renderer.response_id
         if hook is not None:
             await hook(self.gateway, self.request.principal)
 
@@ -439,7 +451,7 @@ class Call:
             if not self.passthrough:  # a passed-through stream already carried its own ending
                 await writer.write(self.renderer.end(exchange.usage, exchange.model.pricing,
                                                      exchange.finish_reason, exchange.native_finish_reason))
-            await self._on_complete()
+            await self._on_complete(translator)
             await writer.end()
         finally:
             if resp is not None:

@@ -7,6 +7,7 @@ gets, so every front reaches the providers with the same guarantees. Renderers a
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ from crossroads.formats.responses import (
     openai_error_body,
     responses_to_chat,
 )
+
+log = logging.getLogger("crossroads.formats")
 
 if TYPE_CHECKING:
     from crossroads.catalog import Pricing
@@ -127,8 +130,11 @@ class ResponsesRendererAdapter(ResponsesRenderer):
         if request.get("store") is False or self.last_response is None:
             return
         history = [*self.parsed.extra.get("history", []), *input_items(request)]
-        await gateway.store.put_response(self.response_id, principal.key_hash,
-                                         items_for_history(history, self.last_response), self.last_response)
+        try:
+            await gateway.store.put_response(self.response_id, principal.key_hash,
+                                             items_for_history(history, self.last_response), self.last_response)
+        except Exception:  # noqa: BLE001 - the answer still goes out; only its continuation is lost
+            log.exception("could not store response %s for previous_response_id", self.response_id)
 
 
 # -- legacy Completions ------------------------------------------------------------------------------------------
