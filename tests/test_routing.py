@@ -59,7 +59,9 @@ def routing_config(fakes: dict[str, FakeOpenAI], data_dir: Path, **routing) -> d
                 {"id": "test/shared", "upstream": "m", "pricing": PRICE,
                  "supported_parameters": ["temperature", "max_tokens"]},
                 {"id": "test/second", "upstream": "second", "pricing": PRICE},
-                {"id": "test/timed", "upstream": "t", "pricing": PRICE}], data_collection="deny"),
+                {"id": "test/timed", "upstream": "t", "pricing": PRICE},
+                {"id": "test/tiny", "upstream": "tiny", "pricing": PRICE, "context_length": 1000}],
+                       data_collection="deny"),
             connection("flaky", fakes["flaky"], [{"id": "test/flaky", "upstream": "f", "pricing": PRICE}]),
             connection("capped", fakes["capped"], [{"id": "test/capped", "upstream": "c", "pricing": PRICE}],
                        rpm=10),
@@ -358,3 +360,20 @@ def test_auto_router_and_suffixes(gw, fakes) -> None:
     for suffix in (":floor", ":nitro"):
         resp = post(gw, {"model": "test/second" + suffix})
         assert resp.status_code == 200 and resp.json()["model"] == "test/second"
+
+
+def test_middle_out_on_small_contexts(gw, fakes) -> None:
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "x" * 400} for i in range(12)]
+    messages = [{"role": "system", "content": "Be brief."}, *turns, {"role": "user", "content": "last question"}]
+    resp = post(gw, {"model": "test/tiny", "messages": messages, "max_tokens": 100})
+    assert resp.status_code == 200, resp.text
+    sent = fakes["beta"].last.json["messages"]
+    assert sent[0]["content"] == "Be brief." and sent[-1]["content"] == "last question"
+    assert 2 < len(sent) < len(messages)
+    assert sum(len(m["content"]) for m in sent) // 4 + 100 <= 1000
+    events = generation(gw, resp.json()["id"])["events"]
+    assert any(e["type"] == "transform" and e["name"] == "middle-out" for e in events)
+    # transforms: [] turns it off: everything goes up (and the upstream would report the overflow).
+    resp = post(gw, {"model": "test/tiny", "messages": messages, "max_tokens": 100, "transforms": []})
+    assert len(fakes["beta"].last.json["messages"]) == len(messages)
+    assert "transforms" not in fakes["beta"].last.json

@@ -71,6 +71,7 @@ class Exchange:
         self.api_type = "chat"  # which front format the client spoke
         self.model_id = model.id  # the model the client is told served (a catalog id, a route's target...)
         self.dropped: list[str] = []  # request fields the format conversion could not express
+        self.events: list[dict[str, Any]] = []  # what else the gateway did to the request (e.g. a transform)
         self.started = time.monotonic()
         self.upstream_started: float | None = None
         self.upstream_ended: float | None = None
@@ -129,7 +130,7 @@ class Exchange:
             http_referer=_text(headers.get(b"http-referer") or headers.get(b"referer")),
             app_title=_text(title), user=self.user, user_agent=_text(headers.get(b"user-agent")),
             provider_responses=self.attempts, api_type=self.api_type,
-            events=[{"type": "dropped_field", "field": name} for name in self.dropped],
+            events=[*({"type": "dropped_field", "field": name} for name in self.dropped), *self.events],
         )
 
 

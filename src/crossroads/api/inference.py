@@ -21,6 +21,7 @@ from crossroads.accounting.exchange import Exchange, estimate_prompt_tokens, wor
 from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, Request, respond
 from crossroads.errors import GatewayError, redact
 from crossroads.formats.chat import new_generation_id
+from crossroads.formats.transforms import ANTHROPIC_MAX_MESSAGES, middle_out, wants_middle_out
 from crossroads.gate.keys import model_allowed
 from crossroads.gate.ratelimit import Limit
 from crossroads.providers.base import RequestContext, UpstreamStreamError
@@ -274,6 +275,8 @@ class Call:
         connection = candidate.deployment.connection
         model = candidate.deployment.model
         body = self.body if not candidate.overrides else {**self.body, **candidate.overrides}
+        if model.context_length and wants_middle_out(body, model.context_length):
+            body = self._middle_out(body, model, connection.config.type)
         ctx = RequestContext(model=model, connection=connection.config, stream=self.stream,
                              media=self.gateway.media if connection.config.type != "openai" else None)
         native = self.parsed.native
@@ -337,6 +340,20 @@ class Call:
             await respond(self.request.send, 200, payload, self._headers(upstream_headers), JSON_HEADERS)
             return
         await self._stream(candidate, upstream, translator)
+
+    def _middle_out(self, body: dict[str, Any], model: Any, provider_type: str) -> dict[str, Any]:
+        """OpenRouter's middle-out: drop or shorten messages from the middle until the prompt fits the context."""
+        requested = body.get("max_tokens") or body.get("max_completion_tokens")
+        # Without max_tokens, room for a modest answer (the model's whole max output would crowd out the prompt).
+        max_output = requested if isinstance(requested, int) else min(model.max_completion_tokens or 1024,
+                                                                      model.context_length // 4)
+        new_body, changed = middle_out(body, model.context_length, max_output=max_output,
+                                       estimate=estimate_prompt_tokens,
+                                       max_messages=ANTHROPIC_MAX_MESSAGES if provider_type == "anthropic" else None)
+        if changed:
+            self.exchange.events.append({"type": "transform", "name": "middle-out", "messages": changed,
+                                         "connection": self.exchange.connection.name})
+        return new_body
 
     async def _on_complete(self, translator: Any) -> None:
         """The front's own step once the answer is whole (the Responses API stores it for previous_response_id)."""
