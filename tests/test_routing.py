@@ -377,3 +377,19 @@ def test_middle_out_on_small_contexts(gw, fakes) -> None:
     resp = post(gw, {"model": "test/tiny", "messages": messages, "max_tokens": 100, "transforms": []})
     assert len(fakes["beta"].last.json["messages"]) == len(messages)
     assert "transforms" not in fakes["beta"].last.json
+
+
+def test_limits_refuse_when_their_store_is_down(fakes, tmp_path) -> None:
+    from tests.conftest import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    proc = GatewayProcess(routing_config(fakes, tmp_path / "data"), tmp_path,
+                          env={"CROSSROADS_REDIS_URL": dead}).start()
+    try:
+        resp = post(proc, {"model": "test/capped"})
+        assert resp.status_code == 503
+        assert resp.json()["error"]["metadata"]["code"] == "rate_limit_store_unavailable"
+        assert not fakes["capped"].requests
+        assert post(proc, {"model": "test/second"}).status_code == 200  # no limit involved: unaffected
+    finally:
+        proc.stop()

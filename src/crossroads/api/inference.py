@@ -10,6 +10,7 @@ the client; after that, a failure becomes the front format's mid-stream error.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from crossroads.routing.registry import Connection
     from crossroads.routing.select import Candidate
 
+log = logging.getLogger("crossroads.inference")
 _MAX_ERROR_BODY = 64 * 1024
 PROCESSING = b": PROCESSING\n\n"
 
@@ -98,7 +100,7 @@ async def serve(gateway: Gateway, request: Request, front: Front) -> None:
 
 class Call:
     __slots__ = ("gateway", "request", "front", "parsed", "body", "exchange", "renderer", "writer", "stream",
-                 "gate_ms", "routing_ms", "limits", "limit_headers", "candidate", "renderer", "passthrough")
+                 "gate_ms", "routing_ms", "limits", "limit_headers", "candidate", "passthrough")
 
     def __init__(self, gateway: Gateway, request: Request, front: Front) -> None:
         self.gateway = gateway
@@ -144,7 +146,7 @@ class Call:
         # Request-level capacity (key, route): all or nothing, before anything else is spent.
         self.limits = gateway.request_limits(key, first.route)
         if self.limits:
-            decision = await gateway.limiter.acquire(self.limits, prompt_tokens, key.priority if key else "normal")
+            decision = await _acquire(gateway, self.limits, prompt_tokens, key.priority if key else "normal")
             self.limit_headers = decision.headers()
             if not decision.allowed:
                 self.limits = []  # nothing was counted
@@ -188,7 +190,7 @@ class Call:
     async def _release_limits(self, actual_tokens: int) -> None:
         if self.limits:
             limits, self.limits = self.limits, []
-            await self.gateway.limiter.adjust(limits, actual_tokens - self.exchange.prompt_estimate)
+            await _adjust(self.gateway, limits, actual_tokens - self.exchange.prompt_estimate)
 
     # -- the attempt loop ---------------------------------------------------------------------------------------------
     async def _try_candidates(self, candidates: list[Candidate]) -> None:
@@ -208,8 +210,8 @@ class Call:
             conn_limits = gateway.connection_limits(connection.name)
             if conn_limits:
                 key = self.request.principal.key
-                decision = await gateway.limiter.acquire(conn_limits, self.exchange.prompt_estimate,
-                                                         key.priority if key else "normal")
+                decision = await _acquire(gateway, conn_limits, self.exchange.prompt_estimate,
+                                          key.priority if key else "normal")
                 if not decision.allowed:
                     health.record_cancelled(connection.name)  # frees a half-open probe: nothing was tried
                     self.exchange.attempts.append({"provider_name": connection.name,
@@ -228,7 +230,7 @@ class Call:
             finally:
                 if conn_limits:
                     used = self.exchange.billed_usage().total_tokens if succeeded else 0
-                    await gateway.limiter.adjust(conn_limits, used - self.exchange.prompt_estimate)
+                    await _adjust(gateway, conn_limits, used - self.exchange.prompt_estimate)
         error = last or refused or GatewayError(503, "No upstream could serve the request")
         if last is not None and refused is not None and last.status == 503:
             error = refused
@@ -558,6 +560,25 @@ def _observe(exchange: Exchange, chunk: dict[str, Any]) -> bool:
             exchange.finish_reason = choice["finish_reason"]
             exchange.native_finish_reason = choice.get("native_finish_reason")
     return finished
+
+
+async def _acquire(gateway: Gateway, limits: list[Limit], tokens: int, priority: str) -> Any:
+    """Count a request against its limits. When the shared counter store (Redis) is down the request is refused:
+    a limit that silently stopped counting would no longer be a limit."""
+    try:
+        return await gateway.limiter.acquire(limits, tokens, priority)
+    except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; all mean "cannot count"
+        log.warning("rate-limit store unavailable: %s", type(exc).__name__)
+        raise GatewayError(503, "Rate limits cannot be checked right now (their store is unavailable); retry shortly",
+                           metadata={"code": "rate_limit_store_unavailable"}) from None
+
+
+async def _adjust(gateway: Gateway, limits: list[Limit], delta_tokens: int) -> None:
+    """Replace the token estimate with the real count; best effort (the request has been answered)."""
+    try:
+        await gateway.limiter.adjust(limits, delta_tokens)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not correct token counts in the rate-limit store: %s", type(exc).__name__)
 
 
 def _limit_error(decision: Any, what: str) -> GatewayError:
