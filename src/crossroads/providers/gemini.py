@@ -550,9 +550,10 @@ class _ContentsBuilder:
                 continue
             role = msg.get("role")
             if role in ("system", "developer"):
-                text = text_of(msg.get("content"))
-                if text:
-                    self.system_parts.append({"text": text})
+                content = msg.get("content")
+                # Each text part of a system message stays its own part (joined they would run together).
+                texts = [text_of([p]) for p in content] if isinstance(content, list) else [text_of(content)]
+                self.system_parts.extend({"text": text} for text in texts if text)
             elif role == "user":
                 parts = self._user_parts(msg.get("content"), msg.get("name"))
                 if parts:
