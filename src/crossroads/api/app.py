@@ -76,17 +76,19 @@ class Gateway:
         self.workers = int(os.environ.get("CROSSROADS_WORKERS") or 1)
         self.chat_front = ChatFront()
         self.messages_front = MessagesFront()
+        self.responses_front = ResponsesFront()
         self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {}
         # Endpoints whose errors take another shape than OpenAI's (the Anthropic SDK reads its own).
         self.error_shapes: dict[str, Callable[[GatewayError], bytes]] = {}
         for prefix in API_PREFIXES:
             self.error_shapes[prefix + "/messages"] = self.messages_front.error_body
             self.error_shapes[prefix + "/messages/count_tokens"] = self.messages_front.error_body
+            self.error_shapes[prefix + "/responses"] = self.responses_front.error_body
             for method, path, handler in (
                 ("POST", "/chat/completions", self._chat),
                 ("POST", "/messages", self._front(self.messages_front)),
                 ("POST", "/messages/count_tokens", self._bind(stored.count_tokens)),
-                ("POST", "/responses", self._front(ResponsesFront())),
+                ("POST", "/responses", self._front(self.responses_front)),
                 ("POST", "/completions", self._front(CompletionsFront())),
                 ("GET", "/models", self._models),
                 ("GET", "/providers", self._providers),
@@ -266,13 +268,19 @@ class Gateway:
             else:
                 await handler(request)
         except GatewayError as error:
-            shape = self.error_shapes.get(path.rstrip("/"))
+            shape = self._error_shape(path.rstrip("/"))
             await respond_error(send, error, shape(error) if shape is not None else None)
         except ClientGone:
             return
         except Exception:  # noqa: BLE001 - last line: a client never sees a traceback
             log.exception("unhandled error on %s %s", method, path)
             await respond_error(send, GatewayError(500, "Internal gateway error"))
+
+    def _error_shape(self, path: str) -> Callable[[GatewayError], bytes] | None:
+        shape = self.error_shapes.get(path)
+        if shape is None and "/responses/" in path:  # GET/DELETE /responses/{id}
+            shape = self.error_shapes.get(path.rsplit("/", 1)[0])
+        return shape
 
     async def _watched(self, handler: Handler, request: Request) -> None:
         """Run a handler, cancelling it if the client disconnects (which closes its upstream request)."""
