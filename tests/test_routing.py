@@ -393,3 +393,27 @@ def test_limits_refuse_when_their_store_is_down(fakes, tmp_path) -> None:
         assert post(proc, {"model": "test/second"}).status_code == 200  # no limit involved: unaffected
     finally:
         proc.stop()
+
+
+def test_upstream_rate_limit_headers_are_normalised(gw, fakes) -> None:
+    fakes["beta"].fault(Fault(headers={"x-ratelimit-limit-requests": "5000", "x-ratelimit-remaining-requests": "4999",
+                                       "x-ratelimit-reset-requests": "12ms", "x-request-id": "req_abc123"}))
+    with httpx.stream("POST", gw.url + CHAT, headers=AUTH, timeout=20,
+                      json={"model": "test/second", "stream": True, "messages": HELLO}) as resp:
+        resp.read()
+    assert resp.headers["x-ratelimit-limit"] == "5000"
+    assert resp.headers["x-ratelimit-remaining"] == "4999"
+    assert resp.headers["x-ratelimit-reset"] == "12ms"
+    assert resp.headers["x-request-id"] == "req_abc123"
+
+
+def test_dropped_fields_are_recorded(gw) -> None:
+    # A Messages request with a server tool: the OpenAI-compatible upstream cannot express it, so it is dropped,
+    # and the generation record says so.
+    resp = httpx.post(gw.url + "/api/v1/messages", headers={"x-api-key": MASTER_KEY}, timeout=20, json={
+        "model": "test/second", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]})
+    assert resp.status_code == 200, resp.text
+    events = generation(gw, resp.headers["x-generation-id"])["events"]
+    assert {"type": "dropped_field", "field": "tools[0]"} in events or any(
+        e["type"] == "dropped_field" and e["field"].startswith("tools") for e in events), events
