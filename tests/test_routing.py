@@ -67,6 +67,9 @@ def routing_config(fakes: dict[str, FakeOpenAI], data_dir: Path, **routing) -> d
                        rpm=10),
         ],
         "routes": [{
+            "name": "limited-route", "rpm": 2,
+            "targets": [{"connection": "beta", "model": "second"}],
+        }, {
             "name": "support-bot", "display_name": "Support bot",
             "targets": [{"connection": "alpha", "model": "first", "params": {"temperature": 0.1}}],
             "fallback": ["test/second"],
@@ -264,6 +267,7 @@ def test_named_route(gw, fakes) -> None:
     fakes["alpha"].fault(*[Fault(status=500)] * 3)
     resp = post(gw, {"model": "support-bot"})
     assert resp.json()["model"] == "test/second"  # the route's fallback chain
+    heal(gw, "test/first", "alpha")
 
 
 def test_route_block_condition(gw, fakes) -> None:
@@ -417,3 +421,11 @@ def test_dropped_fields_are_recorded(gw) -> None:
     events = generation(gw, resp.headers["x-generation-id"])["events"]
     assert {"type": "dropped_field", "field": "tools[0]"} in events or any(
         e["type"] == "dropped_field" and e["field"].startswith("tools") for e in events), events
+
+
+def test_route_rpm(gw) -> None:
+    answers = [post(gw, {"model": "limited-route"}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    error = answers[2].json()["error"]
+    assert error["metadata"]["code"] == "resource_exhausted" and "route" in error["message"]
+    assert answers[2].headers["x-ratelimit-limit"] == "2"
