@@ -803,3 +803,18 @@ def test_count_tokens_errors_in_anthropic_shape(gateway) -> None:
     with make_client(gateway.url + "/api") as sdk, pytest.raises(anthropic.BadRequestError) as bad:
         sdk.messages.count_tokens(model="anthropic/claude-sonnet-4", messages=[])
     assert_anthropic_error(bad.value, 400, "invalid_request_error")
+
+
+def test_pdf_document(client: anthropic.Anthropic, target: Target) -> None:
+    pdf = base64.b64encode(b"%PDF-1.4\n%fake\n").decode()
+    client.messages.create(model=target.model, max_tokens=50, messages=[{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}},
+        {"type": "text", "text": "Summarise"}]}])
+    sent = target.fake.last.json
+    if target.fake.name == "anthropic":  # pass-through: the block itself
+        assert sent["messages"][0]["content"][0]["source"]["data"] == pdf
+    elif target.fake.name == "gemini":
+        assert sent["contents"][0]["parts"][0]["inlineData"] == {"mimeType": "application/pdf", "data": pdf}
+    else:
+        part = sent["messages"][0]["content"][0]
+        assert part["type"] == "file" and part["file"]["file_data"] == f"data:application/pdf;base64,{pdf}"
