@@ -171,10 +171,12 @@ def _check_messages(messages: Any) -> None:
             raise _fail(f"messages[{i}].tool_calls", "an array", tool_calls)
 
 
+# Byte -> letter/digit, applied by bytes.translate in C (a 256/62 bias that no one can exploit in an id).
+_ID_TABLE = bytes(ord(_ALPHABET[b % 62]) for b in range(256))
+
+
 def new_generation_id() -> str:
-    # One urandom read mapped onto 62 letters/digits (a 256/62 bias that no one can exploit in an id).
-    suffix = "".join(_ALPHABET[b % 62] for b in os.urandom(20))
-    return f"gen-{int(time.time())}-{suffix}"
+    return f"gen-{int(time.time())}-{os.urandom(20).translate(_ID_TABLE).decode()}"
 
 
 def usage_payload(usage: Usage, pricing: Pricing) -> dict[str, Any]:
