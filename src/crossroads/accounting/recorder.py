@@ -1,9 +1,12 @@
 """Generation records, written in batches off the request path.
 
 `record()` appends to an in-memory buffer; a background task flushes it at least every `flush_interval` seconds (or
-sooner when a batch fills). When the store is unavailable the rows stay in the buffer and the flush is retried with
-backoff, so a database outage delays records but loses none; `stop()` flushes what is left before the process exits.
-With `strict=True` each `record()` waits until its row is committed.
+sooner when a batch fills), each time writing everything buffered (in transactions of up to `batch_size` rows), so
+the writer keeps up however fast records arrive. When the store is unavailable the rows stay in the buffer and the
+flush is retried with backoff, so a database outage delays records but loses none; `stop()` flushes what is left
+before the process exits. The buffer is bounded (`max_pending`): when it is full, `record()` waits for room — requests
+slow down rather than memory growing without end or records being dropped. With `strict=True` each `record()` waits
+until its row is committed.
 
 Rows not yet written are still visible through `pending()`, so a record can be read back at once.
 """
@@ -24,11 +27,14 @@ log = logging.getLogger("crossroads.accounting")
 
 
 class GenerationRecorder:
-    def __init__(self, store: Store, *, flush_interval: float = 1.0, batch_size: int = 500,
-                 strict: bool = False) -> None:
+    def __init__(self, store: Store, *, flush_interval: float = 1.0, batch_size: int = 2000,
+                 max_pending: int = 100_000, strict: bool = False) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self.batch_size = batch_size
+        self.max_pending = max_pending
+        self._room = asyncio.Event()  # set while the buffer has room
+        self._room.set()
         self.strict = strict
         self._buffer: list[GenerationRow] = []
         self._by_id: dict[str, GenerationRow] = {}
@@ -41,6 +47,12 @@ class GenerationRecorder:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def record(self, row: GenerationRow) -> None:
+        while len(self._buffer) >= self.max_pending:
+            if self._room.is_set():
+                log.warning("%d generation records waiting to be written: holding requests until the store "
+                            "catches up", len(self._buffer))
+                self._room.clear()
+            await self._room.wait()
         self._buffer.append(row)
         self._by_id[row.id] = row
         if len(self._buffer) >= self.batch_size:
@@ -88,7 +100,9 @@ class GenerationRecorder:
             if not self._buffer:
                 delay = self.flush_interval
                 continue
-            ok = await self._flush()
+            ok = True
+            while ok and self._buffer:  # everything buffered, batch after batch
+                ok = await self._flush()
             # After a failure, back off (up to 5 s) instead of hammering a database that is down.
             delay = self.flush_interval if ok else min(max(delay * 2, 0.25), 5.0)
 
@@ -103,6 +117,8 @@ class GenerationRecorder:
             log.exception("writing %d generation records failed; retrying them one by one", len(batch))
             batch = await self._write_singly(batch)
         del self._buffer[: len(batch)]
+        if len(self._buffer) < self.max_pending:
+            self._room.set()
         for row in batch:
             self._by_id.pop(row.id, None)
             waiter = self._waiters.pop(row.id, None)

@@ -26,7 +26,7 @@ _KEYS_VERSION = "keys_version"
 
 # SQLite takes at most 32766 bound variables per statement (999 before 3.32).
 _SQLITE_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-_SQLITE_ROWS_PER_INSERT = max(1, _SQLITE_MAX_VARIABLES // len(_GENERATION_FIELDS))
+_SQLITE_ROWS_PER_INSERT = 1 << ((_SQLITE_MAX_VARIABLES // len(_GENERATION_FIELDS)).bit_length() - 1)
 _SQLITE_INSERT_HEAD = (f"INSERT OR IGNORE INTO generations ({', '.join(f'{chr(34)}{n}{chr(34)}' for n in _GENERATION_FIELDS)})"
                        " VALUES ")
 _SQLITE_ROW_PLACEHOLDERS = "(" + ",".join("?" * len(_GENERATION_FIELDS)) + ")"
@@ -207,8 +207,13 @@ class Store:
         """
         with translate_errors():
             async with self._writer.begin() as conn:
-                for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
-                    chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
+                start = 0
+                while start < len(rows):
+                    # Chunks of power-of-two sizes: the driver caches each distinct statement (a 500-row INSERT
+                    # prepares a large one), so only a handful of distinct statements may ever exist.
+                    size = min(_SQLITE_ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
+                    chunk = rows[start:start + size]
+                    start += size
                     params: list[Any] = []
                     for row in chunk:
                         values = list(_GENERATION_VALUES(row))
