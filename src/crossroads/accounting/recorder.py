@@ -1,8 +1,8 @@
 """Generation records, written in batches off the request path.
 
 `record()` appends to an in-memory buffer; a background task flushes it at least every `flush_interval` seconds (or
-sooner when a batch fills), each time writing everything buffered (in transactions of up to `batch_size` rows), so
-the writer keeps up however fast records arrive. When the store is unavailable the rows stay in the buffer and the
+sooner when a batch fills), writing full batches back to back while they wait, so the writer keeps up however fast
+records arrive. When the store is unavailable the rows stay in the buffer and the
 flush is retried with backoff, so a database outage delays records but loses none; `stop()` flushes what is left
 before the process exits. The buffer is bounded (`max_pending`): when it is full, `record()` waits for room — requests
 slow down rather than memory growing without end or records being dropped. With `strict=True` each `record()` waits
@@ -100,8 +100,10 @@ class GenerationRecorder:
             if not self._buffer:
                 delay = self.flush_interval
                 continue
-            ok = True
-            while ok and self._buffer:  # everything buffered, batch after batch
+            ok = await self._flush()
+            # Keep going while full batches wait (the writer keeps up with any rate); a remainder waits for the next
+            # round, so a quiet moment never turns into a stream of one-row transactions.
+            while ok and len(self._buffer) >= self.batch_size:
                 ok = await self._flush()
             # After a failure, back off (up to 5 s) instead of hammering a database that is down.
             delay = self.flush_interval if ok else min(max(delay * 2, 0.25), 5.0)
