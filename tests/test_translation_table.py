@@ -428,12 +428,14 @@ def ev(name: str, **fields: Any) -> tuple[str, dict[str, Any]]:
     return name, {"type": name, **fields}
 
 
-def messages_start(provider: str) -> tuple[str, dict[str, Any]]:
-    # Converted streams learn the usage only at the end: message_start reports zeros, message_delta the totals.
+def messages_start(provider: str, scenario: str, output_tokens: int = 0) -> tuple[str, dict[str, Any]]:
+    # message_start reports the usage known when the first event arrives: Gemini sends its prompt count with every
+    # chunk, an OpenAI upstream only at the end (zeros here; message_delta carries the totals).
+    input_tokens = USAGE[scenario][0] if provider == "gem" else 0
     return ev("message_start", message={
         "id": "msg_SUFFIX", "type": "message", "role": "assistant", "model": MODEL[provider], "content": [],
         "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_input_tokens": 0,
                   "cache_creation_input_tokens": 0}})
 
 
@@ -598,7 +600,7 @@ RESPONSE: dict[str, dict[tuple[str, str], Any]] = {
         ("chat", "gem"): [chunk("gem", {"role": "assistant", "content": "Olá!"}),
                           chunk("gem", {"content": " Tudo"}), chunk("gem", {"content": " bem?"}),
                           chunk("gem", {}, "stop", "STOP"), *chat_end("gem", "b")],
-        **{("messages", p): [messages_start(p),
+        **{("messages", p): [messages_start(p, "b"),
                              ev("content_block_start", index=0, content_block={"type": "text", "text": ""}),
                              *[ev("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
                                for piece in HI_PIECES],
@@ -642,7 +644,7 @@ RESPONSE: dict[str, dict[tuple[str, str], Any]] = {
                                           "function": {"name": "get_weather", "arguments": ARGS}}]}),
             chunk("gem", {}, "tool_calls", "STOP"), *chat_end("gem", "d")],
         ("messages", "oai"): [
-            messages_start("oai"),
+            messages_start("oai", "d"),
             ev("content_block_start", index=0, content_block={**TOOL_USE, "id": "call_w1Lisbon", "input": {}}),
             *[ev("content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": p})
               for p in ARG_PIECES],
@@ -655,7 +657,7 @@ RESPONSE: dict[str, dict[tuple[str, str], Any]] = {
               for p in ["", *ARG_PIECES]],
             *native_end("d", "tool_use")],
         ("messages", "gem"): [
-            messages_start("gem"),
+            messages_start("gem", "d", output_tokens=15),  # the one chunk carried the whole call and its usage
             ev("content_block_start", index=0, content_block=GEM_REDACTED),
             ev("content_block_stop", index=0),
             ev("content_block_start", index=1, content_block={**TOOL_USE, "id": GEM_CALL, "input": {}}),

@@ -302,6 +302,9 @@ class Call:
                 upstream.headers = {**upstream.headers, "anthropic-beta": beta.decode("latin-1")}
         self.renderer = self.front.renderer(generation_id=exchange.generation_id, model_id=candidate.model_id,
                                             provider=connection.name, parsed=self.parsed)
+        if hasattr(self.renderer, "usage"):
+            # Messages streams open with message_start, which reports the input tokens known by then.
+            self.renderer.usage = translator.usage
         exchange.upstream_started = time.monotonic()
         exchange.upstream_ended = None
         client = connection.client
