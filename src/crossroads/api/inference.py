@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import orjson
 
 from crossroads.accounting.exchange import Exchange, estimate_prompt_tokens, worst_case_output
 from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, Request, respond
@@ -27,7 +26,6 @@ from crossroads.gate.keys import model_allowed
 from crossroads.gate.ratelimit import Limit
 from crossroads.providers.base import RequestContext, UpstreamStreamError
 from crossroads.providers.http import iter_sse
-from crossroads.providers.openai_responses import ResponsesPassthrough
 from crossroads.routing.retry import is_retryable, retry_delay
 
 if TYPE_CHECKING:
@@ -281,30 +279,15 @@ class Call:
             body = self._middle_out(body, model, connection.config.type)
         ctx = RequestContext(model=model, connection=connection.config, stream=self.stream,
                              media=self.gateway.media if connection.config.type != "openai" else None)
-        native = self.parsed.native
-        if (native is not None and self.front.api_type == "responses" and connection.config.responses_api
-                and not candidate.overrides and not native.get("previous_response_id")):
-            # An upstream serving the Responses API itself. (A previous_response_id names a response kept here,
-            # which the upstream does not know, so that request goes through the translation instead.)
-            translator: Any = ResponsesPassthrough(connection.adapter, ctx, native)
-            self.passthrough = True
-        else:
+        # The front passes the client's own body through when the connection speaks its API (a route's parameter
+        # overrides can only be applied to the canonical body).
+        translator = None if candidate.overrides else self.front.native_translator(connection, ctx, self.parsed)
+        self.passthrough = translator is not None
+        if translator is None:
             translator = connection.adapter.translator(ctx)
-            # The client speaks the upstream's own API: its body goes up untouched but for the model name, and the
-            # upstream's answer comes back untouched. The translator still reads both, for usage and the record.
-            self.passthrough = (native is not None and self.front.native_type == connection.config.type
-                                and not candidate.overrides)
         upstream = await translator.request(body)
-        if self.passthrough and self.front.native_type == connection.config.type:
-            upstream.body = orjson.dumps({**native, "model": model.upstream})
-            beta = self.request.headers.get(b"anthropic-beta")
-            if beta and connection.config.type == "anthropic":
-                upstream.headers = {**upstream.headers, "anthropic-beta": beta.decode("latin-1")}
         self.renderer = self.front.renderer(generation_id=exchange.generation_id, model_id=candidate.model_id,
-                                            provider=connection.name, parsed=self.parsed)
-        if hasattr(self.renderer, "usage"):
-            # Messages streams open with message_start, which reports the input tokens known by then.
-            self.renderer.usage = translator.usage
+                                            provider=connection.name, parsed=self.parsed, usage=translator.usage)
         exchange.upstream_started = time.monotonic()
         exchange.upstream_ended = None
         client = connection.client
@@ -363,12 +346,8 @@ class Call:
     async def _on_complete(self, translator: Any) -> None:
         """The front's own step once the answer is whole (the Responses API stores it for previous_response_id)."""
         hook = getattr(self.renderer, "on_complete", None)
-        final = getattr(translator, "final_response", None)
-        if final is not None:  # a passed-through Response: keep the upstream's own object, under its own id
-            self.renderer.last_response = final
-            self.renderer.response_id = final.get("id") or self.renderer.response_id
         if hook is not None:
-            await hook(self.gateway, self.request.principal)
+            await hook(self.gateway, self.request.principal, translator)
 
     def _fail_attempt(self, connection: Connection, status: int, raw: bytes, headers: Any) -> None:
         error = upstream_error(connection, status, raw, headers)

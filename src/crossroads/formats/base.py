@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from crossroads.catalog import Pricing
     from crossroads.errors import GatewayError
-    from crossroads.providers.base import Usage
+    from crossroads.providers.base import RequestContext, Translator, Usage
+    from crossroads.routing.registry import Connection
 
 
 @dataclass(slots=True)
@@ -26,6 +27,9 @@ class Parsed:
 
 
 class Renderer(Protocol):
+    """May also define `async on_complete(gateway, principal, translator)`: a step once the answer is whole (the
+    Responses API stores the response there)."""
+
     def completion(self, result: dict[str, Any], usage: Usage, pricing: Pricing) -> bytes: ...
 
     def chunk(self, chunk: dict[str, Any]) -> bytes: ...
@@ -37,13 +41,20 @@ class Renderer(Protocol):
 
 class Front(Protocol):
     api_type: str  # recorded in the generation record: chat | messages | responses | completions
-    native_type: str | None  # the provider type whose API this front speaks natively, if any
 
     async def parse(self, request: Any, gateway: Any) -> Parsed:
         """The client's request (an `api.asgi.Request`) as a canonical chat request. Async because a front may
         need the store (e.g. the Responses API's previous_response_id)."""
         ...
 
-    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> Renderer: ...
+    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed,
+                 usage: Usage) -> Renderer:
+        """`usage` is the translator's live usage (a renderer may report what is known before the end)."""
+        ...
+
+    def native_translator(self, connection: Connection, ctx: RequestContext, parsed: Parsed) -> Translator | None:
+        """A pass-through translator when `connection` speaks this front's own API (the body goes up untouched but
+        for the model, the answer comes back untouched); None to translate through the canonical shape."""
+        ...
 
     def error_body(self, error: GatewayError) -> bytes: ...

@@ -280,16 +280,19 @@ class ChatRendererAdapter(ChatRenderer):
 
 
 class ChatFront:
-    """POST /chat/completions: the canonical format itself."""
+    """POST /chat/completions: the canonical format itself (the openai adapter is already a near pass-through)."""
 
     api_type = "chat"
-    native_type = "openai"
 
     async def parse(self, request: Any, gateway: Any) -> Parsed:
         return Parsed(parse_chat_request(request.body))
 
-    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> ChatRendererAdapter:
+    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed,
+                 usage: Usage) -> ChatRendererAdapter:
         return ChatRendererAdapter(generation_id, model_id, provider, include_reasoning=wants_reasoning(parsed.body))
+
+    def native_translator(self, connection: Any, ctx: Any, parsed: Parsed) -> None:
+        return None
 
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()

@@ -26,12 +26,15 @@ from crossroads.formats.responses import (
     openai_error_body,
     responses_to_chat,
 )
+from crossroads.providers.anthropic import AnthropicNativeTranslator
+from crossroads.providers.openai_responses import ResponsesPassthrough
 
 log = logging.getLogger("crossroads.formats")
 
 if TYPE_CHECKING:
     from crossroads.catalog import Pricing
-    from crossroads.providers.base import Usage
+    from crossroads.providers.base import RequestContext, Usage
+    from crossroads.routing.registry import Connection
 
 
 def _suffix(generation_id: str) -> str:
@@ -45,15 +48,26 @@ def _openai_error(error: GatewayError) -> bytes:
 # -- Anthropic Messages ------------------------------------------------------------------------------------------
 class MessagesFront:
     api_type = "messages"
-    native_type = "anthropic"
 
     async def parse(self, request: Any, gateway: Any) -> Parsed:
         native = parse_json_object(request.body)
         body, dropped = messages_to_chat(native)
-        return Parsed(check_chat_body(body), dropped, native)
+        parsed = Parsed(check_chat_body(body), dropped, native)
+        beta = request.headers.get(b"anthropic-beta")
+        if beta:
+            parsed.extra["anthropic-beta"] = beta.decode("latin-1")
+        return parsed
 
-    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> MessagesRendererAdapter:
-        return MessagesRendererAdapter(f"msg_{_suffix(generation_id)}", model_id)
+    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed,
+                 usage: Usage) -> MessagesRendererAdapter:
+        # The live usage: message_start reports the input tokens known when the stream opens.
+        return MessagesRendererAdapter(f"msg_{_suffix(generation_id)}", model_id, usage=usage)
+
+    def native_translator(self, connection: Connection, ctx: RequestContext,
+                          parsed: Parsed) -> AnthropicNativeTranslator | None:
+        if connection.config.type != "anthropic" or parsed.native is None:
+            return None
+        return AnthropicNativeTranslator(connection.adapter, ctx, parsed.native, parsed.extra.get("anthropic-beta"))
 
     def error_body(self, error: GatewayError) -> bytes:
         return orjson.dumps(anthropic_error_body(error.status, error.message))
@@ -75,7 +89,6 @@ class MessagesRendererAdapter(MessagesRenderer):
 # -- OpenAI Responses --------------------------------------------------------------------------------------------
 class ResponsesFront:
     api_type = "responses"
-    native_type = None  # the openai adapter speaks chat completions; Responses always goes through the translation
 
     async def parse(self, request: Any, gateway: Any) -> Parsed:
         native = parse_json_object(request.body)
@@ -97,9 +110,19 @@ class ResponsesFront:
         parsed.extra["history"] = history or []
         return parsed
 
-    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> ResponsesRendererAdapter:
+    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed,
+                 usage: Usage) -> ResponsesRendererAdapter:
         return ResponsesRendererAdapter(f"resp_{_suffix(generation_id)}", model_id, parsed.native or {},
                                         int(time.time()), parsed)
+
+    def native_translator(self, connection: Connection, ctx: RequestContext,
+                          parsed: Parsed) -> ResponsesPassthrough | None:
+        # A previous_response_id names a response kept by the gateway, which the upstream does not know: such a
+        # request goes through the translation, history included.
+        native = parsed.native
+        if (not connection.config.responses_api or native is None or native.get("previous_response_id")):
+            return None
+        return ResponsesPassthrough(connection.adapter, ctx, native)
 
     def error_body(self, error: GatewayError) -> bytes:
         code = error.metadata.get("code") if isinstance(error.metadata, dict) else None
@@ -124,8 +147,12 @@ class ResponsesRendererAdapter(ResponsesRenderer):
     def error_chunk(self, status: int, message: str, metadata: dict[str, Any] | None) -> bytes:
         return self.error_event(status, message)
 
-    async def on_complete(self, gateway: Any, principal: Any) -> None:
+    async def on_complete(self, gateway: Any, principal: Any, translator: Any) -> None:
         """store: true (the default) keeps the conversation for a later previous_response_id."""
+        final = getattr(translator, "final_response", None)
+        if final is not None:  # a passed-through Response: keep the upstream's own object, under its own id
+            self.last_response = final
+            self.response_id = final.get("id") or self.response_id
         request = self.request
         if request.get("store") is False or self.last_response is None:
             return
@@ -140,15 +167,18 @@ class ResponsesRendererAdapter(ResponsesRenderer):
 # -- legacy Completions ------------------------------------------------------------------------------------------
 class CompletionsFront:
     api_type = "completions"
-    native_type = None
 
     async def parse(self, request: Any, gateway: Any) -> Parsed:
         native = parse_json_object(request.body)
         body, dropped = completions_to_chat(native)
         return Parsed(check_chat_body(body), dropped, native)
 
-    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed) -> CompletionsAdapter:
+    def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed,
+                 usage: Usage) -> CompletionsAdapter:
         return CompletionsAdapter(f"cmpl-{_suffix(generation_id)}", model_id, int(time.time()))
+
+    def native_translator(self, connection: Any, ctx: Any, parsed: Parsed) -> None:
+        return None
 
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()

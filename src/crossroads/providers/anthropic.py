@@ -697,3 +697,21 @@ class AnthropicTranslator:
 
     def finish(self) -> list[dict[str, Any]]:
         return []
+
+
+class AnthropicNativeTranslator(AnthropicTranslator):
+    """The client already speaks the Messages API: its body goes up untouched but for `model` (and its
+    `anthropic-beta` header along), and the answer is read like any other, for usage and the record."""
+
+    __slots__ = ("native", "beta")
+
+    def __init__(self, adapter: AnthropicAdapter, ctx: RequestContext, native: dict[str, Any],
+                 beta: str | None) -> None:
+        super().__init__(adapter, ctx)
+        self.native = native
+        self.beta = beta
+
+    async def request(self, body: dict[str, Any]) -> UpstreamRequest:
+        headers = self.adapter.headers if not self.beta else {**self.adapter.headers, "anthropic-beta": self.beta}
+        body = orjson.dumps({**self.native, "model": self.ctx.model.upstream})
+        return UpstreamRequest(url=self.adapter.url, body=body, headers=headers)
