@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from crossroads.accounting.exchange import Exchange
 from crossroads.accounting.recorder import GenerationRecorder
@@ -42,6 +42,12 @@ from crossroads.store import Store, database_url
 log = logging.getLogger("crossroads")
 
 Handler = Callable[[Request], Awaitable[None]]
+
+
+class Endpoint(NamedTuple):
+    handler: Handler
+    auth: bool  # needs an API key
+    error_body: Callable[[GatewayError], bytes]  # the endpoint's error shape
 API_PREFIXES = ("/api/v1", "/v1")
 DISCOVERY_HEAD_START = 1.0  # seconds start-up waits for upstream model discovery before answering /health
 
@@ -77,36 +83,40 @@ class Gateway:
         self.chat_front = ChatFront()
         self.messages_front = MessagesFront()
         self.responses_front = ResponsesFront()
-        self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {}
-        # Endpoints whose errors take another shape than OpenAI's (the Anthropic SDK reads its own).
-        self.error_shapes: dict[str, Callable[[GatewayError], bytes]] = {}
+        openai_error = GatewayError.body
+        anthropic_error = self.messages_front.error_body  # the Anthropic SDK reads its own error shape
+        self.routes: dict[tuple[str, str], Endpoint] = {}
+        # Parameterised routes: (path base, parameter name, method -> endpoint), e.g. /api/v1/keys/{hash}.
+        self.param_routes: list[tuple[str, str, dict[str, Endpoint]]] = []
         for prefix in API_PREFIXES:
-            self.error_shapes[prefix + "/messages"] = self.messages_front.error_body
-            self.error_shapes[prefix + "/messages/count_tokens"] = self.messages_front.error_body
-            self.error_shapes[prefix + "/responses"] = self.responses_front.error_body
-            for method, path, handler in (
-                ("POST", "/chat/completions", self._chat),
-                ("POST", "/messages", self._front(self.messages_front)),
-                ("POST", "/messages/count_tokens", self._bind(stored.count_tokens)),
-                ("POST", "/responses", self._front(self.responses_front)),
-                ("POST", "/completions", self._front(CompletionsFront())),
-                ("GET", "/models", self._models),
-                ("GET", "/providers", self._providers),
-                ("GET", "/key", self._bind(account.current_key)),
-                ("GET", "/auth/key", self._bind(account.current_key)),
-                ("GET", "/keys", self._bind(account.list_keys)),
-                ("POST", "/keys", self._bind(account.create_key)),
-                ("GET", "/credits", self._bind(account.credits)),
-                ("GET", "/generation", self._bind(account.generation)),
-                ("GET", "/activity", self._bind(account.activity)),
+            for method, path, handler, error_body in (
+                ("POST", "/chat/completions", self._chat, openai_error),
+                ("POST", "/messages", self._front(self.messages_front), anthropic_error),
+                ("POST", "/messages/count_tokens", self._bind(stored.count_tokens), anthropic_error),
+                ("POST", "/responses", self._front(self.responses_front), self.responses_front.error_body),
+                ("POST", "/completions", self._front(CompletionsFront()), openai_error),
+                ("GET", "/models", self._models, openai_error),
+                ("GET", "/providers", self._providers, openai_error),
+                ("GET", "/key", self._bind(account.current_key), openai_error),
+                ("GET", "/auth/key", self._bind(account.current_key), openai_error),
+                ("GET", "/keys", self._bind(account.list_keys), openai_error),
+                ("POST", "/keys", self._bind(account.create_key), openai_error),
+                ("GET", "/credits", self._bind(account.credits), openai_error),
+                ("GET", "/generation", self._bind(account.generation), openai_error),
+                ("GET", "/activity", self._bind(account.activity), openai_error),
             ):
-                self.routes[(method, prefix + path)] = (handler, True)
-        self.response_routes: dict[str, Handler] = {
-            "GET": self._bind(stored.get_response), "DELETE": self._bind(stored.delete_response)}
-        self.key_routes: dict[str, Handler] = {
-            "GET": self._bind(account.get_key), "PATCH": self._bind(account.update_key),
-            "DELETE": self._bind(account.delete_key)}
-        self.routes[("GET", "/health")] = (self._health, False)
+                self.routes[(method, prefix + path)] = Endpoint(handler, True, error_body)
+            self.param_routes.append((prefix + "/responses/", "id", {
+                method: Endpoint(self._bind(handler), True, self.responses_front.error_body)
+                for method, handler in (("GET", stored.get_response), ("DELETE", stored.delete_response))}))
+            self.param_routes.append((prefix + "/keys/", "hash", {
+                method: Endpoint(self._bind(handler), True, openai_error)
+                for method, handler in (("GET", account.get_key), ("PATCH", account.update_key),
+                                        ("DELETE", account.delete_key))}))
+        self.routes[("GET", "/health")] = Endpoint(self._health, False, openai_error)
+        self._endpoints_route = Endpoint(self._endpoints, True, openai_error)
+        # A wrong method on a known path still answers in that path's error shape.
+        self.path_error_bodies = {path: endpoint.error_body for (_, path), endpoint in self.routes.items()}
 
     def _front(self, front: Any) -> Handler:
         async def handler(request: Request) -> None:
@@ -231,56 +241,46 @@ class Gateway:
         if self._media is not None:
             await self._media.close()
 
-    def _route(self, method: str, path: str) -> tuple[Handler, bool, dict[str, str]] | None:
+    def _route(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
         found = self.routes.get((method, path.rstrip("/") or "/"))
         if found is not None:
-            return found[0], found[1], {}
+            return found, {}
+        for base, name, endpoints in self.param_routes:
+            if path.startswith(base) and "/" not in path[len(base):] and method in endpoints:
+                return endpoints[method], {name: path[len(base):]}
         for prefix in API_PREFIXES:
-            keys_base = prefix + "/keys/"
-            if path.startswith(keys_base) and "/" not in path[len(keys_base):] and method in self.key_routes:
-                return self.key_routes[method], True, {"hash": path[len(keys_base):]}
-            responses_base = prefix + "/responses/"
-            if (path.startswith(responses_base) and "/" not in path[len(responses_base):]
-                    and method in self.response_routes):
-                return self.response_routes[method], True, {"id": path[len(responses_base):]}
             base = prefix + "/models/"
             if method == "GET" and path.startswith(base) and path.endswith("/endpoints"):
                 model_id = path[len(base):-len("/endpoints")]
                 if model_id.count("/") >= 1:
-                    return self._endpoints, True, {"model": model_id}
+                    return self._endpoints_route, {"model": model_id}
         return None
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
         found = self._route(method, path)
-        request = Request(scope, receive, send, found[2] if found else None)
+        request = Request(scope, receive, send, found[1] if found else None)
         try:
             if found is None:
-                if any(p == (path.rstrip("/") or "/") for (_, p) in self.routes):
+                if (path.rstrip("/") or "/") in self.path_error_bodies:
                     raise GatewayError(405, f"Method {method} not allowed on {path}")
                 raise GatewayError(404, f"Not found: {method} {path}")
-            handler, needs_auth, _ = found
-            if needs_auth:
+            endpoint = found[0]
+            if endpoint.auth:
                 request.principal = self.auth.authenticate(request.headers)
             if method in ("POST", "PATCH"):
                 await request.read_body(self.config.server.max_body_bytes)
-                await self._watched(handler, request)
+                await self._watched(endpoint.handler, request)
             else:
-                await handler(request)
+                await endpoint.handler(request)
         except GatewayError as error:
-            shape = self._error_shape(path.rstrip("/"))
-            await respond_error(send, error, shape(error) if shape is not None else None)
+            error_body = found[0].error_body if found else self.path_error_bodies.get(path.rstrip("/"))
+            await respond_error(send, error, error_body(error) if error_body is not None else None)
         except ClientGone:
             return
         except Exception:  # noqa: BLE001 - last line: a client never sees a traceback
             log.exception("unhandled error on %s %s", method, path)
             await respond_error(send, GatewayError(500, "Internal gateway error"))
-
-    def _error_shape(self, path: str) -> Callable[[GatewayError], bytes] | None:
-        shape = self.error_shapes.get(path)
-        if shape is None and "/responses/" in path:  # GET/DELETE /responses/{id}
-            shape = self.error_shapes.get(path.rsplit("/", 1)[0])
-        return shape
 
     async def _watched(self, handler: Handler, request: Request) -> None:
         """Run a handler, cancelling it if the client disconnects (which closes its upstream request)."""
