@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import yaml
 
 from tests.fakes.anthropic_fake import FakeAnthropic
+from tests.fakes.base import FakeUpstream
 from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
 
@@ -119,6 +121,31 @@ def fake_gemini() -> Iterator[FakeGemini]:
 
 
 PRICING = {"prompt": 1.0, "completion": 2.0, "input_cache_read": 0.5, "input_cache_write": 1.25}
+# provider type -> (model id, connection name, fake fixture) in the shared gateway's configuration
+PROVIDERS = {
+    "openai": ("openai/gpt-4o-mini", "oai", "fake_openai"),
+    "anthropic": ("anthropic/claude-sonnet-4", "ant", "fake_anthropic"),
+    "gemini": ("google/gemini-2.5-flash", "gem", "fake_gemini"),
+}
+
+
+def expected_cost(prompt: int, completion: int) -> float:
+    return round(prompt * PRICING["prompt"] / 1e6 + completion * PRICING["completion"] / 1e6, 12)
+
+
+@pytest.fixture
+def client(gateway: GatewayProcess) -> openai.OpenAI:
+    """The official openai SDK pointed at the shared gateway."""
+    return openai.OpenAI(base_url=gateway.url + "/api/v1", api_key=MASTER_KEY, max_retries=0, timeout=20)
+
+
+@pytest.fixture(params=list(PROVIDERS))
+def target(request: pytest.FixtureRequest, gateway: GatewayProcess) -> tuple[str, str, FakeUpstream]:
+    """Each provider type in turn: (model id, connection name, its fake upstream, reset)."""
+    model, connection, fake_name = PROVIDERS[request.param]
+    fake = request.getfixturevalue(fake_name)
+    fake.reset()
+    return model, connection, fake
 
 
 def gateway_config(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, fake_gemini: FakeGemini,

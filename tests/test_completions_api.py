@@ -12,32 +12,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, PRICING
+from tests.conftest import MASTER_KEY, expected_cost
 from tests.fakes.base import FakeUpstream, Fault, Reply
 
-PROVIDERS = {
-    "openai": ("openai/gpt-4o-mini", "oai", "fake_openai"),
-    "anthropic": ("anthropic/claude-sonnet-4", "ant", "fake_anthropic"),
-    "gemini": ("google/gemini-2.5-flash", "gem", "fake_gemini"),
-}
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
-
-
-def expected_cost(prompt: int, completion: int) -> float:
-    return round(prompt * PRICING["prompt"] / 1e6 + completion * PRICING["completion"] / 1e6, 12)
-
-
-@pytest.fixture
-def client(gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/api/v1", api_key=MASTER_KEY, max_retries=0, timeout=20)
-
-
-@pytest.fixture(params=list(PROVIDERS))
-def target(request: pytest.FixtureRequest, gateway) -> tuple[str, str, FakeUpstream]:
-    model, connection, fake_name = PROVIDERS[request.param]
-    fake = request.getfixturevalue(fake_name)
-    fake.reset()
-    return model, connection, fake
 
 
 def upstream_messages(fake: FakeUpstream) -> list[tuple[str, str]]:

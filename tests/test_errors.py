@@ -25,11 +25,6 @@ def error_of(resp: httpx.Response) -> dict:
     return body["error"]
 
 
-@pytest.fixture
-def client(gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/api/v1", api_key=MASTER_KEY, max_retries=0, timeout=20)
-
-
 @pytest.mark.parametrize(("body", "field"), [
     (b'{"model": "openai/gpt-4o-mini", "messages": [', None),
     (b"[1, 2]", None),

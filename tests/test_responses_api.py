@@ -15,36 +15,14 @@ import pytest
 from openai.types.responses import ResponseErrorEvent, ResponseFailedEvent
 from pydantic import BaseModel
 
-from tests.conftest import MASTER_KEY, PRICING
+from tests.conftest import MASTER_KEY, expected_cost
 from tests.fakes.base import FakeUpstream, Fault, Reply, ToolCall
 from tests.fakes.gemini_fake import FAKE_SIGNATURE as GEMINI_SIGNATURE
 
-PROVIDERS = {
-    "openai": ("openai/gpt-4o-mini", "oai", "fake_openai"),
-    "anthropic": ("anthropic/claude-sonnet-4", "ant", "fake_anthropic"),
-    "gemini": ("google/gemini-2.5-flash", "gem", "fake_gemini"),
-}
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 # A flat Responses function tool (not chat's nested {"function": {...}}).
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Current weather for a city",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-def expected_cost(prompt: int, completion: int) -> float:
-    return round(prompt * PRICING["prompt"] / 1e6 + completion * PRICING["completion"] / 1e6, 12)
-
-
-@pytest.fixture
-def client(gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/api/v1", api_key=MASTER_KEY, max_retries=0, timeout=20)
-
-
-@pytest.fixture(params=list(PROVIDERS))
-def target(request: pytest.FixtureRequest, gateway) -> tuple[str, str, FakeUpstream]:
-    model, connection, fake_name = PROVIDERS[request.param]
-    fake = request.getfixturevalue(fake_name)
-    fake.reset()
-    return model, connection, fake
 
 
 def new_key(gateway) -> str:

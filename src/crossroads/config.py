@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,15 +257,9 @@ def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> C
     server = _read_server(_Reader(source, "server", top.data.get("server"), _SERVER_KEYS))
     accounting = _read_accounting(_Reader(source, "accounting", top.data.get("accounting"),
                                           {"durability", "flush_interval", "budget"}))
-    providers_raw = top.get("providers", list, [])
-    providers: list[ConnectionConfig] = []
-    seen: set[str] = set()
-    for index, item in enumerate(providers_raw):
-        conn = _read_connection(_Reader(source, f"providers[{index}]", item, _CONNECTION_KEYS), catalog)
-        if conn.name in seen:
-            raise ConfigError(source, f"providers[{index}].name", f"duplicate connection name {conn.name!r}")
-        seen.add(conn.name)
-        providers.append(conn)
+    providers = _read_named(source, "providers", "connection", top.get("providers", list, []), _CONNECTION_KEYS,
+                            lambda r: _read_connection(r, catalog))
+    seen = {conn.name for conn in providers}
     routing = _read_routing(_Reader(source, "routing", top.data.get("routing"),
                                     {"retries", "max_retry_wait", "breaker", "priority_shares"}))
     routes = _read_routes(source, top.get("routes", list, []), seen)
@@ -425,15 +420,24 @@ _CONDITION_SUBJECTS = {"prompt_tokens", "key", "metadata", "header"}
 _NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
 
 
-def _read_routes(source: str, items: list[Any], connections: set[str]) -> list[RouteConfig]:
-    routes: list[RouteConfig] = []
+def _read_named(source: str, section: str, what: str, items: list[Any], keys: set[str],
+                read: Callable[[_Reader], Any]) -> list[Any]:
+    """A list of config entries with unique `name`s, each read by `read`."""
+    entries: list[Any] = []
     names: set[str] = set()
     for index, item in enumerate(items):
-        route = _read_route(_Reader(source, f"routes[{index}]", item, _ROUTE_KEYS), connections)
-        if route.name in names:
-            raise ConfigError(source, f"routes[{index}].name", f"duplicate route name {route.name!r}")
-        names.add(route.name)
-        routes.append(route)
+        entry = read(_Reader(source, f"{section}[{index}]", item, keys))
+        if entry.name in names:
+            raise ConfigError(source, f"{section}[{index}].name", f"duplicate {what} name {entry.name!r}")
+        names.add(entry.name)
+        entries.append(entry)
+    return entries
+
+
+def _read_routes(source: str, items: list[Any], connections: set[str]) -> list[RouteConfig]:
+    routes: list[RouteConfig] = _read_named(source, "routes", "route", items, _ROUTE_KEYS,
+                                            lambda r: _read_route(r, connections))
+    names = {route.name for route in routes}
     # A fallback naming another route could loop; routes fall back to models and targets only.
     for index, route in enumerate(routes):
         for position, entry in enumerate(route.fallback):

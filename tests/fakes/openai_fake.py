@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeUpstream, Fault, Reply, split_text, sse
+from tests.fakes.base import FakeUpstream, Fault, Recorded, Reply, split_text, sse
 
 
 class FakeOpenAI(FakeUpstream):
@@ -39,15 +39,23 @@ class FakeOpenAI(FakeUpstream):
         return web.json_response({"object": "list", "data": [
             {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in self.models]})
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def _admit(self, request: web.Request, error: dict[str, Any]
+                     ) -> tuple[Recorded, Fault | None, web.Response | None]:
+        """Record the request and apply its fault: (record, fault, the answer to send instead, if any)."""
         rec = await self.record(request)
         fault = self.next_fault()
         await self.before_response(fault)
         if (denied := self._auth_error(request)) is not None:
-            return denied
+            return rec, fault, denied
         if fault and fault.status != 200:
-            body = orjson.dumps({"error": {"message": fault.message, "type": "server_error", "code": None}})
-            return self.error_response(fault, body)
+            body = orjson.dumps({"error": {"message": fault.message, **error}})
+            return rec, fault, self.error_response(fault, body)
+        return rec, fault, None
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        rec, fault, refusal = await self._admit(request, {"type": "server_error", "code": None})
+        if refusal is not None:
+            return refusal
         req = rec.json
         reply = self.next_reply()
         model = reply.model or req.get("model")
@@ -60,15 +68,9 @@ class FakeOpenAI(FakeUpstream):
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         """OpenAI's Responses API (as api.openai.com serves it), for pass-through tests."""
-        rec = await self.record(request)
-        fault = self.next_fault()
-        await self.before_response(fault)
-        if (denied := self._auth_error(request)) is not None:
-            return denied
-        if fault and fault.status != 200:
-            body = orjson.dumps({"error": {"message": fault.message, "type": "server_error", "param": None,
-                                           "code": None}})
-            return self.error_response(fault, body)
+        rec, fault, refusal = await self._admit(request, {"type": "server_error", "param": None, "code": None})
+        if refusal is not None:
+            return refusal
         req = rec.json
         reply = self.next_reply()
         model = reply.model or req.get("model")

@@ -90,7 +90,7 @@ class Gateway:
         self.param_routes: list[tuple[str, str, dict[str, Endpoint]]] = []
         for prefix in API_PREFIXES:
             for method, path, handler, error_body in (
-                ("POST", "/chat/completions", self._chat, openai_error),
+                ("POST", "/chat/completions", self._front(self.chat_front), openai_error),
                 ("POST", "/messages", self._front(self.messages_front), anthropic_error),
                 ("POST", "/messages/count_tokens", self._bind(stored.count_tokens), anthropic_error),
                 ("POST", "/responses", self._front(self.responses_front), self.responses_front.error_body),
@@ -308,9 +308,6 @@ class Gateway:
             watcher.cancel()
 
     # -- handlers ----------------------------------------------------------------------------------------------------
-    async def _chat(self, request: Request) -> None:
-        await serve(self, request, self.chat_front)
-
     async def _models(self, request: Request) -> None:
         assert self.views is not None
         await respond(request.send, 200, self.views.models_body)

@@ -259,6 +259,10 @@ class ChatRenderer:
     def usage_chunk(self, usage: Usage, pricing: Pricing) -> bytes:
         return b"data: " + orjson.dumps({**self._stamp, "choices": [], "usage": usage_payload(usage, pricing)}) + b"\n\n"
 
+    def end(self, usage: Usage, pricing: Pricing, finish_reason: str | None, native: str | None) -> bytes:
+        """The stream's end: the usage chunk, then [DONE]."""
+        return self.usage_chunk(usage, pricing) + b"data: [DONE]\n\n"
+
     def error_chunk(self, code: int | str, message: str, metadata: dict[str, Any] | None = None) -> bytes:
         error: dict[str, Any] = {"code": code, "message": message}
         if metadata:
@@ -270,15 +274,6 @@ class ChatRenderer:
         }) + b"\n\n"
 
 
-class ChatRendererAdapter(ChatRenderer):
-    """ChatRenderer under the front-format `Renderer` contract."""
-
-    __slots__ = ()
-
-    def end(self, usage: Usage, pricing: Pricing, finish_reason: str | None, native: str | None) -> bytes:
-        return self.usage_chunk(usage, pricing) + b"data: [DONE]\n\n"
-
-
 class ChatFront:
     """POST /chat/completions: the canonical format itself (the openai adapter is already a near pass-through)."""
 
@@ -288,8 +283,8 @@ class ChatFront:
         return Parsed(parse_chat_request(request.body))
 
     def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed,
-                 usage: Usage) -> ChatRendererAdapter:
-        return ChatRendererAdapter(generation_id, model_id, provider, include_reasoning=wants_reasoning(parsed.body))
+                 usage: Usage) -> ChatRenderer:
+        return ChatRenderer(generation_id, model_id, provider, include_reasoning=wants_reasoning(parsed.body))
 
     def native_translator(self, connection: Any, ctx: Any, parsed: Parsed) -> None:
         return None
