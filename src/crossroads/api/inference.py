@@ -22,7 +22,7 @@ from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, Request, respond
 from crossroads.errors import GatewayError, redact
 from crossroads.formats.chat import new_generation_id
 from crossroads.formats.transforms import ANTHROPIC_MAX_MESSAGES, middle_out, wants_middle_out
-from crossroads.gate.keys import model_allowed
+from crossroads.gate.auth import allowed_for_inference
 from crossroads.gate.ratelimit import Limit
 from crossroads.providers.base import RequestContext, UpstreamStreamError
 from crossroads.providers.http import iter_sse
@@ -124,15 +124,7 @@ class Call:
 
         gate_started = time.perf_counter()
         key = principal.key
-        if key is not None:
-            if key.is_management:
-                raise GatewayError(403, "Management keys may not call inference; create a regular API key")
-            allowed = [c for c in plan.candidates if model_allowed(key.allowed_models, c.model_id)]
-            if not allowed:
-                raise GatewayError(403, f"Model {plan.candidates[0].model_id!r} is not allowed for this API key",
-                                   metadata={"allowed_models": key.allowed_models})
-            plan.candidates = allowed
-        candidates = plan.candidates
+        candidates = allowed_for_inference(principal, plan.candidates, lambda c: c.model_id)
         first = candidates[0]
         user = body.get("user") if isinstance(body.get("user"), str) else None
         exchange = self.exchange = Exchange(

@@ -41,10 +41,6 @@ def _suffix(generation_id: str) -> str:
     return generation_id.removeprefix("gen-")
 
 
-def _openai_error(error: GatewayError) -> bytes:
-    return error.body()
-
-
 # -- Anthropic Messages ------------------------------------------------------------------------------------------
 class MessagesFront:
     api_type = "messages"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from crossroads.errors import GatewayError
 from crossroads.gate.keys import hash_key, is_expired, model_allowed
@@ -34,6 +35,7 @@ class Principal:
 
 
 MASTER = Principal(kind="master")
+T = TypeVar("T")
 
 
 def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
@@ -69,15 +71,19 @@ class Authenticator:
         return Principal(kind="key", key=row)
 
 
-def require_inference(principal: Principal, model_id: str) -> None:
+def allowed_for_inference(principal: Principal, candidates: list[T], model_of: Callable[[T], str]) -> list[T]:
+    """The candidates whose model the caller may use (fallbacks it may not use are dropped); 403 for a management
+    key, or when the key may use none of them (naming the model asked for first)."""
     key = principal.key
     if key is None:
-        return
+        return candidates
     if key.is_management:
         raise GatewayError(403, "Management keys may not call inference; create a regular API key")
-    if not model_allowed(key.allowed_models, model_id):
-        raise GatewayError(403, f"Model {model_id!r} is not allowed for this API key",
+    allowed = [c for c in candidates if model_allowed(key.allowed_models, model_of(c))]
+    if not allowed:
+        raise GatewayError(403, f"Model {model_of(candidates[0])!r} is not allowed for this API key",
                            metadata={"allowed_models": key.allowed_models})
+    return allowed
 
 
 def require_management(principal: Principal) -> None:
