@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crossroads.accounting.pricing import request_cost
 from crossroads.providers.base import Usage
@@ -51,6 +51,24 @@ def worst_case_output(body: dict[str, Any], model: ModelSpec) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return model.max_completion_tokens or model.context_length or 4096
+
+
+class WorstCase(NamedTuple):
+    total: float  # USD: the prompt estimate plus the largest possible answer
+    prompt: float  # USD of the prompt estimate (and per-request price)
+    completion_price: float  # USD per completion token
+
+
+def worst_case_cost(body: dict[str, Any], models: list[ModelSpec], prompt_tokens: int) -> WorstCase:
+    """The most a request may cost on any of the models that may serve it (what a credit reservation holds)."""
+    worst = WorstCase(0.0, 0.0, 0.0)
+    for model in models:
+        pricing = model.pricing
+        prompt_cost = prompt_tokens * pricing.prompt + pricing.request
+        total = prompt_cost + worst_case_output(body, model) * pricing.completion
+        if total >= worst.total:
+            worst = WorstCase(total, prompt_cost, pricing.completion)
+    return worst
 
 
 class Exchange:

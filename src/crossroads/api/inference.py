@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from crossroads.accounting.exchange import Exchange, estimate_prompt_tokens, worst_case_output
+from crossroads.accounting.exchange import Exchange, estimate_prompt_tokens, worst_case_cost
 from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, Request, respond
 from crossroads.errors import GatewayError, redact
 from crossroads.formats.chat import new_generation_id
@@ -143,18 +143,10 @@ class Call:
                 raise _limit_error(decision, "this API key" if (decision.scope or "").startswith("key:")
                                    else "this route")
         # Credit: the worst case over every candidate that may serve.
-        worst = 0.0
-        prompt_part = 0.0
-        completion_price = 0.0
-        for candidate in candidates:
-            pricing = candidate.deployment.model.pricing
-            prompt_cost = prompt_tokens * pricing.prompt + pricing.request
-            cost = prompt_cost + worst_case_output(body, candidate.deployment.model) * pricing.completion
-            if cost >= worst:
-                worst, prompt_part, completion_price = cost, prompt_cost, pricing.completion
+        worst = worst_case_cost(body, [c.deployment.model for c in candidates], prompt_tokens)
         try:
-            exchange.reservation = gateway.ledger.reserve(key, worst, prompt_cost=prompt_part,
-                                                          completion_price=completion_price)
+            exchange.reservation = gateway.ledger.reserve(key, worst.total, prompt_cost=worst.prompt,
+                                                          completion_price=worst.completion_price)
         except GatewayError:
             await self._release_limits(0)
             raise
