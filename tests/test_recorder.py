@@ -10,13 +10,15 @@ import pytest
 
 from crossroads.accounting.recorder import GenerationRecorder
 from crossroads.store import GenerationRow, Store, migrate
+from crossroads.store.rows import GenerationRecord, to_record
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
-def row(n: int) -> GenerationRow:
-    return GenerationRow(id=f"gen-test-{n}", created_at=datetime.now(UTC), key_hash=None, model="m",
-                         provider_name="p", provider_type="openai", upstream_model="u", upstream_id=None)
+def row(n: int) -> GenerationRecord:
+    return to_record(GenerationRow(id=f"gen-test-{n}", created_at=datetime.now(UTC), key_hash=None, model="m",
+                                    provider_name="p", provider_type="openai", upstream_model="u",
+                                    upstream_id=None))
 
 
 async def stored_count(store: Store) -> int:
@@ -58,10 +60,10 @@ async def test_flush_writes_everything_buffered(tmp_path: Path) -> None:
         for n in range(50):
             await recorder.record(row(n))
         for _ in range(100):
-            if not recorder.pending_rows():
+            if not recorder.pending_count():
                 break
             await asyncio.sleep(0.05)
-        assert not recorder.pending_rows()  # several batches of 7 in one flush round, nothing left behind
+        assert not recorder.pending_count()  # several batches of 7 in one flush round, nothing left behind
         assert await stored_count(store) == 50
         await recorder.stop(5)
     finally:

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from crossroads.config import ServerConfig
 from crossroads.store import GenerationRow, KeyRow, Store, StoreUnavailable, database_url, migrate
 from crossroads.store.engine import async_url, create_engine
+from crossroads.store.rows import to_record
 
 PG_URL = os.environ.get("CROSSROADS_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -93,6 +94,10 @@ def gen(id: str, created_at: datetime = T0, *, key_hash: str | None = "a" * 64, 
     }
     values.update(changes)
     return GenerationRow(**values)
+
+
+async def insert(store: Store, rows: list[GenerationRow]) -> None:
+    await store.insert_generations([to_record(row) for row in rows])
 
 
 # --- URLs -------------------------------------------------------------------------------------------------------
@@ -268,7 +273,7 @@ async def test_generation_round_trip(store: Store) -> None:
                                    {"provider": "openai", "status": 200, "id": "x", "nested": {"a": [1, 2]}}])
     master = gen("gen-2", key_hash=None, upstream_model=None, upstream_id=None, provider_name=None,
                  provider_type=None)
-    await store.insert_generations([full, master])
+    await insert(store, [full, master])
     got = await store.get_generation("gen-1")
     assert got is not None
     assert got.created_at.tzinfo is not None and got.created_at.utcoffset() == timedelta(0)
@@ -276,13 +281,13 @@ async def test_generation_round_trip(store: Store) -> None:
     got_master = await store.get_generation("gen-2")
     assert got_master == master and got_master.provider_responses == []
     assert await store.get_generation("nope") is None
-    await store.insert_generations([])
+    await insert(store, [])
 
 
 async def test_insert_generations_ignores_duplicate_ids(store: Store) -> None:
-    await store.insert_generations([gen("g1", cost=1.0), gen("g2", cost=2.0)])
+    await insert(store, [gen("g1", cost=1.0), gen("g2", cost=2.0)])
     # one already stored, one repeated within the batch, one new: the batch still goes in
-    await store.insert_generations([gen("g1", cost=100.0, model="other"), gen("g3", cost=3.0),
+    await insert(store, [gen("g1", cost=100.0, model="other"), gen("g3", cost=3.0),
                                     gen("g3", cost=300.0), gen("g4", cost=4.0)])
     g1 = await store.get_generation("g1")
     assert g1 is not None and (g1.cost, g1.model) == (1.0, "openai/gpt-4o")  # first write wins
@@ -293,7 +298,7 @@ async def test_insert_generations_ignores_duplicate_ids(store: Store) -> None:
 
 async def test_concurrent_writers(store: Store) -> None:
     async def batch(n: int) -> None:
-        await store.insert_generations([gen(f"c{n}-{i}", cost=0.5) for i in range(20)])
+        await insert(store, [gen(f"c{n}-{i}", cost=0.5) for i in range(20)])
 
     await asyncio.gather(*(batch(n) for n in range(10)),
                          *(store.insert_key(key(n)) for n in range(10)))
@@ -320,7 +325,7 @@ async def test_key_spend_boundaries(store: Store) -> None:
         gen("b-old", month - timedelta(days=40), key_hash=b, cost=0.5),
         gen("master", day + tick, key_hash=None, cost=0.125),
     ]
-    await store.insert_generations(rows)
+    await insert(store, rows)
     spend = await store.key_spend({"daily": day, "weekly": week, "monthly": month})
     assert spend == {
         a: {"total": 127.0, "daily": 65.0, "weekly": 71.0, "monthly": 95.0},
@@ -354,7 +359,7 @@ async def test_activity(store: Store) -> None:
         gen("last", end - tick, key_hash=a, cost=64.0, tokens_reasoning=7),
         gen("after", end, key_hash=a, cost=2000.0),
     ]
-    await store.insert_generations(rows)
+    await insert(store, rows)
 
     def entry(day: str, model: str, key_hash: str | None, requests: int, cost: float, prompt: int = 0,
               completion: int = 0, reasoning: int = 0) -> dict:
@@ -391,7 +396,7 @@ async def _all_unavailable(store: Store) -> None:
     calls: list[Callable[[], Awaitable[Any]]] = [
         store.ping, lambda: store.get_key("a" * 64), lambda: store.insert_key(key(1)), store.list_keys,
         store.keys_version, lambda: store.update_key("a" * 64, {"name": "x"}), lambda: store.delete_key("a" * 64),
-        lambda: store.insert_generations([gen("x")]), lambda: store.get_generation("x"),
+        lambda: insert(store, [gen("x")]), lambda: store.get_generation("x"),
         lambda: store.key_spend({"daily": T0}), lambda: store.activity(T0.date(), T0.date(), None),
         store.total_spend,
     ]

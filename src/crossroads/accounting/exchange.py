@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import orjson
 
 from crossroads.accounting.pricing import request_cost
 from crossroads.providers.base import Usage
-from crossroads.store.rows import GenerationRow
+from crossroads.store.rows import GenerationRecord, utc_text
 
 if TYPE_CHECKING:
     from crossroads.catalog import ModelSpec
@@ -72,7 +73,7 @@ def worst_case_cost(body: dict[str, Any], models: list[ModelSpec], prompt_tokens
 
 
 class Exchange:
-    """Filled in as the request progresses; `record()` turns it into the generation row."""
+    """Filled in as the request progresses; `to_record()` turns it into the generation record."""
 
     def __init__(self, generation_id: str, principal: Principal, model: ModelSpec, connection: Connection,
                  *, stream: bool, headers: dict[bytes, bytes], user: str | None, prompt_estimate: int) -> None:
@@ -124,33 +125,35 @@ class Exchange:
     def cost(self) -> float:
         return request_cost(self.billed_usage(), self.model.pricing)
 
-    def to_row(self) -> GenerationRow:
+    def to_record(self) -> GenerationRecord:
+        """The generation record, in `GENERATION_COLUMNS` order (checked by a test against `to_record(GenerationRow)`)."""
         now = time.monotonic()
         usage = self.billed_usage()
         headers = self.headers
+        started, upstream_started = self.started, self.upstream_started
         title = headers.get(b"x-title") or headers.get(b"x-openrouter-title")
-
-        def ms(start: float | None, end: float | None) -> int | None:
-            return int((end - start) * 1000) if start is not None and end is not None else None
-
-        return GenerationRow(
-            id=self.generation_id, created_at=datetime.now(UTC), key_hash=self.principal.key_hash,
-            model=self.model_id, provider_name=self.connection.name, provider_type=self.connection.config.type,
-            upstream_model=self.upstream_model or self.model.upstream, upstream_id=self.upstream_id,
-            streamed=self.stream, cancelled=self.cancelled, status=self.status, error=self.error,
-            finish_reason=self.finish_reason, native_finish_reason=self.native_finish_reason,
-            tokens_prompt=usage.prompt_tokens, tokens_completion=usage.completion_tokens,
-            tokens_reasoning=usage.reasoning_tokens, tokens_cached=usage.cached_tokens,
-            tokens_cache_write=usage.cache_write_tokens, cost=request_cost(usage, self.model.pricing),
-            latency_ms=ms(self.started, now),
-            generation_time_ms=ms(self.upstream_started, self.upstream_ended or now),
-            ttft_ms=ms(self.upstream_started, self.first_token),
-            http_referer=_text(headers.get(b"http-referer") or headers.get(b"referer")),
-            app_title=_text(title), user=self.user, user_agent=_text(headers.get(b"user-agent")),
-            provider_responses=self.attempts, api_type=self.api_type,
-            events=[*({"type": "dropped_field", "field": name} for name in self.dropped), *self.events],
+        referer = headers.get(b"http-referer") or headers.get(b"referer")
+        agent = headers.get(b"user-agent")
+        events = self.events
+        if self.dropped:
+            events = [*({"type": "dropped_field", "field": name} for name in self.dropped), *events]
+        return (
+            self.generation_id, utc_text(time.time()), self.principal.key_hash, self.model_id, self.connection.name,
+            self.connection.config.type, self.upstream_model or self.model.upstream, self.upstream_id,
+            self.api_type, self.stream, self.cancelled, self.status, self.error,
+            self.finish_reason, self.native_finish_reason,
+            usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens, usage.cached_tokens,
+            usage.cache_write_tokens, request_cost(usage, self.model.pricing),
+            int((now - started) * 1000),
+            int(((self.upstream_ended or now) - upstream_started) * 1000) if upstream_started is not None else None,
+            int((self.first_token - upstream_started) * 1000)
+            if upstream_started is not None and self.first_token is not None else None,
+            _text(referer) if referer else None, _text(title) if title else None, self.user,
+            _text(agent) if agent else None,
+            orjson.dumps(self.attempts).decode() if self.attempts else None,
+            orjson.dumps(events).decode() if events else None,
         )
 
 
-def _text(value: bytes | None) -> str | None:
-    return value.decode("utf-8", "replace")[:500] if value else None
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")[:500]

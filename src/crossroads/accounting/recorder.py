@@ -18,10 +18,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from crossroads.store import StoreUnavailable
+from crossroads.store.rows import GenerationRow, from_record
 
 if TYPE_CHECKING:
     from crossroads.store import Store
-    from crossroads.store.rows import GenerationRow
+    from crossroads.store.rows import GenerationRecord
 
 log = logging.getLogger("crossroads.accounting")
 
@@ -36,8 +37,8 @@ class GenerationRecorder:
         self._room = asyncio.Event()  # set while the buffer has room
         self._room.set()
         self.strict = strict
-        self._buffer: list[GenerationRow] = []
-        self._by_id: dict[str, GenerationRow] = {}
+        self._buffer: list[GenerationRecord] = []
+        self._by_id: dict[str, GenerationRecord] = {}
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -46,28 +47,30 @@ class GenerationRecorder:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def record(self, row: GenerationRow) -> None:
+    async def record(self, record: GenerationRecord) -> None:
         while len(self._buffer) >= self.max_pending:
             if self._room.is_set():
                 log.warning("%d generation records waiting to be written: holding requests until the store "
                             "catches up", len(self._buffer))
                 self._room.clear()
             await self._room.wait()
-        self._buffer.append(row)
-        self._by_id[row.id] = row
+        generation_id = record[0]
+        self._buffer.append(record)
+        self._by_id[generation_id] = record
         if len(self._buffer) >= self.batch_size:
             self._wake.set()
         if self.strict:
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters[row.id] = waiter
+            self._waiters[generation_id] = waiter
             self._wake.set()
             await waiter
 
     def pending(self, generation_id: str) -> GenerationRow | None:
-        return self._by_id.get(generation_id)
+        record = self._by_id.get(generation_id)
+        return from_record(record) if record is not None else None
 
-    def pending_rows(self) -> list[GenerationRow]:
-        return list(self._buffer)
+    def pending_count(self) -> int:
+        return len(self._buffer)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Flush everything still buffered, retrying for up to `grace` seconds."""
@@ -121,20 +124,20 @@ class GenerationRecorder:
         del self._buffer[: len(batch)]
         if len(self._buffer) < self.max_pending:
             self._room.set()
-        for row in batch:
-            self._by_id.pop(row.id, None)
-            waiter = self._waiters.pop(row.id, None)
+        for record in batch:
+            self._by_id.pop(record[0], None)
+            waiter = self._waiters.pop(record[0], None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         return True
 
-    async def _write_singly(self, batch: list[GenerationRow]) -> list[GenerationRow]:
-        """Write rows one at a time; return the prefix that was dealt with (written, or dropped as unwritable)."""
-        for done, row in enumerate(batch):
+    async def _write_singly(self, batch: list[GenerationRecord]) -> list[GenerationRecord]:
+        """Write records one at a time; return the prefix that was dealt with (written, or dropped as unwritable)."""
+        for done, record in enumerate(batch):
             try:
-                await self.store.insert_generations([row])
+                await self.store.insert_generations([record])
             except StoreUnavailable:
                 return batch[:done]
             except Exception:  # noqa: BLE001
-                log.exception("dropping unwritable generation record %s", row.id)
+                log.exception("dropping unwritable generation record %s", record[0])
         return batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -38,6 +39,7 @@ from crossroads.routing.registry import Registry, build_registry, discover_model
 from crossroads.routing.routes import RouteTable
 from crossroads.routing.select import RoutePlan, plan
 from crossroads.store import Store, database_url
+from crossroads.store.rows import RECORD_COST
 
 log = logging.getLogger("crossroads")
 
@@ -119,16 +121,11 @@ class Gateway:
         self.path_error_bodies = {path: endpoint.error_body for (_, path), endpoint in self.routes.items()}
 
     def _front(self, front: Any) -> Handler:
-        async def handler(request: Request) -> None:
-            await serve(self, request, front)
-
-        return handler
+        return serve(self, front)
 
     def _bind(self, endpoint: Callable[[Gateway, Request], Awaitable[None]]) -> Handler:
-        async def handler(request: Request) -> None:
-            await endpoint(self, request)
-
-        return handler
+        # A plain function returning the endpoint's coroutine: no extra frame on the request's task.
+        return functools.partial(endpoint, self)
 
     def check_limit_allowed(self, changes: dict[str, Any]) -> None:
         if self.workers > 1 and changes.get("limit") is not None:
@@ -162,10 +159,10 @@ class Gateway:
         if exchange.finished:
             return
         exchange.finished = True
-        row = exchange.to_row()
+        record = exchange.to_record()
         if exchange.reservation is not None:
-            self.ledger.settle(exchange.reservation, row.cost)
-        await self.recorder.record(row)
+            self.ledger.settle(exchange.reservation, record[RECORD_COST])
+        await self.recorder.record(record)
 
     @property
     def media(self) -> Any:
@@ -178,11 +175,44 @@ class Gateway:
 
     # -- ASGI ------------------------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        # HTTP, inline rather than in a helper: each coroutine frame here is passed through on every resumption of
+        # the request's task.
+        method, path = scope["method"], scope["path"]
+        found = self._route(method, path)
+        request = Request(scope, receive, send, found[1] if found else None)
+        try:
+            if found is None:
+                if (path.rstrip("/") or "/") in self.path_error_bodies:
+                    raise GatewayError(405, f"Method {method} not allowed on {path}")
+                raise GatewayError(404, f"Not found: {method} {path}")
+            endpoint = found[0]
+            if endpoint.auth:
+                request.principal = self.auth.authenticate(request.headers)
+            if method in ("POST", "PATCH"):
+                await request.read_body(self.config.server.max_body_bytes)
+                # A client that disconnects cancels its handler, which closes the upstream request. (Handlers do
+                # all their bookkeeping before the answer's last byte, so a cancel after it loses nothing.)
+                _watch_disconnect(request, asyncio.current_task())  # type: ignore[arg-type]
+            await endpoint.handler(request)
+        except GatewayError as error:
+            error_body = found[0].error_body if found else self.path_error_bodies.get(path.rstrip("/"))
+            await respond_error(send, error, error_body(error) if error_body is not None else None)
+        except ClientGone:
+            return
+        except asyncio.CancelledError:
+            if not request.gone:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - last line: a client never sees a traceback
+            log.exception("unhandled error on %s %s", method, path)
+            await respond_error(send, GatewayError(500, "Internal gateway error"))
+        finally:
+            if request.watcher is not None:
+                request.watcher.cancel()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -256,57 +286,6 @@ class Gateway:
                     return self._endpoints_route, {"model": model_id}
         return None
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method, path = scope["method"], scope["path"]
-        found = self._route(method, path)
-        request = Request(scope, receive, send, found[1] if found else None)
-        try:
-            if found is None:
-                if (path.rstrip("/") or "/") in self.path_error_bodies:
-                    raise GatewayError(405, f"Method {method} not allowed on {path}")
-                raise GatewayError(404, f"Not found: {method} {path}")
-            endpoint = found[0]
-            if endpoint.auth:
-                request.principal = self.auth.authenticate(request.headers)
-            if method in ("POST", "PATCH"):
-                await request.read_body(self.config.server.max_body_bytes)
-                await self._watched(endpoint.handler, request)
-            else:
-                await endpoint.handler(request)
-        except GatewayError as error:
-            error_body = found[0].error_body if found else self.path_error_bodies.get(path.rstrip("/"))
-            await respond_error(send, error, error_body(error) if error_body is not None else None)
-        except ClientGone:
-            return
-        except Exception:  # noqa: BLE001 - last line: a client never sees a traceback
-            log.exception("unhandled error on %s %s", method, path)
-            await respond_error(send, GatewayError(500, "Internal gateway error"))
-
-    async def _watched(self, handler: Handler, request: Request) -> None:
-        """Run a handler, cancelling it if the client disconnects (which closes its upstream request)."""
-        task = asyncio.current_task()
-        assert task is not None
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while True:
-                message = await request.receive()
-                if message["type"] == "http.disconnect":
-                    gone = True
-                    task.cancel()
-                    return
-
-        watcher = asyncio.get_running_loop().create_task(watch())
-        try:
-            await handler(request)
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            task.uncancel()
-        finally:
-            watcher.cancel()
-
     # -- handlers ----------------------------------------------------------------------------------------------------
     async def _models(self, request: Request) -> None:
         assert self.views is not None
@@ -325,6 +304,24 @@ class Gateway:
             await respond_json(request.send, 503, {"status": "starting"})
             return
         await respond_json(request.send, 200, {"status": "ok"})
+
+
+def _watch_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
+    """Cancel `task` (the request's) when the client disconnects: once the body is read, the next message is the
+    disconnect. A task awaiting the message and a callback cost less than a watcher coroutine."""
+    receiving = asyncio.ensure_future(request.receive())
+
+    def on_message(received: asyncio.Future[Any]) -> None:
+        if received.cancelled() or received.exception() is not None:
+            return
+        if received.result()["type"] == "http.disconnect":
+            request.gone = True
+            task.cancel()
+        else:  # an empty body part: keep waiting
+            _watch_disconnect(request, task)
+
+    receiving.add_done_callback(on_message)
+    request.watcher = receiving
 
 
 def create_app() -> Gateway:

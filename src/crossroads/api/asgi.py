@@ -20,7 +20,7 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 
 
 class Request:
-    __slots__ = ("scope", "receive", "send", "headers", "path_params", "body", "principal")
+    __slots__ = ("scope", "receive", "send", "headers", "path_params", "body", "principal", "watcher", "gone")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, path_params: dict[str, str] | None = None) -> None:
         self.scope = scope
@@ -31,6 +31,8 @@ class Request:
         self.path_params = path_params or {}
         self.body = b""
         self.principal: Any = None  # set by authentication (crossroads.gate.auth.Principal)
+        self.watcher: Any = None  # the task waiting for the client's disconnect, while a handler runs
+        self.gone = False  # the client disconnected before its answer was complete
 
     @property
     def method(self) -> str:

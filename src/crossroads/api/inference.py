@@ -92,20 +92,27 @@ def transport_error(connection: Connection, exc: BaseException) -> GatewayError:
     return GatewayError(502, f"Could not reach upstream {connection.name}: {detail}", metadata=metadata)
 
 
-async def serve(gateway: Gateway, request: Request, front: Front) -> None:
-    await Call(gateway, request, front).run()
+def serve(gateway: Gateway, front: Front) -> Callable[[Request], Awaitable[None]]:
+    """The endpoint handler of a front. A plain function that returns the call's coroutine: no wrapper frame that every
+    resumption of the request's task would pass through."""
+
+    def handler(request: Request) -> Awaitable[None]:
+        return Call(gateway, request, front).run()
+
+    return handler
 
 
 class Call:
     __slots__ = ("gateway", "request", "front", "parsed", "body", "exchange", "renderer", "writer", "stream",
-                 "gate_ms", "routing_ms", "limits", "limit_headers", "candidate", "passthrough")
+                 "gate_ms", "routing_ms", "limits", "conn_limits", "limit_headers", "candidate", "passthrough")
 
     def __init__(self, gateway: Gateway, request: Request, front: Front) -> None:
         self.gateway = gateway
         self.request = request
         self.front = front
         self.writer: SSEWriter | None = None
-        self.limits: list[Limit] = []
+        self.limits: list[Limit] = []  # request-level limits (key, route) counted for this call
+        self.conn_limits: list[Limit] = []  # the serving connection's limits counted for this call
         self.limit_headers: dict[str, str] = {}
         self.candidate: Candidate | None = None
         self.passthrough = False
@@ -134,21 +141,23 @@ class Call:
         exchange.model_id = first.model_id
         exchange.dropped = self.parsed.dropped
         # Request-level capacity (key, route): all or nothing, before anything else is spent.
-        self.limits = gateway.request_limits(key, first.route)
-        if self.limits:
-            decision = await _acquire(gateway, self.limits, prompt_tokens, key.priority if key else "normal")
+        limits = gateway.request_limits(key, first.route)
+        if limits:
+            decision = await _acquire(gateway, limits, prompt_tokens, key.priority if key else "normal")
             self.limit_headers = decision.headers()
-            if not decision.allowed:
-                self.limits = []  # nothing was counted
+            if not decision.allowed:  # nothing was counted
                 raise _limit_error(decision, "this API key" if (decision.scope or "").startswith("key:")
                                    else "this route")
+            self.limits = limits
         # Credit: the worst case over every candidate that may serve.
         worst = worst_case_cost(body, [c.deployment.model for c in candidates], prompt_tokens)
         try:
             exchange.reservation = gateway.ledger.reserve(key, worst.total, prompt_cost=worst.prompt,
                                                           completion_price=worst.completion_price)
         except GatewayError:
-            await self._release_limits(0)
+            if self.limits:  # refused before anything was tried: give the estimate back
+                limits, self.limits = self.limits, []
+                await _adjust(gateway, limits, -prompt_tokens)
             raise
         self.gate_ms = (time.perf_counter() - gate_started) * 1000
         try:
@@ -166,16 +175,27 @@ class Call:
         finally:
             if self.writer is not None:
                 self.writer.stop_heartbeat()
-            await gateway.finish(exchange)
-            await self._release_limits(exchange.billed_usage().total_tokens)
+            await self._settle()
 
-    async def _release_limits(self, actual_tokens: int) -> None:
-        if self.limits:
-            limits, self.limits = self.limits, []
-            await _adjust(self.gateway, limits, actual_tokens - self.exchange.prompt_estimate)
+    async def _settle(self) -> None:
+        """Settle the credit reservation, hand the record to the writer and correct the rate-limit counters with the
+        real token count: once, just before the response's last byte goes out (or when the call ends without one).
+        Nothing of this may wait until after the last byte: from then on the client may be gone, and the request's
+        task cancelled with it."""
+        exchange = self.exchange
+        await self.gateway.finish(exchange)
+        if self.limits or self.conn_limits:
+            delta = exchange.billed_usage().total_tokens - exchange.prompt_estimate
+            for attr in ("limits", "conn_limits"):
+                limits = getattr(self, attr)
+                if limits:
+                    setattr(self, attr, [])
+                    await _adjust(self.gateway, limits, delta)
 
     # -- the attempt loop ---------------------------------------------------------------------------------------------
     async def _try_candidates(self, candidates: list[Candidate]) -> None:
+        """Each candidate in turn, each with up to 1 + retries attempts on its connection (one loop, not a helper
+        per level: every coroutine frame here is passed through on each resumption of the request's task)."""
         gateway = self.gateway
         health = gateway.health
         retries = gateway.config.routing.retries
@@ -183,36 +203,54 @@ class Call:
         refused: GatewayError | None = None
         for candidate in candidates:
             connection = candidate.deployment.connection
-            if not health.acquire(connection.name):
-                self.exchange.attempts.append({"provider_name": connection.name,
+            name = connection.name
+            if not health.acquire(name):
+                self.exchange.attempts.append({"provider_name": name,
                                                "model_permaslug": candidate.deployment.model.id, "status": None,
                                                "latency": None, "error": "skipped: circuit breaker open"})
-                last = last or GatewayError(503, f"Upstream {connection.name} is unavailable (circuit breaker open)")
+                last = last or GatewayError(503, f"Upstream {name} is unavailable (circuit breaker open)")
                 continue
-            conn_limits = gateway.connection_limits(connection.name)
+            conn_limits = gateway.connection_limits(name)
             if conn_limits:
                 key = self.request.principal.key
                 decision = await _acquire(gateway, conn_limits, self.exchange.prompt_estimate,
                                           key.priority if key else "normal")
                 if not decision.allowed:
-                    health.record_cancelled(connection.name)  # frees a half-open probe: nothing was tried
-                    self.exchange.attempts.append({"provider_name": connection.name,
+                    health.record_cancelled(name)  # frees a half-open probe: nothing was tried
+                    self.exchange.attempts.append({"provider_name": name,
                                                    "model_permaslug": candidate.deployment.model.id, "status": 429,
                                                    "latency": None, "error": f"capacity: {decision.code}"})
-                    refused = _limit_error(decision, f"connection {connection.name}")
+                    refused = _limit_error(decision, f"connection {name}")
                     continue
-            succeeded = False
+                self.conn_limits = conn_limits
+            attempt = 0
             try:
-                await self._try_connection(candidate, retries)
-                succeeded = True
-                return
+                while True:
+                    attempt += 1
+                    try:
+                        await self._attempt(candidate)
+                        return
+                    except AttemptFailed as failed:
+                        health.record_failure(name, candidate.deployment.model.id, status=failed.status)
+                        if attempt > retries or not is_retryable(failed.status):
+                            raise
+                        delay = retry_delay(attempt, retry_after=failed.retry_after,
+                                            max_wait=gateway.config.routing.max_retry_wait)
+                        if delay is None or not health.available(name):
+                            raise
+                        await asyncio.sleep(delay)
+                        if not health.acquire(name):
+                            raise
             except AttemptFailed as failed:
                 # Any upstream failure (context too long included) moves on to the next candidate.
                 last = failed.error
+            except asyncio.CancelledError:
+                health.record_cancelled(name)
+                raise
             finally:
-                if conn_limits:
-                    used = self.exchange.billed_usage().total_tokens if succeeded else 0
-                    await _adjust(gateway, conn_limits, used - self.exchange.prompt_estimate)
+                if self.conn_limits:  # not settled: this connection served nothing
+                    limits, self.conn_limits = self.conn_limits, []
+                    await _adjust(gateway, limits, -self.exchange.prompt_estimate)
         error = last or refused or GatewayError(503, "No upstream could serve the request")
         if last is not None and refused is not None and last.status == 503:
             error = refused
@@ -220,31 +258,6 @@ class Call:
             await self._fail_stream(error.status, error.message, error.metadata)
             return
         raise error
-
-    async def _try_connection(self, candidate: Candidate, retries: int) -> None:
-        """Up to 1 + retries attempts on one connection; raises AttemptFailed with the last failure."""
-        health = self.gateway.health
-        connection = candidate.deployment.connection
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await self._attempt(candidate)
-                return
-            except AttemptFailed as failed:
-                health.record_failure(connection.name, candidate.deployment.model.id, status=failed.status)
-                if attempt > retries or not is_retryable(failed.status):
-                    raise
-                delay = retry_delay(attempt, retry_after=failed.retry_after,
-                                    max_wait=self.gateway.config.routing.max_retry_wait)
-                if delay is None or not health.available(connection.name):
-                    raise
-                await asyncio.sleep(delay)
-                if not health.acquire(connection.name):
-                    raise
-            except asyncio.CancelledError:
-                health.record_cancelled(connection.name)
-                raise
 
     def _switch_to(self, candidate: Candidate) -> None:
         exchange = self.exchange
@@ -308,7 +321,7 @@ class Call:
             self._record_success(candidate, ttft=exchange.upstream_ended - exchange.upstream_started)
             payload = raw if self.passthrough else self.renderer.completion(result, translator.usage, model.pricing)
             await self._on_complete(translator)
-            await self.gateway.finish(exchange)
+            await self._settle()
             await respond(self.request.send, 200, payload, self._headers(upstream_headers), JSON_HEADERS)
             return
         await self._stream(candidate, upstream, translator)
@@ -384,8 +397,7 @@ class Call:
         connection = candidate.deployment.connection
         client = connection.client
         if self.writer is None:
-            self.writer = SSEWriter(self.request.send, self.gateway.config.server.keepalive_interval,
-                                    lambda: self.gateway.finish(exchange))
+            self.writer = SSEWriter(self.request.send, self.gateway.config.server.keepalive_interval, self._settle)
         writer = self.writer
         pending = asyncio.ensure_future(client.session.post(upstream.url, data=upstream.body,
                                                             headers=upstream.headers, timeout=client.stream_timeout))

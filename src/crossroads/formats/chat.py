@@ -175,8 +175,32 @@ def _check_messages(messages: Any) -> None:
 _ID_TABLE = bytes(ord(_ALPHABET[b % 62]) for b in range(256))
 
 
+class _RandomText:
+    """Random letters and digits from the OS's CSPRNG, fetched 4 KiB at a time: one getrandom() per ~200 ids instead
+    of one per request (the system call is a measurable share of a request's CPU on some virtual machines)."""
+
+    __slots__ = ("pool", "offset")
+
+    def __init__(self) -> None:
+        self.pool = b""
+        self.offset = 0
+
+    def take(self, size: int) -> str:
+        offset = self.offset
+        if offset + size > len(self.pool):
+            self.pool = os.urandom(4096).translate(_ID_TABLE)
+            offset = 0
+        self.offset = offset + size
+        return self.pool[offset:offset + size].decode()
+
+
+random_text = _RandomText()
+if hasattr(os, "register_at_fork"):  # a forked worker must not repeat its parent's ids
+    os.register_at_fork(after_in_child=random_text.__init__)
+
+
 def new_generation_id() -> str:
-    return f"gen-{int(time.time())}-{os.urandom(20).translate(_ID_TABLE).decode()}"
+    return f"gen-{int(time.time())}-{random_text.take(20)}"
 
 
 def usage_payload(usage: Usage, pricing: Pricing) -> dict[str, Any]:

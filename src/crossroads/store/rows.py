@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+import time
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 
 @dataclass(slots=True)
@@ -57,3 +60,54 @@ class GenerationRow:
     user_agent: str | None = None
     provider_responses: list[dict[str, Any]] = field(default_factory=list)  # one per upstream attempt
     events: list[dict[str, Any]] = field(default_factory=list)  # e.g. request fields a conversion had to drop
+
+
+GENERATION_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(GenerationRow))
+JSON_COLUMNS = ("provider_responses", "events")
+
+# A generation as the writer takes it: a plain tuple in GENERATION_COLUMNS order, `created_at` as naive UTC text
+# ("YYYY-MM-DD HH:MM:SS.ffffff", see utc_text) and the JSON columns as JSON text (None for none). The request path
+# builds one per request: a tuple of strings and numbers costs a fraction of a dataclass, binds into SQLite as it is,
+# and is untracked by the garbage collector while it waits in the writer's buffer.
+GenerationRecord = tuple[Any, ...]
+_CREATED_AT = GENERATION_COLUMNS.index("created_at")
+RECORD_COST = GENERATION_COLUMNS.index("cost")
+_JSON_INDEXES = tuple(GENERATION_COLUMNS.index(name) for name in JSON_COLUMNS)
+
+
+class _UTCText:
+    """Timestamps as naive UTC text; the date and time part is formatted once per second."""
+
+    __slots__ = ("second", "prefix")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now)
+        if second != self.second:
+            self.prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+            self.second = second
+        return f"{self.prefix}.{int((now - second) * 1_000_000):06d}"
+
+
+utc_text = _UTCText()
+
+
+def to_record(row: GenerationRow) -> GenerationRecord:
+    values = [getattr(row, name) for name in GENERATION_COLUMNS]
+    created = row.created_at
+    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
+    values[_CREATED_AT] = created.strftime("%Y-%m-%d %H:%M:%S.%f")
+    for index in _JSON_INDEXES:
+        values[index] = orjson.dumps(values[index]).decode() if values[index] else None
+    return tuple(values)
+
+
+def from_record(record: GenerationRecord) -> GenerationRow:
+    values = list(record)
+    values[_CREATED_AT] = datetime.fromisoformat(values[_CREATED_AT]).replace(tzinfo=UTC)
+    for index in _JSON_INDEXES:
+        values[index] = orjson.loads(values[index]) if values[index] is not None else []
+    return GenerationRow(*values)

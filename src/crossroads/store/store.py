@@ -3,56 +3,44 @@
 from __future__ import annotations
 
 import dataclasses
-import operator
+import itertools
 import sqlite3
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crossroads.store.engine import async_url, create_engine, translate_errors
-from crossroads.store.rows import GenerationRow, KeyRow
+from crossroads.store.rows import (
+    GENERATION_COLUMNS,
+    JSON_COLUMNS,
+    GenerationRecord,
+    GenerationRow,
+    KeyRow,
+    from_record,
+)
 from crossroads.store.schema import UTCDateTime, api_keys, generations, meta, stored_responses
 
 _KEY_FIELDS = tuple(f.name for f in dataclasses.fields(KeyRow))
 _KEY_MUTABLE = frozenset(_KEY_FIELDS) - {"hash", "created_at"}
-_GENERATION_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRow))
 _KEYS_VERSION = "keys_version"
 
 
 # SQLite takes at most 32766 bound variables per statement (999 before 3.32).
 _SQLITE_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-_SQLITE_ROWS_PER_INSERT = 1 << ((_SQLITE_MAX_VARIABLES // len(_GENERATION_FIELDS)).bit_length() - 1)
-_SQLITE_INSERT_HEAD = (f"INSERT OR IGNORE INTO generations ({', '.join(f'{chr(34)}{n}{chr(34)}' for n in _GENERATION_FIELDS)})"
+_SQLITE_ROWS_PER_INSERT = 1 << ((_SQLITE_MAX_VARIABLES // len(GENERATION_COLUMNS)).bit_length() - 1)
+_SQLITE_INSERT_HEAD = (f"INSERT OR IGNORE INTO generations ({', '.join(f'{chr(34)}{n}{chr(34)}' for n in GENERATION_COLUMNS)})"
                        " VALUES ")
-_SQLITE_ROW_PLACEHOLDERS = "(" + ",".join("?" * len(_GENERATION_FIELDS)) + ")"
-
-
-def _sqlite_datetime(value: datetime | None) -> str | None:
-    """As schema.UTCDateTime stores it on SQLite: naive UTC text."""
-    if value is None:
-        return None
-    utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def _sqlite_json(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-# All fields in column order in one C call; only the datetime and JSON columns need converting (bools bind as 0/1).
-_GENERATION_VALUES = operator.attrgetter(*_GENERATION_FIELDS)
-_SQLITE_CONVERSIONS = [
-    (index, _sqlite_datetime if name == "created_at" else _sqlite_json)
-    for index, name in enumerate(_GENERATION_FIELDS) if name in ("created_at", "provider_responses", "events")]
-# Guard: a new datetime or JSON column in `generations` must be converted above too.
-if {c.name for c in generations.columns if isinstance(c.type, sa.JSON | UTCDateTime)} != {
-        "created_at", "provider_responses", "events"}:
-    raise RuntimeError("update _SQLITE_CONVERSIONS for the new generations columns")
+_SQLITE_ROW_PLACEHOLDERS = "(" + ",".join("?" * len(GENERATION_COLUMNS)) + ")"
+# Guard: a record carries datetimes and JSON as text (see rows.GenerationRecord); a new column of either kind must be
+# converted there too.
+if {c.name for c in generations.columns if isinstance(c.type, sa.JSON | UTCDateTime)} != {"created_at", *JSON_COLUMNS}:
+    raise RuntimeError("update GenerationRecord (store/rows.py) for the new generations columns")
+if tuple(c.name for c in generations.columns) != GENERATION_COLUMNS:
+    raise RuntimeError("GenerationRow's fields must follow the generations table's column order")
 
 
 def _now() -> datetime:
@@ -185,22 +173,22 @@ class Store:
 
     # --- generations -----------------------------------------------------------------------------------------
 
-    async def insert_generations(self, rows: list[GenerationRow]) -> None:
-        """Insert a batch in one transaction; rows whose id already exists (or repeats in the batch) are ignored."""
-        if not rows:
+    async def insert_generations(self, records: list[GenerationRecord]) -> None:
+        """Insert a batch in one transaction; records whose id already exists (or repeats in the batch) are ignored."""
+        if not records:
             return
         if self._dialect == "sqlite":
-            await self._insert_generations_sqlite(rows)
+            await self._insert_generations_sqlite(records)
             return
         insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
         statement = insert(generations).on_conflict_do_nothing(index_elements=[generations.c.id])
-        values = [{name: getattr(row, name) for name in _GENERATION_FIELDS} for row in rows]
+        values = [dataclasses.asdict(from_record(record)) for record in records]
         with translate_errors():
             async with self._writer.begin() as conn:
                 await conn.execute(statement, values)
 
-    async def _insert_generations_sqlite(self, rows: list[GenerationRow]) -> None:
-        """One multi-row INSERT per chunk, values converted here as the column types would.
+    async def _insert_generations_sqlite(self, records: list[GenerationRecord]) -> None:
+        """One multi-row INSERT per chunk, the records' values bound as they are.
 
         The records of a whole batch are written by a single statement step: executemany would step (and hand the
         GIL over) once per row, which under load costs the event loop far more than the writing itself.
@@ -208,27 +196,21 @@ class Store:
         with translate_errors():
             async with self._writer.begin() as conn:
                 start = 0
-                while start < len(rows):
+                while start < len(records):
                     # Chunks of power-of-two sizes: the driver caches each distinct statement (a 500-row INSERT
                     # prepares a large one), so only a handful of distinct statements may ever exist.
-                    size = min(_SQLITE_ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
-                    chunk = rows[start:start + size]
+                    size = min(_SQLITE_ROWS_PER_INSERT, 1 << ((len(records) - start).bit_length() - 1))
+                    chunk = records[start:start + size]
                     start += size
-                    params: list[Any] = []
-                    for row in chunk:
-                        values = list(_GENERATION_VALUES(row))
-                        for index, convert in _SQLITE_CONVERSIONS:
-                            values[index] = convert(values[index])
-                        params.extend(values)
                     sql = _SQLITE_INSERT_HEAD + ",".join([_SQLITE_ROW_PLACEHOLDERS] * len(chunk))
-                    await conn.exec_driver_sql(sql, tuple(params))
+                    await conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
 
     async def get_generation(self, id: str) -> GenerationRow | None:
         rows = await self._fetch(generations.select().where(generations.c.id == id))
         if not rows:
             return None
         values = rows[0]._mapping
-        row = GenerationRow(**{name: values[name] for name in _GENERATION_FIELDS})
+        row = GenerationRow(**{name: values[name] for name in GENERATION_COLUMNS})
         if row.provider_responses is None:
             row.provider_responses = []
         if row.events is None:
