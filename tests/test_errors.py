@@ -39,6 +39,13 @@ def error_of(resp: httpx.Response) -> dict:
     (b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}',
      "max_tokens"),
     (b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
+    # a boolean is not an integer (or a number), although Python's bool is an int
+    (b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": true}',
+     "max_tokens"),
+    (b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "temperature": false}',
+     "temperature"),
+    (b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "tool_choice": 3}',
+     "tool_choice"),
     (b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "tool", "content": "x"}]}', "messages[0].tool_call_id"),
     (b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}',
      "tools[0].function.name"),
@@ -215,5 +222,23 @@ def test_client_disconnect_closes_upstream(gateway, fake_openai) -> None:
     assert fake_openai.stream_closed_at, "the upstream stream was still open a second after the client left"
     assert fake_openai.stream_closed_at[0] - closed_at < 1.0
     # The gateway is unharmed and did not log a traceback for the disconnect.
+    assert httpx.get(gateway.url + "/health").status_code == 200
+    assert "Traceback" not in gateway.log()
+
+
+@pytest.mark.parametrize("upstream", ["fake_openai", "fake_anthropic"])
+def test_client_disconnect_closes_a_waiting_upstream_request(gateway, upstream, request) -> None:
+    fake = request.getfixturevalue(upstream)
+    fake.fault(Fault(delay=5))
+    model = "openai/gpt-4o-mini" if upstream == "fake_openai" else "anthropic/claude-sonnet-4"
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gateway.url + CHAT, headers=AUTH, timeout=httpx.Timeout(5, read=0.5),
+                   json={"model": model, "messages": HELLO})
+    closed_at = time.monotonic()
+    deadline = closed_at + 1.0
+    while time.monotonic() < deadline and not fake.request_closed_at:
+        time.sleep(0.02)
+    assert fake.request_closed_at, "the upstream request was still open a second after the client left"
+    assert fake.request_closed_at[0] - closed_at < 1.0
     assert httpx.get(gateway.url + "/health").status_code == 200
     assert "Traceback" not in gateway.log()

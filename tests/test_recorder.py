@@ -37,8 +37,10 @@ async def test_full_buffer_holds_callers_until_written(tmp_path: Path) -> None:
     recorder.start()
     try:
         for n in range(5):
-            await recorder.record(row(n))
-        sixth = asyncio.ensure_future(recorder.record(row(5)))
+            assert recorder.record(row(n)) is None  # room: nothing to wait for
+        waiting = recorder.record(row(5))
+        assert waiting is not None
+        sixth = asyncio.ensure_future(waiting)
         await asyncio.sleep(0.2)
         assert not sixth.done()  # the buffer is full: the caller waits instead of the buffer growing
         assert recorder.pending("gen-test-0") is not None
@@ -58,7 +60,7 @@ async def test_flush_writes_everything_buffered(tmp_path: Path) -> None:
     recorder.start()
     try:
         for n in range(50):
-            await recorder.record(row(n))
+            assert recorder.record(row(n)) is None
         for _ in range(100):
             if not recorder.pending_count():
                 break

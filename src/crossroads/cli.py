@@ -79,6 +79,8 @@ def serve(args: argparse.Namespace) -> int:
         "host": host, "port": port, "workers": args.workers, "lifespan": "on", "access_log": False,
         "log_level": args.log_level, "timeout_graceful_shutdown": config.server.shutdown_grace,
         "http": "httptools", "server_header": False, "date_header": False,
+        # The gateway reads neither the client's address nor the scheme: no X-Forwarded-* rewriting per request.
+        "proxy_headers": False,
     }
     try:
         import uvloop  # noqa: F401

@@ -61,7 +61,7 @@ class FakeAnthropic(FakeUpstream):
     async def messages(self, request: web.Request) -> web.StreamResponse:
         rec = await self.record(request)
         fault = self.next_fault()
-        await self.before_response(fault)
+        await self.before_response(request, fault)
         if (denied := self._refusal(request)) is not None:
             return denied
         if fault and fault.status != 200:

@@ -80,6 +80,7 @@ class FakeUpstream:
         self.replies: deque[Reply] = deque()
         self.faults: deque[Fault] = deque()
         self.stream_closed_at: list[float] = []  # when the gateway closed a stream we were still writing
+        self.request_closed_at: list[float] = []  # when the gateway hung up while we delayed the answer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -101,6 +102,7 @@ class FakeUpstream:
         self.replies.clear()
         self.faults.clear()
         self.stream_closed_at.clear()
+        self.request_closed_at.clear()
 
     @property
     def last(self) -> Recorded:
@@ -152,9 +154,17 @@ class FakeUpstream:
     def next_fault(self) -> Fault | None:
         return self.faults.popleft() if self.faults else None
 
-    async def before_response(self, fault: Fault | None) -> None:
-        if fault and fault.delay:
-            await asyncio.sleep(fault.delay)
+    async def before_response(self, request: web.Request, fault: Fault | None) -> None:
+        """Wait out the fault's delay, noticing (in `request_closed_at`) a gateway that hangs up meanwhile."""
+        if not (fault and fault.delay):
+            return
+        deadline = time.monotonic() + fault.delay
+        while (left := deadline - time.monotonic()) > 0:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                self.request_closed_at.append(time.monotonic())
+                raise asyncio.CancelledError  # nobody to answer
+            await asyncio.sleep(min(left, 0.02))
 
     def error_response(self, fault: Fault, body: bytes) -> web.Response:
         return web.Response(status=fault.status, body=fault.body if fault.body is not None else body,

@@ -72,7 +72,7 @@ class FakeGemini(FakeUpstream):
     async def generate(self, request: web.Request) -> web.StreamResponse:
         rec = await self.record(request)
         fault = self.next_fault()
-        await self.before_response(fault)
+        await self.before_response(request, fault)
         if (denied := self._auth_error(request)) is not None:
             return denied
         model, _, method = request.match_info["tail"].rpartition(":")

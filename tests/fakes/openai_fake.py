@@ -44,7 +44,7 @@ class FakeOpenAI(FakeUpstream):
         """Record the request and apply its fault: (record, fault, the answer to send instead, if any)."""
         rec = await self.record(request)
         fault = self.next_fault()
-        await self.before_response(fault)
+        await self.before_response(request, fault)
         if (denied := self._auth_error(request)) is not None:
             return rec, fault, denied
         if fault and fault.status != 200:

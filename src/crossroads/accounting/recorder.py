@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from crossroads.store import StoreUnavailable
@@ -47,23 +48,33 @@ class GenerationRecorder:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def record(self, record: GenerationRecord) -> None:
+    def record(self, record: GenerationRecord) -> Awaitable[None] | None:
+        """Buffer a record. Returns what the caller must await when it has to wait (the buffer is full; or strict
+        durability, until the record is committed), else None: the common case costs no coroutine."""
+        if len(self._buffer) >= self.max_pending or self.strict:
+            return self._record_waiting(record)
+        self._add(record)
+        return None
+
+    async def _record_waiting(self, record: GenerationRecord) -> None:
         while len(self._buffer) >= self.max_pending:
             if self._room.is_set():
                 log.warning("%d generation records waiting to be written: holding requests until the store "
                             "catches up", len(self._buffer))
                 self._room.clear()
             await self._room.wait()
-        generation_id = record[0]
-        self._buffer.append(record)
-        self._by_id[generation_id] = record
-        if len(self._buffer) >= self.batch_size:
-            self._wake.set()
+        self._add(record)
         if self.strict:
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters[generation_id] = waiter
+            self._waiters[record[0]] = waiter
             self._wake.set()
             await waiter
+
+    def _add(self, record: GenerationRecord) -> None:
+        self._buffer.append(record)
+        self._by_id[record[0]] = record
+        if len(self._buffer) >= self.batch_size:
+            self._wake.set()
 
     def pending(self, generation_id: str) -> GenerationRow | None:
         record = self._by_id.get(generation_id)

@@ -152,18 +152,19 @@ class Gateway:
     def connection_limits(self, name: str) -> list[Limit]:
         return self._connection_limits.get(name, [])
 
-    async def finish(self, exchange: Exchange) -> None:
-        """Settle the request's credit reservation with its real cost and hand its record to the writer.
+    def finish(self, exchange: Exchange) -> Awaitable[None] | None:
+        """Settle the request's credit reservation with its real cost and hand its record to the writer; returns what
+        to await when the writer makes the caller wait (see GenerationRecorder.record), else None.
 
         Called just before the response completes (so that with strict durability the record is committed before the
         client has its answer) and again, as a no-op, when the request ends whatever the way."""
         if exchange.finished:
-            return
+            return None
         exchange.finished = True
         record = exchange.to_record()
         if exchange.reservation is not None:
             self.ledger.settle(exchange.reservation, record[RECORD_COST])
-        await self.recorder.record(record)
+        return self.recorder.record(record)
 
     @property
     def media(self) -> Any:
@@ -212,8 +213,9 @@ class Gateway:
             log.exception("unhandled error on %s %s", method, path)
             await respond_error(send, GatewayError(500, "Internal gateway error"))
         finally:
+            request.done = True
             if request.watcher is not None:
-                request.watcher.cancel()
+                asyncio.get_running_loop().call_soon(_stop_watching, request)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -313,12 +315,15 @@ class Gateway:
 
 
 def _watch_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
-    """Cancel `task` (the request's) when the client disconnects: once the body is read, the next message is the
-    disconnect. A task awaiting the message and a callback cost less than a watcher coroutine."""
+    """Cancel `task` (the request's) when the client disconnects before its answer is complete.
+
+    Once the body is read, the next message is the disconnect. The server (uvicorn) also resolves that pending
+    receive when the response completes, so the watcher ends by itself in the common case: cancelling it instead
+    would cost an exception on every request."""
     receiving = asyncio.ensure_future(request.receive())
 
     def on_message(received: asyncio.Future[Any]) -> None:
-        if received.cancelled() or received.exception() is not None:
+        if request.done or received.cancelled() or received.exception() is not None:
             return
         if received.result()["type"] == "http.disconnect":
             request.gone = True
@@ -328,6 +333,13 @@ def _watch_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
 
     receiving.add_done_callback(on_message)
     request.watcher = receiving
+
+
+def _stop_watching(request: Request) -> None:
+    # Normally done already (see _watch_disconnect); a server that resolves the receive only when the connection
+    # closes must not keep one waiting task per request of a keep-alive connection.
+    if request.watcher is not None and not request.watcher.done():
+        request.watcher.cancel()
 
 
 def create_app() -> Gateway:

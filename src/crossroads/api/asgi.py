@@ -20,7 +20,7 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 
 
 class Request:
-    __slots__ = ("scope", "receive", "send", "headers", "path_params", "body", "principal", "watcher", "gone")
+    __slots__ = ("scope", "receive", "send", "headers", "path_params", "body", "principal", "watcher", "gone", "done")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, path_params: dict[str, str] | None = None) -> None:
         self.scope = scope
@@ -33,6 +33,7 @@ class Request:
         self.principal: Any = None  # set by authentication (crossroads.gate.auth.Principal)
         self.watcher: Any = None  # the task waiting for the client's disconnect, while a handler runs
         self.gone = False  # the client disconnected before its answer was complete
+        self.done = False  # the handler has finished
 
     @property
     def method(self) -> str:

@@ -183,7 +183,9 @@ class Call:
         Nothing of this may wait until after the last byte: from then on the client may be gone, and the request's
         task cancelled with it."""
         exchange = self.exchange
-        await self.gateway.finish(exchange)
+        waiting = self.gateway.finish(exchange)
+        if waiting is not None:
+            await waiting
         if self.limits or self.conn_limits:
             delta = exchange.billed_usage().total_tokens - exchange.prompt_estimate
             for attr in ("limits", "conn_limits"):
@@ -339,6 +341,7 @@ class Call:
             self.exchange.events.append({"type": "transform", "name": "middle-out", "messages": changed,
                                          "connection": self.exchange.connection.name})
         return new_body
+
 
     async def _on_complete(self, translator: Any) -> None:
         """The front's own step once the answer is whole (the Responses API stores it for previous_response_id)."""

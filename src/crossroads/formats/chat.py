@@ -36,17 +36,6 @@ def _fail(field: str, expected: str, value: Any) -> GatewayError:
                         metadata={"field": field})
 
 
-def _check(body: dict[str, Any], field: str, kinds: type | tuple[type, ...], expected: str) -> Any:
-    value = body.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise _fail(field, expected, value)
-    if not isinstance(value, kinds):
-        raise _fail(field, expected, value)
-    return value
-
-
 # field -> (accepted types, description for the error message)
 _SCALAR_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "stream": (bool, "a boolean"),
@@ -76,6 +65,12 @@ _SCALAR_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "stop": ((str, list), "a string or an array of strings"),
     "metadata": (dict, "an object"),
 }
+# field -> (accepted types as a tuple, whether a boolean is accepted, description): bool is an int subclass, so
+# isinstance alone would let `true` through as an integer.
+_SCALAR_CHECKS = {
+    field: (kinds if isinstance(kinds, tuple) else (kinds,),
+            bool in (kinds if isinstance(kinds, tuple) else (kinds,)), expected)
+    for field, (kinds, expected) in _SCALAR_FIELDS.items()}
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -103,9 +98,12 @@ def check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(model, str) or not model:
         raise _fail("model", "a non-empty string", model) if model is not None else GatewayError(
             400, "Invalid request: 'model' is required", metadata={"field": "model"})
-    for field, (kinds, expected) in _SCALAR_FIELDS.items():
-        if field in body:
-            _check(body, field, kinds, expected)
+    # Over the body's fields (a handful) rather than every known field.
+    for field, value in body.items():
+        spec = _SCALAR_CHECKS.get(field)
+        if spec is not None and value is not None and (not isinstance(value, spec[0])
+                                                       or (value.__class__ is bool and not spec[1])):
+            raise _fail(field, spec[2], value)
     for field in ("max_tokens", "max_completion_tokens"):
         value = body.get(field)
         if value is not None and value < 1:
