@@ -52,6 +52,7 @@ class Endpoint(NamedTuple):
     error_body: Callable[[GatewayError], bytes]  # the endpoint's error shape
 API_PREFIXES = ("/api/v1", "/v1")
 GC_GEN0_THRESHOLD = 20_000
+WATCH_AFTER = 0.25  # seconds a handler runs before its client's disconnect is watched for (see __call__)
 DISCOVERY_HEAD_START = 1.0  # seconds start-up waits for upstream model discovery before answering /health
 
 
@@ -186,6 +187,7 @@ class Gateway:
         method, path = scope["method"], scope["path"]
         found = self._route(method, path)
         request = Request(scope, receive, send, found[1] if found else None)
+        arming: asyncio.TimerHandle | None = None
         try:
             if found is None:
                 if (path.rstrip("/") or "/") in self.path_error_bodies:
@@ -197,8 +199,11 @@ class Gateway:
             if method in ("POST", "PATCH"):
                 await request.read_body(self.config.server.max_body_bytes)
                 # A client that disconnects cancels its handler, which closes the upstream request. (Handlers do
-                # all their bookkeeping before the answer's last byte, so a cancel after it loses nothing.)
-                _watch_disconnect(request, asyncio.current_task())  # type: ignore[arg-type]
+                # all their bookkeeping before the answer's last byte, so a cancel after it loses nothing.) The
+                # watch starts only once the handler has run for WATCH_AFTER: most answers are complete sooner, and
+                # a timer costs far less than a watching task per request.
+                arming = asyncio.get_running_loop().call_later(WATCH_AFTER, _watch_disconnect, request,
+                                                               asyncio.current_task())
             await endpoint.handler(request)
         except GatewayError as error:
             error_body = found[0].error_body if found else self.path_error_bodies.get(path.rstrip("/"))
@@ -214,6 +219,8 @@ class Gateway:
             await respond_error(send, GatewayError(500, "Internal gateway error"))
         finally:
             request.done = True
+            if arming is not None:
+                arming.cancel()
             if request.watcher is not None:
                 asyncio.get_running_loop().call_soon(_stop_watching, request)
 
