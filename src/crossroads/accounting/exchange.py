@@ -60,6 +60,9 @@ class WorstCase(NamedTuple):
     completion_price: float  # USD per completion token
 
 
+NOTHING_TO_HOLD = WorstCase(0.0, 0.0, 0.0)
+
+
 def worst_case_cost(body: dict[str, Any], models: list[ModelSpec], prompt_tokens: int) -> WorstCase:
     """The most a request may cost on any of the models that may serve it (what a credit reservation holds)."""
     worst = WorstCase(0.0, 0.0, 0.0)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from crossroads.accounting.exchange import Exchange, estimate_prompt_tokens, worst_case_cost
+from crossroads.accounting.exchange import NOTHING_TO_HOLD, Exchange, estimate_prompt_tokens, worst_case_cost
 from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, Request, respond
 from crossroads.errors import GatewayError, redact
 from crossroads.formats.chat import new_generation_id
@@ -149,8 +149,9 @@ class Call:
                 raise _limit_error(decision, "this API key" if (decision.scope or "").startswith("key:")
                                    else "this route")
             self.limits = limits
-        # Credit: the worst case over every candidate that may serve.
-        worst = worst_case_cost(body, [c.deployment.model for c in candidates], prompt_tokens)
+        # Credit: the worst case over every candidate that may serve (only a key with a limit has to hold it).
+        worst = worst_case_cost(body, [c.deployment.model for c in candidates], prompt_tokens) \
+            if key is not None and key.limit is not None else NOTHING_TO_HOLD
         try:
             exchange.reservation = gateway.ledger.reserve(key, worst.total, prompt_cost=worst.prompt,
                                                           completion_price=worst.completion_price)

@@ -11,7 +11,7 @@ their own (see `crossroads.cli`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -49,10 +49,10 @@ class Reservation:
     settled: bool = False
 
 
-@dataclass
 class CreditLedger:
-    spend: dict[str | None, Spend] = field(default_factory=dict)
-    starts: dict[str, datetime] = field(default_factory=lambda: period_starts(datetime.now(UTC)))
+    def __init__(self) -> None:
+        self.spend: dict[str | None, Spend] = {}
+        self.starts = period_starts(datetime.now(UTC))
 
     def load(self, spend_by_key: dict[str | None, dict[str, float]], starts: dict[str, datetime]) -> None:
         self.starts = starts
@@ -65,8 +65,17 @@ class CreditLedger:
     def _roll_if_due(self) -> None:
         # Every period starts at a UTC midnight, so nothing can roll before the next one: one float comparison per
         # request instead of computing three period starts.
-        if time.time() >= (self.starts["daily"] + _DAY).timestamp():
+        if time.time() >= self._next_roll:
             self._roll(datetime.now(UTC))
+
+    @property
+    def starts(self) -> dict[str, datetime]:
+        return self._starts
+
+    @starts.setter
+    def starts(self, starts: dict[str, datetime]) -> None:
+        self._starts = starts
+        self._next_roll = (starts["daily"] + _DAY).timestamp()
 
     def _roll(self, now: datetime) -> None:
         starts = period_starts(now)
@@ -114,7 +123,9 @@ class CreditLedger:
         if reservation.settled:
             return
         reservation.settled = True
-        entry = self.spend.setdefault(reservation.key_hash, Spend())
+        entry = self.spend.get(reservation.key_hash)
+        if entry is None:
+            entry = self.spend[reservation.key_hash] = Spend()
         entry.reserved = max(entry.reserved - reservation.amount, 0.0)
         self._roll_if_due()
         entry.total += cost

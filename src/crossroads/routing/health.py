@@ -76,8 +76,10 @@ class _Samples:
         self._sorted: list[float] | None = None
 
     def add(self, now: float, value: float) -> None:
-        self._expire(now)
-        self._items.append((now, value))
+        items = self._items
+        if items and items[0][0] <= now - self._window:
+            self._expire(now)
+        items.append((now, value))
         self._sorted = None
 
     def sorted_values(self, now: float) -> list[float]:
@@ -106,10 +108,11 @@ class _Tally:
 
     def add(self, now: float, ok: bool) -> None:
         index = int(now // self._width)
-        self._expire(index)
-        if not self._buckets or self._buckets[-1][0] != index:
-            self._buckets.append([index, 0, 0])
-        self._buckets[-1][1 if ok else 2] += 1
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] != index:  # a new bucket (rare): drop the ones that fell out first
+            self._expire(index)
+            buckets.append([index, 0, 0])
+        buckets[-1][1 if ok else 2] += 1
 
     def uptime(self, now: float, span: float) -> float | None:
         """Percentage of successes over the buckets covering the last ``span`` seconds (current bucket included)."""

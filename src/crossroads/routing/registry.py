@@ -30,10 +30,10 @@ class Connection:
     config: ConnectionConfig
     adapter: ProviderAdapter
     client: UpstreamClient
+    name: str = field(init=False)  # config.name, read on every request (a plain attribute, not a property)
 
-    @property
-    def name(self) -> str:
-        return self.config.name
+    def __post_init__(self) -> None:
+        self.name = self.config.name
 
 
 @dataclass(slots=True)
