@@ -343,7 +343,6 @@ class Call:
                                          "connection": self.exchange.connection.name})
         return new_body
 
-
     async def _on_complete(self, translator: Any) -> None:
         """The front's own step once the answer is whole (the Responses API stores it for previous_response_id)."""
         hook = getattr(self.renderer, "on_complete", None)
