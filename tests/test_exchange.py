@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 
 import pytest
 
@@ -12,17 +11,20 @@ from crossroads.accounting.exchange import Exchange
 from crossroads.catalog import ModelSpec, Pricing
 from crossroads.config import ConnectionConfig
 from crossroads.gate.auth import Principal
+from crossroads.providers import make_adapter
 from crossroads.providers.base import Usage
-from crossroads.store.rows import GENERATION_COLUMNS, GenerationRow, from_record, to_record, utc_text
+from crossroads.providers.http import UpstreamClient
+from crossroads.routing.registry import Connection
+from crossroads.store.rows import GENERATION_COLUMNS, GenerationRow, KeyRow, from_record, to_record, utc_text
 
 
 def exchange(**headers: bytes) -> Exchange:
-    key = SimpleNamespace(hash="k" * 64)
+    key = KeyRow(hash="k" * 64, name="test", label="sk-or-v1-kkk...kkk")
     model = ModelSpec(id="vendor/model", upstream="model-upstream",
                       pricing=Pricing(prompt=1e-6, completion=2e-6))
-    connection = SimpleNamespace(name="conn-a", config=ConnectionConfig(name="conn-a", type="anthropic",
-                                                                        base_url="http://x"))
-    return Exchange("gen-1-abc", Principal(kind="key", key=key), model, connection,  # type: ignore[arg-type]
+    config = ConnectionConfig(name="conn-a", type="anthropic", base_url="http://127.0.0.1:9")
+    connection = Connection(config, make_adapter(config), UpstreamClient(5.0))
+    return Exchange("gen-1-abc", Principal(kind="key", key=key), model, connection,
                     stream=True, headers={k.replace("_", "-").encode(): v for k, v in headers.items()},
                     user="end-user", prompt_estimate=50)
 
