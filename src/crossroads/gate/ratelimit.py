@@ -205,21 +205,28 @@ class MemoryLimiter:
 
 # -- Redis backend --------------------------------------------------------------------------------------------------------
 
-# KEYS[i]: one hash per (scope, kind) holding w (window index) and n (units used in window w).
-# ARGV[1]: window length in ms; then, per key, three values: limit, allowance, amount.
-# Returns {1, 0, 0, reset_ms, 0, used...} when admitted (used = counts before this request), or
-# {0, i, used_i, reset_ms, reason} when the i-th check refuses (reason 1: limit, 2: priority allowance).
-_ACQUIRE_LUA = """
+# Both scripts start from the Redis server's clock (ARGV[1]: window length in ms): the current window index w, the ms
+# until it resets, and used_in_window(key), what a counter hash (w: its window index, n: units used) holds for w.
+_WINDOW_LUA = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
 local w = math.floor(now_ms / window)
 local reset_ms = (w + 1) * window - now_ms
-local used = {}
-for i, key in ipairs(KEYS) do
+local function used_in_window(key)
   local state = redis.call('HMGET', key, 'w', 'n')
-  local u = 0
-  if tonumber(state[1]) == w then u = tonumber(state[2]) or 0 end
+  if tonumber(state[1]) == w then return tonumber(state[2]) or 0 end
+  return 0
+end
+"""
+
+# KEYS[i]: one hash per (scope, kind) holding w (window index) and n (units used in window w).
+# ARGV[1]: window length in ms; then, per key, three values: limit, allowance, amount.
+# Returns {1, 0, 0, reset_ms, 0, used...} when admitted (used = counts before this request), or
+# {0, i, used_i, reset_ms, reason} when the i-th check refuses (reason 1: limit, 2: priority allowance).
+_ACQUIRE_LUA = _WINDOW_LUA + """local used = {}
+for i, key in ipairs(KEYS) do
+  local u = used_in_window(key)
   used[i] = u
   local base = 1 + (i - 1) * 3
   local need = u + math.max(tonumber(ARGV[base + 3]), 1)
@@ -234,18 +241,9 @@ return {1, 0, 0, reset_ms, 0, unpack(used)}
 """
 
 # KEYS: the tpm hashes to correct. ARGV[1]: window length in ms, ARGV[2]: delta (may be negative).
-_ADJUST_LUA = """
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[1])
-local w = math.floor(now_ms / window)
-local reset_ms = (w + 1) * window - now_ms
-local delta = tonumber(ARGV[2])
+_ADJUST_LUA = _WINDOW_LUA + """local delta = tonumber(ARGV[2])
 for _, key in ipairs(KEYS) do
-  local state = redis.call('HMGET', key, 'w', 'n')
-  local u = 0
-  if tonumber(state[1]) == w then u = tonumber(state[2]) or 0 end
-  redis.call('HSET', key, 'w', w, 'n', math.max(0, u + delta))
+  redis.call('HSET', key, 'w', w, 'n', math.max(0, used_in_window(key) + delta))
   redis.call('PEXPIRE', key, reset_ms + 1000)
 end
 return 1
