@@ -129,6 +129,18 @@ PROVIDERS = {
 }
 
 
+def assert_ends_with_done(gateway: GatewayProcess, path: str, body: dict) -> None:
+    """POST a streaming request raw: a 200 text/event-stream of data events and comments ending with [DONE]."""
+    with httpx.stream("POST", gateway.url + path, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=20,
+                      json=body) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        text = resp.read().decode()
+    events = [e for e in text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    assert all(e.startswith(("data: ", ":")) for e in events)
+
+
 def expected_cost(prompt: int, completion: int) -> float:
     return round(prompt * PRICING["prompt"] / 1e6 + completion * PRICING["completion"] / 1e6, 12)
 

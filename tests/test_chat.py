@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, expected_cost
+from tests.conftest import MASTER_KEY, assert_ends_with_done, expected_cost
 from tests.fakes.base import FakeUpstream, Reply, ToolCall
 
 PNG = base64.b64decode(
@@ -64,15 +64,8 @@ def test_stream(client: openai.OpenAI, target) -> None:
 def test_stream_raw_framing_ends_with_done(gateway, target) -> None:
     model, _, fake = target
     fake.reply(Reply(text="a b"))
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", timeout=20,
-                      headers={"Authorization": f"Bearer {MASTER_KEY}"},
-                      json={"model": model, "stream": True, "messages": [{"role": "user", "content": "x"}]}) as resp:
-        assert resp.status_code == 200
-        assert resp.headers["content-type"].startswith("text/event-stream")
-        body = resp.read().decode()
-    events = [e for e in body.split("\n\n") if e]
-    assert events[-1] == "data: [DONE]"
-    assert all(e.startswith(("data: ", ":")) for e in events)
+    assert_ends_with_done(gateway, "/v1/chat/completions",
+                          {"model": model, "stream": True, "messages": [{"role": "user", "content": "x"}]})
 
 
 def test_tool_call_round_trip(client: openai.OpenAI, target) -> None:

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, expected_cost
+from tests.conftest import MASTER_KEY, assert_ends_with_done, expected_cost
 from tests.fakes.base import FakeUpstream, Fault, Reply
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -104,14 +104,7 @@ def test_stream(client: openai.OpenAI, target) -> None:
 def test_stream_framing_ends_with_done(gateway, target) -> None:
     model, _, fake = target
     fake.reply(Reply(text="a b"))
-    with httpx.stream("POST", gateway.url + "/api/v1/completions", headers=AUTH, timeout=20,
-                      json={"model": model, "prompt": "x", "stream": True}) as resp:
-        assert resp.status_code == 200
-        assert resp.headers["content-type"].startswith("text/event-stream")
-        body = resp.read().decode()
-    events = [e for e in body.split("\n\n") if e]
-    assert events[-1] == "data: [DONE]"
-    assert all(e.startswith(("data: ", ":")) for e in events)
+    assert_ends_with_done(gateway, "/api/v1/completions", {"model": model, "prompt": "x", "stream": True})
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

@@ -301,6 +301,13 @@ def assert_forced_tool_upstream(target: Target) -> None:
         assert body["tool_choice"] == {"type": "tool", "name": "get_weather"}
 
 
+def answer_tool_use(assistant_content: Any, tool_use_id: str) -> list[dict[str, Any]]:
+    """The next two turns of a tool round trip: the assistant's tool_use as it came, and the user's tool_result."""
+    return [{"role": "assistant", "content": assistant_content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use_id,
+                                          "content": '{"temp_c": 21}'}]}]
+
+
 def test_tool_use_round_trip(client: anthropic.Anthropic, target: Target) -> None:
     target.fake.reply(Reply(text=None, tool_calls=[ToolCall("get_weather", {"city": "Lisbon"}, id="call_w1")],
                             finish="tool_calls"))
@@ -315,9 +322,7 @@ def test_tool_use_round_trip(client: anthropic.Anthropic, target: Target) -> Non
     assert_forced_tool_upstream(target)
 
     target.fake.reply(Reply(text="It is 21 °C in Lisbon."))
-    messages += [{"role": "assistant", "content": first.content},
-                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
-                                               "content": '{"temp_c": 21}'}]}]
+    messages += answer_tool_use(first.content, use.id)
     second = client.messages.create(model=target.model, max_tokens=256, messages=messages, tools=[WEATHER_TOOL])
     assert texts(second) == "It is 21 °C in Lisbon."
     assert second.stop_reason == "end_turn"
@@ -342,9 +347,7 @@ def test_tool_use_round_trip_streamed(client: anthropic.Anthropic, target: Targe
     assert_forced_tool_upstream(target)
 
     target.fake.reply(Reply(text="It is 21 °C in Lisbon."))
-    messages += [{"role": "assistant", "content": first.content},
-                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
-                                               "content": '{"temp_c": 21}'}]}]
+    messages += answer_tool_use(first.content, use.id)
     with client.messages.stream(model=target.model, max_tokens=256, messages=messages,
                                 tools=[WEATHER_TOOL]) as stream:
         second = stream.get_final_message()

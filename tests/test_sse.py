@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from crossroads.providers.http import iter_sse
+from tests.fakes.serve import serving
 
 STREAM = (b": comment\n\nevent: message_start\ndata: {\"a\": 1}\n\n"
           b"data: {\"b\": 2}\r\n\r\n"
@@ -30,15 +31,7 @@ async def test_events_survive_any_split(piece: int) -> None:
 
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as resp:
-            events = [e async for batch in iter_sse(resp) for e in batch]
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url, aiohttp.ClientSession() as session, session.get(url + "/") as resp:
+        events = [e async for batch in iter_sse(resp) for e in batch]
     assert events == [("message_start", b'{"a": 1}'), (None, b'{"b": 2}'), (None, b"line one\nline two"),
                       (None, b"[DONE]")]

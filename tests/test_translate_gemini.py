@@ -28,6 +28,7 @@ from crossroads.providers.gemini import (
 from crossroads.providers.http import iter_sse
 from tests.fakes.base import Fault, Reply, ToolCall
 from tests.fakes.gemini_fake import FAKE_SIGNATURE, FakeGemini
+from tests.fakes.serve import serving
 
 RECORDED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "recorded"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00fake-png-body"
@@ -62,15 +63,8 @@ async def media_server() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/cat.png", cat)
     app.router.add_get("/doc", blob)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 def candidate_response(parts: list[dict[str, Any]], finish: str | None = "STOP", **extra: Any) -> bytes:
