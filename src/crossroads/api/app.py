@@ -94,11 +94,11 @@ class Gateway:
         self.param_routes: list[tuple[str, str, dict[str, Endpoint]]] = []
         for prefix in API_PREFIXES:
             for method, path, handler, error_body in (
-                ("POST", "/chat/completions", self._front(self.chat_front), openai_error),
-                ("POST", "/messages", self._front(self.messages_front), anthropic_error),
+                ("POST", "/chat/completions", serve(self, self.chat_front), openai_error),
+                ("POST", "/messages", serve(self, self.messages_front), anthropic_error),
                 ("POST", "/messages/count_tokens", self._bind(stored.count_tokens), anthropic_error),
-                ("POST", "/responses", self._front(self.responses_front), self.responses_front.error_body),
-                ("POST", "/completions", self._front(CompletionsFront()), openai_error),
+                ("POST", "/responses", serve(self, self.responses_front), self.responses_front.error_body),
+                ("POST", "/completions", serve(self, CompletionsFront()), openai_error),
                 ("GET", "/models", self._models, openai_error),
                 ("GET", "/providers", self._providers, openai_error),
                 ("GET", "/key", self._bind(account.current_key), openai_error),
@@ -121,9 +121,6 @@ class Gateway:
         self._endpoints_route = Endpoint(self._endpoints, True, openai_error)
         # A wrong method on a known path still answers in that path's error shape.
         self.path_error_bodies = {path: endpoint.error_body for (_, path), endpoint in self.routes.items()}
-
-    def _front(self, front: Any) -> Handler:
-        return serve(self, front)
 
     def _bind(self, endpoint: Callable[[Gateway, Request], Awaitable[None]]) -> Handler:
         # A plain function returning the endpoint's coroutine: no extra frame on the request's task.

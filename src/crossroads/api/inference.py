@@ -104,7 +104,7 @@ def serve(gateway: Gateway, front: Front) -> Callable[[Request], Awaitable[None]
 
 class Call:
     __slots__ = ("gateway", "request", "front", "parsed", "body", "exchange", "renderer", "writer", "stream",
-                 "gate_ms", "routing_ms", "limits", "conn_limits", "limit_headers", "candidate", "passthrough")
+                 "gate_ms", "routing_ms", "limits", "conn_limits", "limit_headers", "passthrough")
 
     def __init__(self, gateway: Gateway, request: Request, front: Front) -> None:
         self.gateway = gateway
@@ -114,7 +114,6 @@ class Call:
         self.limits: list[Limit] = []  # request-level limits (key, route) counted for this call
         self.conn_limits: list[Limit] = []  # the serving connection's limits counted for this call
         self.limit_headers: dict[str, str] = {}
-        self.candidate: Candidate | None = None
         self.passthrough = False
 
     async def run(self) -> None:
@@ -187,13 +186,10 @@ class Call:
         waiting = self.gateway.finish(exchange)
         if waiting is not None:
             await waiting
-        if self.limits or self.conn_limits:
-            delta = exchange.billed_usage().total_tokens - exchange.prompt_estimate
-            for attr in ("limits", "conn_limits"):
-                limits = getattr(self, attr)
-                if limits:
-                    setattr(self, attr, [])
-                    await _adjust(self.gateway, limits, delta)
+        held = self.limits + self.conn_limits
+        if held:
+            self.limits, self.conn_limits = [], []
+            await _adjust(self.gateway, held, exchange.billed_usage().total_tokens - exchange.prompt_estimate)
 
     # -- the attempt loop ---------------------------------------------------------------------------------------------
     async def _try_candidates(self, candidates: list[Candidate]) -> None:
@@ -264,7 +260,6 @@ class Call:
 
     def _switch_to(self, candidate: Candidate) -> None:
         exchange = self.exchange
-        self.candidate = candidate
         exchange.model = candidate.deployment.model
         exchange.connection = candidate.deployment.connection
         exchange.model_id = candidate.model_id
