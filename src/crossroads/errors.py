@@ -40,10 +40,6 @@ class GatewayError(Exception):
         return orjson.dumps(self.payload())
 
 
-def bad_request(message: str, **metadata: Any) -> GatewayError:
-    return GatewayError(400, message, metadata=metadata or None)
-
-
 _SECRET_PATTERNS = None
 
 

@@ -68,9 +68,6 @@ class OpenAIAdapter:
     def error_message(self, status: int, raw: bytes) -> str:
         return error_text(raw, status)
 
-    def models_url(self) -> str:
-        return self.conn.base_url + "/models"
-
 
 class OpenAITranslator:
     __slots__ = ("adapter", "ctx", "usage", "upstream_model", "upstream_id")
