@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from crossroads.catalog import PROVIDER_TYPES, Catalog, ModelSpec, Vendor, load_catalog, model_from_dict
+from crossroads.providers.base import upstream_model_problem
 
 DEFAULT_BASE_URLS = {"anthropic": "https://api.anthropic.com/v1", "gemini": "https://generativelanguage.googleapis.com/v1beta"}
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -368,6 +369,10 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
         spec = model_from_dict(item, vendor_params=params, base=base)
         if base is not None and "upstream" not in item and vendor is not None and vendor.key == "openrouter":
             spec.upstream = model_id
+        problem = upstream_model_problem(spec.upstream)
+        if problem is not None:
+            raise mr.error("upstream" if "upstream" in item else "id",
+                           f"{spec.upstream!r} cannot be sent upstream as a model id: {problem}")
         conn.models.append(spec)
     conn.discover = r.get("discover", bool, kind == "openai" and not conn.models and not (vendor and vendor.models)
                           and not (vendor and vendor.key == "openrouter"))
@@ -495,8 +500,9 @@ def _read_target(r: _Reader, connections: set[str], *, weighted: bool) -> RouteT
         known = ", ".join(sorted(connections)) or "none"
         raise r.error("connection", f"no connection is named {connection!r} (configured: {known})")
     model = r.get("model", str, required=True)
-    if not model:
-        raise r.error("model", "must not be empty")
+    problem = upstream_model_problem(model)
+    if problem is not None:
+        raise r.error("model", f"{model!r} cannot be sent upstream as a model id: {problem}")
     if not weighted and "weight" in r.data:
         raise r.error("weight", "only applies to a route with strategy: weighted")
     params = r.get("params", dict, {})

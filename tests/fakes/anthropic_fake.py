@@ -64,7 +64,7 @@ class FakeAnthropic(FakeUpstream):
         await self.before_response(request, fault)
         if (denied := self._refusal(request)) is not None:
             return denied
-        if fault and fault.status != 200:
+        if fault and (fault.status != 200 or fault.body is not None):
             kind = _ERROR_TYPES.get(fault.status, "api_error")
             return self.error_response(fault, error_body(kind, fault.message))
         req = rec.json

@@ -54,7 +54,7 @@ class Fault:
     chunk_delay: float = 0.0  # seconds between stream events
     cut_after: int | None = None  # drop the connection after this many stream events
     error_event_after: int | None = None  # send the provider's in-stream error event after this many events
-    body: bytes | None = None  # raw body instead of the rendered error
+    body: bytes | None = None  # raw body instead of the rendered error (with status 200: instead of the answer)
 
 
 @dataclass

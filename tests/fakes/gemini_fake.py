@@ -79,7 +79,7 @@ class FakeGemini(FakeUpstream):
         if method not in ("generateContent", "streamGenerateContent") or not model:
             body = google_error(404, f"models/{request.match_info['tail']} is not found for API version v1beta.")
             return web.json_response(body, status=404)
-        if fault and fault.status != 200:
+        if fault and (fault.status != 200 or fault.body is not None):
             return self.error_response(fault, orjson.dumps(google_error(fault.status, fault.message)))
         try:
             req = rec.json

@@ -47,7 +47,7 @@ class FakeOpenAI(FakeUpstream):
         await self.before_response(request, fault)
         if (denied := self._auth_error(request)) is not None:
             return rec, fault, denied
-        if fault and fault.status != 200:
+        if fault and (fault.status != 200 or fault.body is not None):
             body = orjson.dumps({"error": {"message": fault.message, **error}})
             return rec, fault, self.error_response(fault, body)
         return rec, fault, None

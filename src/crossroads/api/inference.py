@@ -19,7 +19,7 @@ import aiohttp
 
 from crossroads.accounting.exchange import NOTHING_TO_HOLD, Exchange, estimate_prompt_tokens, worst_case_cost
 from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, Request, respond
-from crossroads.errors import GatewayError, redact
+from crossroads.errors import GatewayError
 from crossroads.formats.chat import new_generation_id
 from crossroads.formats.transforms import ANTHROPIC_MAX_MESSAGES, middle_out, wants_middle_out
 from crossroads.gate.auth import allowed_for_inference
@@ -59,11 +59,8 @@ class AttemptFailed(Exception):
 
 def upstream_error(connection: Connection, status: int, raw: bytes, headers: Any = None) -> GatewayError:
     """Map an upstream's HTTP error to the status the client sees, keeping its body (secrets removed)."""
-    message = connection.adapter.error_message(status, raw)
-    secrets = [connection.config.api_key, *connection.config.headers.values()]
-    metadata = {"provider_name": connection.name, "raw": redact(raw[:_MAX_ERROR_BODY].decode("utf-8", "replace"),
-                                                                secrets)}
-    message = redact(message, secrets)
+    message = connection.redact(connection.adapter.error_message(status, raw))
+    metadata = {"provider_name": connection.name, "raw": _raw_excerpt(connection, raw)}
     if status == 429:
         extra = {}
         retry_after = headers.get("Retry-After") if headers is not None else None
@@ -83,12 +80,16 @@ def upstream_error(connection: Connection, status: int, raw: bytes, headers: Any
     return GatewayError(502, f"Upstream {connection.name} failed (HTTP {status}): {message}", metadata=metadata)
 
 
+def _raw_excerpt(connection: Connection, raw: bytes) -> str:
+    return connection.redact(raw[:_MAX_ERROR_BODY].decode("utf-8", "replace"))
+
+
 def transport_error(connection: Connection, exc: BaseException) -> GatewayError:
     metadata = {"provider_name": connection.name, "raw": None}
     if isinstance(exc, TimeoutError):
         return GatewayError(408, f"Upstream {connection.name} timed out after {connection.config.timeout:g} s",
                             metadata=metadata)
-    detail = redact(str(exc) or type(exc).__name__, [connection.config.api_key])
+    detail = connection.redact(str(exc) or type(exc).__name__)
     return GatewayError(502, f"Could not reach upstream {connection.name}: {detail}", metadata=metadata)
 
 
@@ -164,6 +165,8 @@ class Call:
             await self._try_candidates(candidates)
         except GatewayError as error:
             exchange.status, exchange.error = error.status, error.message
+            # The failed request has a record too: the client can quote its id.
+            error.headers.setdefault("X-Generation-Id", exchange.generation_id)
             raise
         except asyncio.CancelledError:
             exchange.cancelled = True
@@ -302,10 +305,10 @@ class Call:
             try:
                 result = translator.response(raw)
             except (ValueError, KeyError, TypeError) as exc:
-                error = GatewayError(502, f"Upstream {connection.name} sent a response the gateway cannot read: {exc}",
+                error = GatewayError(502, f"Upstream {connection.name} sent a response the gateway cannot read: "
+                                          f"{connection.redact(str(exc))}",
                                      metadata={"provider_name": connection.name,
-                                               "raw": redact(raw[:_MAX_ERROR_BODY].decode("utf-8", "replace"),
-                                                             [connection.config.api_key])})
+                                               "raw": _raw_excerpt(connection, raw)})
                 exchange.attempt(200, error.message)
                 raise AttemptFailed(error, 502) from None
             exchange.attempt(200)
@@ -422,7 +425,7 @@ class Call:
             try:
                 finished = await self._pump(resp, translator, writer)
             except UpstreamStreamError as exc:
-                await self._after_data_failure(candidate, exc.code, redact(exc.message, [connection.config.api_key]),
+                await self._after_data_failure(candidate, exc.code, connection.redact(exc.message),
                                                {"provider_name": connection.name}, exc.code)
                 return
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -432,7 +435,8 @@ class Call:
                 return
             except (ValueError, KeyError, TypeError) as exc:
                 await self._after_data_failure(candidate, 502,
-                                               f"Upstream {connection.name} sent an unreadable stream event: {exc}",
+                                               f"Upstream {connection.name} sent an unreadable stream event: "
+                                               f"{connection.redact(str(exc))}",
                                                {"provider_name": connection.name}, 502)
                 return
             if not finished:

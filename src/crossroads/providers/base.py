@@ -102,6 +102,28 @@ class ProviderAdapter(Protocol):
         ...
 
 
+# An upstream model id goes into a URL path (Gemini's /models/{id}:generateContent) or a JSON body; it must never be
+# able to change which URL is called. Ids in the wild use letters, digits and "-._:/@+" (OpenRouter's author/slug,
+# Ollama's name:tag, Bedrock's vendor.model-v1:0); nothing needs these characters.
+_UPSTREAM_ID_FORBIDDEN = frozenset("?#%\\\"'<>{}|^`[] ") | frozenset(map(chr, range(0x20))) | frozenset(
+    map(chr, range(0x7F, 0xA0)))
+MAX_MODEL_ID = 256
+
+
+def upstream_model_problem(model: str) -> str | None:
+    """Why `model` cannot be sent upstream as a model id, or None when it can."""
+    if not model:
+        return "it is empty"
+    if len(model) > MAX_MODEL_ID:
+        return f"it is longer than {MAX_MODEL_ID} characters"
+    bad = next((c for c in model if c in _UPSTREAM_ID_FORBIDDEN or c.isspace()), None)
+    if bad is not None:
+        return f"it contains the character {bad!r}"
+    if any(segment in ("", ".", "..") for segment in model.split("/")):
+        return "it contains an empty, '.' or '..' path segment"
+    return None
+
+
 def choice_chunk(delta: dict[str, Any], finish_reason: str | None = None,
                  native_finish_reason: str | None = None, index: int = 0) -> dict[str, Any]:
     """A canonical stream chunk with one choice."""

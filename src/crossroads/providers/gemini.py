@@ -22,6 +22,7 @@ import base64
 import hashlib
 import re
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -231,6 +232,9 @@ class GeminiAdapter:
 
     def url(self, upstream: str, stream: bool) -> str:
         model = upstream[7:] if upstream.startswith("models/") else upstream
+        # One path segment, whatever the id holds: the id must never change the path or the query the gateway's
+        # key is sent to (ids are checked where they enter too; this is the last line).
+        model = quote(model, safe="")
         if stream:
             return f"{self.base_url}/models/{model}:streamGenerateContent?alt=sse"
         return f"{self.base_url}/models/{model}:generateContent"

@@ -15,9 +15,9 @@ import orjson
 
 from crossroads.catalog import Catalog, ModelSpec
 from crossroads.config import Config, ConnectionConfig
-from crossroads.errors import GatewayError
+from crossroads.errors import GatewayError, redact
 from crossroads.providers import make_adapter
-from crossroads.providers.base import ProviderAdapter
+from crossroads.providers.base import ProviderAdapter, upstream_model_problem
 from crossroads.providers.http import UpstreamClient
 
 log = logging.getLogger("crossroads.routing")
@@ -31,9 +31,18 @@ class Connection:
     adapter: ProviderAdapter
     client: UpstreamClient
     name: str = field(init=False)  # config.name, read on every request (a plain attribute, not a property)
+    # Every credential the operator configured for this connection: the API key, each extra header's value, and a
+    # password in base_url. An upstream may echo any of them (an error that quotes the request, a
+    # proxy's diagnostic page), so none may reach a client, a log or a record.
+    secrets: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.name = self.config.name
+        self.secrets = connection_secrets(self.config)
+
+    def redact(self, text: str) -> str:
+        """`text` without this connection's credentials (nor anything shaped like an API key)."""
+        return redact(text, self.secrets)
 
 
 @dataclass(slots=True)
@@ -75,6 +84,7 @@ class Registry:
         conn = self.connections.get(connection)
         if conn is None:
             return None
+        _check_adhoc(model)
         model_id = f"{connection}/{model}"
         return Deployment(ModelSpec(id=model_id, upstream=model, name=model_id), conn)
 
@@ -86,6 +96,7 @@ class Registry:
         name, sep, upstream = model_id.partition("/")
         connection = self.connections.get(name) if sep else None
         if connection is not None and upstream:
+            _check_adhoc(upstream)
             return Deployment(self._adhoc_model(connection, model_id, upstream), connection)
         raise GatewayError(404, f"Model {model_id!r} not found: it is not in /api/v1/models and no connection is named "
                                 f"{name!r}" if sep else f"Model {model_id!r} not found")
@@ -101,6 +112,23 @@ class Registry:
 
     async def close(self) -> None:
         await asyncio.gather(*(c.client.close() for c in self.connections.values()), return_exceptions=True)
+
+
+def _check_adhoc(upstream: str) -> None:
+    """An ad-hoc upstream id comes from the client: it must not be able to steer the gateway's request (and its
+    credentials) to another path or query on the upstream."""
+    problem = upstream_model_problem(upstream)
+    if problem is not None:
+        raise GatewayError(400, f"Invalid model: the upstream model id {upstream[:64]!r} cannot be used: {problem}",
+                           metadata={"field": "model"})
+
+
+def connection_secrets(config: ConnectionConfig) -> tuple[str, ...]:
+    from urllib.parse import urlsplit
+
+    values = [config.api_key, *config.headers.values(), urlsplit(config.base_url).password]
+    # Longest first: a secret that contains another must be removed whole.
+    return tuple(sorted({v for v in values if v}, key=len, reverse=True))
 
 
 def build_registry(config: Config) -> Registry:
@@ -139,9 +167,15 @@ async def discover_models(registry: Registry, config: Config) -> None:
                                    return_exceptions=True)
     for connection, result in zip(targets, results, strict=True):
         if isinstance(result, BaseException):
-            log.warning("model discovery for connection %r failed: %s", connection.name, _describe(result))
+            log.warning("model discovery for connection %r failed: %s", connection.name,
+                        connection.redact(_describe(result)))
             continue
         for upstream in result:
+            problem = upstream_model_problem(upstream)
+            if problem is not None:
+                log.warning("model discovery for connection %r: skipping model id %r: %s", connection.name,
+                            upstream[:64], problem)
+                continue
             registry.add(ModelSpec(id=f"{connection.name}/{upstream}", upstream=upstream,
                                    name=f"{connection.name}: {upstream}",
                                    supported_parameters=_DISCOVERED_PARAMS), connection)
