@@ -49,6 +49,18 @@ def run_keys(args: argparse.Namespace) -> int:
         return 1
 
 
+async def _check_serving(store: Any, changes: dict[str, Any]) -> None:
+    """The rule the running gateway's API applies to a new or changed key (a limit it cannot hold is refused)."""
+    from crossroads.gate.keys import SERVE_SHARED_COUNTERS, SERVE_WORKERS, multiprocess_policy_problem
+
+    workers = await store.get_meta(SERVE_WORKERS) or 1
+    problem = multiprocess_policy_problem(changes, workers=workers,
+                                          shared_counters=bool(await store.get_meta(SERVE_SHARED_COUNTERS)))
+    if problem is not None:
+        raise GatewayError(400, f"{problem} (the gateway serving this store was started with --workers {workers}; "
+                                "the count is cleared when it stops)")
+
+
 async def _run(args: argparse.Namespace, url: str) -> int:
     from crossroads.api.account import key_changes, new_key_row
     from crossroads.store import Store
@@ -61,7 +73,9 @@ async def _run(args: argparse.Namespace, url: str) -> int:
                                     "rpm": args.rpm, "tpm": args.tpm, "priority": args.priority}
             if args.models:
                 body["allowed_models"] = [m.strip() for m in args.models.split(",") if m.strip()]
-            plaintext, row = new_key_row(key_changes(body, creating=True))
+            changes = key_changes(body, creating=True)
+            await _check_serving(store, changes)
+            plaintext, row = new_key_row(changes)
             await store.insert_key(row)
             print(f"created key {row.name!r}  hash={row.hash}")
             print(plaintext)

@@ -93,12 +93,15 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     print(f"crossroads {__version__}: {len(config.providers)} connection(s) from {config.source}; "
           f"listening on http://{host}:{port}", file=sys.stderr, flush=True)
-    if args.workers == 1:
-        from crossroads.api.app import Gateway
+    try:
+        if args.workers == 1:
+            from crossroads.api.app import Gateway
 
-        uvicorn.run(Gateway(config), **options)
-    else:
-        uvicorn.run("crossroads.api.app:create_app", factory=True, **options)
+            uvicorn.run(Gateway(config), **options)
+        else:
+            uvicorn.run("crossroads.api.app:create_app", factory=True, **options)
+    finally:
+        _record_serving(config, 0, only_if=args.workers)
     return 0
 
 
@@ -130,7 +133,34 @@ def prepare_store(config: object, workers: int) -> str | None:
         return f"the database is unavailable: {exc}"
     except OSError as exc:
         return f"cannot open the database: {exc.strerror or exc}"
+    _record_serving(config, workers)
     return None
+
+
+def _record_serving(config: object, workers: int, *, only_if: int | None = None) -> None:
+    """Tell the key CLI (another process) how many workers serve this store, so it applies the rule the running
+    gateway's API applies (gate/keys.multiprocess_policy_problem). 0 when the gateway stops. Advisory: each worker
+    also refuses requests of a key whose limit it cannot hold (gate/credits.CreditLedger.refuse_limits)."""
+    import asyncio
+
+    from crossroads.gate.keys import SERVE_SHARED_COUNTERS, SERVE_WORKERS
+    from crossroads.store import Store, StoreUnavailable, database_url
+
+    async def write() -> None:
+        store = await Store.open(database_url(config.server))  # type: ignore[attr-defined]
+        try:
+            if only_if is not None and await store.get_meta(SERVE_WORKERS) != only_if:
+                return  # another gateway started on this store since: its value stands
+            await store.set_meta(SERVE_WORKERS, workers)
+            await store.set_meta(SERVE_SHARED_COUNTERS, 1 if os.environ.get("CROSSROADS_REDIS_URL") else 0)
+        finally:
+            await store.close()
+
+    try:
+        # Bounded: a stop must not wait on a database that went away.
+        asyncio.run(asyncio.wait_for(write(), 3.0))
+    except (StoreUnavailable, OSError, TimeoutError) as exc:
+        print(f"crossroads: warning: could not record the worker count in the store: {exc}", file=sys.stderr)
 
 
 async def _limited_keys(store_cls: type, url: str) -> tuple[int, int]:

@@ -46,12 +46,109 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     return chars // CHARS_PER_TOKEN + media * IMAGE_TOKENS + 8
 
 
+# -- the most a prompt can cost ------------------------------------------------------------------------------------
+# A credit reservation must hold whatever tokenizer the upstream uses, so it counts what no tokenizer can beat instead
+# of estimating: byte-level BPE (OpenAI, Anthropic, Llama) and SentencePiece with byte fallback (Gemini, Mistral)
+# never make more than one token of one UTF-8 byte. What the upstream adds around the text (chat-template tokens per
+# message, the system prompt Anthropic adds for tool use: 346 tokens at most in its documentation) is bounded by the
+# allowances below, and media parts by the largest per-item counts the providers document.
+MESSAGE_OVERHEAD_TOKENS = 16  # role and separators of one message in any chat template
+REQUEST_OVERHEAD_TOKENS = 32  # start of the prompt and the assistant turn it opens
+TOOL_USE_OVERHEAD_TOKENS = 600  # the tool-use system prompt an upstream adds when tools are defined
+IMAGE_TOKEN_BOUND = 2_600  # images are resized before counting: Anthropic ≤ ~1,600, Gemini ≤ 1,120 (high), GPT-4o 1,105
+PDF_PAGE_TOKEN_BOUND = 3_500  # a page is billed as its text plus its image
+FILE_TOKEN_BOUND = 100 * PDF_PAGE_TOKEN_BOUND  # a document whose pages cannot be counted: the 100-page limit of most
+AUDIO_TOKENS_PER_BASE64_BYTE = 0.25  # generous for any codec (Gemini: 32 tokens a second; 8 kbit/s is 1,333 B/s)
+
+
+def prompt_token_bound(body: dict[str, Any]) -> int:
+    """At most how many prompt tokens the canonical request `body` can be billed for, on any upstream.
+
+    Exact for text (UTF-8 bytes) whatever its script, spacing or symbols; media parts count at the documented maxima
+    above. Used for credit reservations only: it over-counts plain English about four-fold, which is the price of a
+    limit that cannot be overrun (rate limits and middle-out use the cheaper `estimate_prompt_tokens`)."""
+    tokens = REQUEST_OVERHEAD_TOKENS
+    for message in body.get("messages") or ():
+        tokens += MESSAGE_OVERHEAD_TOKENS  # the role is part of it
+        if isinstance(message, dict):
+            for key, value in message.items():
+                if key == "content":
+                    tokens += _bound_of(value)
+                elif key != "role":
+                    tokens += len(key) + _bound_of(value)
+    for field in ("tools", "response_format", "tool_choice", "functions"):
+        value = body.get(field)
+        if value:
+            tokens += _json_bytes(value)
+    if body.get("tools") or body.get("functions"):
+        tokens += TOOL_USE_OVERHEAD_TOKENS
+    return tokens
+
+
+def _bound_of(value: Any) -> int:
+    """Tokens a message (or any part of it) can count for: text as its UTF-8 bytes, media at their bounds, and any
+    other structure as the bytes of its JSON (keys and punctuation included: always at least what a template makes
+    of it)."""
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, list):
+        return sum(_bound_of(item) for item in value)
+    if isinstance(value, dict):
+        kind = value.get("type")
+        if kind in ("image_url", "image", "input_image"):
+            return IMAGE_TOKEN_BOUND
+        if kind in ("file", "input_file", "document"):
+            return _file_bound(value)
+        if kind == "text" and isinstance(value.get("text"), str) and len(value) <= 3:
+            return 4 + _bound_of(value["text"])  # a text part (perhaps with cache_control): its text
+        if kind == "input_audio":
+            audio = value.get("input_audio")
+            data = audio.get("data") if isinstance(audio, dict) else None
+            return int(len(data) * AUDIO_TOKENS_PER_BASE64_BYTE) + 100 if isinstance(data, str) else FILE_TOKEN_BOUND
+        total = 0
+        for key, item in value.items():
+            total += len(key) + 4 + (_bound_of(item) if isinstance(item, str | list | dict) else 8)
+        return total
+    return 8  # a number, a boolean, null
+
+
+def _file_bound(part: dict[str, Any]) -> int:
+    """A PDF's pages counted from its bytes when they are in the request, else the bound of a 100-page document."""
+    import base64
+    import binascii
+
+    file = part.get("file") if isinstance(part.get("file"), dict) else part
+    data = file.get("file_data") if isinstance(file, dict) else None
+    if not isinstance(data, str):
+        return FILE_TOKEN_BOUND
+    payload = data.partition(",")[2] if data.startswith("data:") else data
+    try:
+        raw = base64.b64decode(payload + "=" * (-len(payload) % 4))
+    except (binascii.Error, ValueError):
+        return FILE_TOKEN_BOUND
+    if not raw.startswith(b"%PDF"):
+        return len(raw) + 100  # a text document: at most a token a byte
+    # Every page object has "/Type /Page" (the page tree "/Type /Pages"); compressed object streams can hide them,
+    # so a count of zero falls back to the 100-page bound.
+    pages = raw.count(b"/Type /Page") + raw.count(b"/Type/Page") - raw.count(b"/Type /Pages") - raw.count(
+        b"/Type/Pages")
+    return pages * PDF_PAGE_TOKEN_BOUND + len(raw) // 100 if pages > 0 else FILE_TOKEN_BOUND
+
+
+def _json_bytes(value: Any) -> int:
+    return len(orjson.dumps(value)) if isinstance(value, dict | list) else _bound_of(value)
+
+
+# Output of a model that declares no limit and a request that sets none: what the reservation assumes.
+UNDECLARED_OUTPUT_TOKENS = 32_768
+
+
 def worst_case_output(body: dict[str, Any], model: ModelSpec) -> int:
     for field in ("max_tokens", "max_completion_tokens"):
         value = body.get(field)
         if isinstance(value, int) and value > 0:
             return value
-    return model.max_completion_tokens or model.context_length or 4096
+    return model.max_completion_tokens or model.context_length or UNDECLARED_OUTPUT_TOKENS
 
 
 class WorstCase(NamedTuple):
@@ -63,13 +160,20 @@ class WorstCase(NamedTuple):
 NOTHING_TO_HOLD = WorstCase(0.0, 0.0, 0.0)
 
 
-def worst_case_cost(body: dict[str, Any], models: list[ModelSpec], prompt_tokens: int) -> WorstCase:
-    """The most a request may cost on any of the models that may serve it (what a credit reservation holds)."""
+def worst_case_cost(body: dict[str, Any], targets: list[tuple[ModelSpec, dict[str, Any] | None]]) -> WorstCase:
+    """The most a request may cost on any of the models that may serve it (what a credit reservation holds).
+    `targets`: each candidate model with the parameter overrides its route applies (a route may set max_tokens)."""
+    prompt_bound = prompt_token_bound(body)
     worst = WorstCase(0.0, 0.0, 0.0)
-    for model in models:
+    for model, overrides in targets:
         pricing = model.pricing
-        prompt_cost = prompt_tokens * pricing.prompt + pricing.request
-        total = prompt_cost + worst_case_output(body, model) * pricing.completion
+        # No upstream bills more prompt than its context holds (a longer prompt is refused, for nothing).
+        prompt_tokens = min(prompt_bound, model.context_length) if model.context_length else prompt_bound
+        # Cache writes may cost more than plain input (Anthropic: 1.25x): the dearest way to bill the prompt.
+        prompt_price = max(pricing.prompt, pricing.input_cache_write, pricing.input_cache_read)
+        prompt_cost = prompt_tokens * prompt_price + pricing.request
+        output = worst_case_output({**body, **overrides} if overrides else body, model)
+        total = prompt_cost + output * pricing.completion
         if total >= worst.total:
             worst = WorstCase(total, prompt_cost, pricing.completion)
     return worst

@@ -32,7 +32,7 @@ from crossroads.formats.chat import ChatFront
 from crossroads.formats.fronts import CompletionsFront, MessagesFront, ResponsesFront
 from crossroads.gate.auth import Authenticator
 from crossroads.gate.credits import CreditLedger, period_starts
-from crossroads.gate.keys import KeyCache
+from crossroads.gate.keys import KeyCache, multiprocess_policy_problem
 from crossroads.gate.ratelimit import Limit, make_limiter
 from crossroads.routing.health import BreakerPolicy, HealthBoard
 from crossroads.routing.registry import Registry, build_registry, discover_models
@@ -66,7 +66,11 @@ class Gateway:
         self._media: Any = None
         self.ready = False
         self._background: set[asyncio.Task[None]] = set()
-        self.ledger = CreditLedger()
+        # With several worker processes each would keep its own ledger, so limits would not hold: refuse them.
+        self.workers = int(os.environ.get("CROSSROADS_WORKERS") or 1)
+        self.ledger = CreditLedger(refuse_limits=None if self.workers == 1 else (
+            f"the gateway runs {self.workers} worker processes and each would count alone; its operator must run "
+            "one worker (crossroads serve --workers 1) or remove the limit"))
         self.route_table = RouteTable.from_config(config)
         breaker = config.routing.breaker
         self.health = HealthBoard(BreakerPolicy(failure_threshold=breaker.failure_threshold,
@@ -82,8 +86,6 @@ class Gateway:
         self.store: Store = None  # type: ignore[assignment]
         self.keys: KeyCache = None  # type: ignore[assignment]
         self.recorder: GenerationRecorder = None  # type: ignore[assignment]
-        # With several worker processes each would keep its own ledger, so limits would not hold: refuse them.
-        self.workers = int(os.environ.get("CROSSROADS_WORKERS") or 1)
         self.chat_front = ChatFront()
         self.messages_front = MessagesFront()
         self.responses_front = ResponsesFront()
@@ -127,12 +129,9 @@ class Gateway:
         return functools.partial(endpoint, self)
 
     def check_limit_allowed(self, changes: dict[str, Any]) -> None:
-        if self.workers > 1 and changes.get("limit") is not None:
-            raise GatewayError(400, "Credit limits are enforced in one process; this gateway runs "
-                                    f"{self.workers} workers. Run a single worker to use key limits.")
-        if self.workers > 1 and self.redis_url is None and (changes.get("rpm") or changes.get("tpm")):
-            raise GatewayError(400, f"Rate limits need CROSSROADS_REDIS_URL when the gateway runs {self.workers} "
-                                    "workers (each would otherwise count alone).")
+        problem = multiprocess_policy_problem(changes, workers=self.workers, shared_counters=self.redis_url is not None)
+        if problem is not None:
+            raise GatewayError(400, problem)
 
     # -- routing and capacity (used by api/inference.py) ---------------------------------------------------------
     def plan(self, body: dict[str, Any], headers: dict[bytes, bytes], key: Any, prompt_tokens: int) -> RoutePlan:

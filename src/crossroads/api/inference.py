@@ -150,7 +150,7 @@ class Call:
                                    else "this route")
             self.limits = limits
         # Credit: the worst case over every candidate that may serve (only a key with a limit has to hold it).
-        worst = worst_case_cost(body, [c.deployment.model for c in candidates], prompt_tokens) \
+        worst = worst_case_cost(body, [(c.deployment.model, c.overrides) for c in candidates]) \
             if key is not None and key.limit is not None else NOTHING_TO_HOLD
         try:
             exchange.reservation = gateway.ledger.reserve(key, worst.total, prompt_cost=worst.prompt,

@@ -4,8 +4,9 @@ Before a request goes upstream, its worst-case cost is reserved against the key'
 the reservation is replaced by the real cost. All of it happens in this process's memory, synchronously (no await
 between check and reserve), so concurrent requests cannot overspend. Spend is loaded from the store at start-up.
 
-The ledger is exact within one process; the CLI refuses a configuration where several processes would each keep
-their own (see `crossroads.cli`).
+The ledger is exact within one process. Several processes would each keep their own, so `crossroads serve` refuses
+to start several workers while a key has a limit, the API and the CLI refuse to set one while several workers run,
+and a worker of several refuses requests of a key that has a limit anyway (`refuse_limits`): never an overspend.
 """
 
 from __future__ import annotations
@@ -50,9 +51,13 @@ class Reservation:
 
 
 class CreditLedger:
-    def __init__(self) -> None:
+    def __init__(self, *, refuse_limits: str | None = None) -> None:
         self.spend: dict[str | None, Spend] = {}
         self.starts = period_starts(datetime.now(UTC))
+        # Set when this process cannot hold a limit (it is one of several workers, each with its own ledger): a key
+        # with a limit is then refused rather than served beyond its limit, however the limit got there (the API and
+        # the CLI refuse to set one, but a key may have been edited by hand or by an older version).
+        self.refuse_limits = refuse_limits
 
     def load(self, spend_by_key: dict[str | None, dict[str, float]], starts: dict[str, datetime]) -> None:
         self.starts = starts
@@ -104,6 +109,9 @@ class CreditLedger:
             return Reservation(None, 0.0)
         entry = self.spend.setdefault(key.hash, Spend())
         if key.limit is not None:
+            if self.refuse_limits is not None:
+                raise GatewayError(503, f"This key's credit limit cannot be enforced: {self.refuse_limits}",
+                                   metadata={"code": "credit_limit_unenforceable"})
             left = key.limit - self.used(key.hash, key.limit_reset) - entry.reserved
             if amount > left:
                 if completion_price > 0 and left > prompt_cost:

@@ -92,3 +92,21 @@ class KeyCache:
                     await self.load()
             except Exception as exc:  # noqa: BLE001 - the DB may be briefly away; keep serving from memory
                 log.warning("could not refresh API keys from the store: %s", type(exc).__name__)
+
+
+# What `crossroads serve` records in the store's meta table while it runs, so that the key CLI (another process, maybe
+# on another host) applies the same rule as the running gateway's API.
+SERVE_WORKERS = "serve_workers"
+SERVE_SHARED_COUNTERS = "serve_shared_counters"
+
+
+def multiprocess_policy_problem(changes: dict, *, workers: int, shared_counters: bool) -> str | None:
+    """Why a key change cannot hold while the gateway runs `workers` processes, or None. Credit limits are kept per
+    process; rate limits too unless the counters are shared (Redis)."""
+    if workers > 1 and changes.get("limit") is not None:
+        return (f"Credit limits are enforced in one process; this gateway runs {workers} workers. Run a single worker "
+                "to use key limits.")
+    if workers > 1 and not shared_counters and (changes.get("rpm") or changes.get("tpm")):
+        return (f"Rate limits need CROSSROADS_REDIS_URL when the gateway runs {workers} workers (each would otherwise "
+                "count alone).")
+    return None

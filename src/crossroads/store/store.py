@@ -151,6 +151,18 @@ class Store:
         newest_text = newest.isoformat() if isinstance(newest, datetime) else str(newest)
         return f"{counter}:{count}:{newest_text}"
 
+    # --- small named values (meta) ------------------------------------------------------------------------
+
+    async def get_meta(self, name: str) -> int | None:
+        rows = await self._fetch(sa.select(meta.c.value).where(meta.c.name == name))
+        return int(rows[0][0]) if rows else None
+
+    async def set_meta(self, name: str, value: int) -> None:
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                await conn.execute(meta.delete().where(meta.c.name == name))
+                await conn.execute(meta.insert().values(name=name, value=value))
+
     # --- stored responses (Responses API, store: true) -----------------------------------------------------
 
     async def put_response(self, id: str, key_hash: str | None, history: list[dict], response: dict) -> None:
