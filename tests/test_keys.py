@@ -183,6 +183,7 @@ def test_activity(gw, fake_openai) -> None:
     rows = httpx.get(gw.url + "/api/v1/activity", headers=AUTH, params={"date_from": today, "date_to": today}).json()
     mine = [r for r in rows["data"] if r["key_hash"] == data["hash"]]
     assert len(mine) == 1 and mine[0]["requests"] == 3 and mine[0]["model"] == "openai/gpt-4o-mini"
+    assert mine[0]["provider_name"] == "oai"  # the connection that served
     assert mine[0]["date"] == today and mine[0]["usage"] > 0
     own = httpx.get(gw.url + "/api/v1/activity", headers={"Authorization": f"Bearer {key}"}).json()["data"]
     assert {r["key_hash"] for r in own} == {data["hash"]}

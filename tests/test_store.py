@@ -352,7 +352,9 @@ async def test_activity(store: Store) -> None:
         gen("first", start, key_hash=a, cost=1.0, tokens_prompt=10, tokens_completion=5, tokens_reasoning=1),
         gen("first-2", start + timedelta(hours=5), key_hash=a, cost=2.0, tokens_prompt=20, tokens_completion=6),
         gen("first-other-model", start + timedelta(hours=6), key_hash=a, model="anthropic/claude", cost=4.0),
-        gen("first-b", start + timedelta(hours=7), key_hash=b, cost=8.0, tokens_prompt=1),
+        gen("first-b", start + timedelta(hours=7), key_hash=b, cost=8.0, tokens_prompt=1, tokens_cached=1),
+        # the same model served by another connection is a row of its own
+        gen("first-b-azure", start + timedelta(hours=7), key_hash=b, cost=0.5, provider_name="azure"),
         gen("first-master", start + timedelta(hours=8), key_hash=None, cost=16.0),
         # 2025-03-11 23:30 at -05:00 is 2025-03-12 04:30 UTC: grouped under the UTC date
         gen("offset", datetime(2025, 3, 11, 23, 30, tzinfo=timezone(timedelta(hours=-5))), key_hash=a, cost=32.0),
@@ -362,19 +364,22 @@ async def test_activity(store: Store) -> None:
     await insert(store, rows)
 
     def entry(day: str, model: str, key_hash: str | None, requests: int, cost: float, prompt: int = 0,
-              completion: int = 0, reasoning: int = 0) -> dict:
-        return {"date": day, "model": model, "key_hash": key_hash, "requests": requests, "cost": cost,
-                "prompt_tokens": prompt, "completion_tokens": completion, "reasoning_tokens": reasoning}
+              completion: int = 0, reasoning: int = 0, cached: int = 0, provider: str = "openai") -> dict:
+        return {"date": day, "model": model, "provider_name": provider, "key_hash": key_hash, "requests": requests,
+                "cost": cost, "prompt_tokens": prompt, "completion_tokens": completion, "reasoning_tokens": reasoning,
+                "cached_tokens": cached}
 
     everything = await store.activity(d1, d3, None)
     assert everything == [
         entry("2025-03-10", "anthropic/claude", a, 1, 4.0),
+        entry("2025-03-10", "openai/gpt-4o", b, 1, 0.5, provider="azure"),
         entry("2025-03-10", "openai/gpt-4o", None, 1, 16.0),
         entry("2025-03-10", "openai/gpt-4o", a, 2, 3.0, 30, 11, 1),
-        entry("2025-03-10", "openai/gpt-4o", b, 1, 8.0, 1),
+        entry("2025-03-10", "openai/gpt-4o", b, 1, 8.0, 1, cached=1),
         entry("2025-03-12", "openai/gpt-4o", a, 2, 96.0, 0, 0, 7),
     ]
-    assert await store.activity(d1, d3, b) == [entry("2025-03-10", "openai/gpt-4o", b, 1, 8.0, 1)]
+    assert await store.activity(d1, d3, b) == [entry("2025-03-10", "openai/gpt-4o", b, 1, 0.5, provider="azure"),
+                                               entry("2025-03-10", "openai/gpt-4o", b, 1, 8.0, 1, cached=1)]
     assert await store.activity(d3, d3, a) == [entry("2025-03-12", "openai/gpt-4o", a, 2, 96.0, 0, 0, 7)]
     assert await store.activity(date(2025, 3, 11), date(2025, 3, 11), None) == []
     assert await store.activity(date(2025, 3, 9), date(2025, 3, 9), None) == [

@@ -20,15 +20,15 @@ class GatewayError(Exception):
         *,
         metadata: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
-        code: int | str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.metadata = metadata
         self.headers = headers or {}
-        # OpenRouter puts the HTTP status in error.code; a few gateway errors use a string code instead.
-        self.code = status if code is None else code
+        # OpenRouter puts the HTTP status in error.code, always a number (its SDKs pick their typed error class by
+        # it); an identifier of the cause goes in error.metadata.code.
+        self.code = status
 
     def payload(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}

@@ -299,8 +299,8 @@ async def activity(gateway: Gateway, request: Request) -> None:
     rows = await gateway.store.activity(date_from, date_to, key_hash)
     data = [{
         "date": r["date"], "model": r["model"], "model_permaslug": r["model"], "endpoint_id": r["model"],
-        "provider_name": r.get("provider_name") or "", "key_hash": r["key_hash"], "usage": round(r["cost"], 12),
+        "provider_name": r["provider_name"], "key_hash": r["key_hash"], "usage": round(r["cost"], 12),
         "byok_usage_inference": 0.0, "requests": r["requests"], "prompt_tokens": r["prompt_tokens"],
         "completion_tokens": r["completion_tokens"], "reasoning_tokens": r["reasoning_tokens"],
-        "cached_tokens": r.get("cached_tokens", 0)} for r in rows]
+        "cached_tokens": r["cached_tokens"]} for r in rows]
     await respond_json(request.send, 200, {"data": data})

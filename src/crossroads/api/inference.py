@@ -571,7 +571,7 @@ def _limit_error(decision: Any, what: str) -> GatewayError:
         message = f"Rate limit of {what} exceeded: {decision.limit} {unit} per minute; retry in " \
                   f"{decision.retry_after:.0f} s"
     return GatewayError(429, message, metadata={"code": code, "scope": decision.scope, "kind": decision.kind},
-                        headers=decision.headers(), code=code)
+                        headers=decision.headers())
 
 
 def _header_value(value: str) -> bytes:

@@ -246,7 +246,8 @@ class Store:
         return result
 
     async def activity(self, date_from: date, date_to: date, key_hash: str | None) -> list[dict]:
-        """Usage grouped by (UTC date, model, key_hash) for date_from..date_to inclusive; key_hash None = all keys."""
+        """Usage grouped by (UTC date, model, connection, key_hash) for date_from..date_to inclusive; key_hash None =
+        all keys."""
         if self._dialect == "postgresql":
             day = sa.func.to_char(sa.func.timezone(sa.literal_column("'UTC'"), generations.c.created_at),
                                   sa.literal_column("'YYYY-MM-DD'"))
@@ -256,16 +257,18 @@ class Store:
             sa.select(
                 day.label("date"),
                 generations.c.model,
+                generations.c.provider_name,
                 generations.c.key_hash,
                 sa.func.count().label("requests"),
                 sa.func.sum(generations.c.cost).label("cost"),
                 sa.func.sum(generations.c.tokens_prompt).label("prompt_tokens"),
                 sa.func.sum(generations.c.tokens_completion).label("completion_tokens"),
                 sa.func.sum(generations.c.tokens_reasoning).label("reasoning_tokens"),
+                sa.func.sum(generations.c.tokens_cached).label("cached_tokens"),
             )
             .where(generations.c.created_at >= _day_start(date_from))
             .where(generations.c.created_at < _day_start(date_to + timedelta(days=1)))
-            .group_by(day, generations.c.model, generations.c.key_hash)
+            .group_by(day, generations.c.model, generations.c.provider_name, generations.c.key_hash)
         )
         if key_hash is not None:
             statement = statement.where(generations.c.key_hash == key_hash)
@@ -273,17 +276,20 @@ class Store:
             {
                 "date": str(row.date),
                 "model": row.model,
+                "provider_name": row.provider_name,
                 "key_hash": row.key_hash,
                 "requests": int(row.requests),
                 "cost": float(row.cost or 0.0),
                 "prompt_tokens": int(row.prompt_tokens or 0),
                 "completion_tokens": int(row.completion_tokens or 0),
                 "reasoning_tokens": int(row.reasoning_tokens or 0),
+                "cached_tokens": int(row.cached_tokens or 0),
             }
             for row in await self._fetch(statement)
         ]
         # Sorted here, not in SQL, so that the order is the same (binary, None first) on every backend/collation.
-        out.sort(key=lambda r: (r["date"], r["model"], r["key_hash"] is not None, r["key_hash"] or ""))
+        out.sort(key=lambda r: (r["date"], r["model"], r["provider_name"], r["key_hash"] is not None,
+                                r["key_hash"] or ""))
         return out
 
     async def total_spend(self) -> float:
