@@ -358,7 +358,12 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
             mr.get(key, int)
         for key in ("input_modalities", "output_modalities", "supported_parameters"):
             mr.get(key, list)
-        pricing = mr.get("pricing", dict)
+        pricing = item.get("pricing")
+        if pricing == "free":
+            pricing = None  # declared free on purpose
+        elif pricing is not None and not isinstance(pricing, dict):
+            raise mr.error("pricing", "must be a mapping of USD per 1M tokens (prompt, completion, ...) or 'free', "
+                                      f"got {type(pricing).__name__}")
         if pricing is not None:
             pr = _Reader(r.source, mr.key("pricing"), pricing, {"prompt", "completion", "request", "image",
                                                                  "input_cache_read", "input_cache_write"})

@@ -266,6 +266,7 @@ class Gateway:
     async def _discover(self) -> None:
         await discover_models(self.registry, self.config)
         self.views = ModelViews(self.registry, self.route_table, self.health)
+        warn_unpriced(self.registry)
 
     async def shutdown(self) -> None:
         self.ready = False
@@ -300,6 +301,10 @@ class Gateway:
     # -- handlers ----------------------------------------------------------------------------------------------------
     async def _models(self, request: Request) -> None:
         assert self.views is not None
+        key = request.principal.key
+        if key is not None and key.allowed_models is not None:
+            await respond(request.send, 200, self.views.models_body_for(key.allowed_models))
+            return
         await respond(request.send, 200, self.views.models_body)
 
     async def _providers(self, request: Request) -> None:
@@ -315,6 +320,21 @@ class Gateway:
             await respond_json(request.send, 503, {"status": "starting"})
             return
         await respond_json(request.send, 200, {"status": "ok"})
+
+
+def warn_unpriced(registry: Registry) -> None:
+    """One warning per connection that serves models without a price: keys with a credit limit are refused on them,
+    and everyone else's use of them is recorded at $0."""
+    by_connection: dict[str, list[str]] = {}
+    for deployments in registry.models.values():
+        for dep in deployments:
+            if not dep.model.priced:
+                by_connection.setdefault(dep.connection.name, []).append(dep.model.id)
+    for name, ids in by_connection.items():
+        shown = ", ".join(sorted(ids)[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        log.warning("connection %s serves %d model(s) without a price (%s): their use is recorded at $0 and keys "
+                    "with a credit limit are refused on them; set providers[].models[].pricing, or pricing: free "
+                    "to declare a model free on purpose", name, len(ids), shown)
 
 
 def _watch_disconnect(request: Request, task: asyncio.Task[Any]) -> None:

@@ -22,7 +22,7 @@ from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, Request, respond
 from crossroads.errors import GatewayError
 from crossroads.formats.chat import new_generation_id
 from crossroads.formats.transforms import ANTHROPIC_MAX_MESSAGES, middle_out, wants_middle_out
-from crossroads.gate.auth import allowed_for_inference
+from crossroads.gate.auth import allowed_for_inference, priced_for_limit
 from crossroads.gate.ratelimit import Limit
 from crossroads.providers.base import RequestContext, UpstreamStreamError
 from crossroads.providers.http import iter_sse
@@ -131,7 +131,8 @@ class Call:
 
         gate_started = time.perf_counter()
         key = principal.key
-        candidates = allowed_for_inference(principal, plan.candidates, lambda c: c.model_id)
+        candidates = allowed_for_inference(principal, plan.candidates, _names_of)
+        candidates = priced_for_limit(key, candidates, _model_of)
         first = candidates[0]
         user = body.get("user") if isinstance(body.get("user"), str) else None
         exchange = self.exchange = Exchange(
@@ -520,6 +521,15 @@ class Call:
             exchange.upstream_model = translator.upstream_model
             exchange.upstream_id = translator.upstream_id
         return finished
+
+
+def _names_of(candidate: Candidate) -> tuple[str, ...]:
+    """What a key's allowed_models may name to allow a candidate: the route asked for, or the model itself."""
+    return (candidate.route, candidate.model_id) if candidate.route else (candidate.model_id,)
+
+
+def _model_of(candidate: Candidate) -> Any:
+    return candidate.deployment.model
 
 
 def _observe(exchange: Exchange, chunk: dict[str, Any]) -> bool:

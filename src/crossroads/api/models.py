@@ -12,6 +12,7 @@ import orjson
 from crossroads.accounting.pricing import price_string
 from crossroads.catalog import ModelSpec
 from crossroads.errors import GatewayError
+from crossroads.gate.keys import model_allowed
 from crossroads.routing.registry import Deployment, Registry
 
 if TYPE_CHECKING:
@@ -104,12 +105,29 @@ class ModelViews:
             named = {entry["id"]: route_item(entry) for entry in routes.models_entries(registry)}
             items = [item for item in items if item["id"] not in named] + list(named.values())
         items.sort(key=lambda m: m["id"])
-        self.models_body = orjson.dumps({"data": items, "total_count": len(items), "links": {"next": None}})
+        self.items = items
+        self.models_body = self._render(items)
+        self._bodies_for: dict[tuple[str, ...], bytes] = {}
         self.providers_body = orjson.dumps({"data": [
             {"name": conn.name, "slug": conn.name, "type": conn.config.type,
              "models": sum(1 for deps in registry.models.values() for d in deps if d.connection is conn),
              "privacy_policy_url": None, "terms_of_service_url": None, "status_page_url": None}
             for conn in registry.connections.values()]})
+
+    @staticmethod
+    def _render(items: list[dict[str, Any]]) -> bytes:
+        return orjson.dumps({"data": items, "total_count": len(items), "links": {"next": None}})
+
+    def models_body_for(self, allowed_models: list[str]) -> bytes:
+        """/models as a key restricted to `allowed_models` sees it: only what it may use (rendered once per
+        distinct allow-list)."""
+        cache_key = tuple(allowed_models)
+        body = self._bodies_for.get(cache_key)
+        if body is None:
+            body = self._render([item for item in self.items if model_allowed(allowed_models, item["id"])])
+            if len(self._bodies_for) < 1024:
+                self._bodies_for[cache_key] = body
+        return body
 
     def endpoints_body(self, model_id: str) -> bytes:
         deployments = self.registry.models.get(model_id)

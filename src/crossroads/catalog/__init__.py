@@ -60,6 +60,10 @@ class ModelSpec:
     reasoning: bool = False
     pricing: Pricing = field(default_factory=Pricing)
     supported_parameters: list[str] = field(default_factory=list)
+    # Whether `pricing` is known (from the catalog or the configuration, `pricing: free` included). An unpriced
+    # model (discovered, ad hoc, configured without prices) would cost $0 in the records: keys with a credit limit
+    # are refused on it rather than served for free.
+    priced: bool = False
 
 
 @dataclass(slots=True)
@@ -114,8 +118,12 @@ def model_from_dict(raw: dict[str, Any], *, vendor_params: list[str], base: Mode
     for key in ("input_modalities", "output_modalities"):
         if raw.get(key) is not None:
             setattr(spec, key, list(raw[key]))
-    if raw.get("pricing") is not None:
+    if raw.get("pricing") == "free":
+        spec.pricing = Pricing()  # free on purpose (a local model, say)
+        spec.priced = True
+    elif raw.get("pricing") is not None:
         spec.pricing = Pricing.from_per_million(raw["pricing"])
+        spec.priced = True
     if raw.get("supported_parameters") is not None:
         spec.supported_parameters = list(raw["supported_parameters"])
     elif base is None:

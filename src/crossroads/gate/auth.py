@@ -12,6 +12,7 @@ from crossroads.errors import GatewayError
 from crossroads.gate.keys import hash_key, is_expired, model_allowed
 
 if TYPE_CHECKING:
+    from crossroads.catalog import ModelSpec
     from crossroads.gate.keys import KeyCache
     from crossroads.store.rows import KeyRow
 
@@ -71,19 +72,41 @@ class Authenticator:
         return Principal(kind="key", key=row)
 
 
-def allowed_for_inference(principal: Principal, candidates: list[T], model_of: Callable[[T], str]) -> list[T]:
-    """The candidates whose model the caller may use (fallbacks it may not use are dropped); 403 for a management
-    key, or when the key may use none of them (naming the model asked for first)."""
+def allowed_for_inference(principal: Principal, candidates: list[T], names_of: Callable[[T], tuple[str, ...]]
+                          ) -> list[T]:
+    """The candidates the caller may use (fallbacks it may not use are dropped); 403 for a management key, or when
+    the key may use none of them (naming what was asked for first). A candidate is allowed when the key's
+    `allowed_models` admits any of its names: its model id, or the named route it came from (a route name in
+    `allowed_models` allows that route, whichever model its targets are)."""
     key = principal.key
     if key is None:
         return candidates
     if key.is_management:
         raise GatewayError(403, "Management keys may not call inference; create a regular API key")
-    allowed = [c for c in candidates if model_allowed(key.allowed_models, model_of(c))]
+    allowed_models = key.allowed_models
+    if allowed_models is None:
+        return candidates
+    allowed = [c for c in candidates if any(model_allowed(allowed_models, name) for name in names_of(c))]
     if not allowed:
-        raise GatewayError(403, f"Model {model_of(candidates[0])!r} is not allowed for this API key",
-                           metadata={"allowed_models": key.allowed_models})
+        raise GatewayError(403, f"Model {names_of(candidates[0])[0]!r} is not allowed for this API key",
+                           metadata={"allowed_models": allowed_models})
     return allowed
+
+
+def priced_for_limit(key: KeyRow | None, candidates: list[T], model_of: Callable[[T], ModelSpec]) -> list[T]:
+    """For a key with a credit limit, the candidates whose price is known: a model without one would be recorded at
+    $0, so the limit would not hold. 403 when none is left, naming the model and how to price it."""
+    if key is None or key.limit is None:
+        return candidates
+    priced = [c for c in candidates if model_of(c).priced]
+    if not priced:
+        model = model_of(candidates[0])
+        raise GatewayError(
+            403, f"Model {model.id!r} has no price, so its cost cannot be counted against this key's credit limit. "
+                 "Price it in the configuration (providers[].models[].pricing: USD per 1M prompt and completion "
+                 "tokens), or declare it free on purpose (pricing: free).",
+            metadata={"code": "unpriced_model", "model": model.id})
+    return priced
 
 
 def require_management(principal: Principal) -> None:
