@@ -316,6 +316,24 @@ def _read_server(r: _Reader) -> ServerConfig:
     return server
 
 
+# The API version path each native API lives under, and the ones a base_url may already end with.
+_API_VERSIONS = {"anthropic": ("/v1", ("/v1",)), "gemini": ("/v1beta", ("/v1", "/v1beta", "/v1alpha"))}
+
+
+def versioned_base_url(kind: str, base_url: str) -> str:
+    """`base_url` with the API version path its SDKs add themselves: `https://api.anthropic.com` (the Anthropic SDK's
+    base URL) means `https://api.anthropic.com/v1`, `https://generativelanguage.googleapis.com` means `.../v1beta`;
+    a base URL that already ends with a version path is kept. OpenAI-compatible servers vary (`/v1`, `/openai/v1`,
+    `/api/v1`...): theirs is taken as written."""
+    version = _API_VERSIONS.get(kind)
+    if version is None:
+        return base_url
+    default, accepted = version
+    path = base_url.split("://", 1)[-1].partition("/")[2]
+    path = "/" + path.split("?", 1)[0] if path else ""
+    return base_url if path.endswith(accepted) else base_url + default
+
+
 def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
     name = r.get("name", str, required=True)
     if not _NAME_PATTERN.match(name):
@@ -334,7 +352,7 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
             raise r.error("base_url", "is required for an openai-type connection that is not a known vendor")
     if not base_url.startswith(("http://", "https://")):
         raise r.error("base_url", f"must be an http(s) URL, got {base_url!r}")
-    base_url = base_url.rstrip("/")
+    base_url = versioned_base_url(kind, base_url.rstrip("/"))
     vendor = _pick_vendor(catalog, vendor_key, name, kind, base_url)
     headers = r.get("headers", dict, {})
     for key, value in headers.items():

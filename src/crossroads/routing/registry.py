@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -59,14 +60,85 @@ class Registry:
     models: dict[str, list[Deployment]] = field(default_factory=dict)
     # (connection name, model id or upstream id) -> deployment; built on first `find`, dropped by `add`.
     _by_connection: dict[tuple[str, str], Deployment] | None = field(default=None, repr=False, compare=False)
+    # other names -> the model ids they may mean (see `canonical_id`), strongest meaning first: slugs of public ids,
+    # then upstream ids (bare or vendor-prefixed); built on first use, dropped by `add`.
+    _aliases: tuple[dict[str, set[str]], dict[str, set[str]]] | None = field(default=None, repr=False,
+                                                                             compare=False)
 
     def add(self, model: ModelSpec, connection: Connection) -> None:
         self.models.setdefault(model.id, []).append(Deployment(model, connection))
         self._by_connection = None
+        self._aliases = None
 
     def deployments(self, model_id: str) -> list[Deployment]:
-        """Every deployment of a catalog/config id, else the one ad-hoc `<connection>/<upstream-model>`; 404."""
-        return self.models.get(model_id) or [self.resolve(model_id)]
+        """Every deployment of a catalog/config id; else the one ad-hoc `<connection>/<upstream-model>`; else those
+        of the model another name unambiguously means (`canonical_id`); else 404 suggesting the closest ids."""
+        found = self.models.get(model_id)
+        if found:
+            return found
+        if model_id.partition("/")[0] not in self.connections:
+            canonical = self.canonical_id(model_id)
+            if canonical is not None:
+                return self.models[canonical]
+        return [self.resolve(model_id)]
+
+    def canonical_id(self, name: str) -> str | None:
+        """The served model `name` means when it is not an id itself: a bare upstream id or slug (`gpt-4o-mini`,
+        `claude-sonnet-4-20250514`, what the vendors' own SDK docs use), a vendor-prefixed upstream id
+        (`anthropic/claude-sonnet-4-20250514`), or a dated snapshot of a served id (`openai/gpt-4o-2024-08-06`).
+        None when nothing or more than one model matches (an ambiguous name is never guessed)."""
+        ids = self._meanings(name)
+        return next(iter(ids)) if len(ids) == 1 else None
+
+    def _meanings(self, name: str) -> set[str]:
+        """The model ids `name` may mean, at the strongest level that has any."""
+        if self._aliases is None:
+            self._aliases = self._alias_index()
+        for candidate in (name, _undated(name)):
+            if candidate in self.models:
+                return {candidate}
+            for index in self._aliases:
+                ids = index.get(candidate)
+                if ids:
+                    return ids
+        return set()
+
+    def _alias_index(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        slugs: dict[str, set[str]] = {}
+        upstreams: dict[str, set[str]] = {}
+        for model_id, deployments in self.models.items():
+            vendor, sep, slug = model_id.partition("/")
+            if sep:
+                slugs.setdefault(slug, set()).add(model_id)
+            for dep in deployments:
+                upstream = dep.model.upstream.removeprefix("models/")
+                for alias in (upstream, f"{vendor}/{upstream}" if sep else upstream):
+                    if alias != model_id:
+                        upstreams.setdefault(alias, set()).add(model_id)
+        return slugs, upstreams
+
+    def not_found(self, model_id: str) -> GatewayError:
+        """404 for a name that is no id, alias or connection, with the closest served ids as suggestions."""
+        import difflib
+
+        meanings = self._meanings(model_id)
+        if len(meanings) > 1:
+            options = sorted(meanings)
+            return GatewayError(404, f"Model {model_id!r} is ambiguous: it may mean {', '.join(map(repr, options))}; "
+                                     "send one of those ids", metadata={"suggestions": options})
+        # Compare with ids and with their slugs (a bare name is closest to a slug).
+        by_name: dict[str, str] = {}
+        for known in self.models:
+            by_name.setdefault(known, known)
+            by_name.setdefault(known.partition("/")[2] or known, known)
+        close = difflib.get_close_matches(model_id[:128], list(by_name), n=6, cutoff=0.6)
+        suggestions = list(dict.fromkeys(by_name[name] for name in close))[:3]
+        hint = f"; did you mean {' or '.join(map(repr, suggestions))}?" if suggestions else ""
+        name, sep, _ = model_id.partition("/")
+        where = (f": it is not in /api/v1/models and no connection is named {name!r}" if sep else
+                 ": it is not in /api/v1/models")
+        return GatewayError(404, f"Model {model_id!r} not found{where}{hint}",
+                            metadata={"suggestions": suggestions} if suggestions else None)
 
     def find(self, connection: str, model: str) -> Deployment | None:
         """`model` (an id the connection lists, or its upstream id) on the named connection; an ad-hoc deployment
@@ -98,8 +170,7 @@ class Registry:
         if connection is not None and upstream:
             _check_adhoc(upstream)
             return Deployment(self._adhoc_model(connection, model_id, upstream), connection)
-        raise GatewayError(404, f"Model {model_id!r} not found: it is not in /api/v1/models and no connection is named "
-                                f"{name!r}" if sep else f"Model {model_id!r} not found")
+        raise self.not_found(model_id)
 
     def _adhoc_model(self, connection: Connection, model_id: str, upstream: str) -> ModelSpec:
         # Reuse what is known about that upstream model (limits, prices) when the connection lists it.
@@ -112,6 +183,14 @@ class Registry:
 
     async def close(self) -> None:
         await asyncio.gather(*(c.client.close() for c in self.connections.values()), return_exceptions=True)
+
+
+_DATE_SUFFIX = re.compile(r"-(?:\d{8}|\d{4}-\d{2}-\d{2})$")
+
+
+def _undated(name: str) -> str:
+    """`name` without a trailing snapshot date (-20250514, -2024-08-06)."""
+    return _DATE_SUFFIX.sub("", name)
 
 
 def _check_adhoc(upstream: str) -> None:
