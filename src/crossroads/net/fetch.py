@@ -79,7 +79,7 @@ class FetchedMedia:
 # MIME handling
 
 
-def _sniff_mime(data: bytes) -> str | None:
+def sniff_mime(data: bytes) -> str | None:
     """Recognise the few formats providers accept, for bodies that arrive without a useful type."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
@@ -98,7 +98,7 @@ def _pick_mime(declared: str | None, data: bytes) -> str:
     mime = (declared or "").split(";", 1)[0].strip().lower()
     if mime not in _GENERIC_TYPES:
         return mime
-    return _sniff_mime(data) or _OCTET_STREAM
+    return sniff_mime(data) or _OCTET_STREAM
 
 
 def parse_data_url(url: str) -> FetchedMedia | None:

@@ -104,6 +104,15 @@ def _split_data_url(url: str) -> tuple[str, str, bool]:
     return params[0].lower(), payload, is_base64
 
 
+_CANONICAL_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _is_canonical_base64(payload: str) -> bool:
+    """Whether Anthropic takes `payload` as it is: padded standard base64, nothing else in it. Clients often send
+    it unpadded, wrapped or percent-encoded (the VMSRouter docs' own sample is unpadded), which Anthropic refuses."""
+    return len(payload) % 4 == 0 and _CANONICAL_BASE64.fullmatch(payload) is not None
+
+
 def _decoded_base64(url: str) -> tuple[str, str]:
     """(media type, base64) for data URLs that are not already plain base64 with a useful type."""
     import base64
@@ -124,9 +133,12 @@ def _image_block(part: dict[str, Any]) -> dict[str, Any]:
         mime, payload, is_base64 = _split_data_url(url)
         if mime == "image/jpg":
             mime = "image/jpeg"
-        if not (is_base64 and mime in _IMAGE_TYPES):
-            # Percent-encoded, untyped or generically typed: decode and sniff (rare, so the copy is fine).
+        if not (is_base64 and mime in _IMAGE_TYPES and _is_canonical_base64(payload)):
+            # Unpadded, wrapped, percent-encoded, untyped or generically typed: decode, sniff and re-encode (rare, so
+            # the copy is fine).
             mime, payload = _decoded_base64(url)
+            if mime == "image/jpg":
+                mime = "image/jpeg"
         if mime not in _IMAGE_TYPES:
             raise GatewayError(400, f"unsupported image type {mime!r} (Anthropic takes JPEG, PNG, GIF, WebP)")
         source: dict[str, Any] = {"type": "base64", "media_type": mime, "data": payload}
@@ -149,7 +161,7 @@ def _file_block(part: dict[str, Any]) -> dict[str, Any]:
 
             text = _decoded_text(data) if is_base64 else urllib.parse.unquote(payload)
             return {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
-        if not (is_base64 and mime == "application/pdf"):
+        if not (is_base64 and mime == "application/pdf" and _is_canonical_base64(payload)):
             mime, payload = _decoded_base64(data)
         if mime != "application/pdf":
             raise GatewayError(400, f"unsupported file type {mime!r} (Anthropic accepts PDF and plain text)")
@@ -157,7 +169,11 @@ def _file_block(part: dict[str, Any]) -> dict[str, Any]:
     elif data.startswith(("http://", "https://")):
         source = {"type": "url", "url": data}
     else:
-        source = {"type": "base64", "media_type": "application/pdf", "data": data}
+        # Raw base64 (OpenAI's file_data): checked and normalised like a data URL's.
+        mime, payload = _decoded_base64(f"data:application/pdf;base64,{data}")
+        if mime != "application/pdf":
+            raise GatewayError(400, f"unsupported file type {mime!r} (Anthropic accepts PDF and plain text)")
+        source = {"type": "base64", "media_type": "application/pdf", "data": payload}
     return {"type": "document", "source": source}
 
 

@@ -47,6 +47,45 @@ def read_openai_usage(raw: dict[str, Any], usage: Usage) -> None:
     usage.reasoning_tokens = int(completion_details.get("reasoning_tokens") or 0)
 
 
+def with_file_data_urls(messages: list[Any]) -> list[Any]:
+    """`messages` with every file part's raw base64 `file_data` as the data URL OpenAI expects
+    (`data:application/pdf;base64,...`; OpenRouter and its users also send bare base64). Unchanged (the same list)
+    when there is nothing to convert, which is nearly always: only messages with content lists are looked into."""
+    out = messages
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            file = part.get("file") if isinstance(part, dict) and part.get("type") == "file" else None
+            data = file.get("file_data") if isinstance(file, dict) else None
+            if not isinstance(data, str) or not data or data[:5].lower() == "data:" or \
+                    data.startswith(("http://", "https://")):
+                continue
+            if out is messages:
+                out = list(messages)
+            if out[i] is message:
+                content = list(content)
+                out[i] = {**message, "content": content}
+            content[j] = {**part, "file": {**file, "file_data": f"data:{_sniff_file_type(data)};base64,{data}"}}
+    return out
+
+
+def _sniff_file_type(base64_data: str) -> str:
+    """The media type of a base64 document from its first bytes (the file parts' documented content is a PDF)."""
+    import base64
+    import binascii
+
+    from crossroads.net.fetch import sniff_mime
+
+    head = "".join(base64_data[:64].split())
+    try:
+        first = base64.b64decode(head[: len(head) // 4 * 4])
+    except (binascii.Error, ValueError):
+        return "application/pdf"
+    return sniff_mime(first) or "application/pdf"
+
+
 class OpenAIAdapter:
     type = "openai"
 
@@ -83,6 +122,9 @@ class OpenAITranslator:
         adapter = self.adapter
         out = {k: v for k, v in body.items() if k not in adapter.dropped}
         out["model"] = self.ctx.model.upstream
+        messages = out.get("messages")
+        if messages and not adapter.is_openrouter:
+            out["messages"] = with_file_data_urls(messages)
         reasoning = body.get("reasoning")
         if not adapter.is_openrouter and isinstance(reasoning, dict) and reasoning.get("effort") \
                 and "reasoning_effort" not in out:
