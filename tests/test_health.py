@@ -1,15 +1,21 @@
-"""Circuit breaker, windowed endpoint figures (routing/health.py) and retry backoff (routing/retry.py)."""
+"""Circuit breakers per endpoint and per connection, windowed endpoint figures (routing/health.py) and retry backoff
+(routing/retry.py)."""
 
 from __future__ import annotations
 
+import math
 import random
 from email.utils import formatdate
 
 import pytest
 
 from crossroads.routing.health import (
+    CAPACITY,
     CLOSED,
+    CONNECTION,
+    ENDPOINT,
     HALF_OPEN,
+    NONE,
     OPEN,
     STATUS_EJECTED,
     STATUS_OK,
@@ -17,6 +23,7 @@ from crossroads.routing.health import (
     BreakerPolicy,
     HealthBoard,
     counts_as_failure,
+    fault_scope,
 )
 from crossroads.routing.retry import is_retryable, parse_retry_after, retry_delay
 
@@ -37,53 +44,54 @@ def board(threshold: int = 3, cooldown: float = 10.0, **kwargs) -> tuple[HealthB
     return HealthBoard(BreakerPolicy(failure_threshold=threshold, cooldown=cooldown), clock=clock, **kwargs), clock
 
 
-# -- breaker ----------------------------------------------------------------------------------------------------------
+# -- breaker (one endpoint) -------------------------------------------------------------------------------------------
 
 
 def test_breaker_opens_after_consecutive_failures_then_probes_and_closes() -> None:
     health, clock = board(threshold=3, cooldown=10.0)
     for _ in range(2):
         health.record_failure("c", "m", status=503)
-    assert health.state("c") == CLOSED and health.acquire("c") and health.available("c")
+    assert health.state("c", "m") == CLOSED and health.acquire("c", "m") and health.available("c", "m")
 
-    health.record_failure("c", "m", status=None)  # third in a row: ejected
-    assert health.state("c") == OPEN
-    assert not health.available("c") and not health.acquire("c")
-    assert health.status("c") == STATUS_EJECTED
+    health.record_failure("c", "m", status=None, connection_fault=False)  # third in a row (a response timeout)
+    assert health.state("c", "m") == OPEN
+    assert health.connection_state("c") == CLOSED  # none of them said the connection is broken
+    assert not health.available("c", "m") and not health.acquire("c", "m") and health.ejected("c", "m")
+    assert health.status("c", "m") == STATUS_EJECTED
 
     clock.advance(9.9)
-    assert not health.available("c") and not health.acquire("c")
+    assert not health.available("c", "m") and not health.acquire("c", "m")
 
     clock.advance(0.1)  # cooled
-    assert health.available("c") and health.available("c")
-    assert health.state("c") == OPEN  # available() changed nothing
-    assert health.status("c") == STATUS_PROBING
-    assert health.acquire("c")  # the one probe
-    assert health.state("c") == HALF_OPEN
-    assert not health.acquire("c") and not health.acquire("c")  # nobody else while it is out
-    assert health.available("c")  # not "open and cooling"
+    assert health.available("c", "m") and health.available("c", "m") and not health.ejected("c", "m")
+    assert health.state("c", "m") == OPEN  # available() changed nothing
+    assert health.status("c", "m") == STATUS_PROBING
+    assert health.acquire("c", "m")  # the one probe
+    assert health.state("c", "m") == HALF_OPEN
+    assert not health.acquire("c", "m") and not health.acquire("c", "m")  # nobody else while it is out
+    assert health.available("c", "m")  # not "open and cooling"
 
     health.record_success("c", "m", ttft=0.2, output_tokens=10, duration=1.0)
-    assert health.state("c") == CLOSED and health.status("c") == STATUS_OK
-    assert all(health.acquire("c") for _ in range(5))
+    assert health.state("c", "m") == CLOSED and health.status("c", "m") == STATUS_OK
+    assert all(health.acquire("c", "m") for _ in range(5))
     # The count started over: two more failures do not open it.
     health.record_failure("c", "m", status=500)
     health.record_failure("c", "m", status=500)
-    assert health.state("c") == CLOSED
+    assert health.state("c", "m") == CLOSED
 
 
 def test_failed_probe_reopens_with_a_fresh_cooldown() -> None:
     health, clock = board(threshold=1, cooldown=10.0)
     health.record_failure("c", "m", status=502)
     clock.advance(10.0)
-    assert health.acquire("c")
+    assert health.acquire("c", "m")
     clock.advance(3.0)  # the probe took 3 s to fail
     health.record_failure("c", "m", status=502)
-    assert health.state("c") == OPEN
+    assert health.state("c", "m") == OPEN
     clock.advance(9.9)
-    assert not health.available("c") and not health.acquire("c")
+    assert not health.available("c", "m") and not health.acquire("c", "m")
     clock.advance(0.1)
-    assert health.acquire("c")
+    assert health.acquire("c", "m")
 
 
 def test_success_breaks_the_run_of_failures() -> None:
@@ -92,28 +100,28 @@ def test_success_breaks_the_run_of_failures() -> None:
         health.record_failure("c", "m", status=500)
         health.record_failure("c", "m", status=500)
         health.record_success("c", "m", ttft=None, output_tokens=0, duration=0.1)
-    assert health.state("c") == CLOSED
+    assert health.state("c", "m") == CLOSED
 
 
 def test_cancelled_never_opens_and_frees_the_probe() -> None:
     health, clock = board(threshold=2, cooldown=5.0)
     for _ in range(50):
-        health.record_cancelled("c")
-    assert health.state("c") == CLOSED and health.acquire("c")
+        health.record_cancelled("c", "m")
+    assert health.state("c", "m") == CLOSED and health.acquire("c", "m")
 
     health.record_failure("c", "m", status=500)
-    health.record_cancelled("c")
+    health.record_cancelled("c", "m")
     health.record_failure("c", "m", status=500)  # consecutive: the cancel in between counted nothing
-    assert health.state("c") == OPEN
+    assert health.state("c", "m") == OPEN
 
     clock.advance(5.0)
-    assert health.acquire("c")  # probe out
-    health.record_cancelled("c")  # its client went away: no verdict
-    assert health.state("c") == HALF_OPEN
-    assert health.acquire("c")  # the next attempt may probe
-    assert not health.acquire("c")
+    assert health.acquire("c", "m")  # probe out
+    health.record_cancelled("c", "m")  # its client went away: no verdict
+    assert health.state("c", "m") == HALF_OPEN
+    assert health.acquire("c", "m")  # the next attempt may probe
+    assert not health.acquire("c", "m")
     health.record_success("c", "m", ttft=0.1, output_tokens=1, duration=0.2)
-    assert health.state("c") == CLOSED
+    assert health.state("c", "m") == CLOSED
     assert health.endpoint_stats("c", "m")["uptime_last_30m"] == pytest.approx(100 * 1 / 3, abs=0.01)
 
 
@@ -122,11 +130,11 @@ def test_lost_probe_frees_the_slot_after_probe_timeout() -> None:
     health = HealthBoard(BreakerPolicy(failure_threshold=1, cooldown=1.0, probe_timeout=60.0), clock=clock)
     health.record_failure("c", "m", status=500)
     clock.advance(1.0)
-    assert health.acquire("c")
+    assert health.acquire("c", "m")
     clock.advance(59.0)
-    assert not health.acquire("c")
+    assert not health.acquire("c", "m")
     clock.advance(1.0)
-    assert health.acquire("c")
+    assert health.acquire("c", "m")
 
 
 def test_stragglers_while_open_neither_extend_nor_cut_the_cooldown() -> None:
@@ -135,43 +143,215 @@ def test_stragglers_while_open_neither_extend_nor_cut_the_cooldown() -> None:
     clock.advance(8.0)
     health.record_failure("c", "m", status=500)  # started before the breaker opened
     health.record_success("c", "m", ttft=0.1, output_tokens=5, duration=0.5)
-    assert health.state("c") == OPEN and not health.acquire("c")
+    assert health.state("c", "m") == OPEN and not health.acquire("c", "m")
     clock.advance(2.0)
-    assert health.acquire("c")
+    assert health.acquire("c", "m")
 
 
-def test_which_statuses_count_against_the_connection() -> None:
-    for status in (None, 500, 502, 503, 504, 401, 402, 403, 408, 429):
-        assert counts_as_failure(status), status
+def test_fault_scopes() -> None:
+    for status in (401, 402, 403, None):
+        assert fault_scope(status) == CONNECTION, status
+    assert fault_scope(None, connection_fault=True) == CONNECTION
+    for status in (500, 502, 503, 504, 408):
+        assert fault_scope(status) == ENDPOINT, status
+    assert fault_scope(None, connection_fault=False) == ENDPOINT  # a response timeout, a stream that broke off
+    assert fault_scope(403, connection_fault=False) == ENDPOINT  # an in-stream error of one model
+    assert fault_scope(429) == fault_scope(429, connection_fault=True) == CAPACITY
     for status in (400, 404, 409, 413, 422):
+        assert fault_scope(status) == NONE, status
+    for status in (None, 500, 502, 503, 504, 401, 402, 403, 408):
+        assert counts_as_failure(status), status
+    for status in (400, 404, 409, 413, 422, 429):
         assert not counts_as_failure(status), status
 
+
+def test_caller_faults_never_count() -> None:
     health, _ = board(threshold=2)
     for _ in range(10):
         health.record_failure("c", "m", status=400)  # the request's fault
-    assert health.state("c") == CLOSED
+    assert health.state("c", "m") == CLOSED and health.connection_state("c") == CLOSED
     assert health.endpoint_stats("c", "m")["uptime_last_30m"] is None  # excluded from uptime too
-
-    health.record_failure("c", "m", status=429)
-    health.record_failure("c", "m", status=429)
-    assert health.state("c") == OPEN  # an upstream that keeps refusing is ejected...
-    assert health.endpoint_stats("c", "m")["uptime_last_30m"] is None  # ...but rate limits are not downtime
 
 
 def test_caller_fault_in_half_open_closes_the_breaker() -> None:
     health, clock = board(threshold=1, cooldown=1.0)
     health.record_failure("c", "m", status=500)
     clock.advance(1.0)
-    assert health.acquire("c")
+    assert health.acquire("c", "m")
     health.record_failure("c", "m", status=400)  # the upstream answered: it is up
-    assert health.state("c") == CLOSED
+    assert health.state("c", "m") == CLOSED
 
 
-def test_breakers_are_per_connection() -> None:
-    health, _ = board(threshold=1)
-    health.record_failure("a", "m", status=500)
-    assert not health.acquire("a")
-    assert health.acquire("b") and health.available("b")
+# -- breaker granularity: endpoint, connection, capacity ---------------------------------------------------------------
+
+
+def test_one_failing_model_does_not_eject_the_other_models_of_its_connection() -> None:
+    health, _ = board(threshold=2)
+    for status in (500, 503, 500, 500):
+        health.record_failure("c", "gpt-x", status=status)
+    assert health.state("c", "gpt-x") == OPEN and health.status("c", "gpt-x") == STATUS_EJECTED
+    assert not health.acquire("c", "gpt-x") and not health.available("c", "gpt-x")
+    assert health.connection_state("c") == CLOSED
+    for model in ("gpt-y", "never-seen"):
+        assert health.acquire(model=model, connection="c") and health.available("c", model)
+        assert health.status("c", model) == STATUS_OK and not health.ejected("c", model)
+        assert health.endpoint_stats("c", model)["status"] == STATUS_OK
+    assert health.acquire("other", "gpt-x")  # nor the same model on another connection
+
+
+@pytest.mark.parametrize("status", [None, 401, 402, 403])
+def test_connection_faults_eject_every_model_of_the_connection(status: int | None) -> None:
+    health, clock = board(threshold=3, cooldown=10.0)
+    # Consecutive across models: the connection is what failed.
+    for model in ("a", "b", "a"):
+        health.record_failure("c", model, status=status)
+    assert health.connection_state("c") == OPEN
+    for model in ("a", "b", "never-seen"):
+        assert health.state("c", model) == CLOSED  # the endpoints' own breakers are untouched...
+        assert not health.acquire("c", model) and not health.available("c", model) and health.ejected("c", model)
+        assert health.status("c", model) == STATUS_EJECTED  # ...but the connection holds them all back
+        assert health.endpoint_stats("c", model)["status"] == STATUS_EJECTED
+    assert health.acquire("other", "a")
+    assert health.endpoint_stats("c", "a")["uptime_last_30m"] == 0.0  # downtime for the endpoints that saw it
+
+    clock.advance(10.0)  # one probe for the whole connection
+    assert health.status("c", "b") == STATUS_PROBING
+    assert health.acquire("c", "b")
+    assert health.connection_state("c") == HALF_OPEN
+    assert not health.acquire("c", "a") and not health.acquire("c", "b")
+    health.record_failure("c", "b", status=500)  # an answer: the connection works; that model failed once
+    assert health.connection_state("c") == CLOSED and health.state("c", "b") == CLOSED
+    assert health.acquire("c", "a") and health.acquire("c", "b")
+
+
+def test_connection_fault_run_is_broken_by_any_answer() -> None:
+    health, _ = board(threshold=2)
+    for _ in range(5):
+        health.record_failure("c", "a", status=None)
+        health.record_failure("c", "b", status=500)  # the upstream answered: the connection is reachable
+    assert health.connection_state("c") == CLOSED
+    health.record_failure("c", "a", status=None, connection_fault=True)
+    health.record_failure("c", "a", status=401)
+    assert health.connection_state("c") == OPEN
+
+
+def test_failed_connection_probe_reopens_the_connection() -> None:
+    health, clock = board(threshold=1, cooldown=5.0)
+    health.record_failure("c", "a", status=None)
+    clock.advance(5.0)
+    assert health.acquire("c", "a")
+    health.record_failure("c", "a", status=None)
+    assert health.connection_state("c") == OPEN and not health.acquire("c", "b")
+    clock.advance(5.0)
+    assert health.acquire("c", "b")
+    health.record_success("c", "b", ttft=0.1, output_tokens=1, duration=0.2)
+    assert health.connection_state("c") == CLOSED and health.acquire("c", "a")
+
+
+def test_connection_fault_on_an_endpoint_probe_is_no_verdict_for_the_endpoint() -> None:
+    health, clock = board(threshold=1, cooldown=5.0)
+    health.record_failure("c", "a", status=500)
+    clock.advance(5.0)
+    assert health.acquire("c", "a")  # the endpoint's probe
+    health.record_failure("c", "a", status=None, connection_fault=True)  # connection refused
+    assert health.state("c", "a") == HALF_OPEN  # the model's own verdict is still open
+    assert health.connection_state("c") == OPEN
+    clock.advance(5.0)
+    assert health.acquire("c", "a")  # probes both
+    health.record_success("c", "a", ttft=None, output_tokens=1, duration=0.1)
+    assert health.state("c", "a") == CLOSED and health.connection_state("c") == CLOSED
+
+
+def test_rate_limits_never_open_a_breaker() -> None:
+    health, _ = board(threshold=2)
+    for _ in range(20):
+        health.record_failure("c", "m", status=429)
+        health.record_failure("c", "m", status=429, retry_after="0")
+    assert health.state("c", "m") == CLOSED and health.connection_state("c") == CLOSED
+    assert health.acquire("c", "m") and health.available("c", "m")
+    assert health.endpoint_stats("c", "m")["uptime_last_30m"] is None  # not downtime either
+    # Nor do they break a run of real failures: they say nothing either way.
+    health.record_failure("c", "m", status=500)
+    health.record_failure("c", "m", status=429)
+    health.record_failure("c", "m", status=500)
+    assert health.state("c", "m") == OPEN
+
+
+def test_retry_after_makes_the_endpoint_cool_not_ejected() -> None:
+    health, clock = board(threshold=1)
+    health.record_failure("c", "m", status=429, retry_after="30")
+    assert not health.available("c", "m")  # ordered after the other candidates...
+    assert health.acquire("c", "m") and not health.ejected("c", "m")  # ...but never refused
+    assert health.state("c", "m") == CLOSED and health.status("c", "m") == STATUS_OK
+    assert health.available("c", "other")
+    clock.advance(10.0)
+    health.record_failure("c", "m", status=429, retry_after="5")  # a shorter ask does not shorten the spell
+    clock.advance(19.9)
+    assert not health.available("c", "m")
+    clock.advance(0.1)
+    assert health.available("c", "m")
+    health.record_failure("c", "m", status=429, retry_after="30")
+    health.record_success("c", "m", ttft=None, output_tokens=1, duration=0.1)  # served: the spell is over
+    assert health.available("c", "m")
+
+
+def test_rate_limit_on_a_probe_frees_the_slot() -> None:
+    health, clock = board(threshold=1, cooldown=5.0)
+    health.record_failure("c", "m", status=500)
+    clock.advance(5.0)
+    assert health.acquire("c", "m")
+    health.record_failure("c", "m", status=429)
+    assert health.state("c", "m") == HALF_OPEN
+    assert health.acquire("c", "m")  # the next attempt probes
+
+
+def test_forced_attempts_for_panic_routing() -> None:
+    health, clock = board(threshold=1, cooldown=10.0)
+    health.record_failure("c", "old", status=500)
+    clock.advance(3.0)
+    health.record_failure("c", "new", status=500)
+    clock.advance(1.0)
+    health.record_failure("d", "m", status=None)  # the whole connection d
+    assert not health.acquire("c", "old") and health.acquire("c", "old", force=True)
+    assert health.state("c", "old") == OPEN  # still cooling: the forced attempt is no probe
+    health.record_failure("c", "old", status=500)  # does not extend the cool-down...
+    clock.advance(6.0)
+    assert health.acquire("c", "old") and health.state("c", "old") == HALF_OPEN  # ...10 s after it opened
+    # Ejected longest ago first; -inf for what is not refused.
+    assert health.ejected_since("c", "new") < health.ejected_since("d", "m")
+    assert health.ejected_since("c", "fine") == -math.inf
+    assert health.acquire("c", "new", force=True) and health.acquire("d", "m", force=True)
+    health.record_success("c", "new", ttft=None, output_tokens=1, duration=0.1)  # nor cuts it short
+    assert health.state("c", "new") == OPEN and not health.acquire("c", "new")
+    clock.advance(3.0)
+    assert health.acquire("c", "new")  # now the probe, and it closes the breaker
+    health.record_success("c", "new", ttft=None, output_tokens=1, duration=0.1)
+    assert health.state("c", "new") == CLOSED
+    assert health.acquire("c", "fine", force=True)
+
+
+def test_lookups_keep_nothing() -> None:
+    # acquire/available on the request path only read: no entry is made for a model nobody recorded.
+    import tracemalloc
+
+    health, _ = board()
+    health.record_success("c", "m", ttft=0.1, output_tokens=1, duration=0.2)
+    health.record_failure("c", "n", status=500)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(1000):
+            health.acquire("c", "m")
+            health.available("c", "m")
+            health.acquire("c", "n")
+            health.available("c", "unknown")
+            health.acquire("other", "m")
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = [d for d in after.compare_to(before, "filename") if d.size_diff > 0
+             and d.traceback[0].filename.endswith("routing/health.py")]
+    assert not grown, grown
 
 
 # -- figures ----------------------------------------------------------------------------------------------------------
@@ -277,9 +457,9 @@ def test_default_policy() -> None:
     health = HealthBoard()
     for _ in range(4):
         health.record_failure("c", "m", status=500)
-    assert health.acquire("c")
+    assert health.acquire("c", "m")
     health.record_failure("c", "m", status=500)
-    assert not health.acquire("c")
+    assert not health.acquire("c", "m")
     assert health.policy.cooldown == 30.0 and health.window == 1800.0
 
 

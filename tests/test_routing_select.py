@@ -27,12 +27,12 @@ from crossroads.store.rows import KeyRow
 
 @dataclass
 class FakeStats:
-    down: set[str] = field(default_factory=set)
+    down: set[str] = field(default_factory=set)  # connection names, or "connection:upstream model" endpoints
     latencies: dict[str, float] = field(default_factory=dict)
     throughputs: dict[str, float] = field(default_factory=dict)
 
-    def available(self, connection: str) -> bool:
-        return connection not in self.down
+    def available(self, connection: str, model: str) -> bool:
+        return connection not in self.down and f"{connection}:{model}" not in self.down
 
     def latency(self, connection: str, model: str) -> float | None:
         return self.latencies.get(connection)
@@ -379,6 +379,14 @@ def test_order_and_allow_fallbacks_false_prefer_a_healthy_pick() -> None:
 
 def test_all_unavailable_still_plans_them() -> None:
     assert set(names(run(three_way(), body(), stats=FakeStats(down={"a", "b", "c"})))) == {"a", "b", "c"}
+
+
+def test_an_unavailable_endpoint_goes_last_not_its_whole_connection() -> None:
+    # c serves m/three (upstream "three") and m/two (upstream "two"); only c's "two" endpoint is ejected or cool.
+    request = body("m/two", models=["m/three"], provider={"sort": "price"})
+    assert served(run(fallback_registry(), request)) == [("m/two", "b"), ("m/two", "c"), ("m/three", "c")]
+    result = run(fallback_registry(), request, stats=FakeStats(down={"c:two"}))
+    assert served(result) == [("m/two", "b"), ("m/three", "c"), ("m/two", "c")]
 
 
 # -- auto router ----------------------------------------------------------------------------------------------------

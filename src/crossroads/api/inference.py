@@ -2,9 +2,11 @@
 
 One `Call` per request. It asks the router for candidates (model x connection, in try order), passes the gate (model
 allow-list, rate limits, credit reservation), then tries candidates in turn: each with bounded retries on the same
-connection for retryable failures (connect error, timeout, 429, 5xx), honouring Retry-After, skipping connections whose
-circuit breaker is open or whose capacity is spent. Fallback and retry are possible until the first data byte reached
-the client; after that, a failure becomes the front format's mid-stream error.
+connection for retryable failures (connect error, timeout, 429, 5xx), honouring Retry-After, skipping candidates whose
+circuit breaker (their endpoint's or their connection's, routing/health.py) is open or whose connection's capacity is
+spent; when the breakers left nothing to attempt, the ejected candidates are tried anyway (panic routing). Fallback and
+retry are possible until the first data byte reached the client; after that, a failure becomes the front format's
+mid-stream error.
 """
 
 from __future__ import annotations
@@ -50,11 +52,27 @@ _UPSTREAM_LIMIT_HEADERS = (
 class AttemptFailed(Exception):
     """An attempt failed before anything reached the client: the call may retry or fall back."""
 
-    def __init__(self, error: GatewayError, status: int | None, retry_after: str | None = None) -> None:
+    def __init__(self, error: GatewayError, status: int | None, retry_after: str | None = None,
+                 connection_fault: bool | None = None) -> None:
         super().__init__(error.message)
         self.error = error
         self.status = status  # upstream HTTP status; None for connect errors and timeouts
         self.retry_after = retry_after
+        # Whether the breaker of the whole connection counts it (routing/health.py's fault_scope); None: by status.
+        self.connection_fault = connection_fault
+
+
+# aiohttp >= 3.10 raises this (a TimeoutError) when the connect phase times out, total timeout included.
+_CONNECT_TIMEOUT: Any = getattr(aiohttp, "ConnectionTimeoutError", ())
+
+
+def _reached_nothing(exc: BaseException) -> bool:
+    """Whether a transport error means the connection itself is broken (connect refused or timed out, reset or
+    closed before any response, DNS, TLS): a connection-level fault for the breakers. A timeout waiting for the
+    response once connected, or a body that broke off after the headers, is the endpoint's (a slow or stuck model)."""
+    if isinstance(exc, TimeoutError):
+        return isinstance(exc, _CONNECT_TIMEOUT)
+    return not isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError))
 
 
 def upstream_error(connection: Connection, status: int, raw: bytes, headers: Any = None) -> GatewayError:
@@ -197,21 +215,43 @@ class Call:
 
     # -- the attempt loop ---------------------------------------------------------------------------------------------
     async def _try_candidates(self, candidates: list[Candidate]) -> None:
-        """Each candidate in turn, each with up to 1 + retries attempts on its connection (one loop, not a helper
-        per level: every coroutine frame here is passed through on each resumption of the request's task)."""
+        """Each candidate in turn, each with up to 1 + retries attempts on its endpoint (one loop, not a helper
+        per level: every coroutine frame here is passed through on each resumption of the request's task).
+
+        A candidate whose breaker (its endpoint's or its connection's) refuses is put aside. When no candidate could
+        be attempted at all, those put aside are tried anyway, ejected longest ago first (panic routing, as Envoy does
+        when too few hosts are healthy), under the same retry and fallback rules: a request never fails on breakers
+        alone, and the client's error is the last real upstream failure. Otherwise they are skipped, and the
+        generation record lists them as such."""
         gateway = self.gateway
         health = gateway.health
         retries = gateway.config.routing.retries
         last: GatewayError | None = None
         refused: GatewayError | None = None
-        for candidate in candidates:
+        queue = candidates
+        index = 0
+        tried = False  # whether an attempt went upstream
+        ejected: list[Candidate] | None = None  # put aside by their breaker while nothing was tried yet
+        panic = False
+        while True:
+            if index == len(queue):
+                if tried or not ejected:
+                    break
+                # Panic: the breakers refused every candidate that capacity allowed. Try them anyway.
+                ejected.sort(key=lambda c: health.ejected_since(c.connection, c.deployment.model.upstream))
+                queue, ejected, index, panic = ejected, None, 0, True
+            candidate = queue[index]
+            index += 1
             connection = candidate.deployment.connection
             name = connection.name
-            if not health.acquire(name):
-                self.exchange.attempts.append({"provider_name": name,
-                                               "model_permaslug": candidate.deployment.model.id, "status": None,
-                                               "latency": None, "error": "skipped: circuit breaker open"})
-                last = last or GatewayError(503, f"Upstream {name} is unavailable (circuit breaker open)")
+            model = candidate.deployment.model.upstream
+            if not health.acquire(name, model, force=panic):
+                if tried:
+                    self._skipped(candidate)
+                elif ejected is None:
+                    ejected = [candidate]
+                else:
+                    ejected.append(candidate)
                 continue
             conn_limits = gateway.connection_limits(name)
             if conn_limits:
@@ -219,13 +259,19 @@ class Call:
                 decision = await _acquire(gateway, conn_limits, self.exchange.prompt_estimate,
                                           key.priority if key else "normal")
                 if not decision.allowed:
-                    health.record_cancelled(name)  # frees a half-open probe: nothing was tried
+                    health.record_cancelled(name, model)  # frees a half-open probe: nothing was tried
                     self.exchange.attempts.append({"provider_name": name,
                                                    "model_permaslug": candidate.deployment.model.id, "status": 429,
                                                    "latency": None, "error": f"capacity: {decision.code}"})
                     refused = _limit_error(decision, f"connection {name}")
                     continue
                 self.conn_limits = conn_limits
+            if not tried:
+                tried = True
+                if ejected:  # an attempt goes: no panic for this request, those stay skipped
+                    for skipped in ejected:
+                        self._skipped(skipped)
+                    ejected = None
             attempt = 0
             try:
                 while True:
@@ -234,21 +280,22 @@ class Call:
                         await self._attempt(candidate)
                         return
                     except AttemptFailed as failed:
-                        health.record_failure(name, candidate.deployment.model.id, status=failed.status)
+                        health.record_failure(name, model, status=failed.status,
+                                              connection_fault=failed.connection_fault, retry_after=failed.retry_after)
                         if attempt > retries or not is_retryable(failed.status):
                             raise
                         delay = retry_delay(attempt, retry_after=failed.retry_after,
                                             max_wait=gateway.config.routing.max_retry_wait)
-                        if delay is None or not health.available(name):
+                        if delay is None or health.ejected(name, model):
                             raise
                         await asyncio.sleep(delay)
-                        if not health.acquire(name):
+                        if not health.acquire(name, model, force=panic):
                             raise
             except AttemptFailed as failed:
                 # Any upstream failure (context too long included) moves on to the next candidate.
                 last = failed.error
             except asyncio.CancelledError:
-                health.record_cancelled(name)
+                health.record_cancelled(name, model)
                 raise
             finally:
                 if self.conn_limits:  # not settled: this connection served nothing
@@ -261,6 +308,11 @@ class Call:
             await self._fail_stream(error.status, error.message, error.metadata)
             return
         raise error
+
+    def _skipped(self, candidate: Candidate) -> None:
+        self.exchange.attempts.append({"provider_name": candidate.connection,
+                                       "model_permaslug": candidate.deployment.model.id, "status": None,
+                                       "latency": None, "error": "skipped: circuit breaker open"})
 
     def _switch_to(self, candidate: Candidate) -> None:
         exchange = self.exchange
@@ -302,7 +354,7 @@ class Call:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 error = transport_error(connection, exc)
                 exchange.attempt(None, error.message)
-                raise AttemptFailed(error, None) from None
+                raise AttemptFailed(error, None, connection_fault=_reached_nothing(exc)) from None
             try:
                 result = translator.response(raw)
             except (ValueError, KeyError, TypeError) as exc:
@@ -357,7 +409,7 @@ class Call:
         exchange = self.exchange
         end = exchange.upstream_ended or time.monotonic()
         self.gateway.health.record_success(
-            candidate.deployment.connection.name, candidate.deployment.model.id, ttft=ttft,
+            candidate.deployment.connection.name, candidate.deployment.model.upstream, ttft=ttft,
             output_tokens=exchange.billed_usage().completion_tokens,
             duration=end - (exchange.upstream_started or end))
 
@@ -417,7 +469,7 @@ class Call:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 error = transport_error(connection, exc)
                 exchange.attempt(None, error.message)
-                raise AttemptFailed(error, None) from None
+                raise AttemptFailed(error, None, connection_fault=_reached_nothing(exc)) from None
             if resp.status != 200:
                 raw = await _read_capped(resp)
                 self._fail_attempt(connection, resp.status, raw, resp.headers)
@@ -466,9 +518,9 @@ class Call:
         if not self.writer or not self.writer.data_sent:
             error = GatewayError(code if isinstance(code, int) else 502, message, metadata=metadata)
             self.exchange.attempts[-1]["error"] = message
-            raise AttemptFailed(error, status)
-        self.gateway.health.record_failure(candidate.deployment.connection.name, candidate.deployment.model.id,
-                                           status=status)
+            raise AttemptFailed(error, status, connection_fault=False)  # the stream began: the connection works
+        self.gateway.health.record_failure(candidate.deployment.connection.name, candidate.deployment.model.upstream,
+                                           status=status, connection_fault=False)
         await self._fail_stream(code, message, metadata)
 
     async def _fail_stream(self, code: Any, message: str, metadata: dict[str, Any] | None) -> None:

@@ -74,7 +74,9 @@ def route_item(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _endpoint_item(dep: Deployment, health: HealthBoard | None) -> dict[str, Any]:
     spec, conn = dep.model, dep.connection
-    live = health.endpoint_stats(conn.name, spec.id) if health is not None else {
+    # Live, per endpoint (this upstream model on this connection, in this process): `status` is the worse of the
+    # endpoint's own breaker and its connection's (0 ok, -5 probing, -10 ejected).
+    live = health.endpoint_stats(conn.name, spec.upstream) if health is not None else {
         "status": 0, "uptime_last_30m": None}
     return {
         "name": f"{conn.name} | {spec.upstream}",

@@ -1,31 +1,62 @@
-"""Per-connection circuit breakers and the live figures the router and the endpoints API read.
+"""Circuit breakers per endpoint and per connection, and the live figures the router and the endpoints API read.
 
-Breaker (per connection, the unit that fails together: one base URL, one account):
+The unit is the **endpoint**: one upstream model on one connection, keyed by (connection name, upstream model id,
+i.e. ``Deployment.model.upstream``; two catalog ids, or an ad-hoc ``<connection>/<upstream>`` id, that send the same
+model to the same connection are one endpoint). Everything here lives in one process: each ``--workers`` process keeps
+its own breakers and figures (nothing is shared through Redis), so a failing endpoint is ejected by each process on
+its own evidence.
 
-- closed: every attempt may go. ``failure_threshold`` consecutive upstream failures open it.
-- open: attempts are refused (``acquire`` is False) for ``cooldown`` seconds.
-- half-open: after the cool-down exactly one attempt (the probe) may go. Its success closes the breaker, its failure
-  opens it again for a fresh cool-down. A probe whose client went away (``record_cancelled``) frees the slot for the
-  next attempt; a probe that never reports back frees it after ``probe_timeout``.
+Where a failed attempt counts (``fault_scope``):
 
-What counts as a failure: no response at all (``status=None``: connect error, reset, timeout), any 5xx, 408, 429 and
-the statuses that mean the connection itself is unusable (401, 402, 403). Any other 4xx is the caller's doing (a bad
-request); the upstream answered sanely, so for the breaker it counts like a success and it is left out of uptime.
+- ``CONNECTION``: the attempt reached no upstream, or the upstream refused the account: connect refused, reset or
+  closed before any response, DNS or TLS failure, a *connect* timeout, and HTTP 401, 402, 403. A failure without a
+  status counts here unless the caller passes ``connection_fault=False`` (api/inference.py does for a timeout waiting
+  for the response and for a stream that broke off). These count on the connection's breaker; while it is open,
+  every endpoint of the connection is held back (one bad key or a dead host ejects all its models at once).
+- ``ENDPOINT``: the upstream answered (or accepted the connection) but this model failed: any 5xx, 408, a timeout
+  waiting for the response once connected (a slow or stuck model says nothing about the account's other models), a
+  stream that broke after it began. These count on that endpoint's breaker only; the account's other models go on.
+- ``CAPACITY``: 429. It means "busy", not "broken": it never counts toward a breaker nor against uptime. Its
+  ``Retry-After`` makes the endpoint *cool* until then: ``available`` is False, so routing orders it after the other
+  candidates, but ``acquire`` still lets attempts through (it is not ejected). A success ends the cool spell.
+- ``NONE``: any other 4xx is the caller's doing (a bad request); the upstream answered sanely, so for the breakers
+  it counts like a success, and it is left out of uptime.
+
 A client disconnect never counts (``record_cancelled``).
 
-Figures, per (connection, model), in OpenRouter's endpoint shapes and units:
+Breaker (the same state machine at both levels, one per endpoint and one per connection):
 
-- ``uptime_last_5m|30m|1d``: percentage of successful attempts among successes and failures, rate-limited (429) and
-  caller-caused failures excluded, None without traffic. Kept as per-minute (and, for the day, 15-minute) counters.
+- closed: attempts go. ``failure_threshold`` consecutive failures of its level open it. A success starts the count
+  over, and so does, for the connection's breaker, any HTTP answer but 401/402/403 (the connection works).
+- open: ``acquire`` refuses for ``cooldown`` seconds.
+- half-open: after the cool-down exactly one attempt (the probe) may go: one per endpoint, and for the connection's
+  breaker one for the whole connection. Its success closes the breaker, a failure of the breaker's level opens it
+  again for a fresh cool-down. An answer that gives no verdict for that level (a 429; a connection fault, for an
+  endpoint's probe) or a probe whose client went away (``record_cancelled``) frees the slot for the next attempt; a
+  probe that never reports back frees it after ``probe_timeout``.
+- panic: ``acquire(..., force=True)`` lets an attempt through whatever the state. A breaker still cooling stays open
+  (the forced attempt's verdict, like a straggler's, neither extends nor cuts the cool-down; the probe after it
+  decides), so panic traffic does not change when an endpoint comes back. api/inference.py forces attempts only when
+  no candidate of a request could be attempted, trying them in ``ejected_since`` order (ejected longest ago first).
+
+Figures, per endpoint, in OpenRouter's endpoint shapes and units:
+
+- ``uptime_last_5m|30m|1d``: percentage of successful attempts among successes and failures (connection-level ones
+  included), rate-limited (429) and caller-caused failures excluded, None without traffic. Kept as per-minute (and,
+  for the day, 15-minute) counters.
 - ``latency_last_30m``: time to first token in **milliseconds**, ``{p50, p75, p90, p99}``, None without samples.
 - ``throughput_last_30m``: output tokens per second of generation, ``{p50, p75, p90, p99}``. As on OpenRouter, a
   higher percentile is a worse tail: pXX is the rate that XX% of requests reached or beat (p99 is the slowest).
-- ``status``: 0 when the breaker is closed, ``STATUS_PROBING`` (-5) while half-open or cooled and awaiting its probe,
-  ``STATUS_EJECTED`` (-10) while open and cooling (OpenRouter's status values are 0 and negative integers).
+- ``status``: 0 when both the endpoint's and its connection's breakers are closed (a cool endpoint is up: 0 too),
+  ``STATUS_PROBING`` (-5) while either is half-open or cooled and awaiting its probe, ``STATUS_EJECTED`` (-10) while
+  either is open and cooling (OpenRouter's status values are 0 and negative integers).
 
 Samples live in capped deques with their timestamps (expired on write and read, so memory stays bounded and each
 record is O(1) amortised); percentiles are computed on read and cached until a sample arrives or expires. Under very
 heavy traffic the cap makes the figures cover the most recent ``max_samples`` requests rather than the whole window.
+
+Hot path: ``acquire`` and ``available`` are two or three dict lookups (connection -> its breaker, connection -> model
+-> endpoint), allocate nothing, and read the clock only when a breaker is not closed or the endpoint is cool.
 Everything runs on the event loop thread: no locks.
 """
 
@@ -37,24 +68,42 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from crossroads.routing.retry import parse_retry_after
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATUS_OK, STATUS_PROBING, STATUS_EJECTED = 0, -5, -10
+NONE, CAPACITY, ENDPOINT, CONNECTION = "none", "capacity", "endpoint", "connection"  # fault scopes
 
-# Statuses that say the connection (not the request) is broken, besides 5xx and "no response".
-_CONNECTION_FAULTS = frozenset({401, 402, 403, 408, 429})
+# Statuses that say the connection itself (its account) is unusable, whichever model was asked for.
+_CONNECTION_STATUSES = frozenset({401, 402, 403})
 _PERCENTILES = (50, 75, 90, 99)
 
 
 @dataclass
 class BreakerPolicy:
-    failure_threshold: int = 5  # consecutive failures that open the breaker
+    failure_threshold: int = 5  # consecutive failures that open a breaker (an endpoint's or a connection's)
     cooldown: float = 30.0  # seconds an open breaker refuses attempts before one probe may go
     probe_timeout: float = 600.0  # seconds after which an unanswered probe no longer blocks the next one
 
 
+def fault_scope(status: int | None, connection_fault: bool | None = None) -> str:
+    """Where an attempt that ended with ``status`` (None: no HTTP response) counts: CONNECTION, ENDPOINT, CAPACITY
+    (429) or NONE (the caller's fault). ``connection_fault`` overrides the guess for a failure without a status
+    (True: nothing was reached; False: the upstream was reached, e.g. a response timeout or a broken stream)."""
+    if status == 429:
+        return CAPACITY
+    if connection_fault is None:
+        connection_fault = status is None or status in _CONNECTION_STATUSES
+    if connection_fault:
+        return CONNECTION
+    if status is None or status >= 500 or status == 408 or status in _CONNECTION_STATUSES:
+        return ENDPOINT
+    return NONE
+
+
 def counts_as_failure(status: int | None) -> bool:
-    """Whether an attempt that ended with ``status`` is the connection's fault (breaker and uptime)."""
-    return status is None or status >= 500 or status in _CONNECTION_FAULTS
+    """Whether an attempt that ended with ``status`` counts toward a breaker and against uptime (429 does not)."""
+    return fault_scope(status) in (ENDPOINT, CONNECTION)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -142,10 +191,14 @@ class _Breaker:
         self.probe_started: float | None = None  # set while a half-open probe is out
 
 
-class _EndpointStats:
-    __slots__ = ("ttft", "tps", "minutes", "quarters")
+class _Endpoint(_Breaker):
+    """One endpoint's breaker, cool spell and figures."""
+
+    __slots__ = ("cool_until", "ttft", "tps", "minutes", "quarters")
 
     def __init__(self, window: float, max_samples: int) -> None:
+        super().__init__()
+        self.cool_until = 0.0  # set by a 429's Retry-After: ordered last until then (0: not cool)
         self.ttft = _Samples(window, max_samples)  # seconds
         self.tps = _Samples(window, max_samples)  # tokens/s
         self.minutes = _Tally(60.0, max(window, 300.0))  # uptime over 5 min and the window
@@ -153,7 +206,9 @@ class _EndpointStats:
 
 
 class HealthBoard:
-    """Breakers per connection and windowed figures per (connection, model); see the module docstring."""
+    """A breaker per endpoint (connection x upstream model) and per connection, and windowed figures per endpoint, in
+    this process; see the module docstring. ``model`` is always the upstream model id (``Deployment.model.upstream``).
+    """
 
     def __init__(self, policy: BreakerPolicy | None = None, *, window: float = 1800.0,
                  clock: Callable[[], float] = time.monotonic, max_samples: int = 2048) -> None:
@@ -161,70 +216,164 @@ class HealthBoard:
         self.window = window
         self._clock = clock
         self._max_samples = max_samples
-        self._breakers: dict[str, _Breaker] = {}
-        self._stats: dict[tuple[str, str], _EndpointStats] = {}
+        self._connections: dict[str, _Breaker] = {}  # connection-level breakers, made by a first connection fault
+        self._endpoints: dict[str, dict[str, _Endpoint]] = {}  # connection -> upstream model -> endpoint
 
     # -- breaker ---------------------------------------------------------------------------------------------------
 
-    def state(self, connection: str) -> str:
-        """The breaker state as last recorded: closed, open or half_open (an open breaker stays "open" until an
-        attempt takes the probe)."""
-        breaker = self._breakers.get(connection)
+    def state(self, connection: str, model: str) -> str:
+        """The endpoint's own breaker state as last recorded: closed, open or half_open (an open breaker stays "open"
+        until an attempt takes the probe). The connection's breaker is ``connection_state``."""
+        endpoint = self._find(connection, model)
+        return CLOSED if endpoint is None else endpoint.state
+
+    def connection_state(self, connection: str) -> str:
+        """The connection-level breaker's state (opened by connection faults only)."""
+        breaker = self._connections.get(connection)
         return CLOSED if breaker is None else breaker.state
 
-    def available(self, connection: str) -> bool:
-        """False only while the breaker is open and still cooling; no side effects (for ranking candidates)."""
-        breaker = self._breakers.get(connection)
-        if breaker is None or breaker.state != OPEN:
-            return True
-        return self._clock() - breaker.opened_at >= self.policy.cooldown
-
-    def acquire(self, connection: str) -> bool:
-        """Call right before an attempt: True when it may go. An open breaker past its cool-down turns half-open and
-        lets exactly this one attempt through as the probe."""
-        breaker = self._breakers.get(connection)
-        if breaker is None or breaker.state == CLOSED:
+    def available(self, connection: str, model: str) -> bool:
+        """For ordering candidates: False while the endpoint or its connection is open and still cooling (ejected), or
+        while the endpoint is cool after a 429's Retry-After. No effect on the breakers."""
+        link = self._connections.get(connection)
+        models = self._endpoints.get(connection)
+        endpoint = models.get(model) if models is not None else None
+        if (link is None or link.state == CLOSED) and (
+                endpoint is None or (endpoint.state == CLOSED and not endpoint.cool_until)):
             return True
         now = self._clock()
-        if breaker.state == OPEN:
-            if now - breaker.opened_at < self.policy.cooldown:
-                return False
-            breaker.state = HALF_OPEN
-            breaker.probe_started = now
-            return True
-        # Half-open: one probe at a time, unless the last one was lost.
-        if breaker.probe_started is not None and now - breaker.probe_started < self.policy.probe_timeout:
+        cooldown = self.policy.cooldown
+        if link is not None and link.state == OPEN and now - link.opened_at < cooldown:
             return False
-        breaker.probe_started = now
+        if endpoint is None:
+            return True
+        if endpoint.state == OPEN and now - endpoint.opened_at < cooldown:
+            return False
+        if endpoint.cool_until:
+            if now < endpoint.cool_until:
+                return False
+            endpoint.cool_until = 0.0  # the spell is over
         return True
+
+    def ejected(self, connection: str, model: str) -> bool:
+        """True while the endpoint's or its connection's breaker is open and still cooling (a cool endpoint is not
+        ejected)."""
+        now = self._clock()
+        cooldown = self.policy.cooldown
+        link = self._connections.get(connection)
+        if link is not None and link.state == OPEN and now - link.opened_at < cooldown:
+            return True
+        endpoint = self._find(connection, model)
+        return endpoint is not None and endpoint.state == OPEN and now - endpoint.opened_at < cooldown
+
+    def acquire(self, connection: str, model: str, *, force: bool = False) -> bool:
+        """Call right before an attempt: True when it may go. A breaker (the endpoint's or the connection's) that is open
+        past its cool-down turns half-open and lets exactly this one attempt through as its probe; both must let it
+        through. ``force`` (panic routing: every candidate was refused) lets it through regardless: it still takes
+        the probe of a breaker that would have let it through, but a breaker still cooling stays open, so the forced
+        attempt's verdict, like a straggler's, neither extends nor cuts its cool-down."""
+        link = self._connections.get(connection)
+        if link is not None and link.state == CLOSED:
+            link = None
+        models = self._endpoints.get(connection)
+        endpoint = models.get(model) if models is not None else None
+        if endpoint is not None and endpoint.state == CLOSED:
+            endpoint = None
+        if link is None and endpoint is None:
+            return True
+        now = self._clock()
+        link_probes = link is not None and not self._refuses(link, now)
+        endpoint_probes = endpoint is not None and not self._refuses(endpoint, now)
+        if not force and ((link is not None and not link_probes) or (endpoint is not None and not endpoint_probes)):
+            return False
+        if link_probes:
+            link.state = HALF_OPEN
+            link.probe_started = now
+        if endpoint_probes:
+            endpoint.state = HALF_OPEN
+            endpoint.probe_started = now
+        return True
+
+    def ejected_since(self, connection: str, model: str) -> float:
+        """Since when ``acquire`` has been refusing this endpoint (the later of its and its connection's breaker
+        opening or probe going out), for panic routing's order: the smallest was ejected longest ago. -inf when
+        neither breaker is refusing."""
+        since = -math.inf
+        for breaker in (self._connections.get(connection), self._find(connection, model)):
+            if breaker is not None and breaker.state != CLOSED:
+                moment = breaker.opened_at if breaker.state == OPEN else (breaker.probe_started or breaker.opened_at)
+                since = max(since, moment)
+        return since
 
     def record_success(self, connection: str, model: str, *, ttft: float | None, output_tokens: int,
                        duration: float) -> None:
         """An attempt succeeded. ``ttft``: seconds from sending to the first token (None when unknown, e.g. not
         streamed); ``duration``: seconds from sending to the last byte; ``output_tokens``: completion tokens."""
         now = self._clock()
-        self._close(connection)
-        stats = self._endpoint(connection, model)
-        stats.minutes.add(now, True)
-        stats.quarters.add(now, True)
+        self._connection_answered(connection)
+        endpoint = self._endpoint(connection, model)
+        self._close(endpoint)
+        endpoint.cool_until = 0.0
+        endpoint.minutes.add(now, True)
+        endpoint.quarters.add(now, True)
         if ttft is not None and ttft >= 0:
-            stats.ttft.add(now, ttft)
+            endpoint.ttft.add(now, ttft)
         # Throughput is the generation rate: time to first token is latency, not generation.
         generating = duration - ttft if ttft is not None and duration > ttft else duration
         if output_tokens > 0 and generating > 0:
-            stats.tps.add(now, output_tokens / generating)
+            endpoint.tps.add(now, output_tokens / generating)
 
-    def record_failure(self, connection: str, model: str, *, status: int | None) -> None:
-        """An attempt failed with this upstream status (None: no response at all)."""
-        if not counts_as_failure(status):
-            self._close(connection)  # the upstream answered, so it is up; the request was at fault
+    def record_failure(self, connection: str, model: str, *, status: int | None,
+                       connection_fault: bool | None = None, retry_after: str | None = None) -> None:
+        """An attempt failed with this upstream status (None: no response at all). ``connection_fault``: see
+        ``fault_scope``; ``retry_after``: the 429's Retry-After header, which makes the endpoint cool that long."""
+        scope = fault_scope(status, connection_fault)
+        if scope == NONE:
+            # The upstream answered, so it is up; the request was at fault.
+            self._connection_answered(connection)
+            endpoint = self._find(connection, model)
+            if endpoint is not None:
+                self._close(endpoint)
             return
         now = self._clock()
-        if status != 429:  # rate limits say nothing about uptime (OpenRouter excludes them too)
-            stats = self._endpoint(connection, model)
-            stats.minutes.add(now, False)
-            stats.quarters.add(now, False)
-        breaker = self._breakers.setdefault(connection, _Breaker())
+        endpoint = self._endpoint(connection, model)
+        if scope == CAPACITY:
+            self._connection_answered(connection)
+            self._no_verdict(endpoint)
+            wait = parse_retry_after(retry_after)
+            if wait:
+                endpoint.cool_until = max(endpoint.cool_until, now + wait)
+            return
+        endpoint.minutes.add(now, False)
+        endpoint.quarters.add(now, False)
+        if scope == CONNECTION:
+            link = self._connections.get(connection)
+            if link is None:
+                link = self._connections[connection] = _Breaker()
+            self._count(link, now)
+            self._no_verdict(endpoint)  # says nothing about this model
+        else:
+            self._connection_answered(connection)
+            self._count(endpoint, now)
+
+    def record_cancelled(self, connection: str, model: str) -> None:
+        """The client went away mid-attempt (or the attempt never went): counts nothing, but frees half-open probe
+        slots."""
+        link = self._connections.get(connection)
+        if link is not None:
+            self._no_verdict(link)
+        endpoint = self._find(connection, model)
+        if endpoint is not None:
+            self._no_verdict(endpoint)
+
+    def _refuses(self, breaker: _Breaker, now: float) -> bool:
+        """Whether a breaker that is not closed refuses an ordinary attempt now."""
+        if breaker.state == OPEN:
+            return now - breaker.opened_at < self.policy.cooldown
+        # Half-open: one probe at a time, unless the last one was lost.
+        return breaker.probe_started is not None and now - breaker.probe_started < self.policy.probe_timeout
+
+    def _count(self, breaker: _Breaker, now: float) -> None:
         if breaker.state == HALF_OPEN:
             self._open(breaker, now)
         elif breaker.state == CLOSED:
@@ -233,22 +382,13 @@ class HealthBoard:
                 self._open(breaker, now)
         # Open: a straggler that started before the breaker opened; it must not extend the cool-down.
 
-    def record_cancelled(self, connection: str) -> None:
-        """The client went away mid-attempt: counts nothing, but frees a half-open probe slot."""
-        breaker = self._breakers.get(connection)
-        if breaker is not None and breaker.state == HALF_OPEN:
-            breaker.probe_started = None
-
     def _open(self, breaker: _Breaker, now: float) -> None:
         breaker.state = OPEN
         breaker.opened_at = now
         breaker.failures = 0
         breaker.probe_started = None
 
-    def _close(self, connection: str) -> None:
-        breaker = self._breakers.get(connection)
-        if breaker is None:
-            return
+    def _close(self, breaker: _Breaker) -> None:
         if breaker.state == HALF_OPEN:
             breaker.state = CLOSED
             breaker.probe_started = None
@@ -256,40 +396,60 @@ class HealthBoard:
             breaker.failures = 0
         # Open: a straggler's success does not cut the cool-down short; the probe decides.
 
+    def _no_verdict(self, breaker: _Breaker) -> None:
+        if breaker.state == HALF_OPEN:
+            breaker.probe_started = None
+
+    def _connection_answered(self, connection: str) -> None:
+        """An HTTP answer other than 401/402/403 came back: the connection itself works."""
+        link = self._connections.get(connection)
+        if link is not None:
+            self._close(link)
+
     # -- figures ---------------------------------------------------------------------------------------------------
 
-    def _endpoint(self, connection: str, model: str) -> _EndpointStats:
-        stats = self._stats.get((connection, model))
-        if stats is None:
-            stats = self._stats[(connection, model)] = _EndpointStats(self.window, self._max_samples)
-        return stats
+    def _find(self, connection: str, model: str) -> _Endpoint | None:
+        models = self._endpoints.get(connection)
+        return models.get(model) if models is not None else None
+
+    def _endpoint(self, connection: str, model: str) -> _Endpoint:
+        models = self._endpoints.get(connection)
+        if models is None:
+            models = self._endpoints[connection] = {}
+        endpoint = models.get(model)
+        if endpoint is None:
+            endpoint = models[model] = _Endpoint(self.window, self._max_samples)
+        return endpoint
 
     def latency(self, connection: str, model: str) -> float | None:
         """Median time to first token in seconds over the window, or None without samples (for routing)."""
-        stats = self._stats.get((connection, model))
-        values = stats.ttft.sorted_values(self._clock()) if stats else []
+        endpoint = self._find(connection, model)
+        values = endpoint.ttft.sorted_values(self._clock()) if endpoint else []
         return percentile(values, 0.5) if values else None
 
     def throughput(self, connection: str, model: str) -> float | None:
         """Median generation rate in tokens/s over the window, or None without samples (for routing)."""
-        stats = self._stats.get((connection, model))
-        values = stats.tps.sorted_values(self._clock()) if stats else []
+        endpoint = self._find(connection, model)
+        values = endpoint.tps.sorted_values(self._clock()) if endpoint else []
         return percentile(values, 0.5) if values else None
 
-    def status(self, connection: str) -> int:
-        """OpenRouter-style endpoint status: 0 healthy, -5 probing, -10 ejected."""
-        breaker = self._breakers.get(connection)
-        if breaker is None or breaker.state == CLOSED:
-            return STATUS_OK
-        if breaker.state == OPEN and self._clock() - breaker.opened_at < self.policy.cooldown:
-            return STATUS_EJECTED
-        return STATUS_PROBING
+    def status(self, connection: str, model: str) -> int:
+        """OpenRouter-style endpoint status, from the endpoint's breaker and its connection's: 0 healthy, -5 probing,
+        -10 ejected (the worse of the two)."""
+        status = STATUS_OK
+        for breaker in (self._connections.get(connection), self._find(connection, model)):
+            if breaker is None or breaker.state == CLOSED:
+                continue
+            if breaker.state == OPEN and self._clock() - breaker.opened_at < self.policy.cooldown:
+                return STATUS_EJECTED
+            status = STATUS_PROBING
+        return status
 
     def endpoint_stats(self, connection: str, model: str) -> dict:
         """The live fields of one entry of ``GET /api/v1/models/{author}/{slug}/endpoints``."""
         now = self._clock()
-        stats = self._stats.get((connection, model))
-        result: dict = {"status": self.status(connection), "uptime_last_5m": None, "uptime_last_30m": None,
+        stats = self._find(connection, model)
+        result: dict = {"status": self.status(connection, model), "uptime_last_5m": None, "uptime_last_30m": None,
                         "uptime_last_1d": None, "latency_last_30m": None, "throughput_last_30m": None}
         if stats is None:
             return result

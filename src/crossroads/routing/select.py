@@ -27,9 +27,12 @@ Which connections, per model
    throughput descending or latency ascending from the live figures, connections without figures after those with,
    by price), else at random weighted by the inverse square of the price as OpenRouter does (free deployments first).
    provider.allow_fallbacks false keeps only provider.order's connections, or without an order only the first pick.
-3. Connections whose breaker is open (`stats.available` false) move to the end of the whole plan, keeping their
-   relative order: the request still tries them when everything else failed, but never waits on them first. Leaving
-   them out would turn a breaker that opened on a few errors into a hard outage for models with one connection.
+3. Deployments that are not `stats.available` move to the end of the whole plan, keeping their relative order:
+   those whose endpoint (this upstream model on this connection) or whole connection has its breaker open, and those
+   cool after a 429's Retry-After (routing/health.py). They are never waited on first; a cool one is still tried
+   when everything before it failed, an ejected one only when the breakers leave the request nothing to attempt
+   (panic routing, api/inference.py). Leaving them out would turn a breaker that opened on a few errors into a hard
+   outage for models with one connection.
 
 Named routes: the filters of step 1 apply to route targets too (they are the client's requirements), the ordering
 preferences of step 2 do not (the route's strategy is the operator's order).
@@ -100,9 +103,9 @@ _default_rng = random.Random()
 
 
 class LiveStats(Protocol):
-    """Live health figures per connection (routing/health.py's HealthBoard); `model` is `Deployment.model.id`."""
+    """Live health per endpoint (routing/health.py's HealthBoard); `model` is `Deployment.model.upstream`."""
 
-    def available(self, connection: str) -> bool: ...
+    def available(self, connection: str, model: str) -> bool: ...  # neither ejected nor cool
 
     def latency(self, connection: str, model: str) -> float | None: ...  # p50 seconds to first token
 
@@ -431,7 +434,7 @@ class _Planner:
         known: list[tuple[float, int, Deployment]] = []
         unknown: list[Deployment] = []
         for i, dep in enumerate(by_price):
-            value = figure(dep.connection.name, dep.model.id)
+            value = figure(dep.connection.name, dep.model.upstream)
             if value is None:
                 unknown.append(dep)
             else:
@@ -461,7 +464,7 @@ class _Planner:
 
     def healthy_first(self, deployments: list[Deployment]) -> list[Deployment]:
         available = self.stats.available
-        healthy = [d for d in deployments if available(d.connection.name)]
+        healthy = [d for d in deployments if available(d.connection.name, d.model.upstream)]
         if len(healthy) == len(deployments):
             return deployments
         return healthy + [d for d in deployments if not any(d is h for h in healthy)]
@@ -481,16 +484,13 @@ class _Planner:
     def finish(self) -> RoutePlan:
         if not self.out:
             raise self.nothing_left()
-        available: dict[str, bool] = {}
+        available = self.stats.available
         healthy: list[Candidate] = []
         broken: list[Candidate] = []
         for candidate in self.out:
-            name = candidate.deployment.connection.name
-            ok = available.get(name)
-            if ok is None:
-                ok = available[name] = self.stats.available(name)
-            (healthy if ok else broken).append(candidate)
-        return RoutePlan(healthy + broken)
+            dep = candidate.deployment
+            (healthy if available(dep.connection.name, dep.model.upstream) else broken).append(candidate)
+        return RoutePlan(healthy + broken if broken else healthy)
 
     def nothing_left(self) -> GatewayError:
         if not self.excluded:
