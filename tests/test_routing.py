@@ -160,7 +160,7 @@ def test_require_parameters(gw, fakes) -> None:
     assert not fakes["beta"].requests
     resp = post(gw, {"model": "test/shared", "tools": tools,
                      "provider": {"require_parameters": True, "only": ["beta"]}})
-    assert resp.status_code == 503
+    assert resp.status_code == 404
     assert "require_parameters" in resp.json()["error"]["message"]
 
 

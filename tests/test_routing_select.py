@@ -171,9 +171,9 @@ def test_allow_fallbacks_false_without_order_keeps_only_the_first_pick() -> None
     assert {p[0] for p in picks} == {"a", "b", "c"}  # still load-balanced
 
 
-def test_allow_fallbacks_false_with_order_nobody_serves_is_503_naming_it() -> None:
+def test_allow_fallbacks_false_with_order_nobody_serves_is_404_naming_it() -> None:
     error = refused(three_way(), body(provider={"order": ["zzz"], "allow_fallbacks": False}))
-    assert error.status == 503
+    assert error.status == 404
     assert "provider.allow_fallbacks=false" in error.message and "a/x" in error.message
 
 
@@ -199,9 +199,9 @@ def test_require_parameters(extra: dict, require: bool, expected: set[str]) -> N
     assert set(names(result)) == expected
 
 
-def test_require_parameters_503_names_the_missing_parameter() -> None:
+def test_require_parameters_404_names_the_missing_parameter() -> None:
     error = refused(params_registry(), body(provider={"require_parameters": True}, top_k=5))
-    assert error.status == 503
+    assert error.status == 404
     assert "provider.require_parameters" in error.message and "top_k" in error.message
     assert set(error.metadata["requirements"]["provider.require_parameters (no support for top_k)"]) == {
         "full/x", "basic/x"}
@@ -218,9 +218,9 @@ def test_data_collection(setting: str | None, deny: tuple[str, ...], expected: s
     assert set(names(run(three_way(deny=deny), body(provider=provider)))) == expected
 
 
-def test_data_collection_deny_with_no_such_connection_is_503() -> None:
+def test_data_collection_deny_with_no_such_connection_is_404() -> None:
     error = refused(three_way(), body(provider={"data_collection": "deny"}))
-    assert error.status == 503 and "data_collection" in error.message
+    assert error.status == 404 and "data_collection" in error.message
 
 
 def price_registry() -> Registry:
@@ -238,9 +238,9 @@ def test_max_price_in_usd_per_million_tokens(max_price: dict, expected: set[str]
     assert set(names(run(price_registry(), body(provider={"max_price": max_price})))) == expected
 
 
-def test_max_price_503_names_the_price_field() -> None:
+def test_max_price_404_names_the_price_field() -> None:
     error = refused(price_registry(), body(provider={"max_price": {"completion": 1}}))
-    assert error.status == 503 and "provider.max_price.completion" in error.message
+    assert error.status == 404 and "provider.max_price.completion" in error.message
     assert "cheap/x" in error.message and "dear/x" in error.message
 
 
@@ -305,9 +305,9 @@ def test_vendor_header_pins_the_connection(value: bytes, expected: set[str]) -> 
     assert set(names(run(vendor_registry(), body(), headers={b"vendor": value}))) == expected
 
 
-def test_vendor_header_matching_nothing_is_503_naming_it() -> None:
+def test_vendor_header_matching_nothing_is_404_naming_it() -> None:
     error = refused(vendor_registry(), body(), headers={b"vendor": b"mistral"})
-    assert error.status == 503 and "vendor header ('mistral')" in error.message
+    assert error.status == 404 and "vendor header ('mistral')" in error.message
 
 
 # -- models fallback ------------------------------------------------------------------------------------------------
@@ -441,9 +441,9 @@ def test_auto_router_honours_the_key_and_the_provider_filters() -> None:
         0].model_id == "x/tooly"
 
 
-def test_auto_router_503_names_the_unmet_need() -> None:
+def test_auto_router_404_names_the_unmet_need() -> None:
     error = refused(auto_registry(), {**body("openrouter/auto"), "messages": IMAGE_MESSAGES}, prompt_tokens=500_000)
-    assert error.status == 503
+    assert error.status == 404
     assert "image input" in error.message and "a context of at least 500000 tokens" in error.message
 
 
@@ -598,7 +598,7 @@ def test_request_filters_apply_to_route_targets(routed: tuple[Registry, RouteTab
     assert served(result) == [("anthropic/claude-x", "claude")]
     reg, routes = routed
     error = refused(reg, body("split", provider={"only": ["nobody"]}), routes=routes)
-    assert error.status == 503 and "provider.only excluded oa/small, claude/claude-x" in error.message
+    assert error.status == 404 and "provider.only excluded oa/small, claude/claude-x" in error.message
 
 
 def test_route_targets_keep_the_route_order_despite_sort(routed: tuple[Registry, RouteTable]) -> None:
@@ -648,11 +648,11 @@ def test_unknown_model_is_404_and_unknown_provider_keys_pass() -> None:
     assert len(run(three_way(), body(provider={"quantizations": ["fp8"]})).candidates) == 3
 
 
-def test_503_lists_every_requirement_that_excluded_something() -> None:
+def test_404_lists_every_requirement_that_excluded_something() -> None:
     reg = three_way(deny=("c",))
     error = refused(reg, body(provider={"ignore": ["a"], "only": ["a", "b", "c"], "data_collection": "deny",
                                         "max_price": {"prompt": 1}}))
-    assert error.status == 503
+    assert error.status == 404
     assert "provider.ignore excluded a/x" in error.message
     assert "provider.data_collection=deny" in error.message and "b/x" in error.message
     assert "provider.max_price.prompt excluded c/x" in error.message

@@ -138,6 +138,10 @@ class Gateway:
         return plan(self.registry, self.route_table, body, headers=headers, key=key, stats=self.health,
                     prompt_tokens=prompt_tokens)
 
+    def is_known_model(self, model_id: str) -> bool:
+        """Whether `model_id` is served or a route as it is (a suffix in it is then part of the id)."""
+        return model_id in self.registry.models or self.route_table.get(model_id) is not None
+
     def request_limits(self, key: Any, route: str | None) -> list[Limit]:
         limits = []
         if key is not None and (key.rpm or key.tpm):

@@ -28,6 +28,13 @@ from crossroads.gate.auth import allowed_for_inference, priced_for_limit
 from crossroads.gate.ratelimit import Limit
 from crossroads.providers.base import RequestContext, UpstreamStreamError
 from crossroads.providers.http import iter_sse
+from crossroads.routing.features import (
+    ONLINE_SUFFIX,
+    requested_features,
+    take_online_suffix,
+    unhonoured,
+    without,
+)
 from crossroads.routing.retry import is_retryable, retry_delay
 
 if TYPE_CHECKING:
@@ -123,7 +130,7 @@ def serve(gateway: Gateway, front: Front) -> Callable[[Request], Awaitable[None]
 
 class Call:
     __slots__ = ("gateway", "request", "front", "parsed", "body", "exchange", "renderer", "writer", "stream",
-                 "gate_ms", "routing_ms", "limits", "conn_limits", "limit_headers", "passthrough")
+                 "gate_ms", "routing_ms", "limits", "conn_limits", "limit_headers", "passthrough", "features")
 
     def __init__(self, gateway: Gateway, request: Request, front: Front) -> None:
         self.gateway = gateway
@@ -139,6 +146,10 @@ class Call:
         gateway, request = self.gateway, self.request
         self.parsed = await self.front.parse(request, gateway)
         body = self.body = self.parsed.body
+        model = body.get("model")
+        if (isinstance(model, str) and model.endswith(ONLINE_SUFFIX)) or body.get("models"):
+            take_online_suffix(body, gateway.is_known_model)
+        self.features = requested_features(body)  # optional features some upstreams cannot honour; mostly ()
         self.stream = bool(body.get("stream"))
         principal = request.principal
         prompt_tokens = estimate_prompt_tokens(body)
@@ -326,6 +337,13 @@ class Call:
         connection = candidate.deployment.connection
         model = candidate.deployment.model
         body = self.body if not candidate.overrides else {**self.body, **candidate.overrides}
+        if self.features:
+            # Never dropped silently: what this upstream cannot honour is left out and named in the response's
+            # X-Crossroads-Dropped header and the record's events (provider.require_parameters excludes it instead).
+            cannot = unhonoured(self.features, candidate.deployment)
+            exchange.dropped = [*self.parsed.dropped, *cannot]
+            if cannot:
+                body = without(body, cannot)
         if model.context_length and wants_middle_out(body, model.context_length):
             body = self._middle_out(body, model, connection.config.type)
         ctx = RequestContext(model=model, connection=connection.config, stream=self.stream,
@@ -427,6 +445,8 @@ class Call:
             request_id = upstream_headers.get("x-request-id") or upstream_headers.get("request-id")
             if request_id:
                 out.append((b"x-request-id", _header_value(request_id)))
+        if exchange.dropped:
+            out.append((b"x-crossroads-dropped", _header_value(", ".join(exchange.dropped))))
         if self.limit_headers:
             out.extend((k.lower().encode(), v.encode()) for k, v in self.limit_headers.items())
         elif upstream_headers is not None:

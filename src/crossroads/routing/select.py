@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from crossroads.errors import GatewayError
 from crossroads.gate.keys import model_allowed
+from crossroads.routing.features import requested_features, unhonoured
 from crossroads.routing.registry import Deployment, Registry
 from crossroads.routing.routes import Route, RouteTable, RouteTarget, weighted_order
 
@@ -271,7 +272,7 @@ class _Planner:
     """The state of one plan() call: preferences, exclusions seen so far, candidates chosen so far."""
 
     __slots__ = ("registry", "routes", "body", "headers", "key", "stats", "prompt_tokens", "rng", "prefs", "pin",
-                 "sent", "excluded", "out", "seen")
+                 "features", "sent", "excluded", "out", "seen")
 
     def __init__(self, registry: Registry, routes: RouteTable | None, body: dict[str, Any],
                  headers: dict[bytes, bytes], key: KeyRow | None, stats: LiveStats, prompt_tokens: int,
@@ -283,6 +284,7 @@ class _Planner:
         pin_text = pin.decode("latin-1").strip().lower() if pin else ""
         self.pin = pin_text if pin_text and pin_text != "auto" else None
         self.sent = [p for p in _PARAMETERS if body.get(p) is not None] if self.prefs.require_parameters else []
+        self.features = requested_features(body) if self.prefs.require_parameters else ()
         self.excluded: dict[str, list[str]] = {}
         self.out: list[Candidate] = []
         self.seen: set[tuple[str, str, int]] = set()
@@ -398,6 +400,10 @@ class _Planner:
             missing = [p for p in self.sent if not any(a in supported for a in _PARAMETERS[p])]
             if missing:
                 return f"provider.require_parameters (no support for {', '.join(missing)})"
+        if self.features:
+            cannot = unhonoured(self.features, dep)
+            if cannot:
+                return f"provider.require_parameters (cannot honour {', '.join(cannot)})"
         pricing = dep.model.pricing
         for price_field, limit in prefs.max_price:
             if getattr(pricing, price_field) > limit:
@@ -502,7 +508,9 @@ class _Planner:
             more = f" and {len(unique) - _SHOWN_NAMES} more" if len(unique) > _SHOWN_NAMES else ""
             parts.append(f"{reason} excluded {shown}{more}")
         message = "No provider can serve this request under its requirements: " + "; ".join(parts)
-        return GatewayError(503, message, metadata={"requirements": {r: list(dict.fromkeys(n))
+        # Every exclusion is the request's own choice (its parameters, preferences, vendor, key): a 404 as
+        # OpenRouter answers "no endpoints found", not a 503 that clients would retry.
+        return GatewayError(404, message, metadata={"requirements": {r: list(dict.fromkeys(n))
                                                                      for r, n in self.excluded.items()}})
 
 
