@@ -409,10 +409,28 @@ def test_upstream_rate_limit_headers_are_normalised(gw, fakes) -> None:
     with httpx.stream("POST", gw.url + CHAT, headers=AUTH, timeout=20,
                       json={"model": "test/second", "stream": True, "messages": HELLO}) as resp:
         resp.read()
-    assert resp.headers["x-ratelimit-limit"] == "5000"
-    assert resp.headers["x-ratelimit-remaining"] == "4999"
-    assert resp.headers["x-ratelimit-reset"] == "12ms"
+    # The upstream account's limits, in its units, under their own prefix: X-RateLimit-* is only ever the gateway's.
+    assert resp.headers["x-upstream-ratelimit-limit"] == "5000"
+    assert resp.headers["x-upstream-ratelimit-remaining"] == "4999"
+    assert resp.headers["x-upstream-ratelimit-reset"] == "12ms"
+    assert "x-ratelimit-limit" not in resp.headers and "x-ratelimit-reset" not in resp.headers
     assert resp.headers["x-request-id"] == "req_abc123"
+
+
+def test_ratelimit_headers_mean_the_calling_keys_limit(gw, fakes) -> None:
+    import time as clock
+
+    made = httpx.post(gw.url + "/api/v1/keys", headers=AUTH, json={"name": "rpm-headers", "rpm": 50})
+    key = made.json()["key"]
+    clock.sleep(1.2)  # the key cache picks it up
+    fakes["beta"].fault(Fault(headers={"x-ratelimit-limit-requests": "5000", "x-ratelimit-reset-requests": "6ms"}))
+    resp = httpx.post(gw.url + CHAT, headers={"Authorization": f"Bearer {key}"}, timeout=20,
+                      json={"model": "test/second", "messages": HELLO})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-ratelimit-limit"] == "50" and resp.headers["x-ratelimit-remaining"] == "49"
+    reset = int(resp.headers["x-ratelimit-reset"])  # epoch milliseconds, as OpenRouter sends it
+    assert clock.time() * 1000 < reset <= (clock.time() + 61) * 1000
+    assert resp.headers["x-upstream-ratelimit-limit"] == "5000" and resp.headers["x-upstream-ratelimit-reset"] == "6ms"
 
 
 def test_dropped_fields_are_recorded(gw) -> None:

@@ -64,7 +64,7 @@ class FakeOpenAI(FakeUpstream):
             events = [sse(c) for c in self.chunks(reply, model, include_usage)] + [b"data: [DONE]\n\n"]
             error = sse({"error": {"message": fault.message if fault else "", "type": "server_error"}})
             return await self.write_sse(request, events, fault, error)
-        return web.json_response(self.completion(reply, model))
+        return web.json_response(self.completion(reply, model), headers=fault.headers if fault else None)
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         """OpenAI's Responses API (as api.openai.com serves it), for pass-through tests."""

@@ -47,12 +47,16 @@ log = logging.getLogger("crossroads.inference")
 _MAX_ERROR_BODY = 64 * 1024
 PROCESSING = b": PROCESSING\n\n"
 
-# Upstream rate-limit headers, normalised to X-RateLimit-* on successful responses (request limits first).
+# X-RateLimit-* always mean the gateway's own limits for the calling key (or its route), in OpenRouter's units (reset
+# in epoch milliseconds). The upstream account's request limits, in whatever units the upstream uses ("6ms",
+# an RFC 3339 time...), are passed on as X-Upstream-RateLimit-*.
 _UPSTREAM_LIMIT_HEADERS = (
-    ("X-RateLimit-Limit", ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit", "x-ratelimit-limit")),
-    ("X-RateLimit-Remaining", ("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining",
-                               "x-ratelimit-remaining")),
-    ("X-RateLimit-Reset", ("x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset", "x-ratelimit-reset")),
+    (b"x-upstream-ratelimit-limit", ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit",
+                                     "x-ratelimit-limit")),
+    (b"x-upstream-ratelimit-remaining", ("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining",
+                                         "x-ratelimit-remaining")),
+    (b"x-upstream-ratelimit-reset", ("x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset",
+                                     "x-ratelimit-reset")),
 )
 
 
@@ -449,12 +453,12 @@ class Call:
             out.append((b"x-crossroads-dropped", _header_value(", ".join(exchange.dropped))))
         if self.limit_headers:
             out.extend((k.lower().encode(), v.encode()) for k, v in self.limit_headers.items())
-        elif upstream_headers is not None:
+        if upstream_headers is not None:
             for name, sources in _UPSTREAM_LIMIT_HEADERS:
                 for source in sources:
                     value = upstream_headers.get(source)
                     if value:
-                        out.append((name.lower().encode(), _header_value(value)))
+                        out.append((name, _header_value(value)))
                         break
         metadata = self.body.get("metadata")
         if isinstance(metadata, dict):
