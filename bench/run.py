@@ -35,7 +35,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PYTHON = sys.executable
-MASTER_KEY = "sk-bench-master-key-0123456789"
+MASTER_KEY = "sk-bench-master-key-0123456789abcdef"
 MODEL = "bench/model"
 STREAM_CONTENT_CHUNKS = 40
 CLK_TCK = os.sysconf("SC_CLK_TCK")

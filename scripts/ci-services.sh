@@ -3,9 +3,10 @@
 # the tests at them.
 #
 #   eval "$(scripts/ci-services.sh [ENV_FILE])"   # start (or reuse) both; also writes the exports to ENV_FILE
-#   scripts/ci-services.sh stop                  # stop both and remove their files
+#   scripts/ci-services.sh stop [postgres] [redis]   # stop them (default: both) and remove their files
 #
-# Installs the postgresql package with apt-get when no PostgreSQL binaries are found (needs root). As root the server
+# Installs the postgresql package with apt-get when no PostgreSQL binaries are found (needs root); apt-get's output
+# goes to $CROSSROADS_CI_INSTALL_LOG (default /tmp/crossroads-ci-install.log), not the terminal. As root the server
 # runs as the `postgres` user (created if missing), since PostgreSQL refuses to run as root. The cluster lives in
 # $CROSSROADS_PG_DIR (default /tmp/crossroads-ci-postgres), listens on 127.0.0.1 only, at a free port, with trust
 # authentication and durability switched off (fsync=off): it is for tests only.
@@ -14,14 +15,29 @@
 # lives in $CROSSROADS_REDIS_DIR (default /tmp/crossroads-ci-redis), listens on 127.0.0.1 only, at a free port, with
 # persistence off (no RDB snapshots, no AOF): it is for tests only.
 #
-# Everything but the final two `export ...` lines (PostgreSQL, then Redis) goes to stderr.
+# Everything but the final three lines goes to stderr: two `export ...` lines (PostgreSQL, then Redis), then
+# CROSSROADS_SERVICES_STARTED="..." naming those this run started (not reused), so that a caller can stop what it
+# started (scripts/test does) and nothing else. When starting fails, what this run started is stopped again.
 set -euo pipefail
 
 PG_DIR="${CROSSROADS_PG_DIR:-/tmp/crossroads-ci-postgres}"
 DATA="$PG_DIR/data"
 DB_NAME=crossroads_test
 REDIS_DIR="${CROSSROADS_REDIS_DIR:-/tmp/crossroads-ci-redis}"
+INSTALL_LOG="${CROSSROADS_CI_INSTALL_LOG:-/tmp/crossroads-ci-install.log}"
+STARTED=""
 log() { echo "ci-services: $*" >&2; }
+
+# apt_install PACKAGE: install it with apt-get, the output kept in $INSTALL_LOG.
+apt_install() {
+  log "installing $1 with apt-get (output in $INSTALL_LOG)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$1"; } >>"$INSTALL_LOG" 2>&1; then
+    log "apt-get failed; the end of $INSTALL_LOG:"
+    tail -n 25 "$INSTALL_LOG" >&2
+    exit 1
+  fi
+}
 
 find_bindir() {
   local dir
@@ -98,16 +114,14 @@ start_redis() {
   stop_redis  # a stale server or leftover files: start afresh
   if ! command -v redis-server >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ]; then log "redis-server not found and not root: install redis-server first"; exit 1; fi
-    log "installing redis-server with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends redis-server >&2
+    apt_install redis-server
     command -v redis-server >/dev/null 2>&1 || { log "redis-server still not found after installing"; exit 1; }
   fi
   mkdir -p "$REDIS_DIR"
   chmod 700 "$REDIS_DIR"
   REDIS_PORT="$(pick_port)"
   echo "$REDIS_PORT" > "$REDIS_DIR/port"
+  STARTED="$STARTED redis"
   # save "" and appendonly no: nothing is ever written to disk.
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$REDIS_DIR" \
     --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" >&2 \
@@ -123,34 +137,42 @@ start_redis() {
   exit 1
 }
 
+stop_postgres() {
+  local bindir
+  if [ -f "$DATA/PG_VERSION" ] && bindir="$(find_bindir)"; then
+    OWNER="$(stat -c %U "$DATA")"
+    as_owner "$bindir/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$PG_DIR"
+}
+
 if [ "${1:-}" = "stop" ]; then
-  stop_redis
-  log "stopped Redis"
+  shift
+  which=" ${*:-postgres redis} "
+  if [[ "$which" == *" redis "* ]]; then stop_redis; log "stopped Redis"; fi
+  if [[ "$which" == *" postgres "* ]]; then stop_postgres; log "stopped PostgreSQL"; fi
+  exit 0
 fi
+ENV_FILE="${1:-}"
+
+# A failed start stops what this run started (and only that).
+on_exit() {
+  local status=$?
+  if [ "$status" -ne 0 ]; then
+    if [[ "$STARTED" == *redis* ]]; then stop_redis; fi
+    if [[ "$STARTED" == *postgres* ]]; then stop_postgres; fi
+  fi
+}
+trap on_exit EXIT
 
 OWNER=postgres
 if [ "$(id -u)" -ne 0 ]; then OWNER="$(id -un)"; fi
 
 if ! BINDIR="$(find_bindir)"; then
-  if [ "${1:-}" = "stop" ]; then exit 0; fi
   if [ "$(id -u)" -ne 0 ]; then log "PostgreSQL binaries not found and not root: install postgresql first"; exit 1; fi
-  log "installing postgresql with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends postgresql >&2
+  apt_install postgresql
   BINDIR="$(find_bindir)" || { log "PostgreSQL binaries still not found after installing"; exit 1; }
 fi
-
-if [ "${1:-}" = "stop" ]; then
-  if [ -f "$DATA/PG_VERSION" ]; then
-    OWNER="$(stat -c %U "$DATA")"
-    as_owner "$BINDIR/pg_ctl" -D "$DATA" -m fast -w stop >&2 2>/dev/null || true
-  fi
-  rm -rf "$PG_DIR"
-  log "stopped"
-  exit 0
-fi
-ENV_FILE="${1:-}"
 
 if [ "$(id -u)" -eq 0 ] && ! id "$OWNER" >/dev/null 2>&1; then
   log "creating system user $OWNER"
@@ -166,6 +188,7 @@ else
   fi
   rm -rf "$PG_DIR"
   mkdir -p "$PG_DIR"
+  STARTED="$STARTED postgres"
   chown "$OWNER" "$PG_DIR"
   chmod 700 "$PG_DIR"
   as_owner "$BINDIR/initdb" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 --no-sync >/dev/null 2>&1 \
@@ -173,7 +196,7 @@ else
   PORT="$(pick_port)"
   echo "$PORT" > "$PG_DIR/port"
   as_owner "$BINDIR/pg_ctl" -D "$DATA" -l "$PG_DIR/server.log" -w -t 30 start \
-    -o "-c listen_addresses=127.0.0.1 -p $PORT -k $PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >&2 \
+    -o "-c listen_addresses=127.0.0.1 -p $PORT -k $PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null \
     || { log "server did not start; its log:"; cat "$PG_DIR/server.log" >&2; exit 1; }
   log "started PostgreSQL ($("$BINDIR/postgres" --version)) in $DATA on 127.0.0.1:$PORT"
 fi
@@ -190,3 +213,4 @@ REDIS_LINE="export CROSSROADS_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
 if [ -n "$ENV_FILE" ]; then printf '%s\n%s\n' "$LINE" "$REDIS_LINE" > "$ENV_FILE"; fi
 echo "$LINE"
 echo "$REDIS_LINE"
+echo "CROSSROADS_SERVICES_STARTED=\"${STARTED# }\""

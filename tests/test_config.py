@@ -52,7 +52,7 @@ providers:
     api_key: ${CR_TEST_KEY}
     headers:
       X-Org: ${CR_TEST_ORG}
-      X-Mixed: "a-${CR_TEST_ORG}-b-${CR_TEST_UNSET}-c"
+      X-Mixed: "a-${CR_TEST_ORG}-b-${CR_TEST_UNSET:-}-c"
       X-Default: ${CR_TEST_UNSET:-fallback value}
 """)
     conn = load_config(path).providers[0]
@@ -62,18 +62,18 @@ providers:
     assert all(type(v) is str for v in (conn.base_url, conn.api_key, *conn.headers.values()))
 
 
-def test_unset_var_alone_is_none_and_default_applies(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+def test_empty_default_allows_unset_and_default_applies(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
     clean_env.delenv("CR_TEST_UNSET", raising=False)
     clean_env.setenv("CR_TEST_EMPTY", "")
     path = write(tmp_path, """
 server:
-  master_key: ${CR_TEST_UNSET}
+  master_key: ${CR_TEST_UNSET:-}
   data_dir: ${CR_TEST_UNSET:-/var/lib/crossroads}
 providers:
   - name: a
     type: openai
     base_url: http://127.0.0.1:1/v1
-    api_key: ${CR_TEST_UNSET}
+    api_key: ${CR_TEST_UNSET:-}
   - name: b
     type: openai
     base_url: ${CR_TEST_EMPTY:-http://127.0.0.1:2/v1}
@@ -86,6 +86,35 @@ providers:
     assert a.api_key is None
     assert b.api_key is None  # set but empty counts as unset
     assert b.base_url == "http://127.0.0.1:2/v1"
+
+
+@pytest.mark.parametrize(("where", "key"), [
+    ("server:\n  master_key: ${CR_TEST_UNSET}\n", "server.master_key"),
+    ("providers:\n  - {name: a, type: openai, base_url: 'http://h/v1', api_key: '${CR_TEST_UNSET}'}\n",
+     "providers[0].api_key"),
+    ("providers:\n  - {name: a, type: openai, base_url: 'http://h/v1', headers: {X-Org: 'org-${CR_TEST_UNSET}'}}\n",
+     "providers[0].headers.X-Org"),
+    ("routes:\n  - {name: r, fallback: [a/b, '${CR_TEST_UNSET}'], targets: []}\n", "routes[0].fallback[1]"),
+])
+def test_unset_var_without_default_is_an_error(tmp_path: Path, clean_env: pytest.MonkeyPatch, where: str,
+                                               key: str) -> None:
+    # It used to become "no value" silently: a connection without its API key, a server without its master key.
+    clean_env.delenv("CR_TEST_UNSET", raising=False)
+    path = write(tmp_path, where)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert info.value.source == path and path in message
+    assert info.value.key == key and key in message
+    assert "${CR_TEST_UNSET} is not set" in message and "${CR_TEST_UNSET:-}" in message
+
+
+def test_set_but_empty_var_is_empty(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("CR_TEST_EMPTY", "")
+    path = write(tmp_path, "providers:\n  - {name: a, type: openai, base_url: 'http://h/v1', api_key: '${CR_TEST_EMPTY}',"
+                           " headers: {X-A: 'a${CR_TEST_EMPTY}b'}}\n")
+    [conn] = load_config(path).providers
+    assert conn.api_key is None and conn.headers == {"X-A": "ab"}
 
 
 def test_set_var_wins_over_default(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
@@ -178,10 +207,10 @@ def test_ollama_from_base_url(clean_env: pytest.MonkeyPatch, value: str) -> None
 
 
 def test_master_key_and_data_dir_from_env(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("CROSSROADS_MASTER_KEY", "sk-my-own-master")
+    clean_env.setenv("CROSSROADS_MASTER_KEY", "sk-my-own-master-key-of-32-chars")
     clean_env.setenv("CROSSROADS_DATA_DIR", "/tmp/somewhere")
     config = load_config(None)
-    assert config.server.master_key == "sk-my-own-master"
+    assert config.server.master_key == "sk-my-own-master-key-of-32-chars"
     assert config.server.data_dir == "/tmp/somewhere"
 
 
@@ -324,6 +353,41 @@ def test_config_errors_name_file_key_and_problem(tmp_path: Path, text: str, key:
     assert info.value.source == path and path in message
     assert key in info.value.key and key in message
     assert words in message
+
+
+@pytest.mark.parametrize(("text", "key", "secret"), [
+    ("server:\n  master_key: 123456789012345678901234567890123\n", "server.master_key", "1234567890"),
+    ("server:\n  master_key: [sk-or-v1-secret-master-4242]\n", "server.master_key", "secret-master-4242"),
+    ("providers:\n  - {name: a, type: openai, base_url: 'http://h/v1', api_key: [sk-proj-secret-4242]}\n",
+     "providers[0].api_key", "secret-4242"),
+    ("providers:\n  - {name: a, type: openai, base_url: 'http://h/v1', api_key: {k: sk-proj-secret-4242}}\n",
+     "providers[0].api_key", "secret-4242"),
+    ("providers:\n  - {name: a, type: openai, base_url: 'http://h/v1', headers: [sk-proj-secret-4242]}\n",
+     "providers[0].headers", "secret-4242"),
+    ("providers:\n  - {name: a, type: openai, base_url: 'http://h/v1', headers: {X-K: [sk-proj-secret-4242]}}\n",
+     "providers[0].headers.X-K", "secret-4242"),
+    ("providers:\n  - {name: a, type: openai, base_url: 'ftp://user:secret-4242@h/v1'}\n", "providers[0].base_url",
+     "secret-4242"),
+])
+def test_errors_never_repeat_secret_values(tmp_path: Path, text: str, key: str, secret: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == key and "must be" in info.value.problem
+    assert secret not in str(info.value)
+
+
+def test_short_master_key_is_refused(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "server:\n  master_key: sk-only-thirty-one-characters-x\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "server.master_key" and "at least 32 characters" in info.value.problem
+    assert "sk-only-thirty-one" not in str(info.value)
+    assert load_config(write(tmp_path, "server:\n  master_key: sk-exactly-thirty-two-characters\n")).server.master_key
+    clean_env.setenv("CROSSROADS_MASTER_KEY", "sk-too-short")
+    with pytest.raises(ConfigError) as info:
+        load_config(None)
+    assert info.value.key == "CROSSROADS_MASTER_KEY" and "sk-too-short" not in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:

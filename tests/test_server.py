@@ -314,14 +314,14 @@ def test_master_key_from_environment_is_not_printed(fake_openai: FakeOpenAI, tmp
                                                     clean_env: pytest.MonkeyPatch) -> None:
     config = small_config(fake_openai, tmp_path / "data")
     config["server"]["master_key"] = "${CROSSROADS_MASTER_KEY}"
-    clean_env.setenv("CROSSROADS_MASTER_KEY", "sk-env-master-key-0123456789")
+    clean_env.setenv("CROSSROADS_MASTER_KEY", "sk-env-master-key-0123456789abcdef")
     gw = GatewayProcess(config, tmp_path).start()
     try:
-        assert httpx.get(gw.url + "/api/v1/models", headers=auth("sk-env-master-key-0123456789"),
+        assert httpx.get(gw.url + "/api/v1/models", headers=auth("sk-env-master-key-0123456789abcdef"),
                          timeout=5).status_code == 200
     finally:
         assert gw.stop() == 0
-    assert "sk-env-master-key-0123456789" not in gw.log()
+    assert "sk-env-master-key-0123456789abcdef" not in gw.log()
     assert not (tmp_path / "data" / "master_key").exists()
 
 

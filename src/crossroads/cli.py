@@ -6,19 +6,43 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
+import time
+from typing import Any
 
 from crossroads import __version__
+
+CONFIG_HELP = "YAML configuration file (default: $CROSSROADS_CONFIG, else the environment)"
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """--config, accepted before and after a subcommand (the innermost one given wins)."""
+    parser.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+
+
+def _port(text: str) -> int:
+    """--port, checked as server.port is."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {port}")
+    return port
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crossroads", description="Self-hosted, OpenRouter-compatible LLM gateway")
     parser.add_argument("--version", action="version", version=f"crossroads {__version__}")
+    add_config_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="YAML configuration file (default: $CROSSROADS_CONFIG, else the environment)")
+    add_config_option(serve)
     serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default: server.port, 8080; 0: any free port, "
+                                                  "printed)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     from crossroads.admin import add_key_commands
@@ -39,17 +63,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from crossroads.admin import shown_url
     from crossroads.config import ConfigError, ensure_master_key, load_config
+    from crossroads.store import database_url
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: "
                                                                                 "%(message)s")
     if args.workers < 1:
         print("crossroads: --workers must be at least 1", file=sys.stderr)
         return 2
-    if args.config:
-        os.environ["CROSSROADS_CONFIG"] = os.path.abspath(args.config)
+    config_path = getattr(args, "config", None)
+    if config_path:
+        os.environ["CROSSROADS_CONFIG"] = os.path.abspath(config_path)
     try:
         config = load_config(os.environ.get("CROSSROADS_CONFIG") or None)
+        configured_key = config.server.master_key is not None
         key, generated = ensure_master_key(config)
     except ConfigError as exc:
         print(f"crossroads: {exc}", file=sys.stderr)
@@ -58,17 +86,39 @@ def serve(args: argparse.Namespace) -> int:
         print(f"crossroads: cannot prepare data_dir {config.server.data_dir!r}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    # One worker serves on a socket bound here, before anything else starts: a port that cannot be had fails at
+    # once, and port 0 is known (and printed) before serving. uvicorn binds for several workers itself.
+    sock: socket.socket | None = None
+    try:
+        if args.workers == 1:
+            sock = _bind(host, port)
+            port = sock.getsockname()[1]
+        elif port == 0:
+            with _bind(host, 0) as probe:
+                port = probe.getsockname()[1]
+    except OSError as exc:
+        print(f"crossroads: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"store: {shown_url(database_url(config.server))}", file=sys.stderr)
     problem = prepare_store(config, args.workers)
     if problem:
+        if sock is not None:
+            sock.close()
         print(f"crossroads: {problem}", file=sys.stderr)
         return 2
     os.environ["CROSSROADS_WORKERS"] = str(args.workers)
+    key_file = os.path.join(config.server.data_dir, "master_key")
     if generated:
         # Shown once; afterwards it is only in data_dir/master_key (mode 0600).
-        print(f"crossroads: generated a master key (stored in {os.path.join(config.server.data_dir, 'master_key')}):"
-              f"\n\n    {key}\n", file=sys.stderr, flush=True)
-    host = args.host or config.server.host
-    port = config.server.port if args.port is None else args.port
+        print(f"crossroads: generated a master key (stored in {key_file}):\n\n    {key}\n", file=sys.stderr, flush=True)
+    elif not configured_key:
+        print(f"master key: {key_file}", file=sys.stderr)
+    elif config.source == "environment":
+        print("master key: $CROSSROADS_MASTER_KEY", file=sys.stderr)
+    else:
+        print(f"master key: server.master_key in {config.source}", file=sys.stderr)
     if not config.providers:
         print("crossroads: warning: no provider connections configured (set OPENAI_API_KEY, ANTHROPIC_API_KEY, ... or "
               "use --config)", file=sys.stderr)
@@ -91,18 +141,89 @@ def serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die of it (exit status -15/143);
     # a requested stop is a clean exit (0). Until uvicorn installs its own handler, SIGTERM exits at once.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    shown_host = f"[{host}]" if ":" in host else host
     print(f"crossroads {__version__}: {len(config.providers)} connection(s) from {config.source}; "
-          f"listening on http://{host}:{port}", file=sys.stderr, flush=True)
+          f"listening on http://{shown_host}:{port}", file=sys.stderr, flush=True)
+    probe_connections(config, config.server.discovery_timeout)
     try:
-        if args.workers == 1:
+        if sock is not None:
             from crossroads.api.app import Gateway
 
-            uvicorn.run(Gateway(config), **options)
+            server = uvicorn.Server(uvicorn.Config(Gateway(config), **options))
+            try:
+                server.run(sockets=[sock])
+            except KeyboardInterrupt:  # uvicorn re-raises a captured Ctrl-C once it has stopped
+                pass
+            if not server.started:
+                return 3  # uvicorn's start-up failure status
         else:
             uvicorn.run("crossroads.api.app:create_app", factory=True, **options)
     finally:
         _record_serving(config, 0, only_if=args.workers)
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound (not yet listening) to host:port, as uvicorn binds one."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def probe_connections(config: Any, timeout: float) -> threading.Thread | None:
+    """Start-up check, in the background: one TCP connect to each connection whose models are listed (a connection
+    that discovers its models asks its GET /models anyway, and warns when that fails), bounded by `timeout`; one
+    warning per connection that cannot be reached. It names the connection, host and port only: never a credential
+    (a base URL's user-info, a key). Serving does not wait for it."""
+    from urllib.parse import urlsplit
+
+    targets: list[tuple[str, str, int]] = []
+    for conn in config.providers:
+        if conn.discover:
+            continue
+        try:
+            parts = urlsplit(conn.base_url)
+            host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            continue
+        if host:
+            targets.append((conn.name, host, port))
+    if not targets:
+        return None
+    results: dict[str, str | None] = {}
+
+    def connect(name: str, host: str, port: int) -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                results[name] = None
+        except TimeoutError:
+            results[name] = f"no answer within {timeout:g} s"
+        except OSError as exc:
+            results[name] = exc.strerror or type(exc).__name__
+
+    def run() -> None:
+        threads = [threading.Thread(target=connect, args=target, daemon=True, name="crossroads-probe")
+                   for target in targets]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for name, host, port in targets:
+            problem = results.get(name, f"no answer within {timeout:g} s")
+            if problem is not None:
+                print(f"crossroads: warning: connection {name} is unreachable ({host}:{port}: {problem}); requests "
+                      "for its models will fail over to other connections or fail", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=run, daemon=True, name="crossroads-probe")
+    thread.start()
+    return thread
 
 
 def prepare_store(config: object, workers: int) -> str | None:

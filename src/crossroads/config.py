@@ -1,8 +1,9 @@
 """Configuration: a YAML file (``crossroads serve --config FILE``) or, without one, the environment.
 
 The keys documented in the README are a user-facing contract. ``${VAR}`` (and ``${VAR:-default}``) is replaced from
-the environment in every string of the file. Problems raise `ConfigError`, whose message names the file, the key and
-the problem, and which the CLI prints without a traceback.
+the environment in every string of the file (a variable that is not set and has no default is an error; ``${VAR:-}``
+allows an empty value). Problems raise `ConfigError`, whose message names the file, the key and the problem (never the
+value of a secret: master key, API keys, header values), and which the CLI prints without a traceback.
 """
 
 from __future__ import annotations
@@ -166,19 +167,37 @@ class _EnvStr(str):
     (``port: ${PORT:-8080}``), since the environment only holds strings."""
 
 
-def _expand_env(value: Any) -> Any:
+def _expand_env(value: Any, source: str, path: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string. A variable that is not set and has no default is an
+    error naming the key (it would otherwise silently become, say, "no API key"); ``${VAR:-}`` allows it to be empty.
+    A set but empty variable counts as empty (and takes the default, as in the shell)."""
     if isinstance(value, str):
+        if "${" not in value:
+            return value
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found:
+                return found
+            if default is not None:
+                return default
+            if found is None:
+                raise ConfigError(source, path or "(top level)",
+                                  f"${{{name}}} is not set (write ${{{name}:-}} to allow it to be empty)")
+            return ""
+
         whole = _ENV_PATTERN.fullmatch(value)
         if whole is not None:
-            result = os.environ.get(whole.group(1)) or whole.group(2)
+            result = replace(whole)
             return _EnvStr(result) if result else None
         if _ENV_PATTERN.search(value) is None:
             return value
-        return _EnvStr(_ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", value))
+        return _EnvStr(_ENV_PATTERN.sub(replace, value))
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {k: _expand_env(v, source, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [_expand_env(v, source, f"{path}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -202,7 +221,9 @@ class _Reader:
     def error(self, name: str, problem: str) -> ConfigError:
         return ConfigError(self.source, self.key(name), problem)
 
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False,
+            secret: bool = False) -> Any:
+        """The value of `name`, of type `kind`. A `secret` value is never repeated in an error."""
         value = self.data.get(name)
         if value is None:
             if required:
@@ -222,7 +243,8 @@ class _Reader:
         if isinstance(value, bool) and bool not in kinds:
             raise self.error(name, f"must be {_kind_name(kinds)}, got a boolean")
         if not isinstance(value, kinds):
-            raise self.error(name, f"must be {_kind_name(kinds)}, got {type(value).__name__} {value!r}")
+            shown = "" if secret else f" {value!r}"
+            raise self.error(name, f"must be {_kind_name(kinds)}, got {type(value).__name__}{shown}")
         return value
 
     def positive(self, name: str, kind: type, default: Any) -> Any:
@@ -253,7 +275,7 @@ def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> C
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         raise ConfigError(source, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    raw = _expand_env(raw)
+    raw = _expand_env(raw, source)
     top = _Reader(source, "", raw, {"server", "providers", "accounting", "routing", "routes"})
     server = _read_server(_Reader(source, "server", top.data.get("server"), _SERVER_KEYS))
     accounting = _read_accounting(_Reader(source, "accounting", top.data.get("accounting"),
@@ -299,7 +321,10 @@ def _read_server(r: _Reader) -> ServerConfig:
     server.port = r.get("port", int, server.port)
     if not 0 <= server.port <= 65535:
         raise r.error("port", f"must be between 0 and 65535, got {server.port}")
-    server.master_key = r.get("master_key", str, None)
+    server.master_key = r.get("master_key", str, None, secret=True)
+    problem = master_key_problem(server.master_key)
+    if problem is not None:
+        raise r.error("master_key", problem)
     server.data_dir = r.get("data_dir", str, server.data_dir)
     server.max_body_bytes = r.positive("max_body_bytes", int, server.max_body_bytes)
     server.keepalive_interval = r.positive("keepalive_interval", float, server.keepalive_interval)
@@ -351,10 +376,10 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
         if base_url is None:
             raise r.error("base_url", "is required for an openai-type connection that is not a known vendor")
     if not base_url.startswith(("http://", "https://")):
-        raise r.error("base_url", f"must be an http(s) URL, got {base_url!r}")
+        raise r.error("base_url", f"must be an http(s) URL, got {_without_password(base_url)!r}")
     base_url = versioned_base_url(kind, base_url.rstrip("/"))
     vendor = _pick_vendor(catalog, vendor_key, name, kind, base_url)
-    headers = r.get("headers", dict, {})
+    headers = r.get("headers", dict, {}, secret=True)
     for key, value in headers.items():
         if not isinstance(value, str):
             raise r.error(f"headers.{key}", f"must be a string, got {type(value).__name__}")
@@ -362,7 +387,7 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
         name=name,
         type=kind,
         base_url=base_url,
-        api_key=r.get("api_key", str, None),
+        api_key=r.get("api_key", str, None, secret=True),
         headers={str(k): str(v) for k, v in headers.items()},
         timeout=r.positive("timeout", float, 600.0),
         vendor=vendor,
@@ -407,6 +432,16 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
     conn.rpm = _optional_positive(r, "rpm")
     conn.tpm = _optional_positive(r, "tpm")
     return conn
+
+
+def _without_password(url: str) -> str:
+    """`url` with the password of its user-info (``scheme://user:password@host``) replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{tail}"
 
 
 def _optional_positive(r: _Reader, name: str) -> int | None:
@@ -644,6 +679,9 @@ def _config_from_environment(catalog: Catalog) -> Config:
         master_key=os.environ.get("CROSSROADS_MASTER_KEY") or None,
         data_dir=os.environ.get("CROSSROADS_DATA_DIR") or "./data",
     )
+    problem = master_key_problem(server.master_key)
+    if problem is not None:
+        raise ConfigError("environment", "CROSSROADS_MASTER_KEY", problem)
     providers: list[ConnectionConfig] = []
     for vendor in catalog.vendors.values():
         value = next((os.environ[v] for v in vendor.env if os.environ.get(v)), None)
@@ -662,6 +700,17 @@ def _config_from_environment(catalog: Catalog) -> Config:
     return Config(source="environment", server=server, providers=providers, catalog=catalog)
 
 
+MIN_MASTER_KEY_LENGTH = 32
+
+
+def master_key_problem(key: str | None) -> str | None:
+    """Why `key` cannot be the master key (too short to resist guessing), or None. Never repeats the key."""
+    if key is not None and len(key) < MIN_MASTER_KEY_LENGTH:
+        return (f"the master key must be at least {MIN_MASTER_KEY_LENGTH} characters long (this one has {len(key)}); "
+                "leave it unset to have one generated")
+    return None
+
+
 def ensure_master_key(config: Config) -> tuple[str, bool]:
     """Return the master key and whether it was just generated.
 
@@ -675,6 +724,9 @@ def ensure_master_key(config: Config) -> tuple[str, bool]:
     if key_file.exists():
         key = key_file.read_text(encoding="utf-8").strip()
         if key:
+            problem = master_key_problem(key)
+            if problem is not None:
+                raise ConfigError(str(key_file), "master key", problem)
             config.server.master_key = key
             return key, False
     data_dir.mkdir(parents=True, exist_ok=True)

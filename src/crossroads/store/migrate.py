@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-from alembic import command
-from alembic.config import Config as AlembicConfig
+from typing import TYPE_CHECKING, Any
 
 from crossroads.store.engine import async_url, create_engine, sqlite_path, translate_errors
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATE_SQLITE_BUSY_TIMEOUT_MS = 120_000
@@ -21,6 +22,9 @@ _thread_lock = threading.Lock()
 
 
 def alembic_config() -> AlembicConfig:
+    _quiet_alembic()  # before alembic is imported: it logs its plugins' set-up at import
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("path_separator", "os")
@@ -79,7 +83,34 @@ async def _migrate(target: Any) -> None:
         await engine.dispose()
 
 
+class _InfoAsDebug(logging.Filter):
+    """Alembic's INFO lines (plugin set-up, "Context impl", "Will assume transactional DDL", each upgrade step) come on
+    every start: they are logged at DEBUG instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_INFO_AS_DEBUG = _InfoAsDebug()
+
+
+def _quiet_alembic() -> None:
+    # The level keeps INFO out of loggers without the filter too (a module alembic imports later).
+    parent = logging.getLogger("alembic")
+    parent.setLevel(logging.DEBUG if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.WARNING)
+    for name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+        logging.getLogger(name)
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if (name == "alembic" or name.startswith("alembic.")) and isinstance(logger, logging.Logger) \
+                and _INFO_AS_DEBUG not in logger.filters:
+            logger.addFilter(_INFO_AS_DEBUG)
+
+
 def _upgrade(connection: Any) -> None:
     cfg = alembic_config()
+    from alembic import command
+
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
