@@ -51,3 +51,34 @@ def test_readme_example_runs(gateway, fake_openai, fake_anthropic, language: str
         assert f'"content":"{FAKE_TEXT}"' in out
     else:
         assert out.strip() == FAKE_TEXT
+
+
+def key_cli_block() -> str:
+    [block] = [b for b in blocks("sh") if "keys create" in b]
+    return block
+
+
+def test_readme_key_cli_runs(gateway, tmp_path) -> None:
+    """The key commands, line by line, through the wrapper, on the running gateway's store ($CROSSROADS_CONFIG names
+    its configuration); `<hash>` is the hash prefix the first `keys create` printed."""
+    env = {**os.environ, "CROSSROADS_CONFIG": str(gateway.config_path)}
+    root = README.parent
+    key_hash = None
+    for line in key_cli_block().splitlines():
+        command = line.split("  #", 1)[0].strip()
+        if not command:
+            continue
+        if "<hash>" in command:
+            assert key_hash is not None
+            command = command.replace("<hash>", key_hash[:12])
+        done = subprocess.run(["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
+        assert "store: " in done.stderr
+        if key_hash is None and "keys create" in command:
+            key_hash = re.search(r"hash=([0-9a-f]{64})", done.stdout).group(1)
+        if command.endswith("keys list --json"):
+            import json
+
+            rows = {row["name"]: row for row in json.loads(done.stdout)}
+            assert rows["ci"]["limit"] == 5 and rows["batch"]["rpm"] == 60
