@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import types as sa_types
 from sqlalchemy.engine import make_url
 
 from crossroads.config import ServerConfig
@@ -494,3 +495,75 @@ async def test_stored_responses_round_trip(fresh_url: str) -> None:
         assert await store.delete_response("resp_1") is False
     finally:
         await store.close()
+
+
+# --- text the databases refuse (NUL, lone surrogates) ----------------------------------------------------------
+
+NUL, SURROGATE = "a\x00b", "a\ud800b"  # PostgreSQL's text refuses NUL; no driver can encode a lone surrogate
+CLEANED = "a\ufffdb"
+
+
+async def test_clean_text() -> None:
+    from crossroads.store.text import clean_json_text, clean_text, dumps
+
+    plain = "plain ascii"
+    assert clean_text(plain) is plain  # nothing to replace: the same object, no copy
+    assert clean_text(NUL) == clean_text(SURROGATE) == CLEANED
+    assert clean_text("\x00\udcff é \ud83d\ude00") == "\ufffd\ufffd é 😀"  # surrogate halves of one character joined
+    assert clean_json_text('{"a": "x\\u0000", "b": ["\\ud800"], "c": "\\ud83d\\ude00"}') == \
+        '{"a":"x\ufffd","b":["\ufffd"],"c":"😀"}'
+    assert clean_json_text('{"a":"\\\\u0000"}') == '{"a":"\\\\u0000"}'  # an escaped backslash, not a NUL
+    assert dumps({"k\x00": [NUL, SURROGATE, 1, None]}) == '{"k\ufffd":["a\ufffdb","a\ufffdb",1,null]}'
+
+
+@pytest.mark.parametrize("bad", [NUL, SURROGATE], ids=["nul", "surrogate"])
+async def test_generation_text_is_cleaned(store: Store, bad: str) -> None:
+    """Every text column of generations (and the JSON ones, escaped as the stdlib writes them) takes NUL and lone
+    surrogates: the record is written with U+FFFD in their place instead of being refused."""
+    import json
+
+    from crossroads.store.rows import GENERATION_COLUMNS, JSON_COLUMNS
+    from crossroads.store.schema import generations
+
+    text_columns = [c.name for c in generations.columns
+                    if isinstance(c.type, sa_types.String) and c.name not in JSON_COLUMNS]
+    assert {"id", "model", "user", "user_agent", "app_title", "http_referer", "error", "upstream_id"} <= \
+        set(text_columns)
+    values = {name: f"{bad}{name[:8]}" for name in text_columns}
+    record = list(to_record(gen(values["id"])))
+    for name, value in values.items():
+        record[GENERATION_COLUMNS.index(name)] = value
+    for name in JSON_COLUMNS:
+        record[GENERATION_COLUMNS.index(name)] = json.dumps([{"error": bad, bad: 1}])  # "\u0000" / "\ud800" escapes
+    await store.insert_generations([tuple(record), to_record(gen("clean-neighbour"))])
+    got = await store.get_generation(values["id"])  # looked up by the same (uncleaned) id
+    assert got is not None
+    for name in text_columns:
+        assert getattr(got, name) == f"{CLEANED}{name[:8]}", name
+    assert got.provider_responses == got.events == [{"error": CLEANED, CLEANED: 1}]
+    assert await store.get_generation("clean-neighbour") is not None
+    assert await store.get_generation(f"{bad}nothing") is None
+
+
+@pytest.mark.parametrize("bad", [NUL, SURROGATE], ids=["nul", "surrogate"])
+async def test_key_and_stored_response_text_is_cleaned(store: Store, bad: str) -> None:
+    await store.insert_key(key(1, name=bad, label=bad, allowed_models=[bad, "x/*"], limit_reset=bad, priority=bad))
+    got = await store.get_key(key(1).hash)
+    assert got is not None and (got.name, got.label, got.allowed_models) == (CLEANED, CLEANED, [CLEANED, "x/*"])
+    assert (got.limit_reset, got.priority) == (CLEANED, CLEANED)
+    await store.insert_key(key(2, hash=f"{bad}-hash"))
+    stored = await store.get_key(f"{bad}-hash")  # the lookup is cleaned the same way
+    assert stored is not None and stored.hash == f"{CLEANED}-hash"
+    updated = await store.update_key(key(1).hash, {"name": bad + "2", "allowed_models": [bad]})
+    assert updated is not None and (updated.name, updated.allowed_models) == (CLEANED + "2", [CLEANED])
+    assert await store.get_key(bad) is None  # a lookup with such text is an ordinary miss, not a database error
+    assert await store.update_key(bad, {"name": "x"}) is None
+    assert await store.delete_key(bad) is False
+
+    history = [{"type": "message", "role": "user", "content": bad}]
+    response = {"id": f"resp_{bad}", "output": [{"type": "output_text", "text": bad}], bad: bad}
+    await store.put_response(f"resp_{bad}", "h" * 64, history, response)
+    assert await store.get_response(f"resp_{bad}") == (
+        "h" * 64, [{"type": "message", "role": "user", "content": CLEANED}],
+        {"id": f"resp_{CLEANED}", "output": [{"type": "output_text", "text": CLEANED}], CLEANED: CLEANED})
+    assert await store.delete_response(f"resp_{bad}") is True

@@ -76,6 +76,7 @@ class ConnectionConfig:
 class AccountingConfig:
     durability: str = "batched"  # batched: records written off the request path; strict: durable before responding
     flush_interval: float = 1.0  # seconds between batched writes of generation records
+    max_pending: int = 100_000  # records held in memory; beyond, the oldest go to the spool (data_dir/spool)
     budget: float | None = None  # USD the whole account may spend: GET /api/v1/credits' total_credits
 
 
@@ -279,7 +280,7 @@ def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> C
     top = _Reader(source, "", raw, {"server", "providers", "accounting", "routing", "routes"})
     server = _read_server(_Reader(source, "server", top.data.get("server"), _SERVER_KEYS))
     accounting = _read_accounting(_Reader(source, "accounting", top.data.get("accounting"),
-                                          {"durability", "flush_interval", "budget"}))
+                                          {"durability", "flush_interval", "max_pending", "budget"}))
     providers = _read_named(source, "providers", "connection", top.get("providers", list, []), _CONNECTION_KEYS,
                             lambda r: _read_connection(r, catalog))
     seen = {conn.name for conn in providers}
@@ -296,6 +297,7 @@ def _read_accounting(r: _Reader) -> AccountingConfig:
     if accounting.durability not in ("batched", "strict"):
         raise r.error("durability", f"must be batched or strict, got {accounting.durability!r}")
     accounting.flush_interval = r.positive("flush_interval", float, accounting.flush_interval)
+    accounting.max_pending = r.positive("max_pending", int, accounting.max_pending)
     budget = r.get("budget", float, None)
     if budget is not None and budget < 0:
         raise r.error("budget", "must not be negative")

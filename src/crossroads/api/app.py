@@ -9,10 +9,12 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from crossroads.accounting.exchange import Exchange
-from crossroads.accounting.recorder import GenerationRecorder
+from crossroads.accounting.recorder import GenerationRecorder, NotCommitted
+from crossroads.accounting.spool import Spool, merge_spend
 from crossroads.api import account, stored
 from crossroads.api.asgi import (
     ClientGone,
@@ -54,6 +56,9 @@ API_PREFIXES = ("/api/v1", "/v1")
 GC_GEN0_THRESHOLD = 20_000
 WATCH_AFTER = 0.25  # seconds a handler runs before its client's disconnect is watched for (see __call__)
 DISCOVERY_HEAD_START = 1.0  # seconds start-up waits for upstream model discovery before answering /health
+STORE_UNAVAILABLE_CODE = "accounting_store_unavailable"  # error.metadata.code of strict durability's 503
+UNRECORDABLE = ("Generation records cannot be written right now (the accounting database is unavailable), and strict "
+                "durability refuses requests it cannot record; retry shortly")
 
 
 class Gateway:
@@ -158,14 +163,38 @@ class Gateway:
         to await when the writer makes the caller wait (see GenerationRecorder.record), else None.
 
         Called just before the response completes (so that with strict durability the record is committed before the
-        client has its answer) and again, as a no-op, when the request ends whatever the way."""
+        client has its answer; if it cannot be, the awaitable raises a 503 GatewayError) and again, as a no-op, when
+        the request ends whatever the way."""
         if exchange.finished:
             return None
         exchange.finished = True
         record = exchange.to_record()
         if exchange.reservation is not None:
             self.ledger.settle(exchange.reservation, record[RECORD_COST])
-        return self.recorder.record(record)
+        waiting = self.recorder.record(record)
+        if waiting is None or not self.recorder.strict:
+            return waiting
+        return self._committed(exchange, waiting)
+
+    async def _committed(self, exchange: Exchange, waiting: Awaitable[None]) -> None:
+        """Strict durability: wait (boundedly) for the record's commit. A record that could not be committed stays
+        held (written or spooled later, never lost); a request about to be answered 200 is answered 503 instead (a
+        stream ends with its format's error), and its record says so."""
+        try:
+            await waiting
+        except NotCommitted:
+            if exchange.status != 200:
+                return  # the client is getting an error (or is gone) anyway
+            self.recorder.amend(exchange.generation_id, status=503, error=UNRECORDABLE)
+            raise GatewayError(503, UNRECORDABLE, metadata={"code": STORE_UNAVAILABLE_CODE},
+                               headers={"Retry-After": "1"}) from None
+
+    def check_recordable(self) -> None:
+        """Strict durability refuses a request before it goes upstream while the recorder knows its record cannot be
+        written (the store's last write failed and none succeeded since): one attribute read per request."""
+        if self.recorder.refusing:
+            raise GatewayError(503, UNRECORDABLE, metadata={"code": STORE_UNAVAILABLE_CODE},
+                               headers={"Retry-After": "1"})
 
     @property
     def media(self) -> Any:
@@ -247,10 +276,16 @@ class Gateway:
         self.keys.start()
         self.auth.keys = self.keys
         starts = period_starts(datetime.now(UTC))
-        self.ledger.load(await self.store.key_spend(starts), starts)
+        # Records spooled by an earlier run (written to the database by the recorder from now on) are spend too. The
+        # spool is read before the database, so a file another process replays in between is counted twice (a
+        # stricter limit), never missed.
+        spool = Spool(Path(self.config.server.data_dir) / "spool")
+        spooled = await asyncio.to_thread(spool.spend, starts)
+        self.ledger.load(merge_spend(await self.store.key_spend(starts), spooled), starts)
         accounting = self.config.accounting
         self.recorder = GenerationRecorder(self.store, flush_interval=accounting.flush_interval,
-                                           strict=accounting.durability == "strict")
+                                           max_pending=accounting.max_pending,
+                                           strict=accounting.durability == "strict", spool=spool)
         self.recorder.start()
         # Everything loaded so far lives as long as the process: keep it out of every future GC pass.
         gc.freeze()

@@ -187,6 +187,7 @@ class Call:
         worst = worst_case_cost(body, [(c.deployment.model, c.overrides) for c in candidates]) \
             if key is not None and key.limit is not None else NOTHING_TO_HOLD
         try:
+            gateway.check_recordable()  # strict durability: 503 while records cannot be written (an attribute read)
             exchange.reservation = gateway.ledger.reserve(key, worst.total, prompt_cost=worst.prompt,
                                                           completion_price=worst.completion_price)
         except GatewayError:
@@ -524,6 +525,13 @@ class Call:
             self._record_success(candidate, ttft=(exchange.first_token or time.monotonic())
                                  - (exchange.upstream_started or 0.0))
             writer.stop_heartbeat()
+            try:  # the record is handed over (with strict durability: committed) before the stream's end goes out
+                waiting = self.gateway.finish(exchange)
+                if waiting is not None:
+                    await waiting
+            except GatewayError as error:  # strict, not committed in time: the stream ends in error instead
+                await self._fail_stream(error.status, error.message, error.metadata)
+                return
             if not self.passthrough:  # a passed-through stream already carried its own ending
                 await writer.write(self.renderer.end(exchange.usage, exchange.model.pricing,
                                                      exchange.finish_reason, exchange.native_finish_reason))

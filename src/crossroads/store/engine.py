@@ -13,6 +13,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from crossroads.store.text import dumps  # JSON columns: NUL and lone surrogates replaced (store/text.py)
+
 SQLITE_BUSY_TIMEOUT_MS = 5000
 PG_CONNECT_TIMEOUT = 10.0  # seconds asyncpg may take to open one connection
 
@@ -50,9 +52,10 @@ def sqlite_path(url: URL) -> Path | None:
 def create_engine(url: URL, *, pool: bool = True, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> AsyncEngine:
     """An async engine. SQLite: WAL, busy_timeout, foreign keys, and real transactions (the driver's implicit BEGIN is
     replaced by ours; connections with the execution option ``crossroads_write`` begin with BEGIN IMMEDIATE, so a
-    write transaction waits for the lock up front instead of failing on a read-to-write upgrade)."""
+    write transaction waits for the lock up front instead of failing on a read-to-write upgrade). Every backend
+    serialises JSON columns with `text.dumps`, which replaces what the databases cannot store."""
     if url.get_backend_name() == "sqlite":
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_ms / 1000}}
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_ms / 1000}, "json_serializer": dumps}
         if pool:
             kwargs.update(pool_size=4, max_overflow=4, pool_pre_ping=False)
         else:
@@ -80,8 +83,8 @@ def create_engine(url: URL, *, pool: bool = True, busy_timeout_ms: int = SQLITE_
     connect_args = {"timeout": PG_CONNECT_TIMEOUT}
     if pool:
         return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True, pool_recycle=1800,
-                                   pool_timeout=30, connect_args=connect_args)
-    return create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
+                                   pool_timeout=30, connect_args=connect_args, json_serializer=dumps)
+    return create_async_engine(url, poolclass=NullPool, connect_args=connect_args, json_serializer=dumps)
 
 
 # SQLite result codes that mean "the database cannot be used right now" rather than "this statement is wrong".

@@ -1,4 +1,7 @@
-"""`Store`: API keys and generation records over an async SQLAlchemy engine (aiosqlite or asyncpg)."""
+"""`Store`: API keys and generation records over an async SQLAlchemy engine (aiosqlite or asyncpg).
+
+Text bound for the database is cleaned first (`text.py`: NUL and lone surrogates become U+FFFD), so a value a client
+or an upstream sent can never make a write fail."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crossroads.store.engine import async_url, create_engine, translate_errors
@@ -20,9 +22,9 @@ from crossroads.store.rows import (
     GenerationRecord,
     GenerationRow,
     KeyRow,
-    from_record,
 )
 from crossroads.store.schema import UTCDateTime, api_keys, generations, meta, stored_responses
+from crossroads.store.text import clean_records, clean_text, clean_value
 
 _KEY_FIELDS = tuple(f.name for f in dataclasses.fields(KeyRow))
 _KEY_MUTABLE = frozenset(_KEY_FIELDS) - {"hash", "created_at"}
@@ -41,6 +43,20 @@ if {c.name for c in generations.columns if isinstance(c.type, sa.JSON | UTCDateT
     raise RuntimeError("update GenerationRecord (store/rows.py) for the new generations columns")
 if tuple(c.name for c in generations.columns) != GENERATION_COLUMNS:
     raise RuntimeError("GenerationRow's fields must follow the generations table's column order")
+
+
+# PostgreSQL takes a record nearly as it is: the JSON columns as the JSON text they already hold (untyped here, so the
+# value is neither parsed nor serialised again: the server reads the text as `json`), the timestamp as a datetime.
+_PG_GENERATIONS = sa.table("generations", *(sa.column(c.name) if c.name in JSON_COLUMNS else sa.column(c.name, c.type)
+                                             for c in generations.columns))
+_PG_INSERT_GENERATIONS = pg_insert(_PG_GENERATIONS).on_conflict_do_nothing(index_elements=["id"])
+_CREATED_AT = GENERATION_COLUMNS.index("created_at")
+
+
+def _pg_values(record: GenerationRecord) -> dict[str, Any]:
+    values = dict(zip(GENERATION_COLUMNS, record, strict=True))
+    values["created_at"] = datetime.fromisoformat(record[_CREATED_AT]).replace(tzinfo=UTC)
+    return values
 
 
 def _now() -> datetime:
@@ -68,8 +84,14 @@ class Store:
     async def close(self) -> None:
         await self._engine.dispose()
 
-    async def ping(self) -> None:
+    async def ping(self, *, write: bool = False) -> None:
+        """Raise StoreUnavailable unless the database answers; with `write`, unless a write transaction can begin
+        (SQLite: the write lock can be had, so a locked or read-only database does not count as available)."""
         with translate_errors():
+            if write:
+                async with self._writer.begin() as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+                return
             async with self._engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
 
@@ -92,7 +114,10 @@ class Store:
     # --- API keys --------------------------------------------------------------------------------------------
 
     async def insert_key(self, key: KeyRow) -> None:
-        """Insert a key; `created_at` / `updated_at` default to now. A duplicate hash raises IntegrityError."""
+        """Insert a key; `created_at` / `updated_at` default to now. A duplicate hash raises IntegrityError. Text the
+        database cannot store (NUL, lone surrogates) is replaced in `key` itself, so the caller holds what is stored."""
+        for name in _KEY_FIELDS:
+            setattr(key, name, clean_value(getattr(key, name)))
         values = {name: getattr(key, name) for name in _KEY_FIELDS}
         values["created_at"] = values["created_at"] or _now()
         values["updated_at"] = values["updated_at"] or values["created_at"]
@@ -107,8 +132,9 @@ class Store:
         unknown = set(changes) - _KEY_MUTABLE
         if unknown:
             raise ValueError(f"cannot update key field(s): {', '.join(sorted(unknown))}")
-        values = dict(changes)
+        values = {name: clean_value(value) for name, value in changes.items()}
         values.setdefault("updated_at", _now())
+        hash = clean_text(hash)
         with translate_errors():
             async with self._writer.begin() as conn:
                 result = await conn.execute(api_keys.update().where(api_keys.c.hash == hash).values(**values))
@@ -119,6 +145,7 @@ class Store:
         return self._key_row(row)
 
     async def delete_key(self, hash: str) -> bool:
+        hash = clean_text(hash)  # as every text bound below: one with a NUL would make PostgreSQL refuse the query
         with translate_errors():
             async with self._writer.begin() as conn:
                 result = await conn.execute(api_keys.delete().where(api_keys.c.hash == hash))
@@ -128,7 +155,7 @@ class Store:
         return True
 
     async def get_key(self, hash: str) -> KeyRow | None:
-        rows = await self._fetch(api_keys.select().where(api_keys.c.hash == hash))
+        rows = await self._fetch(api_keys.select().where(api_keys.c.hash == clean_text(hash)))
         return self._key_row(rows[0]) if rows else None
 
     async def list_keys(self, *, offset: int = 0, limit: int | None = None) -> list[KeyRow]:
@@ -168,19 +195,21 @@ class Store:
     async def put_response(self, id: str, key_hash: str | None, history: list[dict], response: dict) -> None:
         with translate_errors():
             async with self._writer.begin() as conn:
+                # The JSON columns are cleaned by the engine's serializer (engine.create_engine).
                 await conn.execute(stored_responses.insert().values(
-                    id=id, key_hash=key_hash, created_at=_now(), history=history, response=response))
+                    id=clean_text(id), key_hash=key_hash and clean_text(key_hash), created_at=_now(), history=history,
+                    response=response))
 
     async def get_response(self, id: str) -> tuple[str | None, list[dict], dict] | None:
         """(key_hash, history, response) or None."""
         rows = await self._fetch(sa.select(stored_responses.c.key_hash, stored_responses.c.history,
-                                           stored_responses.c.response).where(stored_responses.c.id == id))
+                                           stored_responses.c.response).where(stored_responses.c.id == clean_text(id)))
         return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
     async def delete_response(self, id: str) -> bool:
         with translate_errors():
             async with self._writer.begin() as conn:
-                result = await conn.execute(stored_responses.delete().where(stored_responses.c.id == id))
+                result = await conn.execute(stored_responses.delete().where(stored_responses.c.id == clean_text(id)))
         return result.rowcount > 0
 
     # --- generations -----------------------------------------------------------------------------------------
@@ -189,15 +218,14 @@ class Store:
         """Insert a batch in one transaction; records whose id already exists (or repeats in the batch) are ignored."""
         if not records:
             return
+        records = clean_records(records)
         if self._dialect == "sqlite":
             await self._insert_generations_sqlite(records)
             return
-        insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
-        statement = insert(generations).on_conflict_do_nothing(index_elements=[generations.c.id])
-        values = [dataclasses.asdict(from_record(record)) for record in records]
         with translate_errors():
             async with self._writer.begin() as conn:
-                await conn.execute(statement, values)
+                # Converted once connected: while the database is down a retry costs a connection attempt only.
+                await conn.execute(_PG_INSERT_GENERATIONS, [_pg_values(record) for record in records])
 
     async def _insert_generations_sqlite(self, records: list[GenerationRecord]) -> None:
         """One multi-row INSERT per chunk, the records' values bound as they are.
@@ -218,7 +246,7 @@ class Store:
                     await conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
 
     async def get_generation(self, id: str) -> GenerationRow | None:
-        rows = await self._fetch(generations.select().where(generations.c.id == id))
+        rows = await self._fetch(generations.select().where(generations.c.id == clean_text(id)))
         if not rows:
             return None
         values = rows[0]._mapping
@@ -271,7 +299,7 @@ class Store:
             .group_by(day, generations.c.model, generations.c.provider_name, generations.c.key_hash)
         )
         if key_hash is not None:
-            statement = statement.where(generations.c.key_hash == key_hash)
+            statement = statement.where(generations.c.key_hash == clean_text(key_hash))
         out = [
             {
                 "date": str(row.date),
