@@ -235,6 +235,10 @@ class Gateway:
                                                                asyncio.current_task())
             await endpoint.handler(request)
         except GatewayError as error:
+            if request.started:
+                log.warning("%s %s failed after its stream began: %s", method, path, error.message)
+                await _end_stream(send)
+                return
             error_body = found[0].error_body if found else self.path_error_bodies.get(path.rstrip("/"))
             await respond_error(send, error, error_body(error) if error_body is not None else None)
         except ClientGone:
@@ -245,7 +249,10 @@ class Gateway:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001 - last line: a client never sees a traceback
             log.exception("unhandled error on %s %s", method, path)
-            await respond_error(send, GatewayError(500, "Internal gateway error"))
+            if request.started:  # a second response start would break the connection without an answer
+                await _end_stream(send)
+            else:
+                await respond_error(send, GatewayError(500, "Internal gateway error"))
         finally:
             request.done = True
             if arming is not None:
@@ -374,6 +381,14 @@ def warn_unpriced(registry: Registry) -> None:
         log.warning("connection %s serves %d model(s) without a price (%s): their use is recorded at $0 and keys "
                     "with a credit limit are refused on them; set providers[].models[].pricing, or pricing: free "
                     "to declare a model free on purpose", name, len(ids), shown)
+
+
+async def _end_stream(send: Send) -> None:
+    """Close a streamed answer that failed part-way (the client sees a truncated stream, as on a dropped upstream)."""
+    try:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except Exception:  # noqa: BLE001 - the answer was already complete, or the connection is gone
+        log.debug("could not end a failed stream", exc_info=True)
 
 
 def _watch_disconnect(request: Request, task: asyncio.Task[Any]) -> None:

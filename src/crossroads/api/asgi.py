@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from crossroads.errors import GatewayError
+from crossroads.formats.json_input import loads_bounded
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -20,7 +21,8 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 
 
 class Request:
-    __slots__ = ("scope", "receive", "send", "headers", "path_params", "body", "principal", "watcher", "gone", "done")
+    __slots__ = ("scope", "receive", "send", "headers", "path_params", "body", "principal", "watcher", "gone", "done",
+                 "started")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, path_params: dict[str, str] | None = None) -> None:
         self.scope = scope
@@ -34,6 +36,7 @@ class Request:
         self.watcher: Any = None  # the task waiting for the client's disconnect, while a handler runs
         self.gone = False  # the client disconnected before its answer was complete
         self.done = False  # the handler has finished
+        self.started = False  # a streamed answer has begun: an error can no longer get its own response
 
     @property
     def method(self) -> str:
@@ -51,10 +54,7 @@ class Request:
         """The body as JSON (management endpoints; the inference path has its own checks)."""
         if not self.body:
             return {}
-        try:
-            return orjson.loads(self.body)
-        except orjson.JSONDecodeError as exc:
-            raise GatewayError(400, f"Invalid JSON in request body: {exc}") from None
+        return loads_bounded(self.body)
 
     def query(self) -> dict[str, str]:
         from urllib.parse import parse_qsl

@@ -441,7 +441,7 @@ class Call:
         exchange = self.exchange
         connection = exchange.connection
         out = [(b"x-generation-id", exchange.generation_id.encode()),
-               (b"x-crossroads-model", exchange.model_id.encode()),
+               (b"x-crossroads-model", _header_value(exchange.model_id)),
                (b"x-crossroads-provider", connection.config.type.encode()),
                (b"x-crossroads-connection", connection.name.encode()),
                (b"x-crossroads-gate-ms", f"{self.gate_ms:.2f}".encode()),
@@ -476,7 +476,7 @@ class Call:
         connection = candidate.deployment.connection
         client = connection.client
         if self.writer is None:
-            self.writer = SSEWriter(self.request.send, self.gateway.config.server.keepalive_interval, self._settle)
+            self.writer = SSEWriter(self.request, self.gateway.config.server.keepalive_interval, self._settle)
         writer = self.writer
         pending = asyncio.ensure_future(client.session.post(upstream.url, data=upstream.body,
                                                             headers=upstream.headers, timeout=client.stream_timeout))
@@ -668,8 +668,11 @@ def _limit_error(decision: Any, what: str) -> GatewayError:
                         headers=decision.headers())
 
 
+_HEADER_UNSAFE = dict.fromkeys([*range(0x20), 0x7F], None)  # control characters: invalid in an HTTP header value
+
+
 def _header_value(value: str) -> bytes:
-    return value.replace("\r", "").replace("\n", "").encode("latin-1", "replace")[:256]
+    return value.translate(_HEADER_UNSAFE).encode("latin-1", "replace")[:256]
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
@@ -682,10 +685,11 @@ async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
 class SSEWriter:
     """Sends the SSE response, starting it lazily, and keeps the connection alive while the upstream is silent."""
 
-    __slots__ = ("send", "started", "data_sent", "last_write", "interval", "_heartbeat", "before_end")
+    __slots__ = ("request", "send", "started", "data_sent", "last_write", "interval", "_heartbeat", "before_end")
 
-    def __init__(self, send: Any, interval: float, before_end: Callable[[], Awaitable[None]]) -> None:
-        self.send = send
+    def __init__(self, request: Request, interval: float, before_end: Callable[[], Awaitable[None]]) -> None:
+        self.request = request
+        self.send = request.send
         self.before_end = before_end  # runs before the final (empty) body message completes the response
         self.started = False
         self.data_sent = False  # whether anything but keep-alive comments went out (no retry after that)
@@ -695,7 +699,7 @@ class SSEWriter:
 
     async def start(self, headers: list[tuple[bytes, bytes]]) -> None:
         if not self.started:
-            self.started = True
+            self.started = self.request.started = True
             await self.send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 

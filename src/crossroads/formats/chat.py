@@ -7,6 +7,7 @@ everything else passes through untouched (no whole-body model validation on the 
 from __future__ import annotations
 
 import os
+import re
 import string
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from crossroads.accounting.pricing import completion_cost, prompt_cost
 from crossroads.catalog import Pricing
 from crossroads.errors import GatewayError
 from crossroads.formats.base import Parsed
+from crossroads.formats.json_input import loads_bounded
 from crossroads.providers.base import Usage
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -77,10 +79,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 saying what is wrong with it."""
     if not raw:
         raise GatewayError(400, "Invalid request: the body is empty; send a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError(400, f"Invalid JSON in request body: {exc}") from None
+    body = loads_bounded(raw)
     if not isinstance(body, dict):
         raise GatewayError(400, f"Invalid request: the body must be a JSON object, got {_kind(body)}")
     return body
@@ -98,6 +97,13 @@ def check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(model, str) or not model:
         raise _fail("model", "a non-empty string", model) if model is not None else GatewayError(
             400, "Invalid request: 'model' is required", metadata={"field": "model"})
+    _check_model_name("model", model)
+    models = body.get("models")
+    if isinstance(models, list):
+        for i, name in enumerate(models):
+            if not isinstance(name, str) or not name:
+                raise _fail(f"models[{i}]", "a non-empty string", name)
+            _check_model_name(f"models[{i}]", name)
     # Over the body's fields (a handful) rather than every known field.
     for field, value in body.items():
         spec = _SCALAR_CHECKS.get(field)
@@ -125,6 +131,9 @@ def check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     if isinstance(effort, str) and "reasoning" not in body:
         # OpenAI's flat spelling (sent by the openrouter SDK too) means the same as reasoning.effort.
         body["reasoning"] = {"effort": effort}
+    reasoning = body.get("reasoning")
+    if reasoning:
+        _check_reasoning(reasoning)
     tools = body.get("tools")
     if tools:
         for i, tool in enumerate(tools):
@@ -141,6 +150,31 @@ def check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+MAX_MODEL_NAME = 256  # characters; the longest real id is under 100, and a name may end up in a header or a log
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_model_name(field: str, name: str) -> None:
+    """Model names are never echoed unchecked (headers, logs, upstream URLs): bounded, no control characters."""
+    if len(name) > MAX_MODEL_NAME:
+        raise GatewayError(400, f"Invalid request: '{field}' is {len(name)} characters long; a model name has at "
+                                f"most {MAX_MODEL_NAME}", metadata={"field": field})
+    if _CONTROL_CHARACTERS.search(name):
+        raise GatewayError(400, f"Invalid request: '{field}' contains a control character (such as CR, LF or NUL); "
+                                "a model name cannot", metadata={"field": field})
+
+
+_REASONING_FIELDS = {"effort": ((str,), "a string"), "max_tokens": ((int,), "an integer"),
+                     "enabled": ((bool,), "a boolean"), "exclude": ((bool,), "a boolean")}
+
+
+def _check_reasoning(reasoning: dict[str, Any]) -> None:
+    for field, (kinds, expected) in _REASONING_FIELDS.items():
+        value = reasoning.get(field)
+        if value is not None and (not isinstance(value, kinds) or (value.__class__ is bool and bool not in kinds)):
+            raise _fail(f"reasoning.{field}", expected, value)
+
+
 def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list):
         raise _fail("messages", "an array", messages)
@@ -150,7 +184,7 @@ def _check_messages(messages: Any) -> None:
         if not isinstance(message, dict):
             raise _fail(f"messages[{i}]", "an object", message)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise GatewayError(400, f"Invalid request: 'messages[{i}].role' must be one of "
                                     f"{', '.join(sorted(ROLES))}, got {role!r}", metadata={"field": f"messages[{i}].role"})
         content = message.get("content")
@@ -161,12 +195,19 @@ def _check_messages(messages: Any) -> None:
                 if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                     raise GatewayError(400, f"Invalid request: 'messages[{i}].content[{j}].type' must be a string",
                                        metadata={"field": f"messages[{i}].content[{j}].type"})
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise _fail(f"messages[{i}].content[{j}].text", "a string", part.get("text"))
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
             raise GatewayError(400, f"Invalid request: 'messages[{i}].tool_call_id' is required for tool messages",
                                metadata={"field": f"messages[{i}].tool_call_id"})
         tool_calls = message.get("tool_calls")
         if tool_calls is not None and not isinstance(tool_calls, list):
             raise _fail(f"messages[{i}].tool_calls", "an array", tool_calls)
+        for k, call in enumerate(tool_calls or ()):
+            if not isinstance(call, dict):
+                raise _fail(f"messages[{i}].tool_calls[{k}]", "an object", call)
+            if not isinstance(call.get("function"), dict):
+                raise _fail(f"messages[{i}].tool_calls[{k}].function", "an object", call.get("function"))
 
 
 # Byte -> letter/digit, applied by bytes.translate in C (a 256/62 bias that no one can exploit in an id).

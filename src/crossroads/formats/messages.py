@@ -476,7 +476,7 @@ def _reasoning(body: dict[str, Any], dropped: list[str]) -> dict[str, Any]:
         raise _invalid("output_config", "must be an object")
     effort = (config or {}).get("effort")
     if effort is not None:
-        if effort not in _EFFORTS:
+        if not isinstance(effort, str) or effort not in _EFFORTS:
             raise _invalid("output_config.effort", f"must be one of {', '.join(_EFFORTS)}")
         if reasoning.get("enabled") is not False:
             reasoning["effort"] = _EFFORTS[effort]

@@ -455,7 +455,7 @@ def _image_part(part: dict[str, Any], where: str, dropped: list[str]) -> dict[st
     url = part.get("image_url")
     if isinstance(url, str) and url:
         image: dict[str, Any] = {"url": url}
-        if part.get("detail") in _IMAGE_DETAIL:
+        if isinstance(part.get("detail"), str) and part["detail"] in _IMAGE_DETAIL:
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
     if part.get("file_id") is not None:

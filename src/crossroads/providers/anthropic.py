@@ -17,6 +17,7 @@ import orjson
 
 from crossroads.config import ConnectionConfig
 from crossroads.errors import GatewayError
+from crossroads.formats.json_input import too_deep, too_deep_text
 from crossroads.providers.base import (
     RequestContext,
     UpstreamRequest,
@@ -235,7 +236,10 @@ def _merged_details(details: Any) -> list[dict[str, Any]]:
         if isinstance(fmt, str) and fmt and not fmt.startswith("anthropic"):
             continue  # another vendor's signature would be rejected by Anthropic
         index = item.get("index")
-        key = (item.get("type"), index)
+        if not isinstance(index, (int, str)):
+            index = None  # a client's odd index merges nothing rather than failing the request
+        kind = item.get("type")
+        key = (kind if isinstance(kind, str) else None, index)
         if index is not None and key in by_index:
             entry = by_index[key]
             if item.get("text"):
@@ -272,6 +276,8 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
             value = orjson.loads(arguments)
         except orjson.JSONDecodeError:
             return {}
+        if too_deep_text(arguments, value):  # Anthropic takes the arguments as an object inside the body
+            raise too_deep("a tool call's arguments")
         return value if isinstance(value, dict) else {}
     return {}
 

@@ -28,6 +28,7 @@ import orjson
 
 from crossroads.config import ConnectionConfig
 from crossroads.errors import GatewayError
+from crossroads.formats.json_input import too_deep_text
 from crossroads.net.fetch import FetchError, parse_data_url
 from crossroads.providers.base import (
     RequestContext,
@@ -705,6 +706,8 @@ class _ContentsBuilder:
                 response = orjson.loads(text)
             except orjson.JSONDecodeError:
                 response = None
+            if response is not None and too_deep_text(text, response):
+                response = None  # sent as text rather than as an object deeper than a request body may be
         if not isinstance(response, dict):
             response = {"content": text}
         fr: dict[str, Any] = {"name": name, "response": response}
@@ -748,6 +751,8 @@ def _arguments(raw: Any) -> dict[str, Any]:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return {"arguments": raw}  # Gemini wants an object; keep what the client sent rather than fail the turn
+    if too_deep_text(raw, value):
+        return {"arguments": raw}
     return value if isinstance(value, dict) else {"value": value}
 
 
