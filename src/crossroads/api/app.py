@@ -29,6 +29,7 @@ from crossroads.api.asgi import (
 from crossroads.api.inference import serve
 from crossroads.api.models import ModelViews
 from crossroads.config import Config, ensure_master_key, load_config
+from crossroads.dashboard.app import Dashboard
 from crossroads.errors import GatewayError
 from crossroads.formats.chat import ChatFront
 from crossroads.formats.fronts import CompletionsFront, MessagesFront, ResponsesFront
@@ -125,6 +126,10 @@ class Gateway:
                 for method, handler in (("GET", account.get_key), ("PATCH", account.update_key),
                                         ("DELETE", account.delete_key))}))
         self.routes[("GET", "/health")] = Endpoint(self._health, False, openai_error)
+        # The dashboard signs its users in itself (a session cookie, not an API key).
+        self.dashboard = Dashboard(self)
+        for method, path, handler in self.dashboard.routes():
+            self.routes[(method, path)] = Endpoint(handler, False, openai_error)
         self._endpoints_route = Endpoint(self._endpoints, True, openai_error)
         # A wrong method on a known path still answers in that path's error shape.
         self.path_error_bodies = {path: endpoint.error_body for (_, path), endpoint in self.routes.items()}

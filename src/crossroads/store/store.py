@@ -257,6 +257,25 @@ class Store:
             row.events = []
         return row
 
+    async def list_generations(self, *, key_hash: str | None = None, model: str | None = None,
+                               failed: bool | None = None, limit: int = 50, offset: int = 0) -> list[GenerationRow]:
+        """Generation records, newest first, optionally filtered (the dashboard's Activity page)."""
+        statement = generations.select().order_by(generations.c.created_at.desc(), generations.c.id.desc())
+        if key_hash is not None:
+            statement = statement.where(generations.c.key_hash == clean_text(key_hash))
+        if model is not None:
+            statement = statement.where(generations.c.model == clean_text(model))
+        if failed is not None:
+            statement = statement.where(generations.c.status >= 400 if failed else generations.c.status < 400)
+        rows = await self._fetch(statement.limit(limit).offset(offset))
+        out = []
+        for values in (row._mapping for row in rows):
+            row = GenerationRow(**{name: values[name] for name in GENERATION_COLUMNS})
+            row.provider_responses = row.provider_responses or []
+            row.events = row.events or []
+            out.append(row)
+        return out
+
     async def key_spend(self, since: dict[str, datetime]) -> dict[str | None, dict[str, float]]:
         """Per key_hash (None = master key): {"total": all-time cost, name: cost since `since[name]` (inclusive)}."""
         names = list(since)

@@ -1,0 +1,326 @@
+"""The dashboard: server-rendered pages under `/`, on the gateway's own port, signed in with a management key.
+
+Nothing here runs on the inference path: its routes are separate entries in the gateway's route table, and its
+pages read the key cache, the registry, the health board and the generation store.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode
+
+import jinja2
+
+from crossroads.api.account import key_changes, new_key_row
+from crossroads.api.asgi import Request, respond
+from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
+from crossroads.errors import GatewayError
+from crossroads.gate.auth import Principal
+
+if TYPE_CHECKING:
+    from crossroads.api.app import Gateway
+
+HERE = Path(__file__).parent
+COOKIE = "crossroads_session"
+PAGE_SIZE = 50
+# No inline script or style anywhere: every script and stylesheet is a file under /static.
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                 b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                                 b"object-src 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+]
+STATIC_TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8"}
+NAVIGATION = [("Overview", "/"), ("API Keys", "/keys"), ("Models", "/models"), ("Activity", "/activity"),
+              ("Connections", "/connections")]
+
+
+class Dashboard:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.sessions = SessionStore()
+        self.throttle = SignInThrottle()
+        self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                                            autoescape=True, undefined=jinja2.StrictUndefined)
+        self.templates.filters["usd"] = _usd
+        self.templates.filters["when"] = _when
+        self.static = {path.name: path.read_bytes() for path in (HERE / "static").iterdir() if path.is_file()}
+
+    def routes(self) -> list[tuple[str, str, Any]]:
+        return [
+            ("GET", "/", self.overview), ("GET", "/signin", self.sign_in_page), ("POST", "/signin", self.sign_in),
+            ("POST", "/signout", self.sign_out), ("GET", "/keys", self.keys_page), ("POST", "/keys", self.create_key),
+            ("POST", "/keys/update", self.update_key), ("GET", "/models", self.models_page),
+            ("GET", "/activity", self.activity_page), ("GET", "/connections", self.connections_page),
+            *(("GET", f"/static/{name}", self._static_handler(name)) for name in self.static),
+        ]
+
+    # -- plumbing ------------------------------------------------------------------------------------------------
+    def _static_handler(self, name: str) -> Any:
+        body = self.static[name]
+        headers = [(b"cache-control", b"public, max-age=3600"), (b"x-content-type-options", b"nosniff")]
+        content_type = [(b"content-type", STATIC_TYPES.get(Path(name).suffix, b"application/octet-stream"))]
+
+        async def handler(request: Request) -> None:
+            await respond(request.send, 200, body, headers, content_type)
+        return handler
+
+    async def _page(self, request: Request, template: str, session: Session | None, status: int = 200,
+                    headers: list[tuple[bytes, bytes]] | None = None, **context: Any) -> None:
+        html = self.templates.get_template(template).render(
+            navigation=NAVIGATION, current=request.path, session=session, **context)
+        await respond(request.send, status, html.encode(), [*SECURITY_HEADERS, *(headers or [])],
+                      [(b"content-type", b"text/html; charset=utf-8")])
+
+    async def _redirect(self, request: Request, location: str, headers: list[tuple[bytes, bytes]] | None = None
+                        ) -> None:
+        await respond(request.send, 303, b"", [(b"location", location.encode()), *SECURITY_HEADERS, *(headers or [])],
+                      [(b"content-type", b"text/plain")])
+
+    def _token(self, request: Request) -> str | None:
+        cookie = request.header("cookie") or ""
+        for part in cookie.split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == COOKIE:
+                return value
+        return None
+
+    def _session(self, request: Request) -> Session | None:
+        session = self.sessions.get(self._token(request))
+        if session is not None and session.key_hash is not None:
+            # A management key that was disabled, deleted or has expired ends its sessions at the next request.
+            try:
+                self._principal_of_key(session.key_hash)
+            except GatewayError:
+                self.sessions.end_for_key(session.key_hash)
+                return None
+        return session
+
+    def _principal_of_key(self, key_hash: str) -> Principal:
+        row = self.gateway.keys.get(key_hash)
+        if row is None or row.disabled or (row.expires_at is not None and row.expires_at <= datetime.now(UTC)):
+            raise GatewayError(401, "the key is no longer valid")
+        return Principal(kind="key", key=row)
+
+    async def _signed_in(self, request: Request) -> Session | None:
+        """The session, or None after redirecting to the sign-in page."""
+        session = self._session(request)
+        if session is None:
+            await self._redirect(request, "/signin")
+        return session
+
+    def _form(self, request: Request, session: Session | None) -> dict[str, str]:
+        """The posted form; 403 unless it carries the session's CSRF token (and comes from this origin)."""
+        origin = request.header("origin")
+        host = request.header("host")
+        if origin and host and origin.split("://", 1)[-1] != host:
+            raise GatewayError(403, "Cross-origin form posts are refused")
+        fields = {name: values[-1] for name, values in parse_qs(request.body.decode("utf-8", "replace"),
+                                                                  keep_blank_values=True).items()}
+        if session is not None and not hmac.compare_digest(fields.get("csrf", ""), session.csrf):
+            raise GatewayError(403, "Missing or wrong CSRF token: reload the page and try again")
+        return fields
+
+    def _cookie(self, request: Request, value: str, max_age: int | None = None) -> tuple[bytes, bytes]:
+        secure = request.scope.get("scheme") == "https" or request.header("x-forwarded-proto") == "https"
+        attributes = f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
+        if max_age is not None:
+            attributes += f"; Max-Age={max_age}"
+        return (b"set-cookie", attributes.encode())
+
+    # -- sign-in ---------------------------------------------------------------------------------------------------
+    async def sign_in_page(self, request: Request) -> None:
+        if self._session(request) is not None:
+            await self._redirect(request, "/")
+            return
+        await self._page(request, "signin.html", None, error=None)
+
+    async def sign_in(self, request: Request) -> None:
+        fields = self._form(request, None)
+        address = (request.scope.get("client") or ("unknown",))[0]
+        wait = self.throttle.retry_after(address)
+        if wait > 0:
+            await self._page(request, "signin.html", None, status=429,
+                             headers=[(b"retry-after", str(math.ceil(wait)).encode())],
+                             error=f"Too many failed sign-ins from this address; try again in {math.ceil(wait)} s.")
+            return
+        if self.gateway.workers > 1:
+            await self._page(request, "signin.html", None, status=503,
+                             error="The dashboard keeps its sessions in one process; this gateway runs "
+                                   f"{self.gateway.workers} worker processes. Run it with --workers 1 to use the "
+                                   "dashboard.")
+            return
+        key = fields.get("key", "").strip()
+        try:
+            principal = self.gateway.auth.authenticate({b"authorization": b"Bearer " + key.encode()}) if key \
+                else None
+        except GatewayError:
+            principal = None
+        if principal is None or not principal.can_manage:
+            self.throttle.failed(address)
+            await self._page(request, "signin.html", None, status=401,
+                             error="Sign-in needs the master key or a management key." if principal is None
+                             else "This is not a management key: only the master key or a management key can sign in.")
+            return
+        self.throttle.succeeded(address)
+        token, _ = self.sessions.create(principal.kind, principal.key_hash)
+        await self._redirect(request, "/", [self._cookie(request, token)])
+
+    async def sign_out(self, request: Request) -> None:
+        session = self._session(request)
+        self._form(request, session)
+        self.sessions.end(self._token(request))
+        await self._redirect(request, "/signin", [self._cookie(request, "", max_age=0)])
+
+    # -- pages -----------------------------------------------------------------------------------------------------
+    async def overview(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        since = datetime.now(UTC).date() - timedelta(days=29)
+        days = await self.gateway.store.activity(since, datetime.now(UTC).date(), None)
+        totals = {"requests": sum(d["requests"] for d in days), "cost": sum(d["cost"] for d in days),
+                  "tokens": sum(d["prompt_tokens"] + d["completion_tokens"] for d in days)}
+        by_model: dict[str, dict[str, float]] = {}
+        for row in days:
+            entry = by_model.setdefault(row["model"], {"requests": 0, "cost": 0.0})
+            entry["requests"] += row["requests"]
+            entry["cost"] += row["cost"]
+        top_models = sorted(by_model.items(), key=lambda item: -item[1]["requests"])[:10]
+        await self._page(request, "overview.html", session, totals=totals, top_models=top_models)
+
+    async def keys_page(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        new_key, session.flash_key = session.flash_key, None  # shown once, then gone from memory
+        await self._keys(request, session, new_key=new_key, error=None)
+
+    async def _keys(self, request: Request, session: Session, *, new_key: str | None, error: str | None,
+                    status: int = 200) -> None:
+        rows = await self.gateway.store.list_keys()
+        keys = []
+        for row in rows:
+            usage = self.gateway.ledger.spend.get(row.hash)
+            used = usage.total if usage is not None else 0.0
+            keys.append({"row": row, "used": used,
+                         "share": min(100, round(100 * used / row.limit)) if row.limit else None})
+        await self._page(request, "keys.html", session, status=status, keys=keys, new_key=new_key, error=error,
+                         models=sorted(self.gateway.registry.models))
+
+    async def create_key(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        fields = self._form(request, session)
+        try:
+            changes = key_changes(_key_body(fields), creating=True)
+            self.gateway.check_limit_allowed(changes)
+        except GatewayError as error:
+            await self._keys(request, session, new_key=None, error=error.message, status=400)
+            return
+        plaintext, row = new_key_row(changes)
+        await self.gateway.store.insert_key(row)
+        self.gateway.keys.put(row)
+        session.flash_key = plaintext
+        await self._redirect(request, "/keys")
+
+    async def update_key(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        fields = self._form(request, session)
+        key_hash, action = fields.get("hash", ""), fields.get("action")
+        if action == "delete":
+            if await self.gateway.store.delete_key(key_hash):
+                self.gateway.keys.drop(key_hash)
+                self.sessions.end_for_key(key_hash)
+        elif action in ("disable", "enable"):
+            row = await self.gateway.store.update_key(key_hash, {"disabled": action == "disable"})
+            if row is not None:
+                self.gateway.keys.put(row)
+                if row.disabled:
+                    self.sessions.end_for_key(key_hash)
+        else:
+            raise GatewayError(400, "Unknown key action")
+        await self._redirect(request, "/keys")
+
+    async def models_page(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        query = request.query().get("q", "").strip().lower()
+        models = []
+        for model_id in sorted(self.gateway.registry.models):
+            if query and query not in model_id.lower():
+                continue
+            deployments = self.gateway.registry.models[model_id]
+            models.append({"id": model_id, "endpoints": [
+                {"connection": d.connection.name, "upstream": d.model.upstream,
+                 "state": self.gateway.health.state(d.connection.name, d.model.upstream)}
+                for d in deployments]})
+        await self._page(request, "models.html", session, models=models, query=query)
+
+    async def activity_page(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        query = request.query()
+        try:
+            page = max(int(query.get("page", "1")), 1)
+        except ValueError:
+            page = 1
+        key_hash = query.get("key") or None
+        model = query.get("model") or None
+        rows = await self.gateway.store.list_generations(key_hash=key_hash, model=model, limit=PAGE_SIZE + 1,
+                                                         offset=(page - 1) * PAGE_SIZE)
+        names = {row.hash: row.name for row in await self.gateway.store.list_keys()}
+        filters = {k: v for k, v in (("key", key_hash), ("model", model)) if v}
+        await self._page(request, "activity.html", session, rows=rows[:PAGE_SIZE], names=names, page=page,
+                         more=len(rows) > PAGE_SIZE, filters=filters, filter_query=urlencode(filters))
+
+    async def connections_page(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        connections = [{"name": c.name, "type": c.type, "rpm": c.rpm, "tpm": c.tpm,
+                        "models": sum(1 for deps in self.gateway.registry.models.values()
+                                      for d in deps if d.connection.name == c.name)}
+                       for c in self.gateway.config.providers]
+        await self._page(request, "connections.html", session, connections=connections,
+                         routes=self.gateway.config.routes)
+
+
+def _key_body(fields: dict[str, str]) -> dict[str, Any]:
+    """The key form as the JSON body the API takes (one validation for both)."""
+    body: dict[str, Any] = {"name": fields.get("name", "")}
+    try:
+        if fields.get("limit", "").strip():
+            body["limit"] = float(fields["limit"])
+        for name in ("rpm", "tpm"):
+            if fields.get(name, "").strip():
+                body[name] = int(fields[name])
+    except ValueError:
+        raise GatewayError(400, "Limits must be numbers") from None
+    if fields.get("limit_reset"):
+        body["limit_reset"] = fields["limit_reset"]
+    if fields.get("expires_at", "").strip():
+        body["expires_at"] = fields["expires_at"].strip()
+    models = [m.strip() for m in fields.get("allowed_models", "").replace("\n", ",").split(",") if m.strip()]
+    if models:
+        body["allowed_models"] = models
+    if fields.get("priority"):
+        body["priority"] = fields["priority"]
+    if fields.get("management") == "on":
+        body["is_management_key"] = True
+    return body
+
+
+def _usd(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "—"

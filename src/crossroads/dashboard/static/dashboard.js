@@ -1,0 +1,19 @@
+// Crossroads dashboard: the only script the pages load (the Content-Security-Policy allows no inline script).
+document.addEventListener("click", (event) => {
+  const copy = event.target.closest("[data-copy]");
+  if (copy) {
+    const field = document.getElementById(copy.dataset.copy);
+    field.select();
+    const done = () => { copy.textContent = "Copied"; };
+    if (navigator.clipboard) {
+      navigator.clipboard.writeText(field.value).then(done, () => { document.execCommand("copy"); done(); });
+    } else {
+      document.execCommand("copy");
+      done();
+    }
+  }
+  const confirmable = event.target.closest("[data-confirm]");
+  if (confirmable && !window.confirm(confirmable.dataset.confirm)) {
+    event.preventDefault();
+  }
+});

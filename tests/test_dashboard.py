@@ -1,0 +1,180 @@
+"""The dashboard over HTTP: sign-in, sessions, CSRF, security headers, escaping, the once-shown key, the pages.
+
+tests/browser/ drives the same pages in Chromium."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from tests.conftest import MASTER_KEY, GatewayProcess, gateway_config
+
+AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
+
+
+@contextmanager
+def signed_in(gateway: GatewayProcess, key: str = MASTER_KEY) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=15) as client:
+        resp = client.post("/signin", data={"key": key})
+        assert resp.status_code == 303 and resp.headers["location"] == "/", resp.text[:300]
+        yield client
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, html[:500]
+    return match.group(1)
+
+
+def create_key(client: httpx.Client, **fields: str) -> tuple[httpx.Response, str | None]:
+    page = client.get("/keys")
+    resp = client.post("/keys", data={"csrf": csrf_of(page.text), **fields})
+    if resp.status_code != 303:
+        return resp, None
+    shown = client.get("/keys")
+    match = re.search(r'aria-label="New API key" readonly value="([^"]+)"', shown.text)
+    return shown, match.group(1) if match else None
+
+
+def test_pages_need_a_session(gateway) -> None:
+    for path in ("/", "/keys", "/models", "/activity", "/connections"):
+        resp = httpx.get(gateway.url + path)
+        assert resp.status_code == 303 and resp.headers["location"] == "/signin", path
+    page = httpx.get(gateway.url + "/signin")
+    assert page.status_code == 200 and '<label for="key">' in page.text
+
+
+def test_security_headers_and_cookie_attributes(gateway) -> None:
+    page = httpx.get(gateway.url + "/signin")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["referrer-policy"] and page.headers["x-content-type-options"] == "nosniff"
+    assert "<script>" not in page.text and "style=" not in page.text  # nothing inline for the policy to refuse
+    resp = httpx.post(gateway.url + "/signin", data={"key": MASTER_KEY})
+    cookie = resp.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie  # plain HTTP here
+    behind_tls = httpx.post(gateway.url + "/signin", data={"key": MASTER_KEY}, headers={"X-Forwarded-Proto": "https"})
+    assert "; Secure" in behind_tls.headers["set-cookie"]
+
+
+def test_navigation_names_and_static_assets(gateway) -> None:
+    with signed_in(gateway) as client:
+        page = client.get("/")
+        for label in ("Overview", "API Keys", "Models", "Activity", "Connections"):
+            assert f">{label}</a>" in page.text
+        for asset, kind in (("/static/dashboard.css", "text/css"), ("/static/dashboard.js", "text/javascript")):
+            resp = client.get(asset)
+            assert resp.status_code == 200 and resp.headers["content-type"].startswith(kind)
+
+
+def test_a_regular_key_cannot_sign_in(gateway) -> None:
+    with signed_in(gateway) as admin:
+        _, regular = create_key(admin, name="not-for-signin")
+    assert regular
+    resp = httpx.post(gateway.url + "/signin", data={"key": regular})
+    assert resp.status_code == 401 and "not a management key" in resp.text and "set-cookie" not in resp.headers
+    assert regular not in resp.text
+
+
+def test_failed_sign_ins_are_throttled_per_address(fake_openai, fake_anthropic, fake_gemini, fake_local,
+                                                   tmp_path) -> None:
+    """On a gateway of its own: the throttle is per process, and this test leaves 127.0.0.1 throttled."""
+    config = gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data")
+    proc = GatewayProcess(config, tmp_path).start()
+    try:
+        statuses = [httpx.post(proc.url + "/signin", data={"key": "sk-cr-wrong"}).status_code for _ in range(6)]
+        assert statuses == [401] * 5 + [429], statuses
+        throttled = httpx.post(proc.url + "/signin", data={"key": MASTER_KEY})  # even the right key, for a while
+        assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) > 0
+        assert MASTER_KEY not in throttled.text and "sk-cr-wrong" not in throttled.text
+    finally:
+        proc.stop()
+
+
+def test_management_key_signs_in(gateway) -> None:
+    with signed_in(gateway) as admin:
+        _, management = create_key(admin, name="ops", management="on")
+    assert management
+    with signed_in(gateway, management) as client:
+        assert client.get("/keys").status_code == 200
+
+
+def test_state_changes_need_the_csrf_token(gateway) -> None:
+    with signed_in(gateway) as client:
+        before = httpx.get(gateway.url + "/api/v1/keys", headers=AUTH).json()["data"]
+        for data in ({"name": "csrf-less"}, {"name": "csrf-wrong", "csrf": "nope"}):
+            resp = client.post("/keys", data=data)
+            assert resp.status_code == 403, resp.text[:200]
+        cross = client.post("/keys", data={"name": "cross", "csrf": csrf_of(client.get("/keys").text)},
+                            headers={"Origin": "https://evil.example"})
+        assert cross.status_code == 403
+        assert httpx.get(gateway.url + "/api/v1/keys", headers=AUTH).json()["data"] == before
+        assert client.post("/signout", data={}).status_code == 403
+        assert client.get("/keys").status_code == 200  # still signed in
+
+
+def test_key_created_shown_once_escaped_and_usable(gateway, fake_openai) -> None:
+    with signed_in(gateway) as client:
+        page, plaintext = create_key(client, name="<script>alert(1)</script>", limit="5", limit_reset="monthly",
+                                     allowed_models="openai/*", rpm="100", priority="high")
+        assert plaintext and plaintext.startswith("sk-")
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>alert(1)" not in page.text
+        again = client.get("/keys")
+        assert plaintext not in again.text and 'aria-label="New API key"' not in again.text
+        listed = [k for k in httpx.get(gateway.url + "/api/v1/keys", headers=AUTH).json()["data"]
+                  if k["name"] == "<script>alert(1)</script>"]
+        assert listed and listed[0]["limit"] == 5 and listed[0]["allowed_models"] == ["openai/*"]
+        assert listed[0]["limit_reset"] == "monthly" and listed[0]["rpm"] == 100 and listed[0]["priority"] == "high"
+        resp = httpx.post(gateway.url + "/api/v1/chat/completions", headers={"Authorization": f"Bearer {plaintext}"},
+                          json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status_code == 200
+        refused = httpx.post(gateway.url + "/api/v1/chat/completions",
+                             headers={"Authorization": f"Bearer {plaintext}"},
+                             json={"model": "anthropic/claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]})
+        assert refused.status_code == 403
+        key_hash = listed[0]["hash"]
+        deadline = time.monotonic() + 10  # generation records are written in batches, off the request path
+        while "openai/gpt-4o-mini" not in (activity := client.get("/activity", params={"key": key_hash})).text:
+            assert time.monotonic() < deadline, "the request never showed in Activity"
+            time.sleep(0.1)
+        assert "openai/gpt-4o-mini" in activity.text and "&lt;script&gt;" in activity.text
+        csrf = csrf_of(again.text)
+        assert client.post("/keys/update", data={"csrf": csrf, "hash": key_hash, "action": "disable"}).status_code == 303
+        disabled = httpx.post(gateway.url + "/api/v1/chat/completions", headers={"Authorization": f"Bearer {plaintext}"},
+                              json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert disabled.status_code == 401
+        assert client.post("/keys/update", data={"csrf": csrf, "hash": key_hash, "action": "delete"}).status_code == 303
+        assert key_hash not in client.get("/keys").text
+
+
+def test_bad_key_form_is_a_clear_error(gateway) -> None:
+    with signed_in(gateway) as client:
+        page, plaintext = create_key(client, name="bad", limit="-1")
+        assert page.status_code == 400 and plaintext is None and "limit" in page.text
+
+
+def test_sign_out_ends_the_session(gateway) -> None:
+    with signed_in(gateway) as client:
+        csrf = csrf_of(client.get("/").text)
+        resp = client.post("/signout", data={"csrf": csrf})
+        assert resp.status_code == 303 and "Max-Age=0" in resp.headers["set-cookie"]
+        token = resp.request.headers["cookie"]
+    replay = httpx.get(gateway.url + "/keys", headers={"Cookie": token})
+    assert replay.status_code == 303  # the old cookie is worth nothing now
+
+
+@pytest.mark.parametrize("path", ["/models", "/connections", "/activity?page=x", "/"])
+def test_pages_render(gateway, path) -> None:
+    with signed_in(gateway) as client:
+        resp = client.get(path)
+        assert resp.status_code == 200 and "Traceback" not in resp.text
+        if path == "/models":
+            assert "openai/gpt-4o-mini" in resp.text and "oai" in resp.text
+        if path == "/connections":
+            assert "ant" in resp.text and "gemini" in resp.text
