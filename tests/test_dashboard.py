@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -44,7 +45,8 @@ def create_key(client: httpx.Client, **fields: str) -> tuple[httpx.Response, str
 def test_pages_need_a_session(gateway) -> None:
     for path in ("/", "/keys", "/models", "/activity", "/connections"):
         resp = httpx.get(gateway.url + path)
-        assert resp.status_code == 303 and resp.headers["location"] == "/signin", path
+        expected = "/signin" if path == "/" else "/signin?" + urlencode({"next": path})
+        assert resp.status_code == 303 and resp.headers["location"] == expected, path
     page = httpx.get(gateway.url + "/signin")
     assert page.status_code == 200 and '<label for="key">' in page.text
 
@@ -166,7 +168,7 @@ def test_sign_out_ends_the_session(gateway) -> None:
         assert resp.status_code == 303 and "Max-Age=0" in resp.headers["set-cookie"]
         token = resp.request.headers["cookie"]
     replay = httpx.get(gateway.url + "/keys", headers={"Cookie": token})
-    assert replay.status_code == 303  # the old cookie is worth nothing now
+    assert replay.status_code == 303 and replay.headers["location"].startswith("/signin")  # the old cookie is dead
 
 
 @pytest.mark.parametrize("path", ["/models", "/connections", "/activity?page=x", "/"])
@@ -178,3 +180,14 @@ def test_pages_render(gateway, path) -> None:
             assert "openai/gpt-4o-mini" in resp.text and "oai" in resp.text
         if path == "/connections":
             assert "ant" in resp.text and "gemini" in resp.text
+
+
+def test_sign_in_returns_to_the_page_asked_for_and_only_to_this_site(gateway) -> None:
+    with httpx.Client(base_url=gateway.url, timeout=15) as client:
+        page = client.get("/signin", params={"next": "/activity?page=2"})
+        assert 'name="next" value="/activity?page=2"' in page.text
+        resp = client.post("/signin", data={"key": MASTER_KEY, "next": "/activity?page=2"})
+        assert resp.headers["location"] == "/activity?page=2"
+    for hostile in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+        resp = httpx.post(gateway.url + "/signin", data={"key": MASTER_KEY, "next": hostile})
+        assert resp.headers["location"] == "/", hostile

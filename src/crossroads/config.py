@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -40,6 +41,13 @@ class MediaConfig:
 
 
 @dataclass(slots=True)
+class OAuthConfig:
+    # Callback URLs the PKCE flow may redirect to besides https ones and http to localhost: origins such as
+    # "http://intranet-app:3000" (scheme, host and port must match exactly).
+    allowed_callbacks: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -51,6 +59,7 @@ class ServerConfig:
     discovery_timeout: float = 3.0  # seconds a connection's GET /models may take at start-up
     database_url: str | None = None  # SQLAlchemy-style URL; None = SQLite file in data_dir
     media: MediaConfig = field(default_factory=MediaConfig)
+    oauth: OAuthConfig = field(default_factory=OAuthConfig)
 
 
 @dataclass(slots=True)
@@ -307,7 +316,7 @@ def _read_accounting(r: _Reader) -> AccountingConfig:
 
 _SERVER_KEYS = {
     "host", "port", "master_key", "data_dir", "max_body_bytes", "keepalive_interval", "shutdown_grace",
-    "discovery_timeout", "media", "database_url",
+    "discovery_timeout", "media", "database_url", "oauth",
 }
 _CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "models", "catalog", "discover",
                     "data_collection", "rpm", "tpm", "responses_api"}
@@ -340,6 +349,14 @@ def _read_server(r: _Reader) -> ServerConfig:
         max_bytes=media.positive("max_bytes", int, defaults.max_bytes),
         timeout=media.positive("timeout", float, defaults.timeout),
     )
+    oauth = _Reader(r.source, r.key("oauth"), r.data.get("oauth"), {"allowed_callbacks"})
+    callbacks = oauth.get("allowed_callbacks", list, [])
+    for index, origin in enumerate(callbacks):
+        parts = urlsplit(origin) if isinstance(origin, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise oauth.error("allowed_callbacks", f"entry {index} must be an origin such as "
+                                                   f"'http://intranet-app:3000' (scheme://host[:port])")
+    server.oauth = OAuthConfig(allowed_callbacks=[c.rstrip("/").lower() for c in callbacks])
     return server
 
 

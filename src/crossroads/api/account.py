@@ -10,6 +10,7 @@ from crossroads.errors import GatewayError
 from crossroads.gate.auth import require_management
 from crossroads.gate.credits import PERIODS
 from crossroads.gate.keys import display_label, generate_key, hash_key
+from crossroads.gate.oauth import METHODS as OAUTH_METHODS
 from crossroads.store.rows import GenerationRow, KeyRow
 
 if TYPE_CHECKING:
@@ -171,6 +172,24 @@ async def create_key(gateway: Gateway, request: Request) -> None:
     await gateway.store.insert_key(row)
     gateway.keys.put(row)
     await respond_json(request.send, 201, {"data": key_payload(gateway, row), "key": plaintext})
+
+
+async def exchange_auth_code(gateway: Gateway, request: Request) -> None:
+    """POST /auth/keys: the app's half of OAuth PKCE, a code approved in the dashboard traded for a new key."""
+    body = request.json()
+    if not isinstance(body, dict) or not isinstance(body.get("code"), str) or not body["code"]:
+        raise GatewayError(400, "Invalid request: 'code' is required", metadata={"field": "code"})
+    method = body.get("code_challenge_method")
+    if method is not None and method not in OAUTH_METHODS:
+        raise GatewayError(400, "Invalid code_challenge_method: it must be S256 or plain")
+    verifier = body.get("code_verifier")
+    grant = gateway.dashboard.grants.redeem(body["code"], verifier if isinstance(verifier, str) else None, method)
+    changes = {"name": grant.name, "limit": grant.limit}
+    gateway.check_limit_allowed(changes)
+    plaintext, row = new_key_row(changes)
+    await gateway.store.insert_key(row)
+    gateway.keys.put(row)
+    await respond_json(request.send, 200, {"key": plaintext, "user_id": grant.user_id})
 
 
 async def list_keys(gateway: Gateway, request: Request) -> None:

@@ -126,6 +126,9 @@ class Gateway:
                 for method, handler in (("GET", account.get_key), ("PATCH", account.update_key),
                                         ("DELETE", account.delete_key))}))
         self.routes[("GET", "/health")] = Endpoint(self._health, False, openai_error)
+        for prefix in API_PREFIXES:  # OAuth PKCE's code exchange: the code is the credential, not an API key
+            self.routes[("POST", prefix + "/auth/keys")] = Endpoint(self._bind(account.exchange_auth_code), False,
+                                                                    openai_error)
         # The dashboard signs its users in itself (a session cookie, not an API key).
         self.dashboard = Dashboard(self)
         for method, path, handler in self.dashboard.routes():

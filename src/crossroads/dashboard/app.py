@@ -11,7 +11,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import jinja2
 
@@ -20,6 +20,7 @@ from crossroads.api.asgi import Request, respond
 from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
 from crossroads.errors import GatewayError
 from crossroads.gate.auth import Principal
+from crossroads.gate.oauth import PendingGrants, callback_problem, challenge_problem
 
 if TYPE_CHECKING:
     from crossroads.api.app import Gateway
@@ -47,6 +48,7 @@ class Dashboard:
         self.gateway = gateway
         self.sessions = SessionStore()
         self.throttle = SignInThrottle()
+        self.grants = PendingGrants()
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters["usd"] = _usd
@@ -59,6 +61,7 @@ class Dashboard:
             ("POST", "/signout", self.sign_out), ("GET", "/keys", self.keys_page), ("POST", "/keys", self.create_key),
             ("POST", "/keys/update", self.update_key), ("GET", "/models", self.models_page),
             ("GET", "/activity", self.activity_page), ("GET", "/connections", self.connections_page),
+            ("GET", "/auth", self.consent_page), ("POST", "/auth", self.consent),
             *(("GET", f"/static/{name}", self._static_handler(name)) for name in self.static),
         ]
 
@@ -110,10 +113,16 @@ class Dashboard:
         return Principal(kind="key", key=row)
 
     async def _signed_in(self, request: Request) -> Session | None:
-        """The session, or None after redirecting to the sign-in page."""
+        """The session, or None after redirecting to the sign-in page (which comes back here afterwards)."""
         session = self._session(request)
         if session is None:
-            await self._redirect(request, "/signin")
+            here = request.path
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            if here != "/" or query:
+                here = here + ("?" + query if query else "")
+                await self._redirect(request, "/signin?" + urlencode({"next": here}))
+            else:
+                await self._redirect(request, "/signin")
         return session
 
     def _form(self, request: Request, session: Session | None) -> dict[str, str]:
@@ -137,22 +146,24 @@ class Dashboard:
 
     # -- sign-in ---------------------------------------------------------------------------------------------------
     async def sign_in_page(self, request: Request) -> None:
+        next_page = _local_path(request.query().get("next"))
         if self._session(request) is not None:
-            await self._redirect(request, "/")
+            await self._redirect(request, next_page)
             return
-        await self._page(request, "signin.html", None, error=None)
+        await self._page(request, "signin.html", None, error=None, next_page=next_page)
 
     async def sign_in(self, request: Request) -> None:
         fields = self._form(request, None)
+        next_page = _local_path(fields.get("next"))
         address = (request.scope.get("client") or ("unknown",))[0]
         wait = self.throttle.retry_after(address)
         if wait > 0:
-            await self._page(request, "signin.html", None, status=429,
+            await self._page(request, "signin.html", None, status=429, next_page=next_page,
                              headers=[(b"retry-after", str(math.ceil(wait)).encode())],
                              error=f"Too many failed sign-ins from this address; try again in {math.ceil(wait)} s.")
             return
         if self.gateway.workers > 1:
-            await self._page(request, "signin.html", None, status=503,
+            await self._page(request, "signin.html", None, status=503, next_page=next_page,
                              error="The dashboard keeps its sessions in one process; this gateway runs "
                                    f"{self.gateway.workers} worker processes. Run it with --workers 1 to use the "
                                    "dashboard.")
@@ -165,13 +176,13 @@ class Dashboard:
             principal = None
         if principal is None or not principal.can_manage:
             self.throttle.failed(address)
-            await self._page(request, "signin.html", None, status=401,
+            await self._page(request, "signin.html", None, status=401, next_page=next_page,
                              error="Sign-in needs the master key or a management key." if principal is None
                              else "This is not a management key: only the master key or a management key can sign in.")
             return
         self.throttle.succeeded(address)
         token, _ = self.sessions.create(principal.kind, principal.key_hash)
-        await self._redirect(request, "/", [self._cookie(request, token)])
+        await self._redirect(request, next_page, [self._cookie(request, token)])
 
     async def sign_out(self, request: Request) -> None:
         session = self._session(request)
@@ -280,6 +291,51 @@ class Dashboard:
         await self._page(request, "activity.html", session, rows=rows[:PAGE_SIZE], names=names, page=page,
                          more=len(rows) > PAGE_SIZE, filters=filters, filter_query=urlencode(filters))
 
+    # -- OAuth PKCE ------------------------------------------------------------------------------------------------
+    def _authorisation(self, params: dict[str, str]) -> tuple[str, str | None, str | None]:
+        callback = params.get("callback_url", "")
+        challenge = params.get("code_challenge") or None
+        method = params.get("code_challenge_method") or None
+        problem = callback_problem(callback, self.gateway.config.server.oauth.allowed_callbacks) if callback \
+            else "callback_url is required"
+        problem = problem or challenge_problem(challenge, method)
+        if problem is not None:
+            raise GatewayError(400, f"Invalid authorisation request: {problem}")
+        return callback, challenge, method
+
+    async def consent_page(self, request: Request) -> None:
+        params = request.query()
+        callback, challenge, method = self._authorisation(params)  # a bad request is refused before sign-in
+        if (session := await self._signed_in(request)) is None:
+            return
+        await self._page(request, "consent.html", session, callback=callback, host=urlsplit(callback).hostname,
+                         challenge=challenge or "", method=method or "", error=None)
+
+    async def consent(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        fields = self._form(request, session)
+        callback, challenge, method = self._authorisation(fields)
+        host = urlsplit(callback).hostname or "app"
+        if fields.get("decision") != "approve":
+            await self._redirect(request, _with_query(callback, {"error": "access_denied"}))
+            return
+        limit: float | None = None
+        try:
+            if fields.get("limit", "").strip():
+                limit = float(fields["limit"])
+                if not math.isfinite(limit) or limit < 0:
+                    raise ValueError
+        except ValueError:
+            await self._page(request, "consent.html", session, status=400, callback=callback, host=host,
+                             challenge=challenge or "", method=method or "",
+                             error="The credit limit must be a non-negative number of USD")
+            return
+        self.gateway.check_limit_allowed({"limit": limit})
+        user_id = "master" if session.key_hash is None else f"key-{session.key_hash[:16]}"
+        code = self.grants.issue(name=host, limit=limit, user_id=user_id, challenge=challenge, method=method)
+        await self._redirect(request, _with_query(callback, {"code": code}))
+
     async def connections_page(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
             return
@@ -289,6 +345,13 @@ class Dashboard:
                        for c in self.gateway.config.providers]
         await self._page(request, "connections.html", session, connections=connections,
                          routes=self.gateway.config.routes)
+
+
+def _local_path(value: str | None) -> str:
+    """Where to go after signing in: a path on this site only (never another site, not even by `//host`)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
 
 
 def _key_body(fields: dict[str, str]) -> dict[str, Any]:
@@ -314,6 +377,12 @@ def _key_body(fields: dict[str, str]) -> dict[str, Any]:
     if fields.get("management") == "on":
         body["is_management_key"] = True
     return body
+
+
+def _with_query(url: str, params: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = parts.query + ("&" if parts.query else "") + urlencode(params)
+    return urlunsplit(parts._replace(query=query))
 
 
 def _usd(value: float | None) -> str:
