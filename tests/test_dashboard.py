@@ -191,3 +191,31 @@ def test_sign_in_returns_to_the_page_asked_for_and_only_to_this_site(gateway) ->
     for hostile in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
         resp = httpx.post(gateway.url + "/signin", data={"key": MASTER_KEY, "next": hostile})
         assert resp.headers["location"] == "/", hostile
+
+
+def test_activity_detail_csv_and_credits(gateway, fake_openai) -> None:
+    resp = httpx.post(gateway.url + "/api/v1/chat/completions", headers={**AUTH, "X-Title": "=cmd|evil"},
+                      json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    generation_id = resp.json()["id"]
+    with signed_in(gateway) as client:
+        deadline = time.monotonic() + 10
+        while (detail := client.get("/activity/view", params={"id": generation_id})).status_code == 404:
+            assert time.monotonic() < deadline, "the record never arrived"
+            time.sleep(0.1)
+        assert detail.status_code == 200
+        assert "oai" in detail.text and "gpt-4o-mini" in detail.text and "prompt " in detail.text
+        listing = client.get("/activity", params={"status": "ok", "model": "openai/gpt-4o-mini"})
+        assert generation_id in listing.text
+        assert generation_id not in client.get("/activity", params={"status": "failed"}).text
+        exported = client.get("/activity.csv", params={"model": "openai/gpt-4o-mini"})
+        assert exported.headers["content-type"].startswith("text/csv")
+        assert "attachment" in exported.headers["content-disposition"]
+        lines = exported.text.splitlines()
+        assert lines[0].startswith("id,created_at,key_hash,model")
+        assert any(line.startswith(generation_id) for line in lines)
+        assert "'=cmd|evil" in exported.text and ",=cmd" not in exported.text  # no formula for a spreadsheet
+        assert client.get("/activity/view", params={"id": "gen-nope"}).status_code == 404
+        credits = client.get("/credits")
+        assert credits.status_code == 200 and "<svg" in credits.text and "Spend per day" in credits.text
+        overview = client.get("/", params={"window": "7d"})
+        assert overview.text.count("<svg") == 3 and "Top keys" in overview.text

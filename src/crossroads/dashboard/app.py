@@ -6,7 +6,9 @@ pages read the key cache, the registry, the health board and the generation stor
 
 from __future__ import annotations
 
+import csv
 import hmac
+import io
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ import jinja2
 
 from crossroads.api.account import key_changes, new_key_row
 from crossroads.api.asgi import Request, respond
+from crossroads.dashboard.charts import bar_chart
 from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
 from crossroads.errors import GatewayError
 from crossroads.gate.auth import Principal
@@ -28,6 +31,11 @@ if TYPE_CHECKING:
 HERE = Path(__file__).parent
 COOKIE = "crossroads_session"
 PAGE_SIZE = 50
+CSV_LIMIT = 100_000
+CSV_COLUMNS = ("id", "created_at", "key_hash", "model", "provider_name", "upstream_model", "api_type", "streamed",
+               "status", "error", "finish_reason", "tokens_prompt", "tokens_completion", "tokens_reasoning",
+               "tokens_cached", "cost", "latency_ms", "generation_time_ms", "ttft_ms", "app_title", "http_referer",
+               "user")
 # No inline script or style anywhere: every script and stylesheet is a file under /static.
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -40,7 +48,7 @@ SECURITY_HEADERS = [
 ]
 STATIC_TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8"}
 NAVIGATION = [("Overview", "/"), ("API Keys", "/keys"), ("Models", "/models"), ("Activity", "/activity"),
-              ("Connections", "/connections")]
+              ("Connections", "/connections"), ("Credits", "/credits")]
 
 
 class Dashboard:
@@ -62,6 +70,8 @@ class Dashboard:
             ("POST", "/keys/update", self.update_key), ("GET", "/models", self.models_page),
             ("GET", "/activity", self.activity_page), ("GET", "/connections", self.connections_page),
             ("GET", "/auth", self.consent_page), ("POST", "/auth", self.consent),
+            ("GET", "/credits", self.credits_page), ("GET", "/activity/view", self.generation_page),
+            ("GET", "/activity.csv", self.activity_csv),
             *(("GET", f"/static/{name}", self._static_handler(name)) for name in self.static),
         ]
 
@@ -191,20 +201,59 @@ class Dashboard:
         await self._redirect(request, "/signin", [self._cookie(request, "", max_age=0)])
 
     # -- pages -----------------------------------------------------------------------------------------------------
+    async def _days(self, days: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """Usage rows of the last `days` days (UTC, today included) and those days' dates in order."""
+        today = datetime.now(UTC).date()
+        first = today - timedelta(days=days - 1)
+        dates = [(first + timedelta(days=i)).isoformat() for i in range(days)]
+        return await self.gateway.store.activity(first, today, None), dates
+
     async def overview(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
             return
-        since = datetime.now(UTC).date() - timedelta(days=29)
-        days = await self.gateway.store.activity(since, datetime.now(UTC).date(), None)
-        totals = {"requests": sum(d["requests"] for d in days), "cost": sum(d["cost"] for d in days),
-                  "tokens": sum(d["prompt_tokens"] + d["completion_tokens"] for d in days)}
+        window = request.query().get("window", "30d")
+        days = {"7d": 7, "30d": 30}.get(window, 30)
+        rows, dates = await self._days(days)
+        per_day = {d: {"requests": 0, "cost": 0.0, "tokens": 0} for d in dates}
         by_model: dict[str, dict[str, float]] = {}
-        for row in days:
-            entry = by_model.setdefault(row["model"], {"requests": 0, "cost": 0.0})
-            entry["requests"] += row["requests"]
-            entry["cost"] += row["cost"]
+        by_key: dict[str | None, dict[str, float]] = {}
+        for row in rows:
+            day = per_day.get(row["date"])
+            if day is not None:
+                day["requests"] += row["requests"]
+                day["cost"] += row["cost"]
+                day["tokens"] += row["prompt_tokens"] + row["completion_tokens"]
+            for table, name in ((by_model, row["model"]), (by_key, row["key_hash"])):
+                entry = table.setdefault(name, {"requests": 0, "cost": 0.0})
+                entry["requests"] += row["requests"]
+                entry["cost"] += row["cost"]
+        totals = {name: sum(d[name] for d in per_day.values()) for name in ("requests", "cost", "tokens")}
+        names = {row.hash: row.name for row in await self.gateway.store.list_keys()}
+        charts = [
+            bar_chart([(d[5:], v["requests"]) for d, v in per_day.items()], title="Requests per day"),
+            bar_chart([(d[5:], v["cost"]) for d, v in per_day.items()], title="Spend per day (USD)", fmt=_usd),
+            bar_chart([(d[5:], v["tokens"]) for d, v in per_day.items()], title="Tokens per day"),
+        ]
         top_models = sorted(by_model.items(), key=lambda item: -item[1]["requests"])[:10]
-        await self._page(request, "overview.html", session, totals=totals, top_models=top_models)
+        top_keys = [("master key" if k is None else names.get(k, k[:12]), v)
+                    for k, v in sorted(by_key.items(), key=lambda item: -item[1]["requests"])[:10]]
+        await self._page(request, "overview.html", session, totals=totals, top_models=top_models, top_keys=top_keys,
+                         charts=charts, window=f"{days}d", days=days)
+
+    async def credits_page(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        rows, dates = await self._days(30)
+        per_day = dict.fromkeys(dates, 0.0)
+        for row in rows:
+            if row["date"] in per_day:
+                per_day[row["date"]] += row["cost"]
+        budget = self.gateway.config.accounting.budget
+        usage = sum(s.total for s in self.gateway.ledger.spend.values())
+        await self._page(request, "credits.html", session, budget=budget, usage=usage,
+                         remaining=None if budget is None else budget - usage,
+                         chart=bar_chart([(d[5:], v) for d, v in per_day.items()], title="Spend per day (USD)",
+                                         fmt=_usd))
 
     async def keys_page(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
@@ -274,22 +323,53 @@ class Dashboard:
                 for d in deployments]})
         await self._page(request, "models.html", session, models=models, query=query)
 
+    def _activity_filters(self, request: Request) -> dict[str, str]:
+        query = request.query()
+        return {name: query[name] for name in ("key", "model", "status") if query.get(name)}
+
+    async def _activity_rows(self, filters: dict[str, str], limit: int, offset: int) -> list[Any]:
+        status = filters.get("status")
+        return await self.gateway.store.list_generations(
+            key_hash=filters.get("key"), model=filters.get("model"),
+            failed=None if status not in ("ok", "failed") else status == "failed", limit=limit, offset=offset)
+
     async def activity_page(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
             return
-        query = request.query()
         try:
-            page = max(int(query.get("page", "1")), 1)
+            page = max(int(request.query().get("page", "1")), 1)
         except ValueError:
             page = 1
-        key_hash = query.get("key") or None
-        model = query.get("model") or None
-        rows = await self.gateway.store.list_generations(key_hash=key_hash, model=model, limit=PAGE_SIZE + 1,
-                                                         offset=(page - 1) * PAGE_SIZE)
+        filters = self._activity_filters(request)
+        rows = await self._activity_rows(filters, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE)
         names = {row.hash: row.name for row in await self.gateway.store.list_keys()}
-        filters = {k: v for k, v in (("key", key_hash), ("model", model)) if v}
         await self._page(request, "activity.html", session, rows=rows[:PAGE_SIZE], names=names, page=page,
                          more=len(rows) > PAGE_SIZE, filters=filters, filter_query=urlencode(filters))
+
+    async def activity_csv(self, request: Request) -> None:
+        """The filtered rows (up to CSV_LIMIT, newest first) as CSV."""
+        if (await self._signed_in(request)) is None:
+            return
+        rows = await self._activity_rows(self._activity_filters(request), CSV_LIMIT, 0)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow([_csv_safe(getattr(row, column)) for column in CSV_COLUMNS])
+        await respond(request.send, 200, out.getvalue().encode(),
+                      [*SECURITY_HEADERS, (b"content-disposition", b'attachment; filename="activity.csv"')],
+                      [(b"content-type", b"text/csv; charset=utf-8")])
+
+    async def generation_page(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        row = await self.gateway.store.get_generation(request.query().get("id", ""))
+        if row is None:
+            await self._page(request, "generation.html", session, status=404, row=None, key_name=None)
+            return
+        key = self.gateway.keys.get(row.key_hash) if row.key_hash else None
+        await self._page(request, "generation.html", session, row=row,
+                         key_name=key.name if key is not None else ("master key" if row.key_hash is None else None))
 
     # -- OAuth PKCE ------------------------------------------------------------------------------------------------
     def _authorisation(self, params: dict[str, str]) -> tuple[str, str | None, str | None]:
@@ -383,6 +463,13 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     parts = urlsplit(url)
     query = parts.query + ("&" if parts.query else "") + urlencode(params)
     return urlunsplit(parts._replace(query=query))
+
+
+def _csv_safe(value: Any) -> Any:
+    """A cell a spreadsheet will not run as a formula (a model or app name may start with = + - @)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _usd(value: float | None) -> str:
