@@ -219,3 +219,14 @@ def test_activity_detail_csv_and_credits(gateway, fake_openai) -> None:
         assert credits.status_code == 200 and "<svg" in credits.text and "Spend per day" in credits.text
         overview = client.get("/", params={"window": "7d"})
         assert overview.text.count("<svg") == 3 and "Top keys" in overview.text
+
+
+def test_models_filters_and_sorts(gateway) -> None:
+    with signed_in(gateway) as client:
+        google = client.get("/models", params={"vendor": "google"}).text
+        assert "google/gemini-2.5-flash" in google and "openai/gpt-4o-mini" not in google
+        images = client.get("/models", params={"modality": "image"}).text
+        assert "openai/gpt-4o-mini" in images and "test/slow" not in images
+        by_price = client.get("/models", params={"sort": "price"}).text
+        assert by_price.index("test/slow") < by_price.index("openai/gpt-4o-mini")  # unpriced (0) first
+        assert "healthy" in by_price

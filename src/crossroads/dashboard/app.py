@@ -24,6 +24,7 @@ from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
 from crossroads.errors import GatewayError
 from crossroads.gate.auth import Principal
 from crossroads.gate.oauth import PendingGrants, callback_problem, challenge_problem
+from crossroads.routing.health import STATUS_EJECTED, STATUS_OK, STATUS_PROBING
 
 if TYPE_CHECKING:
     from crossroads.api.app import Gateway
@@ -46,6 +47,7 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-store"),
 ]
+STATES = {STATUS_OK: "healthy", STATUS_PROBING: "probing", STATUS_EJECTED: "ejected"}
 STATIC_TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8"}
 NAVIGATION = [("Overview", "/"), ("API Keys", "/keys"), ("Models", "/models"), ("Activity", "/activity"),
               ("Connections", "/connections"), ("Credits", "/credits")]
@@ -311,17 +313,52 @@ class Dashboard:
     async def models_page(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
             return
-        query = request.query().get("q", "").strip().lower()
-        models = []
-        for model_id in sorted(self.gateway.registry.models):
-            if query and query not in model_id.lower():
+        query = request.query()
+        search = query.get("q", "").strip().lower()
+        vendor = query.get("vendor", "")
+        modality = query.get("modality", "")
+        sort = query.get("sort", "name")
+        health = self.gateway.health
+        models, vendors, modalities = [], set(), set()
+        for model_id, deployments in self.gateway.registry.models.items():
+            spec = deployments[0].model
+            vendors.add(model_id.split("/", 1)[0])
+            modalities.update(spec.input_modalities)
+            if (search and search not in model_id.lower() and search not in spec.name.lower()) \
+                    or (vendor and model_id.split("/", 1)[0] != vendor) \
+                    or (modality and modality not in spec.input_modalities):
                 continue
-            deployments = self.gateway.registry.models[model_id]
-            models.append({"id": model_id, "endpoints": [
-                {"connection": d.connection.name, "upstream": d.model.upstream,
-                 "state": self.gateway.health.state(d.connection.name, d.model.upstream)}
-                for d in deployments]})
-        await self._page(request, "models.html", session, models=models, query=query)
+            endpoints = []
+            for d in deployments:
+                stats = health.endpoint_stats(d.connection.name, d.model.upstream)
+                endpoints.append({"connection": d.connection.name, "upstream": d.model.upstream,
+                                  "state": STATES.get(stats["status"], "unknown"),
+                                  "uptime": stats["uptime_last_30m"],
+                                  "latency": (stats["latency_last_30m"] or {}).get("p50"),
+                                  "throughput": (stats["throughput_last_30m"] or {}).get("p50")})
+            models.append({"id": model_id, "name": spec.name, "context": spec.context_length,
+                           "prompt": spec.pricing.prompt * 1e6, "completion": spec.pricing.completion * 1e6,
+                           "priced": spec.priced, "modalities": spec.input_modalities, "endpoints": endpoints})
+        sorts = {"price": lambda m: (m["prompt"], m["id"]), "context": lambda m: (-(m["context"] or 0), m["id"]),
+                 "name": lambda m: m["id"]}
+        models.sort(key=sorts.get(sort, sorts["name"]))
+        await self._page(request, "models.html", session, models=models, query=search, vendor=vendor,
+                         modality=modality, sort=sort, vendors=sorted(vendors), modalities=sorted(modalities))
+
+    async def connections_page(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        health = self.gateway.health
+        connections = []
+        for c in self.gateway.config.providers:
+            deployments = [d for deps in self.gateway.registry.models.values() for d in deps
+                           if d.connection.name == c.name]
+            ejected = sum(1 for d in deployments if health.status(c.name, d.model.upstream) == STATUS_EJECTED)
+            connections.append({"name": c.name, "type": c.type, "rpm": c.rpm, "tpm": c.tpm,
+                                "models": len(deployments), "ejected": ejected,
+                                "state": health.connection_state(c.name)})
+        await self._page(request, "connections.html", session, connections=connections,
+                         routes=self.gateway.config.routes)
 
     def _activity_filters(self, request: Request) -> dict[str, str]:
         query = request.query()
@@ -415,16 +452,6 @@ class Dashboard:
         user_id = "master" if session.key_hash is None else f"key-{session.key_hash[:16]}"
         code = self.grants.issue(name=host, limit=limit, user_id=user_id, challenge=challenge, method=method)
         await self._redirect(request, _with_query(callback, {"code": code}))
-
-    async def connections_page(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
-            return
-        connections = [{"name": c.name, "type": c.type, "rpm": c.rpm, "tpm": c.tpm,
-                        "models": sum(1 for deps in self.gateway.registry.models.values()
-                                      for d in deps if d.connection.name == c.name)}
-                       for c in self.gateway.config.providers]
-        await self._page(request, "connections.html", session, connections=connections,
-                         routes=self.gateway.config.routes)
 
 
 def _local_path(value: str | None) -> str:
