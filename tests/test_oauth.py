@@ -94,7 +94,8 @@ def test_denied_request_goes_back_with_an_error(gateway) -> None:
 
 
 @pytest.mark.parametrize("callback", ["http://evil.example/cb", "ftp://localhost/x", "javascript:alert(1)",
-                                      "https://user:pw@example.com/", "", "http://10.0.0.5:8000/cb"])
+                                      "https://user:pw@example.com/", "", "http://10.0.0.5:8000/cb",
+                                      "https://a;b/cb", "https://a b/cb"])
 def test_callback_urls_are_checked_before_sign_in(gateway, callback) -> None:
     resp = httpx.get(gateway.url + "/auth", params={"callback_url": callback})
     assert resp.status_code == 400 and "callback_url" in resp.json()["error"]["message"]

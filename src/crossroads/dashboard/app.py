@@ -38,10 +38,10 @@ CSV_COLUMNS = ("id", "created_at", "key_hash", "model", "provider_name", "upstre
                "tokens_cached", "cost", "latency_ms", "generation_time_ms", "ttft_ms", "app_title", "http_referer",
                "user")
 # No inline script or style anywhere: every script and stylesheet is a file under /static.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action {form_action}; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                 b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
-                                 b"object-src 'none'"),
+    (b"content-security-policy", CSP.format(form_action="'self'").encode()),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
     (b"x-content-type-options", b"nosniff"),
@@ -88,10 +88,17 @@ class Dashboard:
         return handler
 
     async def _page(self, request: Request, template: str, session: Session | None, status: int = 200,
-                    headers: list[tuple[bytes, bytes]] | None = None, **context: Any) -> None:
+                    headers: list[tuple[bytes, bytes]] | None = None, form_target: str | None = None,
+                    **context: Any) -> None:
+        """Render a page with the security headers; `form_target` is an origin the page's form may lead to (the
+        consent form's redirect to the app: browsers apply form-action to a form's redirects too)."""
         html = self.templates.get_template(template).render(
             navigation=NAVIGATION, current=request.path, session=session, **context)
-        await respond(request.send, status, html.encode(), [*SECURITY_HEADERS, *(headers or [])],
+        security = SECURITY_HEADERS
+        if form_target is not None:
+            security = [(b"content-security-policy", CSP.format(form_action=f"'self' {form_target}").encode()),
+                        *SECURITY_HEADERS[1:]]
+        await respond(request.send, status, html.encode(), [*security, *(headers or [])],
                       [(b"content-type", b"text/html; charset=utf-8")])
 
     async def _redirect(self, request: Request, location: str, headers: list[tuple[bytes, bytes]] | None = None
@@ -426,7 +433,7 @@ class Dashboard:
         if (session := await self._signed_in(request)) is None:
             return
         await self._page(request, "consent.html", session, callback=callback, host=urlsplit(callback).hostname,
-                         challenge=challenge or "", method=method or "", error=None)
+                         challenge=challenge or "", method=method or "", error=None, form_target=_origin(callback))
 
     async def consent(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
@@ -445,6 +452,7 @@ class Dashboard:
                     raise ValueError
         except ValueError:
             await self._page(request, "consent.html", session, status=400, callback=callback, host=host,
+                             form_target=_origin(callback),
                              challenge=challenge or "", method=method or "",
                              error="The credit limit must be a non-negative number of USD")
             return
@@ -486,6 +494,12 @@ def _key_body(fields: dict[str, str]) -> dict[str, Any]:
     return body
 
 
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a checked callback URL, as a CSP source."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
 def _with_query(url: str, params: dict[str, str]) -> str:
     parts = urlsplit(url)
     query = parts.query + ("&" if parts.query else "") + urlencode(params)
@@ -502,7 +516,11 @@ def _csv_safe(value: Any) -> Any:
 def _usd(value: float | None) -> str:
     if value is None:
         return "—"
-    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
+    if value == 0:
+        return "$0.00"
+    if abs(value) < 0.01:
+        return f"${value:.6f}"  # a single request often costs a fraction of a cent
+    return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
 
 
 def _when(value: datetime | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from crossroads.errors import GatewayError
 CODE_LIFETIME = 600.0  # seconds a code may wait to be redeemed
 METHODS = ("S256", "plain")
 MAX_PENDING = 10_000
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 
@@ -45,6 +47,8 @@ def callback_problem(url: str, allowed_origins: list[str]) -> str | None:
         return "callback_url must be an http(s) URL"
     if parts.username or parts.password:
         return "callback_url must not carry credentials"
+    if not _HOST.fullmatch(parts.netloc):  # the origin goes into the consent page's Content-Security-Policy
+        return "callback_url has characters a host name cannot have"
     if parts.scheme == "https":
         return None
     if parts.hostname in LOOPBACK_HOSTS:
