@@ -19,7 +19,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
+# Package scope: sync Playwright keeps an event loop running in the main thread while it is started, and the tests
+# outside this folder call asyncio.run().
+@pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
     if not os.access(CHROMIUM, os.X_OK):
         message = f"{CHROMIUM} not found: scripts/ci-browser.sh installs Debian's chromium"
