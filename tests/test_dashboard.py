@@ -230,3 +230,23 @@ def test_models_filters_and_sorts(gateway) -> None:
         by_price = client.get("/models", params={"sort": "price"}).text
         assert by_price.index("test/slow") < by_price.index("openai/gpt-4o-mini")  # unpriced (0) first
         assert "healthy" in by_price
+
+
+def test_edit_a_key(gateway) -> None:
+    with signed_in(gateway) as client:
+        _, plaintext = create_key(client, name="to-edit", limit="5", allowed_models="openai/*", rpm="10")
+        key = next(k for k in httpx.get(gateway.url + "/api/v1/keys", headers=AUTH).json()["data"]
+                   if k["name"] == "to-edit")
+        form = client.get("/keys/edit", params={"hash": key["hash"]})
+        assert 'value="to-edit"' in form.text and 'value="openai/*"' in form.text
+        csrf = csrf_of(form.text)
+        base = {"csrf": csrf, "hash": key["hash"], "action": "edit", "name": "edited", "priority": "low"}
+        resp = client.post("/keys/update", data={**base, "limit": "7", "limit_reset": "daily", "allowed_models": "",
+                                                 "rpm": "", "tpm": "500", "expires_at": ""})
+        assert resp.status_code == 303
+        data = httpx.get(gateway.url + f"/api/v1/keys/{key['hash']}", headers=AUTH).json()["data"]
+        assert (data["name"], data["limit"], data["limit_reset"], data["allowed_models"], data["rpm"], data["tpm"],
+                data["priority"]) == ("edited", 7, "daily", None, None, 500, "low")
+        bad = client.post("/keys/update", data={**base, "limit": "-2"})
+        assert bad.status_code == 400 and "limit" in bad.text
+        assert client.post("/keys/update", data={**base, "csrf": "x"}).status_code == 403

@@ -69,7 +69,7 @@ class Dashboard:
         return [
             ("GET", "/", self.overview), ("GET", "/signin", self.sign_in_page), ("POST", "/signin", self.sign_in),
             ("POST", "/signout", self.sign_out), ("GET", "/keys", self.keys_page), ("POST", "/keys", self.create_key),
-            ("POST", "/keys/update", self.update_key), ("GET", "/models", self.models_page),
+            ("POST", "/keys/update", self.update_key), ("GET", "/keys/edit", self.edit_key_page), ("GET", "/models", self.models_page),
             ("GET", "/activity", self.activity_page), ("GET", "/connections", self.connections_page),
             ("GET", "/auth", self.consent_page), ("POST", "/auth", self.consent),
             ("GET", "/credits", self.credits_page), ("GET", "/activity/view", self.generation_page),
@@ -307,6 +307,20 @@ class Dashboard:
             if await self.gateway.store.delete_key(key_hash):
                 self.gateway.keys.drop(key_hash)
                 self.sessions.end_for_key(key_hash)
+        elif action == "edit":
+            row = self.gateway.keys.get(key_hash)
+            try:
+                changes = key_changes(_key_body(fields, editing=True), creating=False)
+                self.gateway.check_limit_allowed(changes)
+            except GatewayError as error:
+                if row is None:
+                    raise
+                await self._page(request, "key_edit.html", session, status=400, row=row, error=error.message)
+                return
+            row = await self.gateway.store.update_key(key_hash, changes)
+            if row is None:
+                raise GatewayError(404, "API key not found")
+            self.gateway.keys.put(row)
         elif action in ("disable", "enable"):
             row = await self.gateway.store.update_key(key_hash, {"disabled": action == "disable"})
             if row is not None:
@@ -316,6 +330,15 @@ class Dashboard:
         else:
             raise GatewayError(400, "Unknown key action")
         await self._redirect(request, "/keys")
+
+    async def edit_key_page(self, request: Request) -> None:
+        if (session := await self._signed_in(request)) is None:
+            return
+        row = self.gateway.keys.get(request.query().get("hash", ""))
+        if row is None:
+            await self._redirect(request, "/keys")
+            return
+        await self._page(request, "key_edit.html", session, row=row, error=None)
 
     async def models_page(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
@@ -469,27 +492,29 @@ def _local_path(value: str | None) -> str:
     return value
 
 
-def _key_body(fields: dict[str, str]) -> dict[str, Any]:
-    """The key form as the JSON body the API takes (one validation for both)."""
+def _key_body(fields: dict[str, str], *, editing: bool = False) -> dict[str, Any]:
+    """The key form as the JSON body the API takes (one validation for both). Editing, an empty field clears its
+    setting (no limit, no expiry, every model); creating, it leaves the default."""
     body: dict[str, Any] = {"name": fields.get("name", "")}
     try:
-        if fields.get("limit", "").strip():
-            body["limit"] = float(fields["limit"])
-        for name in ("rpm", "tpm"):
-            if fields.get(name, "").strip():
-                body[name] = int(fields[name])
+        for name, kind in (("limit", float), ("rpm", int), ("tpm", int)):
+            value = fields.get(name, "").strip()
+            if value:
+                body[name] = kind(value)
+            elif editing:
+                body[name] = None
     except ValueError:
         raise GatewayError(400, "Limits must be numbers") from None
-    if fields.get("limit_reset"):
-        body["limit_reset"] = fields["limit_reset"]
-    if fields.get("expires_at", "").strip():
-        body["expires_at"] = fields["expires_at"].strip()
+    if fields.get("limit_reset") or editing:
+        body["limit_reset"] = fields.get("limit_reset") or None
+    if fields.get("expires_at", "").strip() or editing:
+        body["expires_at"] = fields.get("expires_at", "").strip() or None
     models = [m.strip() for m in fields.get("allowed_models", "").replace("\n", ",").split(",") if m.strip()]
-    if models:
-        body["allowed_models"] = models
+    if models or editing:
+        body["allowed_models"] = models or None
     if fields.get("priority"):
         body["priority"] = fields["priority"]
-    if fields.get("management") == "on":
+    if fields.get("management") == "on" and not editing:
         body["is_management_key"] = True
     return body
 
