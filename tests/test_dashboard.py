@@ -218,7 +218,14 @@ def test_activity_detail_csv_and_credits(gateway, fake_openai) -> None:
         credits = client.get("/credits")
         assert credits.status_code == 200 and "<svg" in credits.text and "Spend per day" in credits.text
         overview = client.get("/", params={"window": "7d"})
-        assert overview.text.count("<svg") == 3 and "Top keys" in overview.text
+        assert overview.text.count("<svg") == 4 and "Top keys" in overview.text
+        assert "Error rate" in overview.text and re.search(r"\d+ / \d+ ms", overview.text)
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+        assert generation_id in client.get("/activity", params={"app": "=cmd|evil", "from": today, "to": today}).text
+        assert generation_id not in client.get("/activity", params={"app": "other"}).text
+        assert generation_id not in client.get("/activity", params={"to": yesterday}).text
+        assert client.get("/activity", params={"from": "not-a-date"}).status_code == 200
 
 
 def test_models_filters_and_sorts(gateway) -> None:

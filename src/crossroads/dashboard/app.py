@@ -10,7 +10,8 @@ import csv
 import hmac
 import io
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -33,6 +34,7 @@ HERE = Path(__file__).parent
 COOKIE = "crossroads_session"
 PAGE_SIZE = 50
 CSV_LIMIT = 100_000
+OUTCOME_SAMPLE = 50_000  # newest requests the overview's error rate and latency percentiles are computed from
 CSV_COLUMNS = ("id", "created_at", "key_hash", "model", "provider_name", "upstream_model", "api_type", "streamed",
                "status", "error", "finish_reason", "tokens_prompt", "tokens_completion", "tokens_reasoning",
                "tokens_cached", "cost", "latency_ms", "generation_time_ms", "ttft_ms", "app_title", "http_referer",
@@ -237,17 +239,30 @@ class Dashboard:
                 entry["requests"] += row["requests"]
                 entry["cost"] += row["cost"]
         totals = {name: sum(d[name] for d in per_day.values()) for name in ("requests", "cost", "tokens")}
+        outcomes = await self.gateway.store.request_outcomes(
+            datetime.combine(date.fromisoformat(dates[0]), dt_time(), UTC), OUTCOME_SAMPLE)
+        errors_per_day = dict.fromkeys(dates, 0)
+        for created_at, status, _ in outcomes:
+            day = created_at.astimezone(UTC).date().isoformat()
+            if status >= 400 and day in errors_per_day:
+                errors_per_day[day] += 1
+        latencies = sorted(ms for _, status, ms in outcomes if ms is not None and status < 400)
+        health = {"sampled": len(outcomes), "capped": len(outcomes) >= OUTCOME_SAMPLE,
+                  "error_rate": (sum(1 for _, status, _ in outcomes if status >= 400) / len(outcomes)
+                                 if outcomes else None),
+                  "p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)}
         names = {row.hash: row.name for row in await self.gateway.store.list_keys()}
         charts = [
             bar_chart([(d[5:], v["requests"]) for d, v in per_day.items()], title="Requests per day"),
             bar_chart([(d[5:], v["cost"]) for d, v in per_day.items()], title="Spend per day (USD)", fmt=_usd),
             bar_chart([(d[5:], v["tokens"]) for d, v in per_day.items()], title="Tokens per day"),
+            bar_chart([(d[5:], float(errors_per_day[d])) for d in dates], title="Failed requests per day"),
         ]
         top_models = sorted(by_model.items(), key=lambda item: -item[1]["requests"])[:10]
         top_keys = [("master key" if k is None else names.get(k, k[:12]), v)
                     for k, v in sorted(by_key.items(), key=lambda item: -item[1]["requests"])[:10]]
         await self._page(request, "overview.html", session, totals=totals, top_models=top_models, top_keys=top_keys,
-                         charts=charts, window=f"{days}d", days=days)
+                         charts=charts, window=f"{days}d", days=days, health=health)
 
     async def credits_page(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
@@ -392,13 +407,24 @@ class Dashboard:
 
     def _activity_filters(self, request: Request) -> dict[str, str]:
         query = request.query()
-        return {name: query[name] for name in ("key", "model", "status") if query.get(name)}
+        filters = {name: query[name] for name in ("key", "model", "status", "app", "from", "to") if query.get(name)}
+        for name in ("from", "to"):  # a date that does not parse filters nothing rather than failing the page
+            if name in filters:
+                try:
+                    date.fromisoformat(filters[name])
+                except ValueError:
+                    del filters[name]
+        return filters
 
     async def _activity_rows(self, filters: dict[str, str], limit: int, offset: int) -> list[Any]:
         status = filters.get("status")
+        since = datetime.combine(date.fromisoformat(filters["from"]), dt_time(), UTC) if "from" in filters else None
+        until = (datetime.combine(date.fromisoformat(filters["to"]), dt_time(), UTC) + timedelta(days=1)
+                 if "to" in filters else None)  # the whole "to" day
         return await self.gateway.store.list_generations(
-            key_hash=filters.get("key"), model=filters.get("model"),
-            failed=None if status not in ("ok", "failed") else status == "failed", limit=limit, offset=offset)
+            key_hash=filters.get("key"), model=filters.get("model"), app=filters.get("app"), since=since,
+            until=until, failed=None if status not in ("ok", "failed") else status == "failed", limit=limit,
+            offset=offset)
 
     async def activity_page(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
@@ -529,6 +555,10 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     parts = urlsplit(url)
     query = parts.query + ("&" if parts.query else "") + urlencode(params)
     return urlunsplit(parts._replace(query=query))
+
+
+def _percentile(ordered: list[int], share: float) -> int | None:
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else None
 
 
 def _csv_safe(value: Any) -> Any:

@@ -258,9 +258,17 @@ class Store:
         return row
 
     async def list_generations(self, *, key_hash: str | None = None, model: str | None = None,
-                               failed: bool | None = None, limit: int = 50, offset: int = 0) -> list[GenerationRow]:
-        """Generation records, newest first, optionally filtered (the dashboard's Activity page)."""
+                               failed: bool | None = None, app: str | None = None, since: datetime | None = None,
+                               until: datetime | None = None, limit: int = 50, offset: int = 0
+                               ) -> list[GenerationRow]:
+        """Generation records, newest first, optionally filtered (the dashboard's Activity page); `until` exclusive."""
         statement = generations.select().order_by(generations.c.created_at.desc(), generations.c.id.desc())
+        if app is not None:
+            statement = statement.where(generations.c.app_title == clean_text(app))
+        if since is not None:
+            statement = statement.where(generations.c.created_at >= since)
+        if until is not None:
+            statement = statement.where(generations.c.created_at < until)
         if key_hash is not None:
             statement = statement.where(generations.c.key_hash == clean_text(key_hash))
         if model is not None:
@@ -275,6 +283,14 @@ class Store:
             row.events = row.events or []
             out.append(row)
         return out
+
+    async def request_outcomes(self, since: datetime, limit: int) -> list[tuple[datetime, int, int | None]]:
+        """(created_at, status, latency_ms) of the newest `limit` records since `since` (the dashboard's error rate
+        and latency percentiles; bounded so a busy gateway's page stays quick)."""
+        statement = (sa.select(generations.c.created_at, generations.c.status, generations.c.latency_ms)
+                     .where(generations.c.created_at >= since)
+                     .order_by(generations.c.created_at.desc()).limit(limit))
+        return [(row.created_at, int(row.status), row.latency_ms) for row in await self._fetch(statement)]
 
     async def key_spend(self, since: dict[str, datetime]) -> dict[str | None, dict[str, float]]:
         """Per key_hash (None = master key): {"total": all-time cost, name: cost since `since[name]` (inclusive)}."""
