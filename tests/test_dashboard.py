@@ -220,6 +220,7 @@ def test_activity_detail_csv_and_credits(gateway, fake_openai) -> None:
         overview = client.get("/", params={"window": "7d"})
         assert overview.text.count("<svg") == 4 and "Top keys" in overview.text
         assert "Error rate" in overview.text and re.search(r"\d+ / \d+ ms", overview.text)
+        assert "Top apps" in overview.text and "=cmd|evil</a>" in overview.text
         today = time.strftime("%Y-%m-%d", time.gmtime())
         yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
         assert generation_id in client.get("/activity", params={"app": "=cmd|evil", "from": today, "to": today}).text

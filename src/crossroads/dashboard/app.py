@@ -242,14 +242,18 @@ class Dashboard:
         outcomes = await self.gateway.store.request_outcomes(
             datetime.combine(date.fromisoformat(dates[0]), dt_time(), UTC), OUTCOME_SAMPLE)
         errors_per_day = dict.fromkeys(dates, 0)
-        for created_at, status, _ in outcomes:
+        by_app: dict[str, dict[str, float]] = {}
+        for created_at, status, _, app, cost in outcomes:
             day = created_at.astimezone(UTC).date().isoformat()
             if status >= 400 and day in errors_per_day:
                 errors_per_day[day] += 1
-        latencies = sorted(ms for _, status, ms in outcomes if ms is not None and status < 400)
+            if app:
+                entry = by_app.setdefault(app, {"requests": 0, "cost": 0.0})
+                entry["requests"] += 1
+                entry["cost"] += cost
+        latencies = sorted(o[2] for o in outcomes if o[2] is not None and o[1] < 400)
         health = {"sampled": len(outcomes), "capped": len(outcomes) >= OUTCOME_SAMPLE,
-                  "error_rate": (sum(1 for _, status, _ in outcomes if status >= 400) / len(outcomes)
-                                 if outcomes else None),
+                  "error_rate": (sum(1 for o in outcomes if o[1] >= 400) / len(outcomes) if outcomes else None),
                   "p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)}
         names = {row.hash: row.name for row in await self.gateway.store.list_keys()}
         charts = [
@@ -261,8 +265,9 @@ class Dashboard:
         top_models = sorted(by_model.items(), key=lambda item: -item[1]["requests"])[:10]
         top_keys = [("master key" if k is None else names.get(k, k[:12]), v)
                     for k, v in sorted(by_key.items(), key=lambda item: -item[1]["requests"])[:10]]
+        top_apps = sorted(by_app.items(), key=lambda item: -item[1]["requests"])[:10]
         await self._page(request, "overview.html", session, totals=totals, top_models=top_models, top_keys=top_keys,
-                         charts=charts, window=f"{days}d", days=days, health=health)
+                         top_apps=top_apps, charts=charts, window=f"{days}d", days=days, health=health)
 
     async def credits_page(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:

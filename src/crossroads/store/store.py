@@ -284,13 +284,15 @@ class Store:
             out.append(row)
         return out
 
-    async def request_outcomes(self, since: datetime, limit: int) -> list[tuple[datetime, int, int | None]]:
-        """(created_at, status, latency_ms) of the newest `limit` records since `since` (the dashboard's error rate
-        and latency percentiles; bounded so a busy gateway's page stays quick)."""
-        statement = (sa.select(generations.c.created_at, generations.c.status, generations.c.latency_ms)
-                     .where(generations.c.created_at >= since)
-                     .order_by(generations.c.created_at.desc()).limit(limit))
-        return [(row.created_at, int(row.status), row.latency_ms) for row in await self._fetch(statement)]
+    async def request_outcomes(self, since: datetime, limit: int
+                               ) -> list[tuple[datetime, int, int | None, str | None, float]]:
+        """(created_at, status, latency_ms, app_title, cost) of the newest `limit` records since `since` (the
+        dashboard's error rate, latency percentiles and top apps; bounded so a busy gateway's page stays quick)."""
+        columns = generations.c
+        statement = (sa.select(columns.created_at, columns.status, columns.latency_ms, columns.app_title, columns.cost)
+                     .where(columns.created_at >= since).order_by(columns.created_at.desc()).limit(limit))
+        return [(row.created_at, int(row.status), row.latency_ms, row.app_title, float(row.cost))
+                for row in await self._fetch(statement)]
 
     async def key_spend(self, since: dict[str, datetime]) -> dict[str | None, dict[str, float]]:
         """Per key_hash (None = master key): {"total": all-time cost, name: cost since `since[name]` (inclusive)}."""
