@@ -8,9 +8,9 @@ INSTALL_LOG="${CROSSROADS_CI_INSTALL_LOG:-/tmp/crossroads-ci-install.log}"
 log() { echo "ci-browser: $*" >&2; }
 if [ -x "$CHROMIUM" ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then log "$CHROMIUM not found and not root: install Debian's chromium package first"; exit 1; fi
-log "installing chromium with apt-get (output in $INSTALL_LOG)"
+log "installing chromium (and a font) with apt-get (output in $INSTALL_LOG)"
 export DEBIAN_FRONTEND=noninteractive
-if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } >>"$INSTALL_LOG" 2>&1; then
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-liberation; } >>"$INSTALL_LOG" 2>&1; then
   log "apt-get failed; the end of $INSTALL_LOG:"
   tail -n 25 "$INSTALL_LOG" >&2
   exit 1
