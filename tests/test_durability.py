@@ -72,7 +72,10 @@ def test_sigterm_under_load_loses_no_record(upstream, tmp_path) -> None:
         upstream.fault(*[Fault(delay=0.8) for _ in range(30)], *[Fault(chunk_delay=0.05) for _ in range(10)])
         with concurrent.futures.ThreadPoolExecutor(40) as pool:
             slow = [pool.submit(chat, gw.url, stream=i >= 30) for i in range(40)]
-            time.sleep(0.4)  # all 40 are in flight now
+            deadline = time.monotonic() + 5
+            while len(upstream.requests) < 50:  # all 40 are in flight (a fixed sleep raced a loaded machine)
+                assert time.monotonic() < deadline, f"only {len(upstream.requests) - 10} of 40 reached the upstream"
+                time.sleep(0.02)
             gw.proc.send_signal(signal.SIGTERM)
             answers = [f.result() for f in slow]
         assert gw.proc.wait(20) == 0
