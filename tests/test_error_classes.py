@@ -66,8 +66,9 @@ def payload_too_large(gateway, fakes) -> None:
 
 def too_many_requests(gateway, fakes) -> None:
     key = new_key(gateway, rpm=1)
-    send(gateway, key=key)
-    send(gateway, key=key)
+    # Windows are whole clock minutes: if a minute turns between the first two, the third is refused.
+    for _ in range(3):
+        send(gateway, key=key)
 
 
 def bad_gateway(gateway, fakes) -> None:
