@@ -164,13 +164,28 @@ def new_key_row(changes: dict[str, Any]) -> tuple[str, KeyRow]:
     return plaintext, row
 
 
-async def create_key(gateway: Gateway, request: Request) -> None:
-    require_management(request.principal)
-    changes = key_changes(request.json(), creating=True)
+async def add_key(gateway: Gateway, changes: dict[str, Any]) -> tuple[str, KeyRow]:
+    """Create a key from validated `changes` (the API, the dashboard, OAuth): the plaintext (shown once) and its row,
+    stored and already in the key cache."""
     gateway.check_limit_allowed(changes)
     plaintext, row = new_key_row(changes)
     await gateway.store.insert_key(row)
     gateway.keys.put(row)
+    return plaintext, row
+
+
+async def change_key(gateway: Gateway, key_hash: str, changes: dict[str, Any]) -> KeyRow | None:
+    """Apply validated `changes` to a key (None when there is no such key); the key cache follows at once."""
+    gateway.check_limit_allowed(changes)
+    row = await gateway.store.update_key(key_hash, changes)
+    if row is not None:
+        gateway.keys.put(row)
+    return row
+
+
+async def create_key(gateway: Gateway, request: Request) -> None:
+    require_management(request.principal)
+    plaintext, row = await add_key(gateway, key_changes(request.json(), creating=True))
     await respond_json(request.send, 201, {"data": key_payload(gateway, row), "key": plaintext})
 
 
@@ -184,11 +199,7 @@ async def exchange_auth_code(gateway: Gateway, request: Request) -> None:
         raise GatewayError(400, "Invalid code_challenge_method: it must be S256 or plain")
     verifier = body.get("code_verifier")
     grant = gateway.dashboard.grants.redeem(body["code"], verifier if isinstance(verifier, str) else None, method)
-    changes = {"name": grant.name, "limit": grant.limit}
-    gateway.check_limit_allowed(changes)
-    plaintext, row = new_key_row(changes)
-    await gateway.store.insert_key(row)
-    gateway.keys.put(row)
+    plaintext, _ = await add_key(gateway, {"name": grant.name, "limit": grant.limit})
     await respond_json(request.send, 200, {"key": plaintext, "user_id": grant.user_id})
 
 
@@ -221,12 +232,9 @@ async def get_key(gateway: Gateway, request: Request) -> None:
 async def update_key(gateway: Gateway, request: Request) -> None:
     require_management(request.principal)
     key_hash = request.path_params["hash"]
-    changes = key_changes(request.json(), creating=False)
-    gateway.check_limit_allowed(changes)
-    row = await gateway.store.update_key(key_hash, changes)
+    row = await change_key(gateway, key_hash, key_changes(request.json(), creating=False))
     if row is None:
         raise GatewayError(404, f"API key {key_hash!r} not found")
-    gateway.keys.put(row)
     await respond_json(request.send, 200, {"data": key_payload(gateway, row)})
 
 

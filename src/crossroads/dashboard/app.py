@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import jinja2
 
-from crossroads.api.account import key_changes, new_key_row
+from crossroads.api.account import add_key, change_key, key_changes
 from crossroads.api.asgi import Request, respond
 from crossroads.dashboard.charts import bar_chart
 from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
@@ -307,14 +307,10 @@ class Dashboard:
             return
         fields = self._form(request, session)
         try:
-            changes = key_changes(_key_body(fields), creating=True)
-            self.gateway.check_limit_allowed(changes)
+            plaintext, _ = await add_key(self.gateway, key_changes(_key_body(fields), creating=True))
         except GatewayError as error:
             await self._keys(request, session, new_key=None, error=error.message, status=400)
             return
-        plaintext, row = new_key_row(changes)
-        await self.gateway.store.insert_key(row)
-        self.gateway.keys.put(row)
         session.flash_key = plaintext
         await self._redirect(request, "/keys")
 
@@ -328,25 +324,21 @@ class Dashboard:
                 self.gateway.keys.drop(key_hash)
                 self.sessions.end_for_key(key_hash)
         elif action == "edit":
-            row = self.gateway.keys.get(key_hash)
+            current = self.gateway.keys.get(key_hash)
             try:
-                changes = key_changes(_key_body(fields, editing=True), creating=False)
-                self.gateway.check_limit_allowed(changes)
+                row = await change_key(self.gateway, key_hash, key_changes(_key_body(fields, editing=True),
+                                                                           creating=False))
             except GatewayError as error:
-                if row is None:
+                if current is None:
                     raise
-                await self._page(request, "key_edit.html", session, status=400, row=row, error=error.message)
+                await self._page(request, "key_edit.html", session, status=400, row=current, error=error.message)
                 return
-            row = await self.gateway.store.update_key(key_hash, changes)
             if row is None:
                 raise GatewayError(404, "API key not found")
-            self.gateway.keys.put(row)
         elif action in ("disable", "enable"):
-            row = await self.gateway.store.update_key(key_hash, {"disabled": action == "disable"})
-            if row is not None:
-                self.gateway.keys.put(row)
-                if row.disabled:
-                    self.sessions.end_for_key(key_hash)
+            row = await change_key(self.gateway, key_hash, {"disabled": action == "disable"})
+            if row is not None and row.disabled:
+                self.sessions.end_for_key(key_hash)
         else:
             raise GatewayError(400, "Unknown key action")
         await self._redirect(request, "/keys")

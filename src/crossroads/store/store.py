@@ -247,15 +247,7 @@ class Store:
 
     async def get_generation(self, id: str) -> GenerationRow | None:
         rows = await self._fetch(generations.select().where(generations.c.id == clean_text(id)))
-        if not rows:
-            return None
-        values = rows[0]._mapping
-        row = GenerationRow(**{name: values[name] for name in GENERATION_COLUMNS})
-        if row.provider_responses is None:
-            row.provider_responses = []
-        if row.events is None:
-            row.events = []
-        return row
+        return _generation_row(rows[0]) if rows else None
 
     async def list_generations(self, *, key_hash: str | None = None, model: str | None = None,
                                failed: bool | None = None, app: str | None = None, since: datetime | None = None,
@@ -275,14 +267,7 @@ class Store:
             statement = statement.where(generations.c.model == clean_text(model))
         if failed is not None:
             statement = statement.where(generations.c.status >= 400 if failed else generations.c.status < 400)
-        rows = await self._fetch(statement.limit(limit).offset(offset))
-        out = []
-        for values in (row._mapping for row in rows):
-            row = GenerationRow(**{name: values[name] for name in GENERATION_COLUMNS})
-            row.provider_responses = row.provider_responses or []
-            row.events = row.events or []
-            out.append(row)
-        return out
+        return [_generation_row(row) for row in await self._fetch(statement.limit(limit).offset(offset))]
 
     async def request_outcomes(self, since: datetime, limit: int
                                ) -> list[tuple[datetime, int, int | None, str | None, float]]:
@@ -360,3 +345,11 @@ class Store:
     async def total_spend(self) -> float:
         rows = await self._fetch(sa.select(sa.func.coalesce(sa.func.sum(generations.c.cost), 0.0)))
         return float(rows[0][0])
+
+
+def _generation_row(result: Any) -> GenerationRow:
+    values = result._mapping
+    row = GenerationRow(**{name: values[name] for name in GENERATION_COLUMNS})
+    row.provider_responses = row.provider_responses or []  # NULL in older rows
+    row.events = row.events or []
+    return row
