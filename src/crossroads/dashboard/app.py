@@ -23,7 +23,7 @@ from crossroads.api.asgi import Request, respond
 from crossroads.dashboard.charts import bar_chart
 from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
 from crossroads.errors import GatewayError
-from crossroads.gate.auth import Principal
+from crossroads.gate.keys import is_expired
 from crossroads.gate.oauth import PendingGrants, callback_problem, challenge_problem
 from crossroads.routing.health import STATUS_EJECTED, STATUS_OK, STATUS_PROBING
 
@@ -120,18 +120,11 @@ class Dashboard:
         session = self.sessions.get(self._token(request))
         if session is not None and session.key_hash is not None:
             # A management key that was disabled, deleted or has expired ends its sessions at the next request.
-            try:
-                self._principal_of_key(session.key_hash)
-            except GatewayError:
+            row = self.gateway.keys.get(session.key_hash)
+            if row is None or row.disabled or is_expired(row):
                 self.sessions.end_for_key(session.key_hash)
                 return None
         return session
-
-    def _principal_of_key(self, key_hash: str) -> Principal:
-        row = self.gateway.keys.get(key_hash)
-        if row is None or row.disabled or (row.expires_at is not None and row.expires_at <= datetime.now(UTC)):
-            raise GatewayError(401, "the key is no longer valid")
-        return Principal(kind="key", key=row)
 
     async def _signed_in(self, request: Request) -> Session | None:
         """The session, or None after redirecting to the sign-in page (which comes back here afterwards)."""

@@ -67,12 +67,25 @@ _SCALAR_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "stop": ((str, list), "a string or an array of strings"),
     "metadata": (dict, "an object"),
 }
-# field -> (accepted types as a tuple, whether a boolean is accepted, description): bool is an int subclass, so
-# isinstance alone would let `true` through as an integer.
-_SCALAR_CHECKS = {
-    field: (kinds if isinstance(kinds, tuple) else (kinds,),
-            bool in (kinds if isinstance(kinds, tuple) else (kinds,)), expected)
-    for field, (kinds, expected) in _SCALAR_FIELDS.items()}
+
+
+def _checks(fields: dict[str, tuple[type | tuple[type, ...], str]]) -> dict[str, tuple[tuple[type, ...], bool, str]]:
+    """field -> (accepted types as a tuple, whether a boolean is accepted, description): bool is an int subclass,
+    so isinstance alone would let `true` through as an integer."""
+    out = {}
+    for field, (kinds, expected) in fields.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        out[field] = (kinds, bool in kinds, expected)
+    return out
+
+
+def _wrong_type(value: Any, check: tuple[tuple[type, ...], bool, str]) -> bool:
+    return value is not None and (not isinstance(value, check[0]) or (value.__class__ is bool and not check[1]))
+
+
+_SCALAR_CHECKS = _checks(_SCALAR_FIELDS)
+_REASONING_CHECKS = _checks({"effort": (str, "a string"), "max_tokens": (int, "an integer"),
+                             "enabled": (bool, "a boolean"), "exclude": (bool, "a boolean")})
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -106,10 +119,9 @@ def check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
             _check_model_name(f"models[{i}]", name)
     # Over the body's fields (a handful) rather than every known field.
     for field, value in body.items():
-        spec = _SCALAR_CHECKS.get(field)
-        if spec is not None and value is not None and (not isinstance(value, spec[0])
-                                                       or (value.__class__ is bool and not spec[1])):
-            raise _fail(field, spec[2], value)
+        check = _SCALAR_CHECKS.get(field)
+        if check is not None and _wrong_type(value, check):
+            raise _fail(field, check[2], value)
     for field in ("max_tokens", "max_completion_tokens"):
         value = body.get(field)
         if value is not None and value < 1:
@@ -164,15 +176,10 @@ def _check_model_name(field: str, name: str) -> None:
                                 "a model name cannot", metadata={"field": field})
 
 
-_REASONING_FIELDS = {"effort": ((str,), "a string"), "max_tokens": ((int,), "an integer"),
-                     "enabled": ((bool,), "a boolean"), "exclude": ((bool,), "a boolean")}
-
-
 def _check_reasoning(reasoning: dict[str, Any]) -> None:
-    for field, (kinds, expected) in _REASONING_FIELDS.items():
-        value = reasoning.get(field)
-        if value is not None and (not isinstance(value, kinds) or (value.__class__ is bool and bool not in kinds)):
-            raise _fail(f"reasoning.{field}", expected, value)
+    for field, check in _REASONING_CHECKS.items():
+        if _wrong_type(reasoning.get(field), check):
+            raise _fail(f"reasoning.{field}", check[2], reasoning[field])
 
 
 def _check_messages(messages: Any) -> None:

@@ -34,9 +34,8 @@ def too_deep_text(raw: bytes | str, value: Any) -> bool:
     """Whether `value`, parsed from `raw`, nests deeper than MAX_DEPTH."""
     # Counting brackets is C-speed and over-counts (brackets inside strings), so a text with fewer than the limit
     # cannot be too deep and skips the walk: nearly every request.
-    if isinstance(raw, str):
-        return raw.count("{") + raw.count("[") > MAX_DEPTH and nesting_exceeds(value, MAX_DEPTH)
-    return raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and nesting_exceeds(value, MAX_DEPTH)
+    opening = (raw.count("{") + raw.count("[")) if isinstance(raw, str) else (raw.count(b"{") + raw.count(b"["))
+    return opening > MAX_DEPTH and nesting_exceeds(value, MAX_DEPTH)
 
 
 def too_deep(what: str) -> GatewayError:
