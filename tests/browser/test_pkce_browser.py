@@ -5,43 +5,32 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import secrets
-import threading
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
 
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import loopback_site, screenshot
 from tests.conftest import MASTER_KEY
+
+APP_PAGE = b"<!doctype html><title>App</title><h1>Signed in to the app</h1>"
 
 
 @pytest.fixture
 def callback_server() -> Iterator[tuple[str, list[dict[str, list[str]]]]]:
+    """The app's side: its callback page, and the query of every request to it."""
     received: list[dict[str, list[str]]] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
-            if urlsplit(self.path).path == "/callback":  # not the browser's /favicon.ico
-                received.append(parse_qs(urlsplit(self.path).query))
-            body = b"<!doctype html><title>App</title><h1>Signed in to the app</h1>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def page_for(path: str) -> bytes | None:
+        if urlsplit(path).path != "/callback":  # e.g. the browser's /favicon.ico
+            return None
+        received.append(parse_qs(urlsplit(path).query))
+        return APP_PAGE
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/callback", received
-    server.shutdown()
-    server.server_close()
+    with loopback_site(page_for) as url:
+        yield url + "/callback", received
 
 
 @pytest.mark.parametrize("method", ["S256", "plain"])
