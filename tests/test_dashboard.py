@@ -258,3 +258,10 @@ def test_edit_a_key(gateway) -> None:
         bad = client.post("/keys/update", data={**base, "limit": "-2"})
         assert bad.status_code == 400 and "limit" in bad.text
         assert client.post("/keys/update", data={**base, "csrf": "x"}).status_code == 403
+
+
+def test_money_is_never_shown_as_zero_when_it_is_not() -> None:
+    from crossroads.dashboard.app import _usd
+
+    assert _usd(0) == "$0.00" and _usd(9.2e-11) == "<$0.000001" and _usd(2.5e-5) == "$0.000025"
+    assert _usd(1.5) == "$1.5000" and _usd(1234.5) == "$1,234.50" and _usd(None) == "—"

@@ -563,6 +563,8 @@ def _usd(value: float | None) -> str:
         return "—"
     if value == 0:
         return "$0.00"
+    if abs(value) < 0.000001:
+        return "<$0.000001"  # not "$0.000000", which reads as free
     if abs(value) < 0.01:
         return f"${value:.6f}"  # a single request often costs a fraction of a cent
     return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
