@@ -99,6 +99,37 @@ def test_failed_sign_ins_are_throttled_per_address(fake_openai, fake_anthropic, 
         proc.stop()
 
 
+def test_connections_show_capacity_use_and_route_conditions(fake_openai, fake_anthropic, fake_gemini, fake_local,
+                                                            tmp_path) -> None:
+    config = gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data")
+    config["providers"][0].update(rpm=50, tpm=100000)
+    config["routes"] = [{
+        "name": "support-bot", "rpm": 7,
+        "targets": [{"connection": "oai", "model": "gpt-4o-mini", "name": "small"},
+                    {"connection": "ant", "model": "claude-sonnet-4-20250514", "name": "big"}],
+        "fallback": ["google/gemini-2.5-flash"],
+        "conditions": [{"when": {"prompt_tokens": {"gt": 1000}}, "target": "big"},
+                       {"when": {"header": {"x-team": "<b>ops</b>"}}, "action": "block", "message": "not you"}]}]
+    proc = GatewayProcess(config, tmp_path).start()
+    try:
+        for model in ("openai/gpt-4o-mini", "openai/gpt-4o-mini", "support-bot"):
+            resp = httpx.post(proc.url + "/api/v1/chat/completions", headers=AUTH,
+                              json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+            assert resp.status_code == 200, resp.text
+        with signed_in(proc) as client:
+            page = client.get("/connections").text
+    finally:
+        proc.stop()
+    oai_row = re.search(r"<tr><td>oai</td>.*?</tr>", page, re.S).group(0)
+    # Three requests through oai this minute (the route's went to its first target); tokens are the fake's usage.
+    assert re.search(r"rpm: 3 / 50", oai_row) and re.search(r"tpm: [1-9]\d* / 100000", oai_row), oai_row
+    assert "no limit" in re.search(r"<tr><td>ant</td>.*?</tr>", page, re.S).group(0)
+    route_row = re.search(r"<tr><td>support-bot</td>.*?</tr>", page, re.S).group(0)
+    assert "rpm: 1 / 7" in route_row and "google/gemini-2.5-flash" in route_row
+    assert "prompt_tokens gt 1000 → big" in route_row
+    assert "header.x-team eq &#39;&lt;b&gt;ops&lt;/b&gt;&#39; → block (not you)" in route_row  # escaped
+
+
 def test_management_key_signs_in(gateway) -> None:
     with signed_in(gateway) as admin:
         _, management = create_key(admin, name="ops", management="on")
@@ -113,6 +144,8 @@ def test_state_changes_need_the_csrf_token(gateway) -> None:
         for data in ({"name": "csrf-less"}, {"name": "csrf-wrong", "csrf": "nope"}):
             resp = client.post("/keys", data=data)
             assert resp.status_code == 403, resp.text[:200]
+            assert resp.headers["content-type"].startswith("text/html") and "CSRF token" in resp.text
+            assert ">Back to the overview</a>" in resp.text
         cross = client.post("/keys", data={"name": "cross", "csrf": csrf_of(client.get("/keys").text)},
                             headers={"Origin": "https://evil.example"})
         assert cross.status_code == 403
@@ -194,6 +227,7 @@ def test_sign_in_returns_to_the_page_asked_for_and_only_to_this_site(gateway) ->
 
 
 def test_activity_detail_csv_and_credits(gateway, fake_openai) -> None:
+    sent_hour = time.strftime("%H:00", time.gmtime())
     resp = httpx.post(gateway.url + "/api/v1/chat/completions", headers={**AUTH, "X-Title": "=cmd|evil"},
                       json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
     generation_id = resp.json()["id"]
@@ -221,6 +255,9 @@ def test_activity_detail_csv_and_credits(gateway, fake_openai) -> None:
         assert overview.text.count("<svg") == 4 and "Top keys" in overview.text
         assert "Error rate" in overview.text and re.search(r"\d+ / \d+ ms", overview.text)
         assert "Top apps" in overview.text and "=cmd|evil</a>" in overview.text
+        hourly = client.get("/", params={"window": "24h"}).text
+        assert "Requests per hour" in hourly and "The last 24 hours" in hourly and "=cmd|evil</a>" in hourly
+        assert re.search(rf"<title>{sent_hour}: [1-9]\d*</title>", hourly), "that hour's bar counts the request"
         today = time.strftime("%Y-%m-%d", time.gmtime())
         yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
         assert generation_id in client.get("/activity", params={"app": "=cmd|evil", "from": today, "to": today}).text

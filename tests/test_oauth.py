@@ -98,7 +98,10 @@ def test_denied_request_goes_back_with_an_error(gateway) -> None:
                                       "https://a;b/cb", "https://a b/cb"])
 def test_callback_urls_are_checked_before_sign_in(gateway, callback) -> None:
     resp = httpx.get(gateway.url + "/auth", params={"callback_url": callback})
-    assert resp.status_code == 400 and "callback_url" in resp.json()["error"]["message"]
+    # A person's browser gets a page saying what is wrong, escaped, with the dashboard's security headers.
+    assert resp.status_code == 400 and resp.headers["content-type"].startswith("text/html")
+    assert 'role="alert">Invalid authorisation request: callback_url' in resp.text
+    assert resp.headers["x-frame-options"] == "DENY"
 
 
 @pytest.mark.parametrize("params", [{"code_challenge_method": "S512", "code_challenge": "x"},

@@ -202,6 +202,21 @@ async def test_adjust_replaces_the_estimate(backend: Backend) -> None:
     assert not (await limiter.acquire([key], 1)).allowed
 
 
+async def test_usage_reads_the_current_window_without_counting(backend: Backend) -> None:
+    window = 60.0 if backend.kind == "memory" else 2.0
+    limiter = backend.make(window=window)
+    await backend.fresh_window(window, margin=0.5)
+    connection, idle = Limit(scope("connection"), rpm=10, tpm=1000), scope("idle")
+    admitted = [await limiter.acquire([connection], 30) for _ in range(3)]
+    await limiter.adjust([connection], 5)
+    expected = {(connection.scope, "rpm"): 3, (connection.scope, "tpm"): 95, (idle, "rpm"): 0, (idle, "tpm"): 0}
+    assert await limiter.usage([connection.scope, idle]) == expected
+    assert await limiter.usage([connection.scope, idle]) == expected  # reading counts nothing
+    assert await limiter.usage([]) == {}
+    await backend.pass_window(admitted[-1])
+    assert await limiter.usage([connection.scope]) == {(connection.scope, "rpm"): 0, (connection.scope, "tpm"): 0}
+
+
 async def test_no_limits_admits_without_headers(backend: Backend) -> None:
     limiter = backend.make()
     decision = await limiter.acquire([Limit(scope("route"))], 123)

@@ -29,11 +29,13 @@ from crossroads.routing.health import STATUS_EJECTED, STATUS_OK, STATUS_PROBING
 
 if TYPE_CHECKING:
     from crossroads.api.app import Gateway
+    from crossroads.config import RouteConditionConfig
 
 HERE = Path(__file__).parent
 COOKIE = "crossroads_session"
 PAGE_SIZE = 50
 CSV_LIMIT = 100_000
+WINDOWS = {"24h": "the last 24 hours", "7d": "the last 7 days", "30d": "the last 30 days"}
 OUTCOME_SAMPLE = 50_000  # newest requests the overview's error rate and latency percentiles are computed from
 CSV_COLUMNS = ("id", "created_at", "key_hash", "model", "provider_name", "upstream_model", "api_type", "streamed",
                "status", "error", "finish_reason", "tokens_prompt", "tokens_completion", "tokens_reasoning",
@@ -68,7 +70,7 @@ class Dashboard:
         self.static = {path.name: path.read_bytes() for path in (HERE / "static").iterdir() if path.is_file()}
 
     def routes(self) -> list[tuple[str, str, Any]]:
-        return [
+        pages = [
             ("GET", "/", self.overview), ("GET", "/signin", self.sign_in_page), ("POST", "/signin", self.sign_in),
             ("POST", "/signout", self.sign_out), ("GET", "/keys", self.keys_page), ("POST", "/keys", self.create_key),
             ("POST", "/keys/update", self.update_key), ("GET", "/keys/edit", self.edit_key_page), ("GET", "/models", self.models_page),
@@ -76,8 +78,23 @@ class Dashboard:
             ("GET", "/auth", self.consent_page), ("POST", "/auth", self.consent),
             ("GET", "/credits", self.credits_page), ("GET", "/activity/view", self.generation_page),
             ("GET", "/activity.csv", self.activity_csv),
-            *(("GET", f"/static/{name}", self._static_handler(name)) for name in self.static),
         ]
+        return [*((method, path, self._html_errors(handler)) for method, path, handler in pages),
+                *(("GET", f"/static/{name}", self._static_handler(name)) for name in self.static)]
+
+    def _html_errors(self, handler: Any) -> Any:
+        """A refused page (bad CSRF token, bad /auth request, unknown record) answers a page a person can read,
+        with the same status, rather than the API's JSON error."""
+        async def handler_with_error_page(request: Request) -> None:
+            try:
+                await handler(request)
+            except GatewayError as error:
+                if request.started:
+                    raise
+                headers = [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+                await self._page(request, "error.html", self._session(request), status=error.status,
+                                 headers=headers, message=error.message)
+        return handler_with_error_page
 
     # -- plumbing ------------------------------------------------------------------------------------------------
     def _static_handler(self, name: str) -> Any:
@@ -212,34 +229,45 @@ class Dashboard:
         dates = [(first + timedelta(days=i)).isoformat() for i in range(days)]
         return await self.gateway.store.activity(first, today, None), dates
 
+    async def _buckets(self, window: str) -> tuple[list[dict[str, Any]], list[tuple[str, str]], datetime]:
+        """Usage rows of the window, its buckets in order as (key, chart label), and the first bucket's start. "24h"
+        is the last 24 UTC hours (this one included), by hour; "7d" and "30d" are days (today included)."""
+        if window == "24h":
+            hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+            starts = [hour - timedelta(hours=23 - i) for i in range(24)]
+            rows = await self.gateway.store.activity(starts[0].date(), hour.date(), None, hourly=True)
+            return rows, [(s.strftime("%Y-%m-%d %H"), s.strftime("%H:00")) for s in starts], starts[0]
+        rows, dates = await self._days(int(window[:-1]))
+        return rows, [(d, d[5:]) for d in dates], datetime.combine(date.fromisoformat(dates[0]), dt_time(), UTC)
+
     async def overview(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
             return
         window = request.query().get("window", "30d")
-        days = {"7d": 7, "30d": 30}.get(window, 30)
-        rows, dates = await self._days(days)
-        per_day = {d: {"requests": 0, "cost": 0.0, "tokens": 0} for d in dates}
+        if window not in WINDOWS:
+            window = "30d"
+        rows, buckets, since = await self._buckets(window)
+        bucket_format = "%Y-%m-%d %H" if window == "24h" else "%Y-%m-%d"
+        per_bucket = {key: {"requests": 0, "cost": 0.0, "tokens": 0, "errors": 0} for key, _ in buckets}
         by_model: dict[str, dict[str, float]] = {}
         by_key: dict[str | None, dict[str, float]] = {}
         for row in rows:
-            day = per_day.get(row["date"])
-            if day is not None:
-                day["requests"] += row["requests"]
-                day["cost"] += row["cost"]
-                day["tokens"] += row["prompt_tokens"] + row["completion_tokens"]
+            if (bucket := per_bucket.get(row["date"])) is None:
+                continue  # the 24 h window's rows start at midnight of its first day
+            bucket["requests"] += row["requests"]
+            bucket["cost"] += row["cost"]
+            bucket["tokens"] += row["prompt_tokens"] + row["completion_tokens"]
             for table, name in ((by_model, row["model"]), (by_key, row["key_hash"])):
                 entry = table.setdefault(name, {"requests": 0, "cost": 0.0})
                 entry["requests"] += row["requests"]
                 entry["cost"] += row["cost"]
-        totals = {name: sum(d[name] for d in per_day.values()) for name in ("requests", "cost", "tokens")}
-        outcomes = await self.gateway.store.request_outcomes(
-            datetime.combine(date.fromisoformat(dates[0]), dt_time(), UTC), OUTCOME_SAMPLE)
-        errors_per_day = dict.fromkeys(dates, 0)
+        totals = {name: sum(b[name] for b in per_bucket.values()) for name in ("requests", "cost", "tokens")}
+        outcomes = await self.gateway.store.request_outcomes(since, OUTCOME_SAMPLE)
         by_app: dict[str, dict[str, float]] = {}
         for created_at, status, _, app, cost in outcomes:
-            day = created_at.astimezone(UTC).date().isoformat()
-            if status >= 400 and day in errors_per_day:
-                errors_per_day[day] += 1
+            bucket = per_bucket.get(created_at.astimezone(UTC).strftime(bucket_format))
+            if status >= 400 and bucket is not None:
+                bucket["errors"] += 1
             if app:
                 entry = by_app.setdefault(app, {"requests": 0, "cost": 0.0})
                 entry["requests"] += 1
@@ -249,18 +277,23 @@ class Dashboard:
                   "error_rate": (sum(1 for o in outcomes if o[1] >= 400) / len(outcomes) if outcomes else None),
                   "p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)}
         names = {row.hash: row.name for row in await self.gateway.store.list_keys()}
+        unit = "hour" if window == "24h" else "day"
+
+        def series(name: str) -> list[tuple[str, float]]:
+            return [(label, per_bucket[key][name]) for key, label in buckets]
+
         charts = [
-            bar_chart([(d[5:], v["requests"]) for d, v in per_day.items()], title="Requests per day"),
-            bar_chart([(d[5:], v["cost"]) for d, v in per_day.items()], title="Spend per day (USD)", fmt=_usd),
-            bar_chart([(d[5:], v["tokens"]) for d, v in per_day.items()], title="Tokens per day"),
-            bar_chart([(d[5:], float(errors_per_day[d])) for d in dates], title="Failed requests per day"),
+            bar_chart(series("requests"), title=f"Requests per {unit}"),
+            bar_chart(series("cost"), title=f"Spend per {unit} (USD)", fmt=_usd),
+            bar_chart(series("tokens"), title=f"Tokens per {unit}"),
+            bar_chart(series("errors"), title=f"Failed requests per {unit}"),
         ]
         top_models = sorted(by_model.items(), key=lambda item: -item[1]["requests"])[:10]
         top_keys = [("master key" if k is None else names.get(k, k[:12]), v)
                     for k, v in sorted(by_key.items(), key=lambda item: -item[1]["requests"])[:10]]
         top_apps = sorted(by_app.items(), key=lambda item: -item[1]["requests"])[:10]
         await self._page(request, "overview.html", session, totals=totals, top_models=top_models, top_keys=top_keys,
-                         top_apps=top_apps, charts=charts, window=f"{days}d", days=days, health=health)
+                         top_apps=top_apps, charts=charts, window=window, windows=WINDOWS, health=health)
 
     async def credits_page(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
@@ -384,16 +417,25 @@ class Dashboard:
         if (session := await self._signed_in(request)) is None:
             return
         health = self.gateway.health
+        config = self.gateway.config
+        scopes = [f"conn:{c.name}" for c in config.providers] + [f"route:{r.name}" for r in config.routes]
+        try:
+            used: dict[tuple[str, str], int] | None = await self.gateway.limiter.usage(scopes)
+        except Exception:  # Redis down: the page still shows health and configuration
+            used = None
         connections = []
-        for c in self.gateway.config.providers:
+        for c in config.providers:
             deployments = [d for deps in self.gateway.registry.models.values() for d in deps
                            if d.connection.name == c.name]
             ejected = sum(1 for d in deployments if health.status(c.name, d.model.upstream) == STATUS_EJECTED)
-            connections.append({"name": c.name, "type": c.type, "rpm": c.rpm, "tpm": c.tpm,
-                                "models": len(deployments), "ejected": ejected,
-                                "state": health.connection_state(c.name)})
-        await self._page(request, "connections.html", session, connections=connections,
-                         routes=self.gateway.config.routes)
+            connections.append({"name": c.name, "type": c.type, "models": len(deployments), "ejected": ejected,
+                                "state": health.connection_state(c.name),
+                                "capacity": _capacity(used, f"conn:{c.name}", c.rpm, c.tpm)})
+        routes = [{"route": r, "capacity": _capacity(used, f"route:{r.name}", r.rpm, r.tpm),
+                   "conditions": [_condition_text(condition) for condition in r.conditions]}
+                  for r in config.routes]
+        await self._page(request, "connections.html", session, connections=connections, routes=routes,
+                         usage_known=used is not None)
 
     def _activity_filters(self, request: Request) -> dict[str, str]:
         query = request.query()
@@ -545,6 +587,30 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     parts = urlsplit(url)
     query = parts.query + ("&" if parts.query else "") + urlencode(params)
     return urlunsplit(parts._replace(query=query))
+
+
+def _capacity(used: dict[tuple[str, str], int] | None, scope: str, rpm: int | None, tpm: int | None
+              ) -> list[dict[str, Any]]:
+    """This minute's use of each configured limit of a scope: [{kind, used (None when unknown), limit, share}]."""
+    out = []
+    for kind, limit in (("rpm", rpm), ("tpm", tpm)):
+        if limit:
+            count = None if used is None else used.get((scope, kind), 0)
+            out.append({"kind": kind, "used": count, "limit": limit,
+                        "share": None if count is None else min(100, round(100 * count / limit))})
+    return out
+
+
+def _condition_text(condition: RouteConditionConfig) -> str:
+    """A route condition as one line: "prompt_tokens gt 1000 and header.x-tier eq 'gold' → big" (or "→ block")."""
+    tests = []
+    for check in condition.checks:
+        subject = check.subject if check.field is None else f"{check.subject}.{check.field}"
+        tests += [f"{subject} {test.op}" + ("" if test.op == "exists" else f" {test.operand!r}")
+                  for test in check.tests]
+    outcome = "block" + (f" ({condition.message})" if condition.message else "") if condition.block \
+        else str(condition.target)
+    return f"{' and '.join(tests) or 'always'} → {outcome}"
 
 
 def _percentile(ordered: list[int], share: float) -> int | None:

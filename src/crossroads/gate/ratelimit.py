@@ -82,6 +82,10 @@ class RateLimiter(Protocol):
         """Correct the token counts by ``delta_tokens`` (real minus estimated) in the current window."""
         ...
 
+    async def usage(self, scopes: list[str]) -> dict[tuple[str, str], int]:
+        """What each scope has used in the current window: {(scope, "rpm" | "tpm"): units}. Read only."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -199,6 +203,10 @@ class MemoryLimiter:
                 key = (limit.scope, "tpm")
                 self._counters[key] = [index, max(0, self._used(key, index) + delta_tokens)]
 
+    async def usage(self, scopes: list[str]) -> dict[tuple[str, str], int]:
+        index = math.floor(self._clock() / self._window)
+        return {(scope, kind): self._used((scope, kind), index) for scope in scopes for kind in ("rpm", "tpm")}
+
     async def close(self) -> None:
         self._counters.clear()
 
@@ -249,6 +257,12 @@ end
 return 1
 """
 
+# KEYS: counter hashes to read. ARGV[1]: window length in ms. Returns what each holds for the current window.
+_USAGE_LUA = _WINDOW_LUA + """local out = {}
+for i, key in ipairs(KEYS) do out[i] = used_in_window(key) end
+return out
+"""
+
 
 class RedisLimiter:
     """Exact across processes sharing one Redis (standalone or primary; not Redis Cluster, since one script touches
@@ -265,6 +279,7 @@ class RedisLimiter:
         # register_script runs EVALSHA and loads the script on the server's first NOSCRIPT.
         self._acquire_script = self._redis.register_script(_ACQUIRE_LUA)
         self._adjust_script = self._redis.register_script(_ADJUST_LUA)
+        self._usage_script = self._redis.register_script(_USAGE_LUA)
 
     def _key(self, scope: str, kind: str) -> str:
         # The window length is part of the key so limiters configured differently never share counters.
@@ -291,6 +306,14 @@ class RedisLimiter:
         keys = [self._key(limit.scope, "tpm") for limit in limits if limit.tpm is not None]
         if keys and delta_tokens:
             await self._adjust_script(keys=keys, args=[self._window_ms, delta_tokens])
+
+    async def usage(self, scopes: list[str]) -> dict[tuple[str, str], int]:
+        pairs = [(scope, kind) for scope in scopes for kind in ("rpm", "tpm")]
+        if not pairs:
+            return {}
+        reply = await self._usage_script(keys=[self._key(scope, kind) for scope, kind in pairs],
+                                         args=[self._window_ms])
+        return {pair: int(value) for pair, value in zip(pairs, reply, strict=True)}
 
     async def close(self) -> None:
         # aclose() arrived in redis-py 5.0.1; close() is its older, now deprecated, name.

@@ -295,14 +295,16 @@ class Store:
             result[row.key_hash] = spend
         return result
 
-    async def activity(self, date_from: date, date_to: date, key_hash: str | None) -> list[dict]:
+    async def activity(self, date_from: date, date_to: date, key_hash: str | None, *, hourly: bool = False
+                       ) -> list[dict]:
         """Usage grouped by (UTC date, model, connection, key_hash) for date_from..date_to inclusive; key_hash None =
-        all keys."""
+        all keys. `hourly` groups by UTC hour instead: "date" is then "YYYY-MM-DD HH"."""
         if self._dialect == "postgresql":
             day = sa.func.to_char(sa.func.timezone(sa.literal_column("'UTC'"), generations.c.created_at),
-                                  sa.literal_column("'YYYY-MM-DD'"))
+                                  sa.literal_column("'YYYY-MM-DD HH24'" if hourly else "'YYYY-MM-DD'"))
         else:  # stored as "YYYY-MM-DD HH:MM:SS.ffffff" UTC text
-            day = sa.func.substr(generations.c.created_at, sa.literal_column("1"), sa.literal_column("10"))
+            day = sa.func.substr(generations.c.created_at, sa.literal_column("1"),
+                                 sa.literal_column("13" if hourly else "10"))
         statement = (
             sa.select(
                 day.label("date"),
