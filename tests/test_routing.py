@@ -414,7 +414,8 @@ def test_upstream_rate_limit_headers_are_normalised(gw, fakes) -> None:
     assert resp.headers["x-upstream-ratelimit-remaining"] == "4999"
     assert resp.headers["x-upstream-ratelimit-reset"] == "12ms"
     assert "x-ratelimit-limit" not in resp.headers and "x-ratelimit-reset" not in resp.headers
-    assert resp.headers["x-request-id"] == "req_abc123"
+    assert resp.headers["x-upstream-request-id"] == "req_abc123"
+    assert resp.headers["x-request-id"].startswith("req-")  # the gateway's own
 
 
 def test_ratelimit_headers_mean_the_calling_keys_limit(gw, fakes) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import socket
@@ -45,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                                                   "printed)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["json", "text"], default=None,
+                       help="json: one JSON object per line; text: key=value for people (default: text on a "
+                            "terminal, json otherwise)")
     from crossroads.admin import add_key_commands
 
     add_key_commands(sub)
@@ -65,10 +67,13 @@ def main(argv: list[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     from crossroads.admin import shown_url
     from crossroads.config import ConfigError, ensure_master_key, load_config
+    from crossroads.observability import logs
     from crossroads.store import database_url
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: "
-                                                                                "%(message)s")
+    log_format = args.log_format or logs.default_format()
+    logs.configure(args.log_level, log_format)
+    # Worker processes (--workers N) start with no logging set up: create_app reads these.
+    os.environ["CROSSROADS_LOG_LEVEL"], os.environ["CROSSROADS_LOG_FORMAT"] = args.log_level, log_format
     if args.workers < 1:
         print("crossroads: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -127,6 +132,7 @@ def serve(args: argparse.Namespace) -> int:
 
     options = {
         "host": host, "port": port, "workers": args.workers, "lifespan": "on", "access_log": False,
+        "log_config": None,  # uvicorn's lines go through the gateway's own format (observability/logs.py)
         "log_level": args.log_level, "timeout_graceful_shutdown": config.server.shutdown_grace,
         "http": "httptools", "server_header": False, "date_header": False,
         # The gateway reads neither the client's address nor the scheme: no X-Forwarded-* rewriting per request.

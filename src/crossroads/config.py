@@ -41,6 +41,17 @@ class MediaConfig:
 
 
 @dataclass(slots=True)
+class MetricsConfig:
+    """GET /metrics (Prometheus text). Who may read it: with `token`, a client sending it as a bearer token; with
+    `metrics_port`, anyone reaching that port, which is bound to 127.0.0.1 only (and /metrics leaves the main port);
+    with neither, clients connecting from a loopback address."""
+
+    enabled: bool = True
+    token: str | None = None
+    metrics_port: int | None = None
+
+
+@dataclass(slots=True)
 class OAuthConfig:
     # Callback URLs the PKCE flow may redirect to besides https ones and http to localhost: origins such as
     # "http://intranet-app:3000" (scheme, host and port must match exactly).
@@ -60,6 +71,7 @@ class ServerConfig:
     database_url: str | None = None  # SQLAlchemy-style URL; None = SQLite file in data_dir
     media: MediaConfig = field(default_factory=MediaConfig)
     oauth: OAuthConfig = field(default_factory=OAuthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 @dataclass(slots=True)
@@ -316,7 +328,7 @@ def _read_accounting(r: _Reader) -> AccountingConfig:
 
 _SERVER_KEYS = {
     "host", "port", "master_key", "data_dir", "max_body_bytes", "keepalive_interval", "shutdown_grace",
-    "discovery_timeout", "media", "database_url", "oauth",
+    "discovery_timeout", "media", "database_url", "oauth", "metrics",
 }
 _CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "models", "catalog", "discover",
                     "data_collection", "rpm", "tpm", "responses_api"}
@@ -357,6 +369,15 @@ def _read_server(r: _Reader) -> ServerConfig:
             raise oauth.error("allowed_callbacks", f"entry {index} must be an origin such as "
                                                    f"'http://intranet-app:3000' (scheme://host[:port])")
     server.oauth = OAuthConfig(allowed_callbacks=[c.rstrip("/").lower() for c in callbacks])
+    metrics = _Reader(r.source, r.key("metrics"), r.data.get("metrics"), {"enabled", "token", "metrics_port"})
+    server.metrics = MetricsConfig(enabled=metrics.get("enabled", bool, True),
+                                   token=metrics.get("token", str, None, secret=True),
+                                   metrics_port=metrics.get("metrics_port", int, None))
+    if server.metrics.token is not None and len(server.metrics.token) < 16:
+        raise metrics.error("token", "must be at least 16 characters (it guards the metrics)")
+    port = server.metrics.metrics_port
+    if port is not None and not 1 <= port <= 65535:
+        raise metrics.error("metrics_port", f"must be between 1 and 65535, got {port}")
     return server
 
 

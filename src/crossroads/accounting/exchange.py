@@ -196,6 +196,7 @@ class Exchange:
         self.finished = False  # settled and recorded (exactly once)
         self.api_type = "chat"  # which front format the client spoke
         self.model_id = model.id  # the model the client is told served (a catalog id, a route's target...)
+        self.requested_model: str | None = None  # the body's `model`, as the client sent it
         self.dropped: list[str] = []  # request fields the format conversion could not express
         self.events: list[dict[str, Any]] = []  # what else the gateway did to the request (e.g. a transform)
         self.started = time.monotonic()

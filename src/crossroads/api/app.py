@@ -7,6 +7,7 @@ import functools
 import gc
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,9 @@ from crossroads.gate.auth import Authenticator
 from crossroads.gate.credits import CreditLedger, period_starts
 from crossroads.gate.keys import KeyCache, multiprocess_policy_problem
 from crossroads.gate.ratelimit import Limit, make_limiter
+from crossroads.observability.hub import Observability
+from crossroads.observability.logs import REQUEST_ID
+from crossroads.observability.record import RequestInfo, request_id_from
 from crossroads.routing.health import BreakerPolicy, HealthBoard
 from crossroads.routing.registry import Registry, build_registry, discover_models
 from crossroads.routing.routes import RouteTable
@@ -53,6 +57,8 @@ class Endpoint(NamedTuple):
     handler: Handler
     auth: bool  # needs an API key
     error_body: Callable[[GatewayError], bytes]  # the endpoint's error shape
+    template: str = ""  # the path as routed, parameters named ("/api/v1/keys/{hash}"): a bounded metrics label
+
 API_PREFIXES = ("/api/v1", "/v1")
 GC_GEN0_THRESHOLD = 20_000
 WATCH_AFTER = 0.25  # seconds a handler runs before its client's disconnect is watched for (see __call__)
@@ -133,9 +139,16 @@ class Gateway:
         self.dashboard = Dashboard(self)
         for method, path, handler in self.dashboard.routes():
             self.routes[(method, path)] = Endpoint(handler, False, openai_error)
-        self._endpoints_route = Endpoint(self._endpoints, True, openai_error)
+        self._endpoints_route = Endpoint(self._endpoints, True, openai_error, "/models/{author}/{slug}/endpoints")
+        self.routes = {(method, path): endpoint._replace(template=path)
+                       for (method, path), endpoint in self.routes.items()}
+        self.param_routes = [(base, name, {method: endpoint._replace(template=f"{base}{{{name}}}")
+                                           for method, endpoint in endpoints.items()})
+                             for base, name, endpoints in self.param_routes]
         # A wrong method on a known path still answers in that path's error shape.
         self.path_error_bodies = {path: endpoint.error_body for (_, path), endpoint in self.routes.items()}
+        self.in_flight = 0  # requests being served by this process (a metrics gauge)
+        self.observability = Observability(self)
 
     def _bind(self, endpoint: Callable[[Gateway, Request], Awaitable[None]]) -> Handler:
         # A plain function returning the endpoint's coroutine: no extra frame on the request's task.
@@ -224,7 +237,15 @@ class Gateway:
         method, path = scope["method"], scope["path"]
         found = self._route(method, path)
         request = Request(scope, receive, send, found[1] if found else None)
+        request_id = request.request_id = request_id_from(request.headers)
+        REQUEST_ID.set(request_id)  # every log line of this request carries it (the task has its own context)
+        started, started_mono = time.time(), time.monotonic()
+        request.send = _sender(request, send, request_id.encode())
+        trace = self.observability.begin(request) if self.observability.tracer is not None else None
+        request.trace = trace
+        self.in_flight += 1
         arming: asyncio.TimerHandle | None = None
+        failure: GatewayError | None = None
         try:
             if found is None:
                 if (path.rstrip("/") or "/") in self.path_error_bodies:
@@ -243,12 +264,13 @@ class Gateway:
                                                                asyncio.current_task())
             await endpoint.handler(request)
         except GatewayError as error:
+            failure = error
             if request.started:
                 log.warning("%s %s failed after its stream began: %s", method, path, error.message)
-                await _end_stream(send)
+                await _end_stream(request.send)
                 return
             error_body = found[0].error_body if found else self.path_error_bodies.get(path.rstrip("/"))
-            await respond_error(send, error, error_body(error) if error_body is not None else None)
+            await respond_error(request.send, error, error_body(error) if error_body is not None else None)
         except ClientGone:
             return
         except asyncio.CancelledError:
@@ -258,15 +280,34 @@ class Gateway:
         except Exception:  # noqa: BLE001 - last line: a client never sees a traceback
             log.exception("unhandled error on %s %s", method, path)
             if request.started:  # a second response start would break the connection without an answer
-                await _end_stream(send)
+                await _end_stream(request.send)
             else:
-                await respond_error(send, GatewayError(500, "Internal gateway error"))
+                failure = GatewayError(500, "Internal gateway error")
+                await respond_error(request.send, failure)
         finally:
             request.done = True
+            self.in_flight -= 1
             if arming is not None:
                 arming.cancel()
             if request.watcher is not None:
                 asyncio.get_running_loop().call_soon(_stop_watching, request)
+            self._observe(request, found, started, started_mono, failure, trace)
+
+    def _observe(self, request: Request, found: Any, started: float, started_mono: float,
+                 failure: GatewayError | None, trace: Any) -> None:
+        """The request's record for logs, metrics and traces, once its answer is complete or abandoned."""
+        principal = request.principal
+        key = principal.key if principal is not None else None
+        status = request.status if not request.gone or request.status else 499
+        if request.gone and request.exchange is not None and not request.exchange.finished:
+            status = 499
+        info = RequestInfo(
+            request_id=request.request_id, method=request.method, path=request.path,
+            endpoint=found[0].template if found else "unmatched", status=status, started=started,
+            started_mono=started_mono, duration=time.monotonic() - started_mono, streamed=request.started,
+            key_name=None if principal is None else ("master" if key is None else key.name),
+            key_label=None if key is None else key.label, exchange=request.exchange, error=failure)
+        self.observability.end(info, trace)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -315,6 +356,7 @@ class Gateway:
         await asyncio.wait((discovery,), timeout=DISCOVERY_HEAD_START)
         self._background.add(discovery)
         discovery.add_done_callback(self._background.discard)
+        await self.observability.start()
         self.ready = True
 
     async def _discover(self) -> None:
@@ -324,6 +366,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
+        await self.observability.stop()
         for task in list(self._background):
             task.cancel()
         if self.recorder is not None:
@@ -399,6 +442,20 @@ async def _end_stream(send: Send) -> None:
         log.debug("could not end a failed stream", exc_info=True)
 
 
+def _sender(request: Request, send: Send, request_id: bytes) -> Send:
+    """The request's `send` until its response starts: notes the status and adds X-Request-Id, then puts the
+    server's own `send` back in `request.send` (a streamed answer's chunks pass through no extra frame)."""
+
+    async def send_first(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            request.status = message["status"]
+            message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            request.send = send
+        await send(message)
+
+    return send_first
+
+
 def _watch_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
     """Cancel `task` (the request's) when the client disconnects before its answer is complete.
 
@@ -429,6 +486,7 @@ def _stop_watching(request: Request) -> None:
 
 def create_app() -> Gateway:
     """Factory for uvicorn workers: each process loads the same configuration the CLI validated."""
-    import os
+    from crossroads.observability import logs
 
+    logs.configure(os.environ.get("CROSSROADS_LOG_LEVEL", "info"), os.environ.get("CROSSROADS_LOG_FORMAT"))
     return Gateway(load_config(os.environ.get("CROSSROADS_CONFIG") or None))

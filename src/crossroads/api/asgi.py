@@ -22,7 +22,7 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 
 class Request:
     __slots__ = ("scope", "receive", "send", "headers", "path_params", "body", "principal", "watcher", "gone", "done",
-                 "started")
+                 "started", "request_id", "status", "exchange", "trace")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, path_params: dict[str, str] | None = None) -> None:
         self.scope = scope
@@ -37,6 +37,10 @@ class Request:
         self.gone = False  # the client disconnected before its answer was complete
         self.done = False  # the handler has finished
         self.started = False  # a streamed answer has begun: an error can no longer get its own response
+        self.request_id = ""  # X-Request-Id: the client's when sane, else generated (observability/record.py)
+        self.status = 0  # the status sent to the client, once sent
+        self.exchange: Any = None  # an inference request's Exchange, once it reached the router
+        self.trace: Any = None  # the request's trace handle when tracing is on (observability/tracing.py)
 
     @property
     def method(self) -> str:

@@ -172,6 +172,8 @@ class Call:
             new_generation_id(), principal, first.deployment.model, first.deployment.connection, stream=self.stream,
             headers=request.headers, user=user, prompt_estimate=prompt_tokens)
         exchange.api_type = self.front.api_type
+        exchange.requested_model = model if isinstance(model, str) else None
+        request.exchange = exchange
         exchange.model_id = first.model_id
         exchange.dropped = self.parsed.dropped
         # Request-level capacity (key, route): all or nothing, before anything else is spent.
@@ -360,6 +362,9 @@ class Call:
         if translator is None:
             translator = connection.adapter.translator(ctx)
         upstream = await translator.request(body)
+        upstream.headers["X-Request-Id"] = self.request.request_id
+        if self.request.trace is not None:
+            upstream.headers.update(self.request.trace.upstream_headers())
         self.renderer = self.front.renderer(generation_id=exchange.generation_id, model_id=candidate.model_id,
                                             provider=connection.name, parsed=self.parsed, usage=translator.usage)
         exchange.upstream_started = time.monotonic()
@@ -447,9 +452,10 @@ class Call:
                (b"x-crossroads-gate-ms", f"{self.gate_ms:.2f}".encode()),
                (b"x-crossroads-routing-ms", f"{self.routing_ms:.2f}".encode())]
         if upstream_headers is not None:
+            # X-Request-Id is the gateway's own (api/app.py adds it to every response); the upstream's is kept.
             request_id = upstream_headers.get("x-request-id") or upstream_headers.get("request-id")
             if request_id:
-                out.append((b"x-request-id", _header_value(request_id)))
+                out.append((b"x-upstream-request-id", _header_value(request_id)))
         if exchange.dropped:
             out.append((b"x-crossroads-dropped", _header_value(", ".join(exchange.dropped))))
         if self.limit_headers:
@@ -701,6 +707,7 @@ class SSEWriter:
         if not self.started:
             self.started = self.request.started = True
             await self.send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+            self.send = self.request.send  # the server's own send from now on (see api/app.py's _sender)
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     async def write(self, payload: bytes, *, data: bool = False) -> None:

@@ -1,0 +1,66 @@
+"""The one record every request leaves for logs, metrics and traces, built by the ASGI entry (api/app.py) once the
+response is complete (or abandoned)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crossroads.accounting.exchange import Exchange
+    from crossroads.errors import GatewayError
+
+# A client's X-Request-Id is kept when it is a sane token (it is echoed in headers and logs), else replaced.
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def request_id_from(headers: dict[bytes, bytes]) -> str:
+    """The client's X-Request-Id when it is a sane token, else a new one ("req-" and 24 hex digits)."""
+    given = headers.get(b"x-request-id")
+    if given is not None and _SANE_REQUEST_ID.fullmatch(given):
+        return given.decode("ascii")
+    return "req-" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    request_id: str
+    method: str
+    path: str
+    endpoint: str  # the route's template, e.g. "/api/v1/chat/completions"; "unmatched" for 404s (bounded labels)
+    status: int  # the status the client was sent; 499 when it went away first, 0 when nothing was sent
+    started: float  # epoch seconds
+    started_mono: float  # time.monotonic() at the same instant (Exchange times are monotonic)
+    duration: float  # seconds from the request's arrival to its end
+    streamed: bool  # the answer was an event stream
+    key_name: str | None  # the API key's name ("master" for the master key); None when not authenticated
+    key_label: str | None  # the key's display prefix (never enough to use it)
+    exchange: Exchange | None  # inference requests that reached the router: model, attempts, usage, cost
+    error: GatewayError | None = None  # the error the client got, if any (status, message, metadata.code)
+
+    @property
+    def denial(self) -> str | None:
+        """Why the gateway itself refused the request: "auth" (401/403 from the gate), "credit" (402),
+        "rate_limit" (429 of the gateway's own rpm/tpm limits, not an upstream's), or None."""
+        error = self.error
+        if error is None:
+            return None
+        if error.status == 402:
+            return "credit"
+        if error.status == 429 and (error.metadata or {}).get("code") in _LIMIT_CODES:
+            return "rate_limit"
+        if error.status in (401, 403) and not (error.metadata or {}).get("provider_name"):
+            return "auth"
+        return None
+
+
+_LIMIT_CODES = ("resource_exhausted", "prioritization_gate_denied")
+_NOT_SENT = ("skipped:", "capacity:")  # attempt entries that never went upstream (breaker open, connection full)
+
+
+def upstream_attempts(exchange: Exchange) -> list[dict]:
+    """The exchange's attempts that went upstream, in order (each a dict: provider_name, model_permaslug, status,
+    latency in ms, error), without the candidates skipped for an open breaker or a full connection."""
+    return [a for a in exchange.attempts if not (a.get("error") or "").startswith(_NOT_SENT)]
