@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,3 +208,30 @@ def _reset_fakes(request: pytest.FixtureRequest) -> None:
     for name in ("fake_openai", "fake_anthropic", "fake_gemini", "fake_local"):
         if name in request.fixturenames:
             request.getfixturevalue(name).reset()
+
+
+POSTGRES_URL = os.environ.get("CROSSROADS_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh database in the test PostgreSQL server, dropped afterwards."""
+    if not POSTGRES_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CROSSROADS_TEST_POSTGRES_URL is not set in CI")
+        pytest.skip('CROSSROADS_TEST_POSTGRES_URL not set (run: eval "$(scripts/ci-services.sh)")')
+    import asyncpg
+
+    name = f"crossroads_outage_{uuid.uuid4().hex[:10]}"
+    admin_url = POSTGRES_URL.rsplit("/", 1)[0] + "/postgres"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -9,25 +9,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
 import signal
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, POSTGRES_URL, GatewayProcess
 from tests.fakes.base import Fault
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.tcpproxy import TcpProxy
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 MODEL = "openai/gpt-4o-mini"
-POSTGRES_URL = os.environ.get("CROSSROADS_TEST_POSTGRES_URL")
 
 
 @pytest.fixture(scope="module")
@@ -103,30 +100,6 @@ def test_strict_durability_writes_before_the_response(upstream, tmp_path) -> Non
                 assert written is expect_written, (mode, stream)
         finally:
             gw.stop()
-
-
-@pytest.fixture
-def postgres_database() -> Iterator[str]:
-    """A fresh database in the test PostgreSQL server, dropped afterwards."""
-    if not POSTGRES_URL:
-        if os.environ.get("CI"):
-            pytest.fail("CROSSROADS_TEST_POSTGRES_URL is not set in CI")
-        pytest.skip('CROSSROADS_TEST_POSTGRES_URL not set (run: eval "$(scripts/ci-services.sh)")')
-    import asyncpg
-
-    name = f"crossroads_outage_{uuid.uuid4().hex[:10]}"
-    admin_url = POSTGRES_URL.rsplit("/", 1)[0] + "/postgres"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def postgres_ids(url: str) -> set[str]:

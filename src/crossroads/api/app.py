@@ -19,6 +19,7 @@ from crossroads.accounting.spool import Spool, merge_spend
 from crossroads.api import account, stored
 from crossroads.api.asgi import (
     ClientGone,
+    OpenStreams,
     Receive,
     Request,
     Scope,
@@ -40,7 +41,7 @@ from crossroads.gate.keys import KeyCache, multiprocess_policy_problem
 from crossroads.gate.ratelimit import Limit, make_limiter
 from crossroads.observability.hub import Observability
 from crossroads.observability.logs import REQUEST_ID
-from crossroads.observability.record import RequestInfo, request_id_from
+from crossroads.observability.record import RequestInfo, presented_key_label, request_id_from
 from crossroads.routing.health import BreakerPolicy, HealthBoard
 from crossroads.routing.registry import Registry, build_registry, discover_models
 from crossroads.routing.routes import RouteTable
@@ -63,6 +64,7 @@ API_PREFIXES = ("/api/v1", "/v1")
 GC_GEN0_THRESHOLD = 20_000
 WATCH_AFTER = 0.25  # seconds a handler runs before its client's disconnect is watched for (see __call__)
 DISCOVERY_HEAD_START = 1.0  # seconds start-up waits for upstream model discovery before answering /health
+READY_CHECK_TIMEOUT = 2.0  # seconds each readiness check may take
 STORE_UNAVAILABLE_CODE = "accounting_store_unavailable"  # error.metadata.code of strict durability's 503
 UNRECORDABLE = ("Generation records cannot be written right now (the accounting database is unavailable), and strict "
                 "durability refuses requests it cannot record; retry shortly")
@@ -132,6 +134,8 @@ class Gateway:
                 for method, handler in (("GET", account.get_key), ("PATCH", account.update_key),
                                         ("DELETE", account.delete_key))}))
         self.routes[("GET", "/health")] = Endpoint(self._health, False, openai_error)
+        self.routes[("GET", "/health/live")] = Endpoint(self._health_live, False, openai_error)
+        self.routes[("GET", "/health/ready")] = Endpoint(self._health_ready, False, openai_error)
         for prefix in API_PREFIXES:  # OAuth PKCE's code exchange: the code is the credential, not an API key
             self.routes[("POST", prefix + "/auth/keys")] = Endpoint(self._bind(account.exchange_auth_code), False,
                                                                     openai_error)
@@ -148,7 +152,13 @@ class Gateway:
         # A wrong method on a known path still answers in that path's error shape.
         self.path_error_bodies = {path: endpoint.error_body for (_, path), endpoint in self.routes.items()}
         self.in_flight = 0  # requests being served by this process (a metrics gauge)
+        self._known_revisions: list[str] | None = None  # schema revisions, newest first (readiness; looked up once)
         self.observability = Observability(self)
+
+    @property
+    def open_streams(self) -> int:
+        """Streamed answers under way in this process."""
+        return OpenStreams.count
 
     def _bind(self, endpoint: Callable[[Gateway, Request], Awaitable[None]]) -> Handler:
         # A plain function returning the endpoint's coroutine: no extra frame on the request's task.
@@ -287,6 +297,8 @@ class Gateway:
         finally:
             request.done = True
             self.in_flight -= 1
+            if request.started:
+                OpenStreams.count -= 1
             if arming is not None:
                 arming.cancel()
             if request.watcher is not None:
@@ -306,7 +318,8 @@ class Gateway:
             endpoint=found[0].template if found else "unmatched", status=status, started=started,
             started_mono=started_mono, duration=time.monotonic() - started_mono, streamed=request.started,
             key_name=None if principal is None else ("master" if key is None else key.name),
-            key_label=None if key is None else key.label, exchange=request.exchange, error=failure)
+            key_label=presented_key_label(request.headers) if principal is None else None if key is None else key.label,
+            exchange=request.exchange, error=failure)
         self.observability.end(info, trace)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -417,6 +430,67 @@ class Gateway:
             await respond_json(request.send, 503, {"status": "starting"})
             return
         await respond_json(request.send, 200, {"status": "ok"})
+
+    async def _health_live(self, request: Request) -> None:
+        """The process answers (a liveness probe: restart it when this fails)."""
+        await respond_json(request.send, 200, {"status": "ok"})
+
+    async def _health_ready(self, request: Request) -> None:
+        """Whether this process can serve (a readiness probe: send it traffic only while this is 200). Each check
+        named with its verdict; 503 when any fails."""
+        if not self.ready:
+            await respond_json(request.send, 503, {"status": "starting", "checks": {}})
+            return
+        checks = {"database": await _bounded_check(self._database_ready())}
+        if self.redis_url is not None:
+            checks["redis"] = await _bounded_check(self.limiter.ping())
+        pending, bound = self.recorder.pending_count(), self.recorder.max_pending
+        checks["accounting"] = {"ok": pending < bound, "pending_records": pending, "bound": bound}
+        serving = [c.name for c in self.config.providers if self._connection_serving(c.name)]
+        checks["connections"] = {"ok": bool(serving), "serving": len(serving), "configured": len(self.config.providers)}
+        if not self.config.providers:
+            checks["connections"]["error"] = "no connection is configured"
+        elif not serving:
+            checks["connections"]["error"] = "every connection's models are ejected by their circuit breakers"
+        ok = all(check["ok"] for check in checks.values())
+        await respond_json(request.send, 200 if ok else 503, {"status": "ready" if ok else "not_ready",
+                                                              "checks": checks})
+
+    async def _database_ready(self) -> None:
+        """The database answers and its schema is this version's (or newer: an instance of a later version
+        migrated it during a rolling upgrade, and migrations only add)."""
+        revision = await self.store.schema_revision()
+        if self._known_revisions is None:
+            from crossroads.store.migrate import known_revisions
+
+            self._known_revisions = await asyncio.to_thread(known_revisions)
+        head = self._known_revisions[0]
+        if revision is None or (revision != head and revision in self._known_revisions):
+            raise NotMigrated(f"the database schema is at {revision or 'nothing'}, this version needs {head}: "
+                              "restart the gateway, which migrates at start")
+
+    def _connection_serving(self, name: str) -> bool:
+        """Whether some model of the connection is not ejected by a breaker (its own or the connection's)."""
+        deployments = [d for ds in self.registry.models.values() for d in ds if d.connection.name == name]
+        return not deployments or any(not self.health.ejected(name, d.model.upstream) for d in deployments)
+
+
+class NotMigrated(Exception):
+    pass
+
+
+async def _bounded_check(check: Awaitable[None]) -> dict[str, Any]:
+    """{"ok": True} when `check` finishes within READY_CHECK_TIMEOUT, else {"ok": False, "error": what failed} (the
+    exception's class and, for a schema mismatch, its message: never a URL or a password)."""
+    try:
+        await asyncio.wait_for(check, READY_CHECK_TIMEOUT)
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {READY_CHECK_TIMEOUT:g} s"}
+    except NotMigrated as exc:
+        return {"ok": False, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return {"ok": False, "error": f"unavailable ({type(exc).__name__})"}
+    return {"ok": True}
 
 
 def warn_unpriced(registry: Registry) -> None:

@@ -20,6 +20,13 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
                (b"x-accel-buffering", b"no")]
 
 
+class OpenStreams:
+    """Streamed answers under way in this process (a metrics gauge): counted up when a stream starts
+    (inference.SSEWriter), down when its request ends (api/app.py)."""
+
+    count = 0
+
+
 class Request:
     __slots__ = ("scope", "receive", "send", "headers", "path_params", "body", "principal", "watcher", "gone", "done",
                  "started", "request_id", "status", "exchange", "trace")

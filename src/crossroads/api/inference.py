@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from crossroads.accounting.exchange import NOTHING_TO_HOLD, Exchange, estimate_prompt_tokens, worst_case_cost
-from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, Request, respond
+from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, OpenStreams, Request, respond
 from crossroads.errors import GatewayError
 from crossroads.formats.chat import new_generation_id
 from crossroads.formats.transforms import ANTHROPIC_MAX_MESSAGES, middle_out, wants_middle_out
 from crossroads.gate.auth import allowed_for_inference, priced_for_limit
 from crossroads.gate.ratelimit import Limit
+from crossroads.observability.logs import OncePer
 from crossroads.providers.base import RequestContext, UpstreamStreamError
 from crossroads.providers.http import iter_sse
 from crossroads.routing.features import (
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from crossroads.routing.select import Candidate
 
 log = logging.getLogger("crossroads.inference")
+_limit_store_down = OncePer(log)
 _MAX_ERROR_BODY = 64 * 1024
 PROCESSING = b": PROCESSING\n\n"
 
@@ -300,11 +302,15 @@ class Call:
                     except AttemptFailed as failed:
                         health.record_failure(name, model, status=failed.status,
                                               connection_fault=failed.connection_fault, retry_after=failed.retry_after)
-                        if attempt > retries or not is_retryable(failed.status):
-                            raise
-                        delay = retry_delay(attempt, retry_after=failed.retry_after,
-                                            max_wait=gateway.config.routing.max_retry_wait)
-                        if delay is None or health.ejected(name, model):
+                        delay = None
+                        if attempt <= retries and is_retryable(failed.status):
+                            delay = retry_delay(attempt, retry_after=failed.retry_after,
+                                                max_wait=gateway.config.routing.max_retry_wait)
+                            if delay is not None and health.ejected(name, model):
+                                delay = None
+                        _warn_attempt_failed(failed, name, model, attempt, delay,
+                                             more=index < len(queue) or bool(ejected))
+                        if delay is None:
                             raise
                         await asyncio.sleep(delay)
                         if not health.acquire(name, model, force=panic):
@@ -559,6 +565,8 @@ class Call:
             raise AttemptFailed(error, status, connection_fault=False)  # the stream began: the connection works
         self.gateway.health.record_failure(candidate.deployment.connection.name, candidate.deployment.model.upstream,
                                            status=status, connection_fault=False)
+        log.warning("upstream %s model %s failed mid-stream, after data reached the client (no retry): %s",
+                    candidate.deployment.connection.name, candidate.deployment.model.upstream, message[:300])
         await self._fail_stream(code, message, metadata)
 
     async def _fail_stream(self, code: Any, message: str, metadata: dict[str, Any] | None) -> None:
@@ -613,6 +621,19 @@ class Call:
         return finished
 
 
+def _warn_attempt_failed(failed: AttemptFailed, connection: str, model: str, attempt: int, retry_in: float | None,
+                         *, more: bool) -> None:
+    """One warning per failed upstream attempt: what failed (status, a short excerpt of the upstream's answer, secrets
+    already removed by the connection) and what happens next."""
+    status = f"HTTP {failed.status}" if failed.status is not None else "no response"
+    if retry_in is not None:
+        then = f"retrying in {retry_in:.2f} s"
+    else:
+        then = "falling back to the next candidate" if more else "no candidate left"
+    log.warning("upstream %s model %s failed (attempt %d, %s): %s; %s", connection, model, attempt, status,
+                failed.error.message[:300], then)
+
+
 def _names_of(candidate: Candidate) -> tuple[str, ...]:
     """What a key's allowed_models may name to allow a candidate: the route asked for, or the model itself."""
     return (candidate.route, candidate.model_id) if candidate.route else (candidate.model_id,)
@@ -648,7 +669,7 @@ async def _acquire(gateway: Gateway, limits: list[Limit], tokens: int, priority:
     try:
         return await gateway.limiter.acquire(limits, tokens, priority)
     except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; all mean "cannot count"
-        log.warning("rate-limit store unavailable: %s", type(exc).__name__)
+        _limit_store_down.warning("rate-limit store unavailable, requests refused with 503: %s", type(exc).__name__)
         raise GatewayError(503, "Rate limits cannot be checked right now (their store is unavailable); retry shortly",
                            metadata={"code": "rate_limit_store_unavailable"}) from None
 
@@ -658,7 +679,7 @@ async def _adjust(gateway: Gateway, limits: list[Limit], delta_tokens: int) -> N
     try:
         await gateway.limiter.adjust(limits, delta_tokens)
     except Exception as exc:  # noqa: BLE001
-        log.warning("could not correct token counts in the rate-limit store: %s", type(exc).__name__)
+        _limit_store_down.warning("could not correct token counts in the rate-limit store: %s", type(exc).__name__)
 
 
 def _limit_error(decision: Any, what: str) -> GatewayError:
@@ -706,6 +727,7 @@ class SSEWriter:
     async def start(self, headers: list[tuple[bytes, bytes]]) -> None:
         if not self.started:
             self.started = self.request.started = True
+            OpenStreams.count += 1
             await self.send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
             self.send = self.request.send  # the server's own send from now on (see api/app.py's _sender)
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
+from crossroads.observability.logs import OncePer
 from crossroads.store.rows import KeyRow
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class KeyCache:
         self.keys: dict[str, KeyRow] = {}
         self._version: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._store_down = OncePer(log)  # polled every second: one line per 30 s of an outage, not one per poll
 
     async def load(self) -> None:
         version = await self.store.keys_version()
@@ -91,7 +93,8 @@ class KeyCache:
                 if version != self._version:
                     await self.load()
             except Exception as exc:  # noqa: BLE001 - the DB may be briefly away; keep serving from memory
-                log.warning("could not refresh API keys from the store: %s", type(exc).__name__)
+                self._store_down.warning("could not refresh API keys from the store (serving the keys in memory): %s",
+                                         type(exc).__name__)
 
 
 # What `crossroads serve` records in the store's meta table while it runs, so that the key CLI (another process, maybe

@@ -86,6 +86,10 @@ class RateLimiter(Protocol):
         """What each scope has used in the current window: {(scope, "rpm" | "tpm"): units}. Read only."""
         ...
 
+    async def ping(self) -> None:
+        """Raise unless the counters' store answers (always answers in process)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -207,6 +211,9 @@ class MemoryLimiter:
         index = math.floor(self._clock() / self._window)
         return {(scope, kind): self._used((scope, kind), index) for scope in scopes for kind in ("rpm", "tpm")}
 
+    async def ping(self) -> None:
+        return None
+
     async def close(self) -> None:
         self._counters.clear()
 
@@ -314,6 +321,9 @@ class RedisLimiter:
         reply = await self._usage_script(keys=[self._key(scope, kind) for scope, kind in pairs],
                                          args=[self._window_ms])
         return {pair: int(value) for pair, value in zip(pairs, reply, strict=True)}
+
+    async def ping(self) -> None:
+        await self._redis.ping()
 
     async def close(self) -> None:
         # aclose() arrived in redis-py 5.0.1; close() is its older, now deprecated, name.

@@ -55,6 +55,27 @@ def configure(level: str = "info", fmt: str | None = None) -> None:
         logger.propagate = True
 
 
+class OncePer:
+    """A repeated warning (the same failure on every request during an outage) logged at most once per `interval`
+    seconds; the next line says how many were left out."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 30.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last = -interval
+        self._left_out = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._left_out += 1
+            return
+        if self._left_out:
+            message += f" ({self._left_out} more since the last report, {now - self._last:.0f} s ago)"
+        self._last, self._left_out = now, 0
+        self.logger.warning(message, *args)
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields: dict[str, Any] = getattr(record, "fields", None) or {}
     request_id = REQUEST_ID.get()

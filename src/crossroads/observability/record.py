@@ -24,6 +24,18 @@ def request_id_from(headers: dict[bytes, bytes]) -> str:
     return "req-" + secrets.token_hex(12)
 
 
+def presented_key_label(headers: dict[bytes, bytes]) -> str | None:
+    """What a log may show of a key the gate did not accept: its first 12 characters when it is long enough that
+    they are a small part of it, else nothing of it."""
+    value = headers.get(b"authorization") or headers.get(b"x-api-key")
+    if value is None:
+        return None
+    token = value.decode("latin-1").removeprefix("Bearer ").removeprefix("bearer ").strip()
+    if not token:
+        return None
+    return (token[:12] if len(token) >= 32 else "") + "…"
+
+
 @dataclass(slots=True)
 class RequestInfo:
     request_id: str
@@ -36,7 +48,7 @@ class RequestInfo:
     duration: float  # seconds from the request's arrival to its end
     streamed: bool  # the answer was an event stream
     key_name: str | None  # the API key's name ("master" for the master key); None when not authenticated
-    key_label: str | None  # the key's display prefix (never enough to use it)
+    key_label: str | None  # the key's display prefix (never enough to use it); for a refused key, presented_key_label
     exchange: Exchange | None  # inference requests that reached the router: model, attempts, usage, cost
     error: GatewayError | None = None  # the error the client got, if any (status, message, metadata.code)
 

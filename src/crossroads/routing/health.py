@@ -62,6 +62,7 @@ Everything runs on the event loop thread: no locks.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -69,6 +70,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from crossroads.routing.retry import parse_retry_after
+
+log = logging.getLogger("crossroads.routing")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATUS_OK, STATUS_PROBING, STATUS_EJECTED = 0, -5, -10
@@ -182,9 +185,10 @@ class _Tally:
 
 
 class _Breaker:
-    __slots__ = ("state", "failures", "opened_at", "probe_started")
+    __slots__ = ("state", "failures", "opened_at", "probe_started", "name")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name  # what the log calls it: "connection X" or "endpoint X model Y"
         self.state = CLOSED
         self.failures = 0  # consecutive, while closed
         self.opened_at = 0.0
@@ -196,8 +200,8 @@ class _Endpoint(_Breaker):
 
     __slots__ = ("cool_until", "ttft", "tps", "minutes", "quarters")
 
-    def __init__(self, window: float, max_samples: int) -> None:
-        super().__init__()
+    def __init__(self, window: float, max_samples: int, name: str = "") -> None:
+        super().__init__(name)
         self.cool_until = 0.0  # set by a 429's Retry-After: ordered last until then (0: not cool)
         self.ttft = _Samples(window, max_samples)  # seconds
         self.tps = _Samples(window, max_samples)  # tokens/s
@@ -349,7 +353,7 @@ class HealthBoard:
         if scope == CONNECTION:
             link = self._connections.get(connection)
             if link is None:
-                link = self._connections[connection] = _Breaker()
+                link = self._connections[connection] = _Breaker(f"connection {connection}")
             self._count(link, now)
             self._no_verdict(endpoint)  # says nothing about this model
         else:
@@ -383,6 +387,12 @@ class HealthBoard:
         # Open: a straggler that started before the breaker opened; it must not extend the cool-down.
 
     def _open(self, breaker: _Breaker, now: float) -> None:
+        if breaker.state == HALF_OPEN:
+            log.warning("circuit breaker of %s opened again: its probe failed; next probe in %g s", breaker.name,
+                        self.policy.cooldown)
+        else:
+            log.warning("circuit breaker of %s opened after %d consecutive failures: ejected for %g s", breaker.name,
+                        breaker.failures, self.policy.cooldown)
         breaker.state = OPEN
         breaker.opened_at = now
         breaker.failures = 0
@@ -390,6 +400,7 @@ class HealthBoard:
 
     def _close(self, breaker: _Breaker) -> None:
         if breaker.state == HALF_OPEN:
+            log.warning("circuit breaker of %s closed: its probe succeeded", breaker.name)
             breaker.state = CLOSED
             breaker.probe_started = None
         if breaker.state == CLOSED:
@@ -418,7 +429,8 @@ class HealthBoard:
             models = self._endpoints[connection] = {}
         endpoint = models.get(model)
         if endpoint is None:
-            endpoint = models[model] = _Endpoint(self.window, self._max_samples)
+            endpoint = models[model] = _Endpoint(self.window, self._max_samples,
+                                                 f"endpoint {connection} model {model}")
         return endpoint
 
     def latency(self, connection: str, model: str) -> float | None:

@@ -31,6 +31,13 @@ def alembic_config() -> AlembicConfig:
     return cfg
 
 
+def known_revisions() -> list[str]:
+    """The schema revisions this code knows, newest first (the first is what `migrate` brings a database to)."""
+    from alembic.script import ScriptDirectory
+
+    return [script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()]
+
+
 def migrate(url: str) -> None:
     """Bring the database at `url` to the newest schema. Idempotent; safe to run from several processes at once.
 

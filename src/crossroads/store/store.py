@@ -95,6 +95,21 @@ class Store:
             async with self._engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
 
+    async def schema_revision(self) -> str | None:
+        """The schema revision the database is at (Alembic's version table), None before the first migration."""
+        with translate_errors():
+            async with self._engine.connect() as conn:
+                try:
+                    result = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+                except sa.exc.ProgrammingError:  # PostgreSQL: the table does not exist
+                    return None
+                except sa.exc.OperationalError as exc:  # SQLite: no such table
+                    if "no such table" in str(exc):
+                        return None
+                    raise
+                row = result.first()
+                return row[0] if row is not None else None
+
     # --- helpers -------------------------------------------------------------------------------------------
 
     async def _fetch(self, statement: Any) -> list[Any]:
