@@ -4,6 +4,7 @@ and the liveness/readiness checks. Metrics: tests/test_metrics.py; traces: tests
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import time
@@ -204,6 +205,33 @@ def test_readiness_follows_postgres(fake_openai, fake_anthropic, fake_gemini, fa
         assert ready.status_code == 503 and ready.json()["checks"]["database"]["ok"] is False, ready.text
         assert "@" not in ready.text and str(proxy.port) not in ready.text  # no URL, no password
         assert httpx.get(proc.url + "/health/live").status_code == 200
+        proxy.up()
+        deadline = time.monotonic() + 15
+        while (ready := httpx.get(proc.url + "/health/ready", timeout=10)).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.2)
+    finally:
+        proc.stop()
+        proxy.close()
+
+
+def test_readiness_follows_redis(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path) -> None:
+    redis_url = os.environ.get("CROSSROADS_TEST_REDIS_URL")
+    if not redis_url:
+        if os.environ.get("CI"):
+            pytest.fail("CROSSROADS_TEST_REDIS_URL is not set in CI")
+        pytest.skip('CROSSROADS_TEST_REDIS_URL not set (run: eval "$(scripts/ci-services.sh)")')
+    parts = urlsplit(redis_url)
+    proxy = TcpProxy(parts.hostname, parts.port)
+    config = gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data")
+    proc = GatewayProcess(config, tmp_path, env={
+        "CROSSROADS_REDIS_URL": redis_url.replace(parts.netloc, f"127.0.0.1:{proxy.port}")}).start()
+    try:
+        ready = httpx.get(proc.url + "/health/ready").json()
+        assert ready["status"] == "ready" and ready["checks"]["redis"] == {"ok": True}
+        proxy.down()
+        ready = httpx.get(proc.url + "/health/ready", timeout=10)
+        assert ready.status_code == 503 and ready.json()["checks"]["redis"]["ok"] is False, ready.text
         proxy.up()
         deadline = time.monotonic() + 15
         while (ready := httpx.get(proc.url + "/health/ready", timeout=10)).status_code != 200:
