@@ -441,12 +441,13 @@ def test_unreachable_connections_are_warned_about_in_the_background(fake_openai:
 
 def test_alembic_lines_are_debug(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
-    quiet = GatewayProcess(config_for(fake_openai, tmp_path / "a" / "data"), tmp_path / "a").start()
+    quiet = GatewayProcess(config_for(fake_openai, tmp_path / "a" / "data"), tmp_path / "a",
+                           args=["--log-format", "text"]).start()
     assert quiet.stop() == 0
     assert not re.search(r" alembic\.\w", quiet.log()), quiet.log()
     (tmp_path / "b").mkdir()
     loud = GatewayProcess(config_for(fake_openai, tmp_path / "b" / "data"), tmp_path / "b",
-                          args=["--log-level", "debug"]).start()
+                          args=["--log-level", "debug", "--log-format", "text"]).start()
     assert loud.stop() == 0
     alembic = [line for line in loud.log().splitlines() if re.search(r" alembic\.\w", line)]
     assert alembic and all(" DEBUG alembic" in line for line in alembic), alembic

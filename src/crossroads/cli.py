@@ -114,6 +114,12 @@ def serve(args: argparse.Namespace) -> int:
         print(f"crossroads: {problem}", file=sys.stderr)
         return 2
     os.environ["CROSSROADS_WORKERS"] = str(args.workers)
+    try:
+        _share_metrics(config, args.workers)
+    except OSError as exc:
+        print(f"crossroads: cannot prepare the metrics directory in {config.server.data_dir!r}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     key_file = os.path.join(config.server.data_dir, "master_key")
     if generated:
         # Shown once; afterwards it is only in data_dir/master_key (mode 0600).
@@ -167,6 +173,27 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         _record_serving(config, 0, only_if=args.workers)
     return 0
+
+
+MULTIPROC_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+
+def _share_metrics(config: Any, workers: int) -> None:
+    """With several workers, /metrics must report their sum: each keeps its values in files of one directory that
+    prometheus_client finds in PROMETHEUS_MULTIPROC_DIR (read when a worker imports it; workers inherit this
+    environment), and a scrape merges them (observability/metrics.py). The directory starts empty: counts start at
+    zero with each start. One worker keeps its values in memory, so the variables are cleared (an inherited one would
+    make it write files). Nothing here imports prometheus_client, which must see these variables first."""
+    for name in MULTIPROC_VARIABLES:
+        os.environ.pop(name, None)
+    if workers == 1 or not config.server.metrics.enabled:
+        return
+    path = os.path.abspath(os.path.join(config.server.data_dir, "metrics-multiproc"))
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):  # prometheus_client's value files, and nothing else
+            os.remove(os.path.join(path, name))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
 def _bind(host: str, port: int) -> socket.socket:

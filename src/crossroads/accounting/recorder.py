@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from crossroads.store import StoreUnavailable
@@ -88,6 +88,9 @@ class GenerationRecorder:
         self._replay_due = spool is not None  # spool files may wait for the database (set again by each spill)
         self._warned_at = 0.0
         self._closing = False
+        # Observers set by the metrics (observability/metrics.py): seconds each committed batch took; each failure.
+        self.on_write: Callable[[float], None] | None = None
+        self.on_store_error: Callable[[], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -195,10 +198,13 @@ class GenerationRecorder:
         del self._buffer[: len(batch)]
         self._writing = batch
         done = 0  # how many of the batch are dealt with (committed, or spooled)
+        took: float | None = None  # seconds the batch's write took, when it went through whole
         try:
             try:
+                started = time.monotonic()
                 await self.store.insert_generations(batch)
                 done = len(batch)
+                took = time.monotonic() - started
             except StoreUnavailable as exc:
                 self._unavailable(exc)
                 return False
@@ -213,6 +219,8 @@ class GenerationRecorder:
                 self._buffer[0:0] = batch[done:]  # back in front, oldest first
             self._written(batch[:done])
         self._set_down(False)
+        if took is not None and self.on_write is not None:
+            self.on_write(took)
         return True
 
     async def _write_singly(self, batch: list[GenerationRecord]) -> int:
@@ -271,6 +279,8 @@ class GenerationRecorder:
         return True
 
     def _unavailable(self, exc: BaseException) -> None:
+        if self.on_store_error is not None:
+            self.on_store_error()
         now = time.monotonic()
         if not self.store_down or now - self._warned_at >= WARN_EVERY:
             self._warned_at = now

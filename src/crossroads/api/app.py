@@ -134,6 +134,9 @@ class Gateway:
                 for method, handler in (("GET", account.get_key), ("PATCH", account.update_key),
                                         ("DELETE", account.delete_key))}))
         self.routes[("GET", "/health")] = Endpoint(self._health, False, openai_error)
+        metrics = config.server.metrics
+        if metrics.enabled and metrics.metrics_port is None:  # else it is off, or served on its own port only
+            self.routes[("GET", "/metrics")] = Endpoint(self._metrics, False, openai_error)
         self.routes[("GET", "/health/live")] = Endpoint(self._health_live, False, openai_error)
         self.routes[("GET", "/health/ready")] = Endpoint(self._health_ready, False, openai_error)
         for prefix in API_PREFIXES:  # OAuth PKCE's code exchange: the code is the credential, not an API key
@@ -424,6 +427,9 @@ class Gateway:
     async def _endpoints(self, request: Request) -> None:
         assert self.views is not None
         await respond(request.send, 200, self.views.endpoints_body(request.path_params["model"]))
+
+    def _metrics(self, request: Request) -> Awaitable[None]:
+        return self.observability.metrics.serve(request)  # observability/metrics.py: access rules, exposition
 
     async def _health(self, request: Request) -> None:
         if not self.ready:

@@ -27,6 +27,7 @@ from crossroads.formats.transforms import ANTHROPIC_MAX_MESSAGES, middle_out, wa
 from crossroads.gate.auth import allowed_for_inference, priced_for_limit
 from crossroads.gate.ratelimit import Limit
 from crossroads.observability.logs import OncePer
+from crossroads.observability.metrics import count_redis_error
 from crossroads.providers.base import RequestContext, UpstreamStreamError
 from crossroads.providers.http import iter_sse
 from crossroads.routing.features import (
@@ -669,6 +670,7 @@ async def _acquire(gateway: Gateway, limits: list[Limit], tokens: int, priority:
     try:
         return await gateway.limiter.acquire(limits, tokens, priority)
     except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; all mean "cannot count"
+        count_redis_error()
         _limit_store_down.warning("rate-limit store unavailable, requests refused with 503: %s", type(exc).__name__)
         raise GatewayError(503, "Rate limits cannot be checked right now (their store is unavailable); retry shortly",
                            metadata={"code": "rate_limit_store_unavailable"}) from None
@@ -679,6 +681,7 @@ async def _adjust(gateway: Gateway, limits: list[Limit], delta_tokens: int) -> N
     try:
         await gateway.limiter.adjust(limits, delta_tokens)
     except Exception as exc:  # noqa: BLE001
+        count_redis_error()
         _limit_store_down.warning("could not correct token counts in the rate-limit store: %s", type(exc).__name__)
 
 

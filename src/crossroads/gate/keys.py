@@ -17,6 +17,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
 from crossroads.observability.logs import OncePer
+from crossroads.observability.metrics import count_store_error
 from crossroads.store.rows import KeyRow
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class KeyCache:
                 if version != self._version:
                     await self.load()
             except Exception as exc:  # noqa: BLE001 - the DB may be briefly away; keep serving from memory
+                count_store_error()
                 self._store_down.warning("could not refresh API keys from the store (serving the keys in memory): %s",
                                          type(exc).__name__)
 
