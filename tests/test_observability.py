@@ -240,3 +240,22 @@ def test_readiness_follows_redis(fake_openai, fake_anthropic, fake_gemini, fake_
     finally:
         proc.stop()
         proxy.close()
+
+
+def test_the_grafana_dashboard_names_only_metrics_the_gateway_serves(gateway) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    dashboard = json.loads((Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    named = {re.sub(r"_(bucket|count|sum)$", "", name) for expr in expressions
+             for name in re.findall(r"\bcrossroads_\w+", expr)}
+    scrape = httpx.get(gateway.url + "/metrics")
+    assert scrape.status_code == 200
+    served = set()
+    for family in text_string_to_metric_families(scrape.text):
+        served.add(family.name)
+        served.add(family.name + "_total")  # the parser names counters without their _total suffix
+    assert named and named <= served, named - served
+    titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
+    for subject in ("request rate", "error rate", "latency", "first token", "tokens", "spend", "breaker"):
+        assert subject in titles, subject
