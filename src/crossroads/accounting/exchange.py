@@ -213,12 +213,16 @@ class Exchange:
         self.finish_reason: str | None = None
         self.native_finish_reason: str | None = None
         self.attempts: list[dict[str, Any]] = []
+        # One (upstream_started, ended, connection, model) per attempt that went upstream, in order, with monotonic
+        # times: what trace spans need and the record's `attempts` JSON leaves out (observability/tracing.py).
+        self.sent_attempts: list[tuple[float | None, float, Connection, ModelSpec]] = []
 
     def attempt(self, status: int | None, error: str | None = None) -> None:
         latency = (time.monotonic() - self.upstream_started) * 1000 if self.upstream_started else None
         self.attempts.append({"provider_name": self.connection.name, "model_permaslug": self.model.id,
                               "status": status, "latency": round(latency, 1) if latency is not None else None,
                               "error": error})
+        self.sent_attempts.append((self.upstream_started, time.monotonic(), self.connection, self.model))
 
     def billed_usage(self) -> Usage:
         """The upstream's usage when it reported one; otherwise an estimate from what was streamed."""

@@ -102,8 +102,8 @@ class Observability:
         self.denials.flush()
         if self.metrics is not None:
             await self.metrics.stop()
-        if self.tracer is not None:
-            self.tracer.shutdown()
+        if self.tracer is not None:  # flushing waits on the collector (at most tracing.SHUTDOWN_WAIT): not on the loop
+            await asyncio.to_thread(self.tracer.shutdown)
 
     def begin(self, request: Request) -> Any:
         """A trace handle for the request (None without tracing)."""
