@@ -78,7 +78,7 @@ def _rate_limit(key: KeyRow | None) -> dict[str, Any]:
 
 
 async def current_key(gateway: Gateway, request: Request) -> None:
-    await respond_json(request.send, 200, {"data": _current_key_payload(gateway, request)})
+    await respond_json(request, 200, {"data": _current_key_payload(gateway, request)})
 
 
 # -- key management ------------------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ async def change_key(gateway: Gateway, key_hash: str, changes: dict[str, Any]) -
 async def create_key(gateway: Gateway, request: Request) -> None:
     require_management(request.principal)
     plaintext, row = await add_key(gateway, key_changes(request.json(), creating=True))
-    await respond_json(request.send, 201, {"data": key_payload(gateway, row), "key": plaintext})
+    await respond_json(request, 201, {"data": key_payload(gateway, row), "key": plaintext})
 
 
 async def exchange_auth_code(gateway: Gateway, request: Request) -> None:
@@ -200,7 +200,7 @@ async def exchange_auth_code(gateway: Gateway, request: Request) -> None:
     verifier = body.get("code_verifier")
     grant = gateway.dashboard.grants.redeem(body["code"], verifier if isinstance(verifier, str) else None, method)
     plaintext, _ = await add_key(gateway, {"name": grant.name, "limit": grant.limit})
-    await respond_json(request.send, 200, {"key": plaintext, "user_id": grant.user_id})
+    await respond_json(request, 200, {"key": plaintext, "user_id": grant.user_id})
 
 
 async def list_keys(gateway: Gateway, request: Request) -> None:
@@ -213,7 +213,7 @@ async def list_keys(gateway: Gateway, request: Request) -> None:
         raise GatewayError(400, "Invalid request: 'offset' must be an integer", metadata={"field": "offset"}) from None
     rows = await gateway.store.list_keys(offset=max(offset, 0))
     data = [key_payload(gateway, r) for r in rows if include_disabled or not r.disabled]
-    await respond_json(request.send, 200, {"data": data})
+    await respond_json(request, 200, {"data": data})
 
 
 async def _known_key(gateway: Gateway, key_hash: str) -> KeyRow:
@@ -226,7 +226,7 @@ async def _known_key(gateway: Gateway, key_hash: str) -> KeyRow:
 async def get_key(gateway: Gateway, request: Request) -> None:
     require_management(request.principal)
     row = await _known_key(gateway, request.path_params["hash"])
-    await respond_json(request.send, 200, {"data": key_payload(gateway, row)})
+    await respond_json(request, 200, {"data": key_payload(gateway, row)})
 
 
 async def update_key(gateway: Gateway, request: Request) -> None:
@@ -235,7 +235,7 @@ async def update_key(gateway: Gateway, request: Request) -> None:
     row = await change_key(gateway, key_hash, key_changes(request.json(), creating=False))
     if row is None:
         raise GatewayError(404, f"API key {key_hash!r} not found")
-    await respond_json(request.send, 200, {"data": key_payload(gateway, row)})
+    await respond_json(request, 200, {"data": key_payload(gateway, row)})
 
 
 async def delete_key(gateway: Gateway, request: Request) -> None:
@@ -244,7 +244,7 @@ async def delete_key(gateway: Gateway, request: Request) -> None:
     if not await gateway.store.delete_key(key_hash):
         raise GatewayError(404, f"API key {key_hash!r} not found")
     gateway.keys.drop(key_hash)
-    await respond_json(request.send, 200, {"deleted": True})
+    await respond_json(request, 200, {"deleted": True})
 
 
 # -- credits, generations, activity --------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ async def credits(gateway: Gateway, request: Request) -> None:
     else:
         total_credits = gateway.config.accounting.budget or 0.0
         usage = sum(s.total for s in gateway.ledger.spend.values())
-    await respond_json(request.send, 200, {"data": {"total_credits": total_credits, "total_usage": round(usage, 12)}})
+    await respond_json(request, 200, {"data": {"total_credits": total_credits, "total_usage": round(usage, 12)}})
 
 
 def generation_payload(row: GenerationRow) -> dict[str, Any]:
@@ -299,7 +299,7 @@ async def generation(gateway: Gateway, request: Request) -> None:
     # A key sees only its own generations; not-found and not-yours look the same.
     if row is None or (not principal.is_master and row.key_hash != principal.key_hash):
         raise GatewayError(404, f"Generation {generation_id!r} not found")
-    await respond_json(request.send, 200, {"data": generation_payload(row)})
+    await respond_json(request, 200, {"data": generation_payload(row)})
 
 
 def _date_param(query: dict[str, str], name: str, default: date) -> date:
@@ -330,4 +330,4 @@ async def activity(gateway: Gateway, request: Request) -> None:
         "byok_usage_inference": 0.0, "requests": r["requests"], "prompt_tokens": r["prompt_tokens"],
         "completion_tokens": r["completion_tokens"], "reasoning_tokens": r["reasoning_tokens"],
         "cached_tokens": r["cached_tokens"]} for r in rows]
-    await respond_json(request.send, 200, {"data": data})
+    await respond_json(request, 200, {"data": data})

@@ -60,6 +60,7 @@ class Endpoint(NamedTuple):
     error_body: Callable[[GatewayError], bytes]  # the endpoint's error shape
     template: str = ""  # the path as routed, parameters named ("/api/v1/keys/{hash}"): a bounded metrics label
 
+
 API_PREFIXES = ("/api/v1", "/v1")
 GC_GEN0_THRESHOLD = 20_000
 WATCH_AFTER = 0.25  # seconds a handler runs before its client's disconnect is watched for (see __call__)
@@ -252,8 +253,7 @@ class Gateway:
         request = Request(scope, receive, send, found[1] if found else None)
         request_id = request.request_id = request_id_from(request.headers)
         REQUEST_ID.set(request_id)  # every log line of this request carries it (the task has its own context)
-        started, started_mono = time.time(), time.monotonic()
-        request.send = _sender(request, send, request_id.encode())
+        started_mono = time.monotonic()
         trace = self.observability.begin(request) if self.observability.tracer is not None else None
         request.trace = trace
         self.in_flight += 1
@@ -283,7 +283,7 @@ class Gateway:
                 await _end_stream(request.send)
                 return
             error_body = found[0].error_body if found else self.path_error_bodies.get(path.rstrip("/"))
-            await respond_error(request.send, error, error_body(error) if error_body is not None else None)
+            await respond_error(request, error, error_body(error) if error_body is not None else None)
         except ClientGone:
             return
         except asyncio.CancelledError:
@@ -296,7 +296,7 @@ class Gateway:
                 await _end_stream(request.send)
             else:
                 failure = GatewayError(500, "Internal gateway error")
-                await respond_error(request.send, failure)
+                await respond_error(request, failure)
         finally:
             request.done = True
             self.in_flight -= 1
@@ -306,11 +306,16 @@ class Gateway:
                 arming.cancel()
             if request.watcher is not None:
                 asyncio.get_running_loop().call_soon(_stop_watching, request)
-            self._observe(request, found, started, started_mono, failure, trace)
+            try:
+                if failure is not None or self.observability.wants_every_request():
+                    self._observe(request, found, started_mono, failure, trace)
+            except Exception:  # noqa: BLE001 - the answer is out; observing it must not raise into the server
+                log.exception("could not record request %s for logs, metrics or traces", request_id)
 
-    def _observe(self, request: Request, found: Any, started: float, started_mono: float,
-                 failure: GatewayError | None, trace: Any) -> None:
+    def _observe(self, request: Request, found: Any, started_mono: float, failure: GatewayError | None,
+                 trace: Any) -> None:
         """The request's record for logs, metrics and traces, once its answer is complete or abandoned."""
+        duration = time.monotonic() - started_mono
         principal = request.principal
         key = principal.key if principal is not None else None
         status = request.status if not request.gone or request.status else 499
@@ -318,8 +323,8 @@ class Gateway:
             status = 499
         info = RequestInfo(
             request_id=request.request_id, method=request.method, path=request.path,
-            endpoint=found[0].template if found else "unmatched", status=status, started=started,
-            started_mono=started_mono, duration=time.monotonic() - started_mono, streamed=request.started,
+            endpoint=found[0].template if found else "unmatched", status=status, started=time.time() - duration,
+            started_mono=started_mono, duration=duration, streamed=request.started,
             key_name=None if principal is None else ("master" if key is None else key.name),
             key_label=presented_key_label(request.headers) if principal is None else None if key is None else key.label,
             exchange=request.exchange, error=failure)
@@ -416,36 +421,36 @@ class Gateway:
         assert self.views is not None
         key = request.principal.key
         if key is not None and key.allowed_models is not None:
-            await respond(request.send, 200, self.views.models_body_for(key.allowed_models))
+            await respond(request, 200, self.views.models_body_for(key.allowed_models))
             return
-        await respond(request.send, 200, self.views.models_body)
+        await respond(request, 200, self.views.models_body)
 
     async def _providers(self, request: Request) -> None:
         assert self.views is not None
-        await respond(request.send, 200, self.views.providers_body)
+        await respond(request, 200, self.views.providers_body)
 
     async def _endpoints(self, request: Request) -> None:
         assert self.views is not None
-        await respond(request.send, 200, self.views.endpoints_body(request.path_params["model"]))
+        await respond(request, 200, self.views.endpoints_body(request.path_params["model"]))
 
     def _metrics(self, request: Request) -> Awaitable[None]:
         return self.observability.metrics.serve(request)  # observability/metrics.py: access rules, exposition
 
     async def _health(self, request: Request) -> None:
         if not self.ready:
-            await respond_json(request.send, 503, {"status": "starting"})
+            await respond_json(request, 503, {"status": "starting"})
             return
-        await respond_json(request.send, 200, {"status": "ok"})
+        await respond_json(request, 200, {"status": "ok"})
 
     async def _health_live(self, request: Request) -> None:
         """The process answers (a liveness probe: restart it when this fails)."""
-        await respond_json(request.send, 200, {"status": "ok"})
+        await respond_json(request, 200, {"status": "ok"})
 
     async def _health_ready(self, request: Request) -> None:
         """Whether this process can serve (a readiness probe: send it traffic only while this is 200). Each check
         named with its verdict; 503 when any fails."""
         if not self.ready:
-            await respond_json(request.send, 503, {"status": "starting", "checks": {}})
+            await respond_json(request, 503, {"status": "starting", "checks": {}})
             return
         checks = {"database": await _bounded_check(self._database_ready())}
         if self.redis_url is not None:
@@ -459,7 +464,7 @@ class Gateway:
         elif not serving:
             checks["connections"]["error"] = "every connection's models are ejected by their circuit breakers"
         ok = all(check["ok"] for check in checks.values())
-        await respond_json(request.send, 200 if ok else 503, {"status": "ready" if ok else "not_ready",
+        await respond_json(request, 200 if ok else 503, {"status": "ready" if ok else "not_ready",
                                                               "checks": checks})
 
     async def _database_ready(self) -> None:
@@ -520,20 +525,6 @@ async def _end_stream(send: Send) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except Exception:  # noqa: BLE001 - the answer was already complete, or the connection is gone
         log.debug("could not end a failed stream", exc_info=True)
-
-
-def _sender(request: Request, send: Send, request_id: bytes) -> Send:
-    """The request's `send` until its response starts: notes the status and adds X-Request-Id, then puts the
-    server's own `send` back in `request.send` (a streamed answer's chunks pass through no extra frame)."""
-
-    async def send_first(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            request.status = message["status"]
-            message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
-            request.send = send
-        await send(message)
-
-    return send_first
 
 
 def _watch_disconnect(request: Request, task: asyncio.Task[Any]) -> None:

@@ -106,17 +106,22 @@ def _header_list(headers: dict[str, str] | Iterable[tuple[bytes, bytes]] | None)
     return list(headers)
 
 
-async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+async def respond(request: Request, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
                   content_type: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
+    """The whole answer at once, with the request's X-Request-Id; notes the status for the request's log line."""
+    request.status = status
+    send = request.send
     await send({"type": "http.response.start", "status": status,
-                "headers": [*content_type, (b"content-length", str(len(body)).encode()), *(headers or [])]})
+                "headers": [*content_type, (b"content-length", str(len(body)).encode()),
+                            (b"x-request-id", request.request_id.encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
-async def respond_json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await respond(send, status, orjson.dumps(payload), headers)
+async def respond_json(request: Request, status: int, payload: Any,
+                       headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await respond(request, status, orjson.dumps(payload), headers)
 
 
-async def respond_error(send: Send, error: GatewayError, body: bytes | None = None) -> None:
+async def respond_error(request: Request, error: GatewayError, body: bytes | None = None) -> None:
     """The error in OpenAI's shape, or `body` (an endpoint's own error shape)."""
-    await respond(send, error.status, error.body() if body is None else body, _header_list(error.headers))
+    await respond(request, error.status, error.body() if body is None else body, _header_list(error.headers))

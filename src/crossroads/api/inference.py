@@ -411,7 +411,7 @@ class Call:
             payload = raw if self.passthrough else self.renderer.completion(result, translator.usage, model.pricing)
             await self._on_complete(translator)
             await self._settle()
-            await respond(self.request.send, 200, payload, self._headers(upstream_headers), JSON_HEADERS)
+            await respond(self.request, 200, payload, self._headers(upstream_headers), JSON_HEADERS)
             return
         await self._stream(candidate, upstream, translator)
 
@@ -459,7 +459,7 @@ class Call:
                (b"x-crossroads-gate-ms", f"{self.gate_ms:.2f}".encode()),
                (b"x-crossroads-routing-ms", f"{self.routing_ms:.2f}".encode())]
         if upstream_headers is not None:
-            # X-Request-Id is the gateway's own (api/app.py adds it to every response); the upstream's is kept.
+            # X-Request-Id is the gateway's own (asgi.respond and SSEWriter.start add it); the upstream's is kept.
             request_id = upstream_headers.get("x-request-id") or upstream_headers.get("request-id")
             if request_id:
                 out.append((b"x-upstream-request-id", _header_value(request_id)))
@@ -731,8 +731,9 @@ class SSEWriter:
         if not self.started:
             self.started = self.request.started = True
             OpenStreams.count += 1
-            await self.send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
-            self.send = self.request.send  # the server's own send from now on (see api/app.py's _sender)
+            self.request.status = 200
+            await self.send({"type": "http.response.start", "status": 200,
+                             "headers": [*SSE_HEADERS, (b"x-request-id", self.request.request_id.encode()), *headers]})
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     async def write(self, payload: bytes, *, data: bool = False) -> None:

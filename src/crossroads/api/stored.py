@@ -25,13 +25,13 @@ async def _owned(gateway: Gateway, request: Request) -> tuple[str, dict]:
 
 async def get_response(gateway: Gateway, request: Request) -> None:
     _, response = await _owned(gateway, request)
-    await respond_json(request.send, 200, response)
+    await respond_json(request, 200, response)
 
 
 async def delete_response(gateway: Gateway, request: Request) -> None:
     response_id, _ = await _owned(gateway, request)
     await gateway.store.delete_response(response_id)
-    await respond_json(request.send, 200, {"id": response_id, "object": "response", "deleted": True})
+    await respond_json(request, 200, {"id": response_id, "object": "response", "deleted": True})
 
 
 async def count_tokens(gateway: Gateway, request: Request) -> None:
@@ -39,4 +39,4 @@ async def count_tokens(gateway: Gateway, request: Request) -> None:
     native = parse_json_object(request.body)
     native.setdefault("max_tokens", 1)  # not part of a count_tokens request, but the converter requires it
     body, _ = messages_to_chat(native)
-    await respond_json(request.send, 200, {"input_tokens": estimate_prompt_tokens(check_chat_body(body))})
+    await respond_json(request, 200, {"input_tokens": estimate_prompt_tokens(check_chat_body(body))})

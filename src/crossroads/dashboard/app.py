@@ -104,7 +104,7 @@ class Dashboard:
         content_type = [(b"content-type", STATIC_TYPES.get(Path(name).suffix, b"application/octet-stream"))]
 
         async def handler(request: Request) -> None:
-            await respond(request.send, 200, body, headers, content_type)
+            await respond(request, 200, body, headers, content_type)
         return handler
 
     async def _page(self, request: Request, template: str, session: Session | None, status: int = 200,
@@ -118,12 +118,12 @@ class Dashboard:
         if form_target is not None:
             security = [(b"content-security-policy", CSP.format(form_action=f"'self' {form_target}").encode()),
                         *SECURITY_HEADERS[1:]]
-        await respond(request.send, status, html.encode(), [*security, *(headers or [])],
+        await respond(request, status, html.encode(), [*security, *(headers or [])],
                       [(b"content-type", b"text/html; charset=utf-8")])
 
     async def _redirect(self, request: Request, location: str, headers: list[tuple[bytes, bytes]] | None = None
                         ) -> None:
-        await respond(request.send, 303, b"", [(b"location", location.encode()), *SECURITY_HEADERS, *(headers or [])],
+        await respond(request, 303, b"", [(b"location", location.encode()), *SECURITY_HEADERS, *(headers or [])],
                       [(b"content-type", b"text/plain")])
 
     def _token(self, request: Request) -> str | None:
@@ -485,7 +485,7 @@ class Dashboard:
         writer.writerow(CSV_COLUMNS)
         for row in rows:
             writer.writerow([_csv_safe(getattr(row, column)) for column in CSV_COLUMNS])
-        await respond(request.send, 200, out.getvalue().encode(),
+        await respond(request, 200, out.getvalue().encode(),
                       [*SECURITY_HEADERS, (b"content-disposition", b'attachment; filename="activity.csv"')],
                       [(b"content-type", b"text/csv; charset=utf-8")])
 

@@ -11,7 +11,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from crossroads.observability.logs import log_request
+from crossroads.accounting.pricing import request_cost
+from crossroads.observability.logs import ACCESS_LOG, access, log_request
 from crossroads.observability.record import RequestInfo
 
 if TYPE_CHECKING:
@@ -100,10 +101,16 @@ class Observability:
 
     async def stop(self) -> None:
         self.denials.flush()
+        ACCESS_LOG.flush()
         if self.metrics is not None:
             await self.metrics.stop()
         if self.tracer is not None:  # flushing waits on the collector (at most tracing.SHUTDOWN_WAIT): not on the loop
             await asyncio.to_thread(self.tracer.shutdown)
+
+    def wants_every_request(self) -> bool:
+        """Whether anything records requests that went well (the access log, metrics, traces); gate denials and
+        errors are always handed over (their warnings)."""
+        return self.metrics is not None or self.tracer is not None or access.isEnabledFor(logging.INFO)
 
     def begin(self, request: Request) -> Any:
         """A trace handle for the request (None without tracing)."""
@@ -111,6 +118,10 @@ class Observability:
 
     def end(self, info: RequestInfo, trace: Any) -> None:
         try:
+            exchange = info.exchange
+            if exchange is not None:
+                info.usage = usage = exchange.billed_usage()
+                info.cost = request_cost(usage, exchange.model.pricing)
             log_request(info)
             denial = info.denial
             if denial is not None and info.error is not None:

@@ -11,8 +11,11 @@ error bodies only after the connection's redaction.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextvars
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -38,8 +41,10 @@ def default_format(stream: Any = None) -> str:
 def configure(level: str = "info", fmt: str | None = None) -> None:
     """Send every log record to stderr in `fmt`; replaces what basicConfig or an earlier call set up. Used by the CLI
     and by each uvicorn worker process (create_app), which starts with no logging set up."""
+    fmt = fmt or default_format()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if (fmt or default_format()) == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    ACCESS_LOG.direct(sys.stderr, fmt)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -84,8 +89,24 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
-def _iso(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+class _IsoTime:
+    """RFC 3339 UTC with milliseconds; the date and time part is formatted once per second (every log line needs one)."""
+
+    __slots__ = ("second", "prefix")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now)
+        if second != self.second:
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self.second = second
+        return f"{self.prefix}.{int((now - second) * 1000):03d}Z"
+
+
+_iso = _IsoTime()
 
 
 class JsonFormatter(logging.Formatter):
@@ -100,40 +121,126 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        parts = [f"{_iso(record.created)} {record.levelname} {record.name}: {record.getMessage()}"]
-        for name, value in _fields(record).items():
-            if value is None:
-                continue
-            text = str(value)
-            if not text or any(c in text for c in ' ="\n'):
-                text = orjson.dumps(text).decode()
-            parts.append(f"{name}={text}")
-        line = " ".join(parts)
+        line = _text_line(record.created, record.levelname, record.name, record.getMessage(), _fields(record))
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
-def access_fields(info: RequestInfo) -> dict[str, Any]:
-    """The access line's fields: what was asked, what served it, how long, how much, for whom."""
-    fields: dict[str, Any] = {
-        "request_id": info.request_id, "method": info.method, "path": info.path, "status": info.status,
-        "latency_ms": round(info.duration * 1000, 1),
-    }
+def _text_line(created: float, level: str, logger: str, message: str, fields: dict[str, Any]) -> str:
+    parts = [f"{_iso(created)} {level} {logger}: {message}"]
+    for name, value in fields.items():
+        if value is None:
+            continue
+        text = str(value)
+        if not text or any(c in text for c in ' ="\n'):
+            text = orjson.dumps(text).decode()
+        parts.append(f"{name}={text}")
+    return " ".join(parts)
+
+
+class AccessLog:
+    """The access lines, one per request: the busiest log of all, so once `configure` has pointed it at the log
+    stream it bypasses the logging machinery (a record, a handler lock and a write per line cost more than the line):
+    lines are formatted as the handler would, collected, and written every `FLUSH_EVERY` seconds (and at shutdown) in
+    writes of whole lines of at most `PIPE_BUF` bytes, so the lines of several worker processes sharing one pipe never
+    interleave mid-line. The `crossroads.access` logger's level still decides whether lines are written. Before
+    `configure` (the gateway embedded elsewhere), lines go through that logger like any other."""
+
+    FLUSH_EVERY = 0.25  # seconds an access line may wait before it is written
+    PIPE_BUF = 4096  # bytes a pipe writes atomically
+
+    def __init__(self) -> None:
+        self._stream: Any = None
+        self._json = True
+        self._pending: list[bytes] = []  # whole lines, newline included
+        self._flush_timer: asyncio.TimerHandle | None = None
+
+    def direct(self, stream: Any, fmt: str) -> None:
+        self.flush()
+        self._stream, self._json = stream, fmt == "json"
+
+    def write(self, info: RequestInfo) -> None:
+        if not access.isEnabledFor(logging.INFO):
+            return
+        message = f"{info.method} {info.path} {info.status}"
+        if self._stream is None:
+            access.info("%s", message, extra={"fields": access_fields(info)})
+            return
+        now = time.time()
+        if self._json:
+            head = {"time": _iso(now), "level": "INFO", "logger": "crossroads.access", "message": message}
+            line = orjson.dumps(access_fields(info, head), default=str, option=orjson.OPT_APPEND_NEWLINE)
+        else:
+            line = (_text_line(now, "INFO", "crossroads.access", message, access_fields(info)) + "\n").encode(
+                "utf-8", "replace")
+        self._pending.append(line)
+        if self._flush_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._flush_timer = loop.call_later(self.FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        pending, self._pending = self._pending, []
+        if not pending or self._stream is None:
+            return
+        try:
+            self._stream.flush()  # what the logging handler wrote first stays first
+            descriptor = self._stream.fileno()
+            chunk: list[bytes] = []
+            size = 0
+            for line in pending:
+                if chunk and size + len(line) > self.PIPE_BUF:
+                    os.write(descriptor, b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                os.write(descriptor, b"".join(chunk))
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a test's stream), or a closed one
+            try:
+                self._stream.write(b"".join(pending).decode("utf-8", "replace"))
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+ACCESS_LOG = AccessLog()
+atexit.register(ACCESS_LOG.flush)
+
+
+def access_fields(info: RequestInfo, line: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The access line's fields (added to `line` when given): what was asked, what served it, how long, how much, for
+    whom."""
+    fields = line if line is not None else {}
+    fields["request_id"] = info.request_id
+    fields["method"] = info.method
+    fields["path"] = info.path
+    fields["status"] = info.status
+    fields["latency_ms"] = round(info.duration * 1000, 1)
     if info.key_name is not None:
         fields["key_name"] = info.key_name
         fields["key_label"] = info.key_label
     exchange = info.exchange
     if exchange is not None:
-        usage = exchange.billed_usage()
-        fields.update(
-            generation_id=exchange.generation_id, model=exchange.requested_model, served_model=exchange.model_id,
-            connection=exchange.connection.name,
-            attempts=len(upstream_attempts(exchange)),
-            ttft_ms=(round((exchange.first_token - exchange.started) * 1000, 1)
-                     if exchange.first_token is not None else None),
-            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-            cost=round(exchange.cost(), 10), stream=exchange.stream)
+        usage = info.usage if info.usage is not None else exchange.billed_usage()
+        fields["generation_id"] = exchange.generation_id
+        fields["model"] = exchange.requested_model
+        fields["served_model"] = exchange.model_id
+        fields["connection"] = exchange.connection.name
+        fields["attempts"] = len(upstream_attempts(exchange))
+        fields["ttft_ms"] = round((exchange.first_token - exchange.started) * 1000, 1) \
+            if exchange.first_token is not None else None
+        fields["prompt_tokens"] = usage.prompt_tokens
+        fields["completion_tokens"] = usage.completion_tokens
+        fields["cost"] = info.cost
+        fields["stream"] = exchange.stream
         if exchange.status != info.status:  # e.g. a stream that began with 200 and ended in an error chunk
             fields["outcome_status"] = exchange.status
         title = exchange.headers.get(b"x-title") or exchange.headers.get(b"x-openrouter-title")
@@ -147,4 +254,4 @@ def access_fields(info: RequestInfo) -> dict[str, Any]:
 
 
 def log_request(info: RequestInfo) -> None:
-    access.info("%s %s %d", info.method, info.path, info.status, extra={"fields": access_fields(info)})
+    ACCESS_LOG.write(info)

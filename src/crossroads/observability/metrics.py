@@ -255,7 +255,7 @@ class Metrics:
                 status = exchange.status  # a stream that began 200 and ended with an error (or was cut off)
             model = exchange.model_id if self.gateway.is_known_model(exchange.model_id) else OTHER_MODEL
             if exchange.attempts:
-                connection = self._count_upstream(exchange, model)
+                connection = self._count_upstream(info, exchange, model)
             if exchange.stream and exchange.first_token is not None:
                 key = (info.endpoint, model)
                 ttft = self._ttft_by.get(key)
@@ -277,7 +277,7 @@ class Metrics:
                 denied = self._denials_by[denial] = self.denials.labels(denial)
             denied.inc()
 
-    def _count_upstream(self, exchange: Exchange, model: str) -> str:
+    def _count_upstream(self, info: RequestInfo, exchange: Exchange, model: str) -> str:
         """Count the exchange's upstream attempts (outcome, retries, fallbacks) and, when any went upstream, its
         tokens and cost; returns the connection that served (or was tried last), "" when none was tried."""
         previous: tuple[str, str] | None = None
@@ -306,7 +306,7 @@ class Metrics:
         if spend is None:
             spend = self._spend_by[spend_key] = (*(self.tokens.labels(model, connection, kind)
                                                    for kind in TOKEN_KINDS), self.cost.labels(model, connection))
-        usage = exchange.billed_usage()
+        usage = info.usage if info.usage is not None else exchange.billed_usage()
         if usage.prompt_tokens > 0:
             spend[0].inc(usage.prompt_tokens)
         if usage.completion_tokens > 0:
@@ -315,7 +315,7 @@ class Metrics:
             spend[2].inc(usage.reasoning_tokens)
         if usage.cached_tokens > 0:
             spend[3].inc(usage.cached_tokens)
-        cost = exchange.cost()
+        cost = info.cost if info.usage is not None else exchange.cost()
         if cost > 0:
             spend[4].inc(cost)
         return connection
@@ -377,7 +377,7 @@ class Metrics:
         if refusal is not None:
             raise refusal
         body, content_type = await self.render(request.headers.get(b"accept"))
-        await respond(request.send, 200, body, content_type=[(b"content-type", content_type.encode())])
+        await respond(request, 200, body, content_type=[(b"content-type", content_type.encode())])
 
     async def _listen(self, port: int) -> asyncio.Server:
         # Several workers each listen on the same port (SO_REUSEPORT; the kernel spreads connections), and each

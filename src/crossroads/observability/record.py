@@ -4,12 +4,13 @@ response is complete (or abandoned)."""
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from crossroads.formats.chat import random_text
+
 if TYPE_CHECKING:
-    from crossroads.accounting.exchange import Exchange
+    from crossroads.accounting.exchange import Exchange, Usage
     from crossroads.errors import GatewayError
 
 # A client's X-Request-Id is kept when it is a sane token (it is echoed in headers and logs), else replaced.
@@ -17,11 +18,11 @@ _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 def request_id_from(headers: dict[bytes, bytes]) -> str:
-    """The client's X-Request-Id when it is a sane token, else a new one ("req-" and 24 hex digits)."""
+    """The client's X-Request-Id when it is a sane token, else a new one ("req-" and 24 random letters and digits)."""
     given = headers.get(b"x-request-id")
     if given is not None and _SANE_REQUEST_ID.fullmatch(given):
         return given.decode("ascii")
-    return "req-" + secrets.token_hex(12)
+    return "req-" + random_text.take(24)
 
 
 def presented_key_label(headers: dict[bytes, bytes]) -> str | None:
@@ -51,6 +52,9 @@ class RequestInfo:
     key_label: str | None  # the key's display prefix (never enough to use it); for a refused key, presented_key_label
     exchange: Exchange | None  # inference requests that reached the router: model, attempts, usage, cost
     error: GatewayError | None = None  # the error the client got, if any (status, message, metadata.code)
+    # Set once by Observability.end for every reader: the exchange's billed usage and its cost (USD).
+    usage: Usage | None = None
+    cost: float = 0.0
 
     @property
     def denial(self) -> str | None:
