@@ -3,6 +3,8 @@ response is complete (or abandoned)."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,12 +19,31 @@ if TYPE_CHECKING:
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
+class _RequestIds:
+    """New request ids: "req-", 16 random letters and digits drawn once per process, and a counter in hex. Unique
+    across processes and restarts without a random draw per request (a request id is a name, not a secret)."""
+
+    __slots__ = ("prefix", "counter")
+
+    def __init__(self) -> None:
+        self.prefix = f"req-{random_text.take(16)}"
+        self.counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):08x}"
+
+
+new_request_id = _RequestIds()
+if hasattr(os, "register_at_fork"):  # a forked worker draws its own prefix
+    os.register_at_fork(after_in_child=new_request_id.__init__)
+
+
 def request_id_from(headers: dict[bytes, bytes]) -> str:
-    """The client's X-Request-Id when it is a sane token, else a new one ("req-" and 24 random letters and digits)."""
+    """The client's X-Request-Id when it is a sane token, else a new one (`new_request_id`)."""
     given = headers.get(b"x-request-id")
     if given is not None and _SANE_REQUEST_ID.fullmatch(given):
         return given.decode("ascii")
-    return "req-" + random_text.take(24)
+    return new_request_id()
 
 
 def presented_key_label(headers: dict[bytes, bytes]) -> str | None:
