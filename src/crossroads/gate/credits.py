@@ -114,15 +114,7 @@ class CreditLedger:
                                    metadata={"code": "credit_limit_unenforceable"})
             left = key.limit - self.used(key.hash, key.limit_reset) - entry.reserved
             if amount > left:
-                if completion_price > 0 and left > prompt_cost:
-                    fits = int((left - prompt_cost) / completion_price)
-                    hint = f" At most {fits} max_tokens would fit." if fits > 0 else ""
-                else:
-                    hint = ""
-                raise GatewayError(
-                    402, f"Insufficient credit: this request may cost up to ${amount:.6f} but the key has "
-                         f"${max(left, 0.0):.6f} of its ${key.limit:g} limit left.{hint}",
-                    metadata={"limit": key.limit, "limit_remaining": max(left, 0.0), "reservation": amount})
+                raise insufficient_credit(key.limit, left, amount, prompt_cost, completion_price)
         entry.reserved += amount
         return Reservation(key.hash, amount)
 
@@ -140,3 +132,17 @@ class CreditLedger:
         entry.daily += cost
         entry.weekly += cost
         entry.monthly += cost
+
+
+def insufficient_credit(limit: float, left: float, amount: float, prompt_cost: float,
+                        completion_price: float) -> GatewayError:
+    """The 402 of a reservation that does not fit, saying how many max_tokens would."""
+    if completion_price > 0 and left > prompt_cost:
+        fits = int((left - prompt_cost) / completion_price)
+        hint = f" At most {fits} max_tokens would fit." if fits > 0 else ""
+    else:
+        hint = ""
+    return GatewayError(
+        402, f"Insufficient credit: this request may cost up to ${amount:.6f} but the key has "
+             f"${max(left, 0.0):.6f} of its ${limit:g} limit left.{hint}",
+        metadata={"limit": limit, "limit_remaining": max(left, 0.0), "reservation": amount})

@@ -1,0 +1,167 @@
+"""The shared credit ledger (gate/shared_credits.py) against a real Redis: limits held by several ledgers at once
+(as several processes would), leases that release a dead process's reservations, periods, reconciliation.
+
+Needs CROSSROADS_TEST_REDIS_URL (`eval "$(scripts/ci-services.sh)"`); skips without it, except under CI."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from crossroads.errors import GatewayError
+from crossroads.gate.shared_credits import RedisCreditLedger
+from crossroads.store.rows import KeyRow
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+REDIS_URL = os.environ.get("CROSSROADS_TEST_REDIS_URL")
+
+
+def redis_url() -> str:
+    if not REDIS_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CROSSROADS_TEST_REDIS_URL is not set: CI must start Redis with scripts/ci-services.sh")
+        pytest.skip('CROSSROADS_TEST_REDIS_URL not set (run: eval "$(scripts/ci-services.sh)")')
+    return REDIS_URL
+
+
+def ledger(prefix: str, *, lease: float = 60.0, now: datetime | None = None) -> RedisCreditLedger:
+    return RedisCreditLedger(redis_url(), lease=lease, prefix=prefix,
+                             clock=(lambda: now) if now is not None else None)
+
+
+def key(limit: float | None, reset: str | None = None) -> KeyRow:
+    return KeyRow(hash=uuid.uuid4().hex, name="k", label="sk-…", limit=limit, limit_reset=reset)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"crossroads-test:credit:{uuid.uuid4().hex}"
+
+
+async def test_reserve_settle_and_refuse(prefix) -> None:
+    book = ledger(prefix)
+    try:
+        k = key(1.0)
+        held = await book.reserve(k, 0.6, prompt_cost=0.1, completion_price=0.001)
+        assert held.amount == 0.6 and held.id
+        with pytest.raises(GatewayError) as refused:
+            await book.reserve(k, 0.5, prompt_cost=0.1, completion_price=0.001)
+        error = refused.value
+        assert error.status == 402 and error.metadata["limit_remaining"] == pytest.approx(0.4)
+        assert "At most 300 max_tokens would fit" in error.message
+        figures = await book.spend(k.hash)
+        assert (figures.total, figures.reserved) == (0.0, pytest.approx(0.6))
+        await book.settle(held, 0.25)
+        await book.settle(held, 0.25)  # exactly once
+        figures = await book.spend(k.hash)
+        assert figures.total == pytest.approx(0.25) and figures.daily == pytest.approx(0.25)
+        assert figures.reserved == 0.0
+        assert (await book.reserve(k, 0.75, prompt_cost=0, completion_price=0)).amount == 0.75  # exactly fits
+        # Keys without a limit never reach Redis.
+        free = await book.reserve(key(None), 100.0, prompt_cost=0, completion_price=0)
+        assert free.id == "" and free.amount == 0.0
+    finally:
+        await book.close()
+
+
+def _reserve_many(url: str, prefix: str, key_hash: str, count: int, results: multiprocessing.Queue) -> None:
+    async def run() -> int:
+        book = RedisCreditLedger(url, lease=60.0, prefix=prefix)
+        row = KeyRow(hash=key_hash, name="k", label="x", limit=10.0)
+
+        async def one() -> int:
+            try:
+                await book.reserve(row, 1.0, prompt_cost=0, completion_price=0)
+                return 1
+            except GatewayError:
+                return 0
+        try:
+            return sum(await asyncio.gather(*(one() for _ in range(count))))
+        finally:
+            await book.close()
+    results.put(asyncio.run(run()))
+
+
+async def test_processes_together_never_exceed_the_limit(prefix) -> None:
+    url = redis_url()
+    key_hash = uuid.uuid4().hex
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    workers = [spawn.Process(target=_reserve_many, args=(url, prefix, key_hash, 25, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    admitted = [await asyncio.to_thread(results.get, timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    assert sum(admitted) == 10, admitted  # 100 requests of $1 against a $10 limit, from 4 processes
+
+
+async def test_a_dead_process_reservations_are_released_after_the_lease(prefix) -> None:
+    dying, survivor = ledger(prefix, lease=0.5), ledger(prefix, lease=0.5)
+    try:
+        k = key(1.0)
+        await dying.reserve(k, 1.0, prompt_cost=0, completion_price=0)  # then the process "dies": never settled
+        with pytest.raises(GatewayError):
+            await survivor.reserve(k, 0.1, prompt_cost=0, completion_price=0)
+        await asyncio.sleep(0.6)
+        assert (await survivor.reserve(k, 1.0, prompt_cost=0, completion_price=0)).amount == 1.0
+    finally:
+        await dying.close()
+        await survivor.close()
+
+
+async def test_a_late_settle_still_counts_its_cost(prefix) -> None:
+    book = ledger(prefix, lease=0.2)
+    try:
+        k = key(1.0)
+        held = await book.reserve(k, 0.5, prompt_cost=0, completion_price=0)
+        await asyncio.sleep(0.3)  # the lease ran out while the request was still going
+        await book.settle(held, 0.4)
+        figures = await book.spend(k.hash)
+        assert figures.total == pytest.approx(0.4) and figures.reserved == 0.0
+    finally:
+        await book.close()
+
+
+async def test_periods_reset_once_for_everyone(prefix) -> None:
+    monday = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
+    today, tomorrow = ledger(prefix, now=monday), ledger(prefix, now=monday + timedelta(hours=2))
+    try:
+        k = key(1.0, "daily")
+        await today.settle(await today.reserve(k, 0.9, prompt_cost=0, completion_price=0), 0.9)
+        with pytest.raises(GatewayError):
+            await today.reserve(k, 0.2, prompt_cost=0, completion_price=0)
+        # After midnight UTC the day's spend starts again; the week's and the total keep it.
+        assert (await tomorrow.reserve(k, 0.95, prompt_cost=0, completion_price=0)).amount == 0.95
+        figures = await tomorrow.spend(k.hash)
+        assert (figures.daily, figures.weekly, figures.total) == (0.0, pytest.approx(0.9), pytest.approx(0.9))
+        weekly = key(1.0, "weekly")
+        await today.settle(await today.reserve(weekly, 0.9, prompt_cost=0, completion_price=0), 0.9)
+        with pytest.raises(GatewayError):  # the same week
+            await tomorrow.reserve(weekly, 0.2, prompt_cost=0, completion_price=0)
+    finally:
+        await today.close()
+        await tomorrow.close()
+
+
+async def test_reconcile_repairs_lost_spend_and_never_lowers_it(prefix) -> None:
+    book = ledger(prefix)
+    try:
+        lost, ahead = key(5.0), key(5.0)
+        await book.settle(await book.reserve(ahead, 2.0, prompt_cost=0, completion_price=0), 2.0)
+        # The database knows of $3 for `lost` (Redis was emptied) and of $1 for `ahead` (a record still unwritten).
+        await book.reconcile({lost.hash: {"total": 3.0, "daily": 3.0, "weekly": 3.0, "monthly": 3.0},
+                              ahead.hash: {"total": 1.0, "daily": 1.0, "weekly": 1.0, "monthly": 1.0},
+                              None: {"total": 50.0}})
+        assert (await book.spend(lost.hash)).total == pytest.approx(3.0)
+        assert (await book.spend(ahead.hash)).total == pytest.approx(2.0)
+        with pytest.raises(GatewayError):
+            await book.reserve(lost, 2.5, prompt_cost=0, completion_price=0)
+    finally:
+        await book.close()
