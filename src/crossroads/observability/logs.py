@@ -16,6 +16,7 @@ import atexit
 import contextvars
 import logging
 import os
+import stat
 import sys
 import time
 from typing import Any
@@ -149,16 +150,25 @@ class AccessLog:
 
     FLUSH_EVERY = 0.25  # seconds an access line may wait before it is written
     PIPE_BUF = 4096  # bytes a pipe writes atomically
+    FILE_CHUNK = 256 * 1024  # bytes per write into a regular file
 
     def __init__(self) -> None:
         self._stream: Any = None
         self._json = True
         self._pending: list[bytes] = []  # whole lines, newline included
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._chunk = self.PIPE_BUF
 
     def direct(self, stream: Any, fmt: str) -> None:
         self.flush()
         self._stream, self._json = stream, fmt == "json"
+        # Whole lines per write: at most PIPE_BUF bytes into a pipe (workers sharing it never interleave mid-line);
+        # a regular file takes larger writes whole (one process appends at a time), and each write costs a syscall.
+        try:
+            regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        except (OSError, ValueError, AttributeError):
+            regular = False
+        self._chunk = self.FILE_CHUNK if regular else self.PIPE_BUF
 
     def write(self, info: RequestInfo) -> None:
         if not access.isEnabledFor(logging.INFO):
@@ -196,7 +206,7 @@ class AccessLog:
             chunk: list[bytes] = []
             size = 0
             for line in pending:
-                if chunk and size + len(line) > self.PIPE_BUF:
+                if chunk and size + len(line) > self._chunk:
                     os.write(descriptor, b"".join(chunk))
                     chunk, size = [], 0
                 chunk.append(line)
