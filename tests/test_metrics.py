@@ -453,3 +453,29 @@ def test_gauges_of_dead_workers_are_dropped(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"counter_{gone.pid}.db", f"counter_{os.getpid()}.db", f"gauge_livemax_{os.getpid()}.db",
          f"gauge_livesum_{os.getpid()}.db"])
+
+
+def test_tallies_count_as_prometheus_client_would() -> None:
+    """Counts kept in tallies and handed over later expose exactly what direct observations would (bucket edges
+    included: a value equal to a bound falls in that bound's bucket)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from crossroads.observability.metrics import DURATION_BUCKETS, _CounterTally, _HistogramTally
+
+    values = [0.0, 0.005, 0.0051, 0.1, 0.25, 0.2500001, 299.0, 300.0, 301.0, 1e9, *(i / 37 for i in range(100))]
+    exposed = []
+    for tallied in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram("h", "h", ("a",), buckets=DURATION_BUCKETS, registry=registry).labels("x")
+        counter = Counter("c", "c", ("a",), registry=registry).labels("x")
+        h_target = _HistogramTally(histogram) if tallied else histogram
+        c_target = _CounterTally(counter) if tallied else counter
+        for value in values:
+            h_target.observe(value)
+            c_target.inc(value)
+        if tallied:
+            h_target.apply()
+            c_target.apply()
+            h_target.apply()  # applying twice adds nothing
+        exposed.append(generate_latest(registry))
+    assert exposed[0] == exposed[1]

@@ -1,11 +1,12 @@
 """Prometheus metrics: what every request did, counted once it is complete, and the gateway's state read when scraped.
 
 `Observability` (hub.py) makes one `Metrics` per process when `server.metrics.enabled`, and calls `request_done` once
-per request after its answer is complete. That call only adds to counters and histograms through label children
-cached by their label values (a dict lookup, no `.labels()` validation), a few microseconds; it reads no clock and
-does no I/O. Gauges of state (requests in flight, open streams, breaker states, the accounting queue) are not touched
-per request: `refresh` sets them from the gateway's own figures just before a scrape is rendered (and, with several
-workers, every `REFRESH_INTERVAL` seconds in each worker, so that the sum over workers is current).
+per request after its answer is complete. That call only adds to tallies of label children found by their label
+values (a dict lookup, no `.labels()` validation, no lock): two microseconds or so; it reads no clock and does no I/O.
+The tallies reach prometheus_client when a scrape renders (`refresh`). Gauges of state (requests in flight, open
+streams, breaker states, the accounting queue) are not touched per request: `refresh` sets them from the gateway's
+own figures just before a scrape is rendered (and, with several workers, every `REFRESH_INTERVAL` seconds in each
+worker, so that the sum over workers is current; with several workers, counts also go to prometheus_client at once).
 
 Labels are bounded: `endpoint` is the route's template ("unmatched" for 404s), `model` the model that served the
 request (or was last tried), or `OTHER_MODEL` when that id is not one the gateway knows (an ad-hoc
@@ -34,6 +35,7 @@ import ipaddress
 import logging
 import os
 import re
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +138,53 @@ def multiprocess_directory() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
 
 
+class _CounterTally:
+    """A counter child's increments, kept as a float until `apply` hands them to the child (prometheus_client takes
+    a lock and checks its arguments on every `inc`; a request makes several)."""
+
+    __slots__ = ("child", "pending")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.pending = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.pending += amount
+
+    def apply(self) -> None:
+        if self.pending:
+            amount, self.pending = self.pending, 0.0
+            self.child.inc(amount)
+
+
+class _HistogramTally:
+    """A histogram child's observations, bucketed here (one C bisect) until `apply` adds them to the child's bucket
+    and sum values (prometheus_client's own per-bucket values: a histogram has no public way to add counts)."""
+
+    __slots__ = ("child", "bounds", "counts", "sum")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds = tuple(child._upper_bounds)  # ends with +Inf
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is >= value, as observe()
+        self.sum += value
+
+    def apply(self) -> None:
+        counts = self.counts
+        if not any(counts):
+            return
+        self.child._sum.inc(self.sum)
+        for index, count in enumerate(counts):
+            if count:
+                self.child._buckets[index].inc(count)
+                counts[index] = 0
+        self.sum = 0.0
+
+
 _active: Metrics | None = None  # this process's metrics, for the module-level counters below
 
 
@@ -202,16 +251,39 @@ class Metrics:
         self.queue_depth = gauge("accounting_queue_depth", "Generation records waiting to be written", (),
                                  "livesum")
 
-        # Label children by their label values: one dict lookup per request instead of `.labels()`.
-        self._by_request: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
-        self._ttft_by: dict[tuple[str, str], Histogram] = {}
-        self._spend_by: dict[tuple[str, str], tuple[Counter, ...]] = {}  # the TOKEN_KINDS, then cost
-        self._attempts_by: dict[tuple[str, str], Counter] = {}
-        self._retries_by: dict[str, Counter] = {}
+        # Label children (or their tallies) by their label values: one dict lookup per count. In one process a
+        # tally adds up the counts until a scrape renders; with several workers the children count at once into the
+        # shared files, since another worker may answer the next scrape.
+        self._tallies: list[_CounterTally | _HistogramTally] = []
+        self._by_request: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._ttft_by: dict[tuple[str, str], Any] = {}
+        self._spend_by: dict[tuple[str, str], tuple[Any, ...]] = {}  # the TOKEN_KINDS, then cost
+        self._attempts_by: dict[tuple[str, str], Any] = {}
+        self._retries_by: dict[str, Any] = {}
+        self._fallbacks = self._counter(self.fallbacks)
         self._breaker_by: dict[tuple[str, str], Gauge] = {}
         # Created up front so that their series exist (at 0) before the first denial: rate() needs a start.
-        self._denials_by = {reason: self.denials.labels(reason) for reason in DENIAL_REASONS}
+        self._denials_by = {reason: self._counter(self.denials.labels(reason)) for reason in DENIAL_REASONS}
         _active = self
+
+    def _counter(self, child: Counter) -> _CounterTally | Counter:
+        if self.multiprocess_dir:
+            return child  # another worker may answer the next scrape: counted at once, into the shared files
+        tally = _CounterTally(child)
+        self._tallies.append(tally)
+        return tally
+
+    def _histogram(self, child: Histogram) -> _HistogramTally | Histogram:
+        if self.multiprocess_dir:
+            return child
+        tally = _HistogramTally(child)
+        self._tallies.append(tally)
+        return tally
+
+    def apply(self) -> None:
+        """Hand every tally's counts to prometheus_client (on the event loop, where the tallies are written)."""
+        for tally in self._tallies:
+            tally.apply()
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -260,21 +332,22 @@ class Metrics:
                 key = (info.endpoint, model)
                 ttft = self._ttft_by.get(key)
                 if ttft is None:
-                    ttft = self._ttft_by[key] = self.ttft.labels(*key)
+                    ttft = self._ttft_by[key] = self._histogram(self.ttft.labels(*key))
                 ttft.observe(exchange.first_token - info.started_mono)
         klass = status_class(status)
         request_key = (info.endpoint, model, connection, klass)
         children = self._by_request.get(request_key)
         if children is None:
-            children = self._by_request[request_key] = (self.requests.labels(*request_key),
-                                                         self.duration.labels(info.endpoint, klass))
+            children = self._by_request[request_key] = (
+                self._counter(self.requests.labels(*request_key)),
+                self._histogram(self.duration.labels(info.endpoint, klass)))
         children[0].inc()
         children[1].observe(info.duration)
         denial = info.denial
         if denial is not None:
             denied = self._denials_by.get(denial)
             if denied is None:  # a reason record.py added since (its values are a fixed few)
-                denied = self._denials_by[denial] = self.denials.labels(denial)
+                denied = self._denials_by[denial] = self._counter(self.denials.labels(denial))
             denied.inc()
 
     def _count_upstream(self, info: RequestInfo, exchange: Exchange, model: str) -> str:
@@ -286,17 +359,17 @@ class Metrics:
             outcome_key = (name, attempt_outcome(attempt))
             child = self._attempts_by.get(outcome_key)
             if child is None:
-                child = self._attempts_by[outcome_key] = self.attempts.labels(*outcome_key)
+                child = self._attempts_by[outcome_key] = self._counter(self.attempts.labels(*outcome_key))
             child.inc()
             target = (name, attempt["model_permaslug"])
             if previous is not None:
                 if target == previous:
                     retried = self._retries_by.get(name)
                     if retried is None:
-                        retried = self._retries_by[name] = self.retries.labels(name)
+                        retried = self._retries_by[name] = self._counter(self.retries.labels(name))
                     retried.inc()
                 else:
-                    self.fallbacks.inc()
+                    self._fallbacks.inc()
             previous = target
         if previous is None:
             return ""  # refused before any upstream attempt (capacity, breakers)
@@ -304,8 +377,9 @@ class Metrics:
         spend_key = (model, connection)
         spend = self._spend_by.get(spend_key)
         if spend is None:
-            spend = self._spend_by[spend_key] = (*(self.tokens.labels(model, connection, kind)
-                                                   for kind in TOKEN_KINDS), self.cost.labels(model, connection))
+            spend = self._spend_by[spend_key] = (
+                *(self._counter(self.tokens.labels(model, connection, kind)) for kind in TOKEN_KINDS),
+                self._counter(self.cost.labels(model, connection)))
         usage = info.usage if info.usage is not None else exchange.billed_usage()
         if usage.prompt_tokens > 0:
             spend[0].inc(usage.prompt_tokens)
@@ -322,7 +396,9 @@ class Metrics:
 
     # -- state, read when scraped ----------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Set the state gauges from the gateway's figures (on the event loop: they are not thread-safe)."""
+        """Hand the tallies to prometheus_client and set the state gauges from the gateway's figures (on the event
+        loop, where both are written)."""
+        self.apply()
         gateway = self.gateway
         self.in_flight.set(gateway.in_flight)
         self.open_streams.set(gateway.open_streams)
