@@ -112,7 +112,7 @@ def test_warnings_say_what_failed(observed, fake_openai, fake_anthropic) -> None
     observed.stop()  # shutdown flushes the summaries
     log = observed.log()
     failures = [w["message"] for w in json_lines(observed) if w["logger"] == "crossroads.gate"]
-    assert any(m.startswith(f"authentication failed for {wrong[:12]}… on /api/v1/chat/completions") for m in failures)
+    assert any(m.startswith(f"authentication failed for key {wrong[:12]}… on /api/v1/chat/completions") for m in failures)
     assert any(m.startswith("authentication failed 4 more time(s) in the last 60 s") for m in failures), failures
     assert any(m.startswith("rate limit reached for key tight (sk-") for m in failures), failures
     assert wrong[12:20] not in log

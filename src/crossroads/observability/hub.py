@@ -125,7 +125,7 @@ class Observability:
             log_request(info)
             denial = info.denial
             if denial is not None and info.error is not None:
-                who = info.key_label if denial == "auth" else \
+                who = (f"key {info.key_label}" if info.key_label else None) if denial == "auth" else \
                     f"key {info.key_name}" + (f" ({info.key_label})" if info.key_label else "")
                 self.denials.record(denial, who, info.path, info.error.message[:200])
             if self.metrics is not None:
