@@ -465,3 +465,16 @@ def test_a_restart_says_where_the_master_key_is_kept(fake_openai: FakeOpenAI, tm
     assert key not in second.log()
     assert f"master key: {tmp_path / 'data' / 'master_key'}" in second.log().splitlines()
     assert "store: sqlite:///" in second.log()
+
+
+def test_workers_argument() -> None:
+    from crossroads.cli import _parser
+
+    parse = _parser().parse_args
+    assert parse(["serve", "--workers", "3"]).workers == 3
+    assert parse(["serve"]).workers == 1
+    assert parse(["serve", "--workers", "auto"]).workers == len(os.sched_getaffinity(0))
+    for bad in ("0", "-2", "many"):
+        result = subprocess.run([sys.executable, "-m", "crossroads", "serve", "--workers", bad],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and "--workers" in result.stderr and "Traceback" not in result.stderr

@@ -32,6 +32,20 @@ def _port(text: str) -> int:
     return port
 
 
+def _workers(text: str) -> int:
+    """--workers: a positive number, or "auto" for one per core this process may run on."""
+    if text == "auto":
+        available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        return max(1, len(available) if available else os.cpu_count() or 1)
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or auto, got {text!r}") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {workers}")
+    return workers
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crossroads", description="Self-hosted, OpenRouter-compatible LLM gateway")
     parser.add_argument("--version", action="version", version=f"crossroads {__version__}")
@@ -42,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="port to listen on (default: server.port, 8080; 0: any free port, "
                                                   "printed)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    serve.add_argument("--workers", type=_workers, default=1,
+                       help="worker processes, or auto: one per core (default: 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["json", "text"], default=None,
                        help="json: one JSON object per line; text: key=value for people (default: text on a "
