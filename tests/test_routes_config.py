@@ -101,10 +101,14 @@ def test_routing_defaults(tmp_path: Path) -> None:
 
 def test_routing_section(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, {"routing": {
-        "retries": 3, "breaker": {"failure_threshold": 2, "cooldown": 5},
+        "retries": 3, "breaker": {"failure_threshold": 2, "cooldown": 5, "probe_timeout": 45},
         "priority_shares": {"high": 1, "normal": 0.5, "batch": 0.25}}}))
     assert config.routing.retries == 3
-    assert config.routing.breaker == BreakerConfig(failure_threshold=2, cooldown=5.0)
+    assert config.routing.breaker == BreakerConfig(failure_threshold=2, cooldown=5.0, probe_timeout=45.0)
+    from crossroads.api.app import Gateway
+
+    policy = Gateway(config).health.policy  # what the breakers run with
+    assert (policy.failure_threshold, policy.cooldown, policy.probe_timeout) == (2, 5.0, 45.0)
     assert config.routing.priority_shares == {"high": 1.0, "normal": 0.5, "batch": 0.25}
 
 

@@ -105,6 +105,7 @@ class AccountingConfig:
 class BreakerConfig:
     failure_threshold: int = 5  # consecutive failures that open a connection's circuit breaker
     cooldown: float = 30.0  # seconds an open breaker waits before letting a trial request through
+    probe_timeout: float = 600.0  # seconds an unanswered probe keeps the next one from going (a hung probe)
 
 
 def _default_priority_shares() -> dict[str, float]:
@@ -497,11 +498,13 @@ def _read_routing(r: _Reader) -> RoutingConfig:
     if isinstance(routing.retries, bool) or routing.retries < 0:
         raise r.error("retries", f"must be a non-negative integer, got {routing.retries!r}")
     routing.max_retry_wait = r.positive("max_retry_wait", float, routing.max_retry_wait)
-    breaker = _Reader(r.source, r.key("breaker"), r.data.get("breaker"), {"failure_threshold", "cooldown"})
+    breaker = _Reader(r.source, r.key("breaker"), r.data.get("breaker"),
+                      {"failure_threshold", "cooldown", "probe_timeout"})
     defaults = BreakerConfig()
     routing.breaker = BreakerConfig(
         failure_threshold=breaker.positive("failure_threshold", int, defaults.failure_threshold),
         cooldown=breaker.positive("cooldown", float, defaults.cooldown),
+        probe_timeout=breaker.positive("probe_timeout", float, defaults.probe_timeout),
     )
     shares_raw = r.get("priority_shares", dict, None)
     if shares_raw is not None:

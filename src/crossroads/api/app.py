@@ -89,7 +89,7 @@ class Gateway:
         self.route_table = RouteTable.from_config(config)
         breaker = config.routing.breaker
         self.health = HealthBoard(BreakerPolicy(failure_threshold=breaker.failure_threshold,
-                                                cooldown=breaker.cooldown))
+                                                cooldown=breaker.cooldown, probe_timeout=breaker.probe_timeout))
         self.redis_url = os.environ.get("CROSSROADS_REDIS_URL") or None
         self.limiter = make_limiter(self.redis_url, priority_shares=config.routing.priority_shares)
         self._connection_limits = {
