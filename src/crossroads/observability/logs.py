@@ -144,8 +144,8 @@ class AccessLog:
     """The access lines, one per request: the busiest log of all, so once `configure` has pointed it at the log
     stream it bypasses the logging machinery (a record, a handler lock and a write per line cost more than the line):
     lines are formatted as the handler would, collected, and written every `FLUSH_EVERY` seconds (and at shutdown) in
-    writes of whole lines of at most `PIPE_BUF` bytes, so the lines of several worker processes sharing one pipe never
-    interleave mid-line. The `crossroads.access` logger's level still decides whether lines are written. Before
+    writes of whole lines: into a pipe at most `PIPE_BUF` bytes each, so the lines of several worker processes
+    sharing one pipe never interleave mid-line; into a file up to `FILE_CHUNK`. The `crossroads.access` logger's level still decides whether lines are written. Before
     `configure` (the gateway embedded elsewhere), lines go through that logger like any other."""
 
     FLUSH_EVERY = 0.25  # seconds an access line may wait before it is written
@@ -203,23 +203,32 @@ class AccessLog:
         try:
             self._stream.flush()  # what the logging handler wrote first stays first
             descriptor = self._stream.fileno()
-            chunk: list[bytes] = []
-            size = 0
-            for line in pending:
-                if chunk and size + len(line) > self._chunk:
-                    os.write(descriptor, b"".join(chunk))
-                    chunk, size = [], 0
-                chunk.append(line)
-                size += len(line)
-            if chunk:
-                os.write(descriptor, b"".join(chunk))
         except (OSError, ValueError, AttributeError):  # no file descriptor (a test's stream), or a closed one
             try:
                 self._stream.write(b"".join(pending).decode("utf-8", "replace"))
                 self._stream.flush()
             except (OSError, ValueError):
                 pass
+            return
+        chunk: list[bytes] = []
+        size = 0
+        try:
+            for line in pending:
+                if chunk and size + len(line) > self._chunk:
+                    _write_all(descriptor, b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                _write_all(descriptor, b"".join(chunk))
+        except OSError:
+            pass  # the log's reader is gone (a closed pipe): nothing to tell it
 
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view):]
 
 ACCESS_LOG = AccessLog()
 atexit.register(ACCESS_LOG.flush)
