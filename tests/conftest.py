@@ -211,6 +211,16 @@ def _reset_fakes(request: pytest.FixtureRequest) -> None:
 
 
 POSTGRES_URL = os.environ.get("CROSSROADS_TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("CROSSROADS_TEST_REDIS_URL")
+
+
+def redis_test_url() -> str:
+    """The test Redis (CROSSROADS_TEST_REDIS_URL); the test skips without one, except under CI, where it fails."""
+    if not REDIS_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CROSSROADS_TEST_REDIS_URL is not set: CI must start Redis with scripts/ci-services.sh")
+        pytest.skip('CROSSROADS_TEST_REDIS_URL not set (run: eval "$(scripts/ci-services.sh)")')
+    return REDIS_URL
 
 
 @pytest.fixture

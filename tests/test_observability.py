@@ -4,7 +4,6 @@ and the liveness/readiness checks. Metrics: tests/test_metrics.py; traces: tests
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import time
@@ -14,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess, gateway_config
+from tests.conftest import MASTER_KEY, GatewayProcess, gateway_config, redis_test_url
 from tests.fakes.base import Fault
 from tests.fakes.tcpproxy import TcpProxy
 
@@ -45,6 +44,14 @@ def access_line(gateway: GatewayProcess, request_id: str, timeout: float = 5.0) 
             return found[0]
         assert time.monotonic() < deadline, f"no access line for {request_id}:\n{gateway.log()[-3000:]}"
         time.sleep(0.05)
+
+
+def ready_again(gateway: GatewayProcess, timeout: float = 15.0) -> None:
+    """Wait until /health/ready is 200 again (after an outage ended)."""
+    deadline = time.monotonic() + timeout
+    while (ready := httpx.get(gateway.url + "/health/ready", timeout=10)).status_code != 200:
+        assert time.monotonic() < deadline, ready.text
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -206,21 +213,14 @@ def test_readiness_follows_postgres(fake_openai, fake_anthropic, fake_gemini, fa
         assert "@" not in ready.text and str(proxy.port) not in ready.text  # no URL, no password
         assert httpx.get(proc.url + "/health/live").status_code == 200
         proxy.up()
-        deadline = time.monotonic() + 15
-        while (ready := httpx.get(proc.url + "/health/ready", timeout=10)).status_code != 200:
-            assert time.monotonic() < deadline, ready.text
-            time.sleep(0.2)
+        ready_again(proc)
     finally:
         proc.stop()
         proxy.close()
 
 
 def test_readiness_follows_redis(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path) -> None:
-    redis_url = os.environ.get("CROSSROADS_TEST_REDIS_URL")
-    if not redis_url:
-        if os.environ.get("CI"):
-            pytest.fail("CROSSROADS_TEST_REDIS_URL is not set in CI")
-        pytest.skip('CROSSROADS_TEST_REDIS_URL not set (run: eval "$(scripts/ci-services.sh)")')
+    redis_url = redis_test_url()
     parts = urlsplit(redis_url)
     proxy = TcpProxy(parts.hostname, parts.port)
     config = gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data")
@@ -233,10 +233,7 @@ def test_readiness_follows_redis(fake_openai, fake_anthropic, fake_gemini, fake_
         ready = httpx.get(proc.url + "/health/ready", timeout=10)
         assert ready.status_code == 503 and ready.json()["checks"]["redis"]["ok"] is False, ready.text
         proxy.up()
-        deadline = time.monotonic() + 15
-        while (ready := httpx.get(proc.url + "/health/ready", timeout=10)).status_code != 200:
-            assert time.monotonic() < deadline, ready.text
-            time.sleep(0.2)
+        ready_again(proc)
     finally:
         proc.stop()
         proxy.close()

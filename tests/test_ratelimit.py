@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,20 +25,12 @@ from crossroads.gate.ratelimit import (
     RedisLimiter,
     make_limiter,
 )
+from tests.conftest import redis_test_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-REDIS_URL = os.environ.get("CROSSROADS_TEST_REDIS_URL")
 # Long enough that no test straddles a window edge by accident (see Backend.fresh_window).
 REDIS_WINDOW = 600.0
-
-
-def redis_url() -> str:
-    if not REDIS_URL:
-        if os.environ.get("CI"):
-            pytest.fail("CROSSROADS_TEST_REDIS_URL is not set: CI must start Redis with scripts/ci-services.sh")
-        pytest.skip("CROSSROADS_TEST_REDIS_URL not set (run: eval \"$(scripts/ci-services.sh)\")")
-    return REDIS_URL
 
 
 class FakeClock:
@@ -63,7 +54,7 @@ class Backend:
         if self.kind == "memory":
             limiter = MemoryLimiter(priority_shares=shares, window=window or 60.0, clock=self.clock)
         else:
-            limiter = RedisLimiter(redis_url(), priority_shares=shares, window=window or REDIS_WINDOW,
+            limiter = RedisLimiter(redis_test_url(), priority_shares=shares, window=window or REDIS_WINDOW,
                                    prefix=self.prefix)
         self.made.append(limiter)
         return limiter
@@ -85,7 +76,7 @@ class Backend:
 @pytest_asyncio.fixture(params=["memory", "redis"], loop_scope="module")
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "redis":
-        redis_url()
+        redis_test_url()
     made = Backend(request.param)
     await made.fresh_window()
     yield made
@@ -324,7 +315,7 @@ async def test_memory_concurrent_acquires_grant_exactly_the_limit() -> None:
 
 
 async def test_redis_two_processes_grant_exactly_the_limit() -> None:
-    url = redis_url()
+    url = redis_test_url()
     backend = Backend("redis")
     await backend.fresh_window(margin=10.0)
     # Two limiters, two connection pools: what two gateway processes would have.
@@ -357,7 +348,7 @@ async def test_redis_two_processes_grant_exactly_the_limit() -> None:
 async def _raw_redis() -> Any:
     import redis.asyncio as aioredis
 
-    return aioredis.Redis.from_url(redis_url())
+    return aioredis.Redis.from_url(redis_test_url())
 
 
 async def test_redis_counters_expire_after_their_window() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -16,22 +15,14 @@ import pytest
 from crossroads.errors import GatewayError
 from crossroads.gate.shared_credits import RedisCreditLedger
 from crossroads.store.rows import KeyRow
+from tests.conftest import redis_test_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
-REDIS_URL = os.environ.get("CROSSROADS_TEST_REDIS_URL")
-
-
-def redis_url() -> str:
-    if not REDIS_URL:
-        if os.environ.get("CI"):
-            pytest.fail("CROSSROADS_TEST_REDIS_URL is not set: CI must start Redis with scripts/ci-services.sh")
-        pytest.skip('CROSSROADS_TEST_REDIS_URL not set (run: eval "$(scripts/ci-services.sh)")')
-    return REDIS_URL
 
 
 def ledger(prefix: str, *, lease: float = 60.0, now: datetime | None = None) -> RedisCreditLedger:
-    return RedisCreditLedger(redis_url(), lease=lease, prefix=prefix,
+    return RedisCreditLedger(redis_test_url(), lease=lease, prefix=prefix,
                              clock=(lambda: now) if now is not None else None)
 
 
@@ -89,7 +80,7 @@ def _reserve_many(url: str, prefix: str, key_hash: str, count: int, results: mul
 
 
 async def test_processes_together_never_exceed_the_limit(prefix) -> None:
-    url = redis_url()
+    url = redis_test_url()
     key_hash = uuid.uuid4().hex
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()

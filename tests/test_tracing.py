@@ -416,7 +416,7 @@ def fake_request(path: str = CHAT, **headers: str) -> SimpleNamespace:
 
 def fake_info(exchange: object, *, status: int = 200, duration: float = 2.0) -> SimpleNamespace:
     return SimpleNamespace(request_id="req-1", method="POST", path=CHAT, endpoint=CHAT, status=status,
-                           started=1_700_000_000.0, started_mono=100.0, duration=duration, streamed=False,
+                           started=1_700_000_000.0, started_mono=100.0, duration=duration,
                            key_name="ops", key_label=None, exchange=exchange, error=None)
 
 

@@ -324,7 +324,7 @@ class Gateway:
         info = RequestInfo(
             request_id=request.request_id, method=request.method, path=request.path,
             endpoint=found[0].template if found else "unmatched", status=status, started=time.time() - duration,
-            started_mono=started_mono, duration=duration, streamed=request.started,
+            started_mono=started_mono, duration=duration,
             key_name=None if principal is None else ("master" if key is None else key.name),
             key_label=presented_key_label(request.headers) if principal is None else None if key is None else key.label,
             exchange=request.exchange, error=failure)

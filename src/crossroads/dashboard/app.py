@@ -25,7 +25,8 @@ from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
 from crossroads.errors import GatewayError
 from crossroads.gate.keys import is_expired
 from crossroads.gate.oauth import PendingGrants, callback_problem, challenge_problem
-from crossroads.observability.record import presented_key_label
+from crossroads.observability.hub import refused_key
+from crossroads.observability.record import key_label
 from crossroads.routing.health import STATUS_EJECTED, STATUS_OK, STATUS_PROBING
 
 if TYPE_CHECKING:
@@ -209,7 +210,7 @@ class Dashboard:
         if principal is None or not principal.can_manage:
             self.throttle.failed(address)
             self.gateway.observability.denials.record(
-                "auth", presented_key_label({b"authorization": key.encode("utf-8", "replace")}), "/signin",
+                "auth", refused_key(key_label(key)), "/signin",
                 f"dashboard sign-in refused for {address}")
             await self._page(request, "signin.html", None, status=401, next_page=next_page,
                              error="Sign-in needs the master key or a management key." if principal is None

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from crossroads.accounting.pricing import request_cost
-from crossroads.observability.logs import ACCESS_LOG, access, log_request
+from crossroads.observability.logs import ACCESS_LOG, access
 from crossroads.observability.record import RequestInfo
 
 if TYPE_CHECKING:
@@ -23,6 +23,11 @@ log = logging.getLogger("crossroads.observability")
 gate_log = logging.getLogger("crossroads.gate")
 DENIAL_WINDOW = 60.0  # seconds over which repeated denials of one kind are summarised in one line
 _DENIED = {"auth": "authentication failed", "credit": "credit limit reached", "rate_limit": "rate limit reached"}
+
+
+def refused_key(label: str | None) -> str | None:
+    """How a denial names a key the gate refused, from its `record.key_label`."""
+    return f"key {label}" if label else None
 
 
 class DenialLog:
@@ -113,8 +118,8 @@ class Observability:
         return self.metrics is not None or self.tracer is not None or access.isEnabledFor(logging.INFO)
 
     def begin(self, request: Request) -> Any:
-        """A trace handle for the request (None without tracing)."""
-        return self.tracer.start(request) if self.tracer is not None else None
+        """A trace handle for the request (called only when tracing is on)."""
+        return self.tracer.start(request)
 
     def end(self, info: RequestInfo, trace: Any) -> None:
         try:
@@ -122,10 +127,10 @@ class Observability:
             if exchange is not None:
                 info.usage = usage = exchange.billed_usage()
                 info.cost = request_cost(usage, exchange.model.pricing)
-            log_request(info)
+            ACCESS_LOG.write(info)
             denial = info.denial
             if denial is not None and info.error is not None:
-                who = (f"key {info.key_label}" if info.key_label else None) if denial == "auth" else \
+                who = refused_key(info.key_label) if denial == "auth" else \
                     f"key {info.key_name}" + (f" ({info.key_label})" if info.key_label else "")
                 self.denials.record(denial, who, info.path, info.error.message[:200])
             if self.metrics is not None:

@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 
 from crossroads.observability.record import RequestInfo, upstream_attempts
+from crossroads.timetext import SecondCachedTime
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("crossroads_request_id", default=None)
-LOG_FORMATS = ("json", "text")
 access = logging.getLogger("crossroads.access")
 
 
@@ -90,24 +90,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
-class _IsoTime:
-    """RFC 3339 UTC with milliseconds; the date and time part is formatted once per second (every log line needs one)."""
-
-    __slots__ = ("second", "prefix")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.prefix = ""
-
-    def __call__(self, now: float) -> str:
-        second = int(now)
-        if second != self.second:
-            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self.second = second
-        return f"{self.prefix}.{int((now - second) * 1000):03d}Z"
-
-
-_iso = _IsoTime()
+_iso = SecondCachedTime("%Y-%m-%dT%H:%M:%S", 3, "Z")  # RFC 3339 UTC, milliseconds
 
 
 class JsonFormatter(logging.Formatter):
@@ -270,7 +253,3 @@ def access_fields(info: RequestInfo, line: dict[str, Any] | None = None) -> dict
     elif exchange is not None and exchange.error:
         fields["error"] = exchange.error[:300]
     return fields
-
-
-def log_request(info: RequestInfo) -> None:
-    ACCESS_LOG.write(info)

@@ -47,12 +47,17 @@ def request_id_from(headers: dict[bytes, bytes]) -> str:
 
 
 def presented_key_label(headers: dict[bytes, bytes]) -> str | None:
-    """What a log may show of a key the gate did not accept: its first 12 characters when it is long enough that
-    they are a small part of it, else nothing of it."""
+    """What a log may show of the key a request presented (Authorization: Bearer, or x-api-key)."""
     value = headers.get(b"authorization") or headers.get(b"x-api-key")
     if value is None:
         return None
-    token = value.decode("latin-1").removeprefix("Bearer ").removeprefix("bearer ").strip()
+    return key_label(value.decode("latin-1").removeprefix("Bearer ").removeprefix("bearer "))
+
+
+def key_label(token: str) -> str | None:
+    """What a log may show of a key the gate did not accept: its first 12 characters when it is long enough that
+    they are a small part of it, else nothing of it (None for no key at all)."""
+    token = token.strip()
     if not token:
         return None
     return (token[:12] if len(token) >= 32 else "") + "…"
@@ -68,7 +73,6 @@ class RequestInfo:
     started: float  # epoch seconds
     started_mono: float  # time.monotonic() at the same instant (Exchange times are monotonic)
     duration: float  # seconds from the request's arrival to its end
-    streamed: bool  # the answer was an event stream
     key_name: str | None  # the API key's name ("master" for the master key); None when not authenticated
     key_label: str | None  # the key's display prefix (never enough to use it); for a refused key, presented_key_label
     exchange: Exchange | None  # inference requests that reached the router: model, attempts, usage, cost

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from crossroads.timetext import SecondCachedTime
 
 
 @dataclass(slots=True)
@@ -75,24 +76,8 @@ RECORD_COST = GENERATION_COLUMNS.index("cost")
 _JSON_INDEXES = tuple(GENERATION_COLUMNS.index(name) for name in JSON_COLUMNS)
 
 
-class _UTCText:
-    """Timestamps as naive UTC text; the date and time part is formatted once per second."""
-
-    __slots__ = ("second", "prefix")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.prefix = ""
-
-    def __call__(self, now: float) -> str:
-        second = int(now)
-        if second != self.second:
-            self.prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-            self.second = second
-        return f"{self.prefix}.{int((now - second) * 1_000_000):06d}"
-
-
-utc_text = _UTCText()
+# Timestamps as naive UTC text, microseconds.
+utc_text = SecondCachedTime("%Y-%m-%d %H:%M:%S", 6)
 
 
 def to_record(row: GenerationRow) -> GenerationRecord:
