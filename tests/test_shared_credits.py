@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from crossroads.errors import GatewayError
-from crossroads.gate.shared_credits import RedisCreditLedger
+from crossroads.gate.shared_credits import NeedsReconcile, RedisCreditLedger
 from crossroads.store.rows import KeyRow
 from tests.conftest import redis_test_url
 
@@ -21,9 +21,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
 
-def ledger(prefix: str, *, lease: float = 60.0, now: datetime | None = None) -> RedisCreditLedger:
-    return RedisCreditLedger(redis_test_url(), lease=lease, prefix=prefix,
+async def ledger(prefix: str, *, lease: float = 60.0, now: datetime | None = None) -> RedisCreditLedger:
+    book = RedisCreditLedger(redis_test_url(), lease=lease, prefix=prefix,
                              clock=(lambda: now) if now is not None else None)
+    await book.reconcile({})  # as a gateway does at start: nothing in the database yet
+    return book
 
 
 def key(limit: float | None, reset: str | None = None) -> KeyRow:
@@ -36,7 +38,7 @@ def prefix() -> str:
 
 
 async def test_reserve_settle_and_refuse(prefix) -> None:
-    book = ledger(prefix)
+    book = await ledger(prefix)
     try:
         k = key(1.0)
         held = await book.reserve(k, 0.6, prompt_cost=0.1, completion_price=0.001)
@@ -64,6 +66,7 @@ async def test_reserve_settle_and_refuse(prefix) -> None:
 def _reserve_many(url: str, prefix: str, key_hash: str, count: int, results: multiprocessing.Queue) -> None:
     async def run() -> int:
         book = RedisCreditLedger(url, lease=60.0, prefix=prefix)
+        await book.reconcile({})
         row = KeyRow(hash=key_hash, name="k", label="x", limit=10.0)
 
         async def one() -> int:
@@ -94,7 +97,7 @@ async def test_processes_together_never_exceed_the_limit(prefix) -> None:
 
 
 async def test_a_dead_process_reservations_are_released_after_the_lease(prefix) -> None:
-    dying, survivor = ledger(prefix, lease=0.5), ledger(prefix, lease=0.5)
+    dying, survivor = await ledger(prefix, lease=0.5), await ledger(prefix, lease=0.5)
     try:
         k = key(1.0)
         await dying.reserve(k, 1.0, prompt_cost=0, completion_price=0)  # then the process "dies": never settled
@@ -108,7 +111,7 @@ async def test_a_dead_process_reservations_are_released_after_the_lease(prefix) 
 
 
 async def test_a_late_settle_still_counts_its_cost(prefix) -> None:
-    book = ledger(prefix, lease=0.2)
+    book = await ledger(prefix, lease=0.2)
     try:
         k = key(1.0)
         held = await book.reserve(k, 0.5, prompt_cost=0, completion_price=0)
@@ -122,7 +125,7 @@ async def test_a_late_settle_still_counts_its_cost(prefix) -> None:
 
 async def test_periods_reset_once_for_everyone(prefix) -> None:
     monday = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
-    today, tomorrow = ledger(prefix, now=monday), ledger(prefix, now=monday + timedelta(hours=2))
+    today, tomorrow = await ledger(prefix, now=monday), await ledger(prefix, now=monday + timedelta(hours=2))
     try:
         k = key(1.0, "daily")
         await today.settle(await today.reserve(k, 0.9, prompt_cost=0, completion_price=0), 0.9)
@@ -142,7 +145,7 @@ async def test_periods_reset_once_for_everyone(prefix) -> None:
 
 
 async def test_reconcile_repairs_lost_spend_and_never_lowers_it(prefix) -> None:
-    book = ledger(prefix)
+    book = await ledger(prefix)
     try:
         lost, ahead = key(5.0), key(5.0)
         await book.settle(await book.reserve(ahead, 2.0, prompt_cost=0, completion_price=0), 2.0)
@@ -154,5 +157,44 @@ async def test_reconcile_repairs_lost_spend_and_never_lowers_it(prefix) -> None:
         assert (await book.spend(ahead.hash)).total == pytest.approx(2.0)
         with pytest.raises(GatewayError):
             await book.reserve(lost, 2.5, prompt_cost=0, completion_price=0)
+    finally:
+        await book.close()
+
+
+async def test_renewed_leases_outlive_the_lease_and_settled_ones_are_not_renewed(prefix) -> None:
+    holder, other = await ledger(prefix, lease=0.4), await ledger(prefix, lease=0.4)
+    try:
+        k = key(1.0)
+        long_stream = await holder.reserve(k, 0.7, prompt_cost=0, completion_price=0)
+        short = await holder.reserve(k, 0.2, prompt_cost=0, completion_price=0)
+        await holder.settle(short, 0.1)
+        for _ in range(4):  # 0.8 s: twice the lease, renewed every 0.2 s
+            await asyncio.sleep(0.2)
+            assert await holder.renew() == 1
+        with pytest.raises(GatewayError):  # still held: 1.0 - 0.1 spent - 0.7 reserved leaves 0.2
+            await other.reserve(k, 0.3, prompt_cost=0, completion_price=0)
+        assert (await other.spend(k.hash)).reserved == pytest.approx(0.7)
+        await holder.settle(long_stream, 0.5)
+        assert holder.open == {} and await holder.renew() == 0
+        assert (await other.reserve(k, 0.4, prompt_cost=0, completion_price=0)).amount == 0.4
+    finally:
+        await holder.close()
+        await other.close()
+
+
+async def test_a_redis_that_lost_its_data_asks_for_reconciling_first(prefix) -> None:
+    book = RedisCreditLedger(redis_test_url(), lease=60.0, prefix=prefix)
+    try:
+        k = key(1.0)
+        with pytest.raises(NeedsReconcile):  # never reconciled: the figures cannot be trusted
+            await book.reserve(k, 0.1, prompt_cost=0, completion_price=0)
+        await book.reconcile({k.hash: {"total": 0.95}})
+        with pytest.raises(GatewayError):  # the database's spend counts
+            await book.reserve(k, 0.1, prompt_cost=0, completion_price=0)
+        await book._redis.delete(book.marker, f"{prefix}:{k.hash}:t")  # Redis restarted empty
+        with pytest.raises(NeedsReconcile):
+            await book.reserve(k, 0.1, prompt_cost=0, completion_price=0)
+        figures = await book.spend_of([k.hash, "unknown"])
+        assert figures["unknown"].total == 0.0 and figures[k.hash].total == 0.0
     finally:
         await book.close()

@@ -129,11 +129,13 @@ def serve(args: argparse.Namespace) -> int:
         print(f"crossroads: {problem}", file=sys.stderr)
         return 2
     os.environ["CROSSROADS_WORKERS"] = str(args.workers)
+    instance_id = os.environ.get(INSTANCE_ID_VARIABLE)  # set by prepare_store
     try:
         _share_metrics(config, args.workers)
     except OSError as exc:
         print(f"crossroads: cannot prepare the metrics directory in {config.server.data_dir!r}: "
               f"{exc.strerror or exc}", file=sys.stderr)
+        _record_serving(config, 0, only_if=args.workers, instance_id=instance_id)
         return 2
     key_file = os.path.join(config.server.data_dir, "master_key")
     if generated:
@@ -186,11 +188,13 @@ def serve(args: argparse.Namespace) -> int:
         else:
             uvicorn.run("crossroads.api.app:create_app", factory=True, **options)
     finally:
-        _record_serving(config, 0, only_if=args.workers)
+        _record_serving(config, 0, only_if=args.workers, instance_id=instance_id)
     return 0
 
 
 MULTIPROC_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+INSTANCE_ID_VARIABLE = "CROSSROADS_INSTANCE_ID"  # as crossroads.instances names it (not imported: start-up cost)
+CLAIM_TIMEOUT = 10.0  # seconds the database may take to register this instance
 
 
 def _share_metrics(config: Any, workers: int) -> None:
@@ -275,21 +279,26 @@ def probe_connections(config: Any, timeout: float) -> threading.Thread | None:
 
 
 def prepare_store(config: object, workers: int) -> str | None:
-    """Migrate the database once, before any worker starts; refuse a setup whose limits could not hold."""
+    """Migrate the database once, before any worker starts; refuse a setup whose limits could not hold: several
+    workers keeping limits in process memory, or a second live instance on this database where either instance keeps
+    them there (crossroads/instances.py). Registers this instance and passes its id to the workers in
+    CROSSROADS_INSTANCE_ID; `serve` unregisters it when it stops."""
     import asyncio
 
     from crossroads.store import Store, StoreUnavailable, database_url, migrate
 
     url = database_url(config.server)  # type: ignore[attr-defined]
+    shared = bool(os.environ.get("CROSSROADS_REDIS_URL"))  # limits kept in a shared Redis, not in process memory
     try:
         migrate(url)
         if workers > 1:
             credit, rate = asyncio.run(_limited_keys(Store, url))
-            if credit:
-                return (f"{credit} API key(s) have credit limits, which are enforced within one process; "
-                        f"--workers {workers} would let each worker spend the full limit. Run one worker, or remove "
-                        "the limits (crossroads keys list).")
-            if not os.environ.get("CROSSROADS_REDIS_URL"):
+            if credit and not shared:
+                return (f"{credit} API key(s) have credit limits, which are enforced within one process unless "
+                        f"CROSSROADS_REDIS_URL points at a shared Redis; --workers {workers} would let each worker "
+                        "spend the full limit. Set CROSSROADS_REDIS_URL, run one worker, or remove the limits "
+                        "(crossroads keys list).")
+            if not shared:
                 config_limited = [f"connection {c.name}" for c in config.providers if c.rpm or c.tpm]  # type: ignore[attr-defined]
                 config_limited += [f"route {r.name}" for r in config.routes if r.rpm or r.tpm]  # type: ignore[attr-defined]
                 if rate:
@@ -298,18 +307,39 @@ def prepare_store(config: object, workers: int) -> str | None:
                     return (f"rate limits ({', '.join(config_limited)}) are counted per process unless "
                             f"CROSSROADS_REDIS_URL points at a shared Redis; --workers {workers} would multiply "
                             "them. Set CROSSROADS_REDIS_URL or run one worker.")
+        instance_id, problem = asyncio.run(asyncio.wait_for(_claim_instance(Store, url, workers, shared),
+                                                            CLAIM_TIMEOUT))
+        if problem:
+            return problem
     except StoreUnavailable as exc:
         return f"the database is unavailable: {exc}"
+    except TimeoutError:
+        return f"the database did not answer within {CLAIM_TIMEOUT:g} s when registering this instance"
     except OSError as exc:
         return f"cannot open the database: {exc.strerror or exc}"
+    os.environ[INSTANCE_ID_VARIABLE] = instance_id
     _record_serving(config, workers)
     return None
 
 
-def _record_serving(config: object, workers: int, *, only_if: int | None = None) -> None:
+async def _claim_instance(store_cls: type, url: str, workers: int, shared: bool) -> tuple[str, str | None]:
+    """crossroads.instances.claim on a store of its own."""
+    from crossroads.instances import claim
+
+    store = await store_cls.open(url)  # type: ignore[attr-defined]
+    try:
+        return await claim(store, workers=workers, shared=shared)
+    finally:
+        await store.close()
+
+
+def _record_serving(config: object, workers: int, *, only_if: int | None = None, instance_id: str | None = None
+                    ) -> None:
     """Tell the key CLI (another process) how many workers serve this store, so it applies the rule the running
     gateway's API applies (gate/keys.multiprocess_policy_problem). 0 when the gateway stops. Advisory: each worker
-    also refuses requests of a key whose limit it cannot hold (gate/credits.CreditLedger.refuse_limits)."""
+    also refuses requests of a key whose limit it cannot hold (gate/credits.CreditLedger.refuse_limits). With
+    `instance_id` (when the gateway stops), that instance's registration is removed first, in the same bounded
+    attempt."""
     import asyncio
 
     from crossroads.gate.keys import SERVE_SHARED_COUNTERS, SERVE_WORKERS
@@ -318,6 +348,8 @@ def _record_serving(config: object, workers: int, *, only_if: int | None = None)
     async def write() -> None:
         store = await Store.open(database_url(config.server))  # type: ignore[attr-defined]
         try:
+            if instance_id:
+                await store.unregister_instance(instance_id)
             if only_if is not None and await store.get_meta(SERVE_WORKERS) != only_if:
                 return  # another gateway started on this store since: its value stands
             await store.set_meta(SERVE_WORKERS, workers)
@@ -329,7 +361,8 @@ def _record_serving(config: object, workers: int, *, only_if: int | None = None)
         # Bounded: a stop must not wait on a database that went away.
         asyncio.run(asyncio.wait_for(write(), 3.0))
     except (StoreUnavailable, OSError, TimeoutError) as exc:
-        print(f"crossroads: warning: could not record the worker count in the store: {exc}", file=sys.stderr)
+        print(f"crossroads: warning: could not record the {'stop' if instance_id else 'worker count'} in the store: "
+              f"{exc}", file=sys.stderr)
 
 
 async def _limited_keys(store_cls: type, url: str) -> tuple[int, int]:

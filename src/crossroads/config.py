@@ -99,6 +99,10 @@ class AccountingConfig:
     flush_interval: float = 1.0  # seconds between batched writes of generation records
     max_pending: int = 100_000  # records held in memory; beyond, the oldest go to the spool (data_dir/spool)
     budget: float | None = None  # USD the whole account may spend: GET /api/v1/credits' total_credits
+    # With the credit ledger in Redis (CROSSROADS_REDIS_URL): how long a reservation outlives a process that stopped
+    # renewing it (SIGKILL, host loss), and how often Redis' figures are reconciled with the generation records.
+    reservation_lease: float = 30.0
+    reconcile_interval: float = 60.0
 
 
 @dataclass(slots=True)
@@ -116,6 +120,9 @@ def _default_priority_shares() -> dict[str, float]:
 class RoutingConfig:
     retries: int = 2  # retries on the same connection after a failed attempt, before the next candidate
     max_retry_wait: float = 5.0  # an upstream's Retry-After longer than this moves on to the next candidate instead
+    # While the rate-limit store (Redis) is unreachable: refuse requests that have rpm/tpm limits with 503 (false),
+    # or serve them uncounted (true). Credit limits always fail closed.
+    rate_limits_fail_open: bool = False
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     # Share of a capacity limit (rpm/tpm) each request priority may use: low-priority traffic stops first.
     priority_shares: dict[str, float] = field(default_factory=_default_priority_shares)
@@ -302,12 +309,14 @@ def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> C
     top = _Reader(source, "", raw, {"server", "providers", "accounting", "routing", "routes"})
     server = _read_server(_Reader(source, "server", top.data.get("server"), _SERVER_KEYS))
     accounting = _read_accounting(_Reader(source, "accounting", top.data.get("accounting"),
-                                          {"durability", "flush_interval", "max_pending", "budget"}))
+                                          {"durability", "flush_interval", "max_pending", "budget",
+                                           "reservation_lease", "reconcile_interval"}))
     providers = _read_named(source, "providers", "connection", top.get("providers", list, []), _CONNECTION_KEYS,
                             lambda r: _read_connection(r, catalog))
     seen = {conn.name for conn in providers}
     routing = _read_routing(_Reader(source, "routing", top.data.get("routing"),
-                                    {"retries", "max_retry_wait", "breaker", "priority_shares"}))
+                                    {"retries", "max_retry_wait", "breaker", "priority_shares",
+                                     "rate_limits_fail_open"}))
     routes = _read_routes(source, top.get("routes", list, []), seen)
     return Config(source=source, server=server, providers=providers, catalog=catalog, accounting=accounting,
                   routing=routing, routes=routes)
@@ -320,6 +329,8 @@ def _read_accounting(r: _Reader) -> AccountingConfig:
         raise r.error("durability", f"must be batched or strict, got {accounting.durability!r}")
     accounting.flush_interval = r.positive("flush_interval", float, accounting.flush_interval)
     accounting.max_pending = r.positive("max_pending", int, accounting.max_pending)
+    accounting.reservation_lease = r.positive("reservation_lease", float, accounting.reservation_lease)
+    accounting.reconcile_interval = r.positive("reconcile_interval", float, accounting.reconcile_interval)
     budget = r.get("budget", float, None)
     if budget is not None and budget < 0:
         raise r.error("budget", "must not be negative")
@@ -498,6 +509,7 @@ def _read_routing(r: _Reader) -> RoutingConfig:
     if isinstance(routing.retries, bool) or routing.retries < 0:
         raise r.error("retries", f"must be a non-negative integer, got {routing.retries!r}")
     routing.max_retry_wait = r.positive("max_retry_wait", float, routing.max_retry_wait)
+    routing.rate_limits_fail_open = r.get("rate_limits_fail_open", bool, routing.rate_limits_fail_open)
     breaker = _Reader(r.source, r.key("breaker"), r.data.get("breaker"),
                       {"failure_threshold", "cooldown", "probe_timeout"})
     defaults = BreakerConfig()

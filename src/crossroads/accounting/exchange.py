@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from crossroads.catalog import ModelSpec
     from crossroads.gate.auth import Principal
     from crossroads.gate.credits import Reservation
+    from crossroads.gate.shared_credits import SharedReservation
     from crossroads.routing.registry import Connection
 
 CHARS_PER_TOKEN = 4  # a rough, deliberately pessimistic-for-the-client estimate when no usage is known
@@ -192,7 +193,7 @@ class Exchange:
         self.headers = headers
         self.user = user
         self.prompt_estimate = prompt_estimate
-        self.reservation: Reservation | None = None
+        self.reservation: Reservation | SharedReservation | None = None
         self.finished = False  # settled and recorded (exactly once)
         self.api_type = "chat"  # which front format the client spoke
         self.model_id = model.id  # the model the client is told served (a catalog id, a route's target...)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from crossroads.api.asgi import Request, respond_json
 from crossroads.errors import GatewayError
 from crossroads.gate.auth import require_management
-from crossroads.gate.credits import PERIODS
+from crossroads.gate.credits import Spend
 from crossroads.gate.keys import display_label, generate_key, hash_key
 from crossroads.gate.oauth import METHODS as OAUTH_METHODS
 from crossroads.store.rows import GenerationRow, KeyRow
@@ -25,14 +25,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def key_payload(gateway: Gateway, key: KeyRow) -> dict[str, Any]:
-    spend = gateway.ledger.spend.get(key.hash)
-    usage = {"usage": 0.0, "usage_daily": 0.0, "usage_weekly": 0.0, "usage_monthly": 0.0}
-    if spend is not None:
-        gateway.ledger.used(key.hash, None)  # rolls the periods over if a boundary passed
-        usage = {"usage": round(spend.total, 12), "usage_daily": round(spend.daily, 12),
-                 "usage_weekly": round(spend.weekly, 12), "usage_monthly": round(spend.monthly, 12)}
-    remaining = gateway.ledger.remaining(key)
+def key_payload(key: KeyRow, spend: Spend) -> dict[str, Any]:
+    """A key as OpenRouter's key endpoints show it, with its figures (Gateway.key_figures)."""
+    usage = {"usage": round(spend.total, 12), "usage_daily": round(spend.daily, 12),
+             "usage_weekly": round(spend.weekly, 12), "usage_monthly": round(spend.monthly, 12)}
+    remaining = None if key.limit is None else key.limit - spend.in_period(key.limit_reset) - spend.reserved
     return {
         "hash": key.hash, "name": key.name, "label": key.label, "disabled": key.disabled,
         "limit": key.limit, "limit_remaining": None if remaining is None else round(max(remaining, 0.0), 12),
@@ -46,21 +43,20 @@ def key_payload(gateway: Gateway, key: KeyRow) -> dict[str, Any]:
     }
 
 
-def _current_key_payload(gateway: Gateway, request: Request) -> dict[str, Any]:
+async def _current_key_payload(gateway: Gateway, request: Request) -> dict[str, Any]:
     principal = request.principal
     if principal.key is None:  # the master key: unlimited, may do everything
-        total = sum(s.total for s in gateway.ledger.spend.values())
+        total = await gateway.total_figures()
         base: dict[str, Any] = {
             "label": "master", "limit": None, "limit_remaining": None, "limit_reset": None,
-            "usage": round(total, 12), "usage_daily": 0.0, "usage_weekly": 0.0, "usage_monthly": 0.0,
+            "usage": round(total.total, 12), "usage_daily": round(total.daily, 12),
+            "usage_weekly": round(total.weekly, 12), "usage_monthly": round(total.monthly, 12),
             "byok_usage": 0.0, "byok_usage_daily": 0.0, "byok_usage_weekly": 0.0, "byok_usage_monthly": 0.0,
             "include_byok_in_limit": False, "expires_at": None, "creator_user_id": None, "workspace_id": WORKSPACE,
             "is_management_key": True,
         }
-        for period in PERIODS:
-            base[f"usage_{period}"] = round(sum(getattr(s, period) for s in gateway.ledger.spend.values()), 12)
     else:
-        base = key_payload(gateway, principal.key)
+        base = await _payload(gateway, principal.key)
     base.update({
         "is_free_tier": False, "is_provisioning_key": base["is_management_key"],
         "rate_limit": _rate_limit(principal.key),
@@ -78,7 +74,7 @@ def _rate_limit(key: KeyRow | None) -> dict[str, Any]:
 
 
 async def current_key(gateway: Gateway, request: Request) -> None:
-    await respond_json(request, 200, {"data": _current_key_payload(gateway, request)})
+    await respond_json(request, 200, {"data": await _current_key_payload(gateway, request)})
 
 
 # -- key management ------------------------------------------------------------------------------------------------
@@ -186,7 +182,7 @@ async def change_key(gateway: Gateway, key_hash: str, changes: dict[str, Any]) -
 async def create_key(gateway: Gateway, request: Request) -> None:
     require_management(request.principal)
     plaintext, row = await add_key(gateway, key_changes(request.json(), creating=True))
-    await respond_json(request, 201, {"data": key_payload(gateway, row), "key": plaintext})
+    await respond_json(request, 201, {"data": await _payload(gateway, row), "key": plaintext})
 
 
 async def exchange_auth_code(gateway: Gateway, request: Request) -> None:
@@ -212,7 +208,9 @@ async def list_keys(gateway: Gateway, request: Request) -> None:
     except ValueError:
         raise GatewayError(400, "Invalid request: 'offset' must be an integer", metadata={"field": "offset"}) from None
     rows = await gateway.store.list_keys(offset=max(offset, 0))
-    data = [key_payload(gateway, r) for r in rows if include_disabled or not r.disabled]
+    rows = [r for r in rows if include_disabled or not r.disabled]
+    figures = await gateway.key_figures(rows)
+    data = [key_payload(r, figures[r.hash]) for r in rows]
     await respond_json(request, 200, {"data": data})
 
 
@@ -226,7 +224,7 @@ async def _known_key(gateway: Gateway, key_hash: str) -> KeyRow:
 async def get_key(gateway: Gateway, request: Request) -> None:
     require_management(request.principal)
     row = await _known_key(gateway, request.path_params["hash"])
-    await respond_json(request, 200, {"data": key_payload(gateway, row)})
+    await respond_json(request, 200, {"data": await _payload(gateway, row)})
 
 
 async def update_key(gateway: Gateway, request: Request) -> None:
@@ -235,7 +233,7 @@ async def update_key(gateway: Gateway, request: Request) -> None:
     row = await change_key(gateway, key_hash, key_changes(request.json(), creating=False))
     if row is None:
         raise GatewayError(404, f"API key {key_hash!r} not found")
-    await respond_json(request, 200, {"data": key_payload(gateway, row)})
+    await respond_json(request, 200, {"data": await _payload(gateway, row)})
 
 
 async def delete_key(gateway: Gateway, request: Request) -> None:
@@ -247,14 +245,20 @@ async def delete_key(gateway: Gateway, request: Request) -> None:
     await respond_json(request, 200, {"deleted": True})
 
 
+async def _payload(gateway: Gateway, key: KeyRow) -> dict[str, Any]:
+    return key_payload(key, (await gateway.key_figures([key]))[key.hash])
+
+
 # -- credits, generations, activity --------------------------------------------------------------------------------
 async def credits(gateway: Gateway, request: Request) -> None:
     principal = request.principal
     if principal.key is not None and principal.key.limit is not None and not principal.can_manage:
-        total_credits, usage = principal.key.limit, gateway.ledger.used(principal.key.hash, principal.key.limit_reset)
+        key = principal.key
+        total_credits = key.limit
+        usage = (await gateway.key_figures([key]))[key.hash].in_period(key.limit_reset)
     else:
         total_credits = gateway.config.accounting.budget or 0.0
-        usage = sum(s.total for s in gateway.ledger.spend.values())
+        usage = (await gateway.total_figures()).total
     await respond_json(request, 200, {"data": {"total_credits": total_credits, "total_usage": round(usage, 12)}})
 
 

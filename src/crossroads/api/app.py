@@ -7,6 +7,7 @@ import functools
 import gc
 import logging
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -36,18 +37,21 @@ from crossroads.errors import GatewayError
 from crossroads.formats.chat import ChatFront
 from crossroads.formats.fronts import CompletionsFront, MessagesFront, ResponsesFront
 from crossroads.gate.auth import Authenticator
-from crossroads.gate.credits import CreditLedger, period_starts
+from crossroads.gate.credits import CreditLedger, Reservation, Spend, period_starts
 from crossroads.gate.keys import KeyCache, multiprocess_policy_problem
 from crossroads.gate.ratelimit import Limit, make_limiter
+from crossroads.gate.shared_credits import FleetCredits, RedisCreditLedger, SharedReservation
+from crossroads.instances import InstanceHeartbeat, start_heartbeat
 from crossroads.observability.hub import Observability
 from crossroads.observability.logs import REQUEST_ID
 from crossroads.observability.record import RequestInfo, presented_key_label, request_id_from
+from crossroads.routing.fleet_health import FleetHealth
 from crossroads.routing.health import BreakerPolicy, HealthBoard
 from crossroads.routing.registry import Registry, build_registry, discover_models
 from crossroads.routing.routes import RouteTable
 from crossroads.routing.select import RoutePlan, plan
 from crossroads.store import Store, database_url
-from crossroads.store.rows import RECORD_COST
+from crossroads.store.rows import RECORD_COST, KeyRow
 
 log = logging.getLogger("crossroads")
 
@@ -67,6 +71,7 @@ WATCH_AFTER = 0.25  # seconds a handler runs before its client's disconnect is w
 DISCOVERY_HEAD_START = 1.0  # seconds start-up waits for upstream model discovery before answering /health
 READY_CHECK_TIMEOUT = 2.0  # seconds each readiness check may take
 STORE_UNAVAILABLE_CODE = "accounting_store_unavailable"  # error.metadata.code of strict durability's 503
+FLEET_ID = "fleet_id"  # meta: names this database's fleet in Redis
 UNRECORDABLE = ("Generation records cannot be written right now (the accounting database is unavailable), and strict "
                 "durability refuses requests it cannot record; retry shortly")
 
@@ -81,16 +86,28 @@ class Gateway:
         self._media: Any = None
         self.ready = False
         self._background: set[asyncio.Task[None]] = set()
-        # With several worker processes each would keep its own ledger, so limits would not hold: refuse them.
         self.workers = int(os.environ.get("CROSSROADS_WORKERS") or 1)
-        self.ledger = CreditLedger(refuse_limits=None if self.workers == 1 else (
-            f"the gateway runs {self.workers} worker processes and each would count alone; its operator must run "
-            "one worker (crossroads serve --workers 1) or remove the limit"))
+        self.redis_url = os.environ.get("CROSSROADS_REDIS_URL") or None
+        # Credit limits: in Redis when it is configured (exact across every process of every instance), else in this
+        # process's memory, which holds them only while it is the only process: with several workers, a key with a
+        # limit is refused rather than served beyond it.
+        self.fleet_credits: FleetCredits | None = None
+        if self.redis_url:
+            self.fleet_credits = FleetCredits(
+                RedisCreditLedger(self.redis_url, lease=config.accounting.reservation_lease),
+                database_spend=self._database_spend, limited=self._limited_keys,
+                reconcile_interval=config.accounting.reconcile_interval)
+        self.ledger = CreditLedger(refuse_limits=None if self.workers == 1 or self.fleet_credits else (
+            f"the gateway runs {self.workers} worker processes and each would count alone; its operator must set "
+            "CROSSROADS_REDIS_URL (a Redis shared by every process), run one worker, or remove the limit"))
+        # Whether other processes spend too (this one's memory then knows only its own share of each key's spend).
+        self.fleet = self.fleet_credits is not None or self.workers > 1
         self.route_table = RouteTable.from_config(config)
         breaker = config.routing.breaker
         self.health = HealthBoard(BreakerPolicy(failure_threshold=breaker.failure_threshold,
                                                 cooldown=breaker.cooldown, probe_timeout=breaker.probe_timeout))
-        self.redis_url = os.environ.get("CROSSROADS_REDIS_URL") or None
+        self.fleet_health: FleetHealth | None = None  # with Redis, set at start-up
+        self._instance_heartbeat: InstanceHeartbeat | None = None
         self.limiter = make_limiter(self.redis_url, priority_shares=config.routing.priority_shares)
         self._connection_limits = {
             c.name: [Limit(f"conn:{c.name}", rpm=c.rpm, tpm=c.tpm, priority_shares=True)]
@@ -204,8 +221,13 @@ class Gateway:
             return None
         exchange.finished = True
         record = exchange.to_record()
-        if exchange.reservation is not None:
-            self.ledger.settle(exchange.reservation, record[RECORD_COST])
+        reservation = exchange.reservation
+        if reservation is not None:
+            if reservation.__class__ is SharedReservation:
+                self.fleet_credits.settle_later(reservation, record[RECORD_COST])  # type: ignore[union-attr]
+                self.ledger.settle(Reservation(reservation.key_hash, 0.0), record[RECORD_COST])
+            else:
+                self.ledger.settle(reservation, record[RECORD_COST])
         waiting = self.recorder.record(record)
         if waiting is None or not self.recorder.strict:
             return waiting
@@ -223,6 +245,55 @@ class Gateway:
             self.recorder.amend(exchange.generation_id, status=503, error=UNRECORDABLE)
             raise GatewayError(503, UNRECORDABLE, metadata={"code": STORE_UNAVAILABLE_CODE},
                                headers={"Retry-After": "1"}) from None
+
+    async def reserve_credit(self, key: KeyRow | None, amount: float, *, prompt_cost: float,
+                             completion_price: float) -> Reservation | SharedReservation:
+        """Hold a request's worst-case cost against its key's credit limit (402 when it does not fit)."""
+        if self.fleet_credits is not None and key is not None and key.limit is not None:
+            return await self.fleet_credits.reserve(key, amount, prompt_cost=prompt_cost,
+                                                    completion_price=completion_price)
+        return self.ledger.reserve(key, amount, prompt_cost=prompt_cost, completion_price=completion_price)
+
+    async def key_figures(self, keys: list[KeyRow]) -> dict[str, Spend]:
+        """Each key's spend per period and open reservations, as the whole fleet knows them: this process's memory
+        when it is the only one; otherwise Redis for keys with a limit (exact, reservations included) and the
+        generation records for the others (as of their last write, at most a flush interval behind)."""
+        if not self.fleet:
+            return {key.hash: self.ledger.figures(key.hash) for key in keys}
+        figures: dict[str, Spend] = {}
+        limited = [key.hash for key in keys if key.limit is not None] if self.fleet_credits is not None else []
+        if limited:
+            try:
+                figures.update(await self.fleet_credits.figures(limited))  # type: ignore[union-attr]
+            except Exception as exc:  # noqa: BLE001 - Redis down: the records' figures are the next best
+                log.warning("credit ledger (Redis) unavailable, key spend read from the generation records: %s",
+                            type(exc).__name__)
+        rest = [key.hash for key in keys if key.hash not in figures]
+        for key_hash, spend in (await self._database_spend(rest)).items():
+            if key_hash is not None:
+                figures[key_hash] = Spend(total=spend["total"], daily=spend["daily"], weekly=spend["weekly"],
+                                          monthly=spend["monthly"])
+        for key in keys:
+            figures.setdefault(key.hash, Spend())
+        return figures
+
+    async def total_figures(self) -> Spend:
+        """The whole account's spend per period (every key and the master key)."""
+        if not self.fleet:
+            return self.ledger.sum_figures()
+        total = Spend()
+        for spend in (await self.store.key_spend(period_starts(datetime.now(UTC)))).values():
+            total.total += spend["total"]
+            total.daily += spend["daily"]
+            total.weekly += spend["weekly"]
+            total.monthly += spend["monthly"]
+        return total
+
+    async def _database_spend(self, key_hashes: list[str]) -> dict[str | None, dict[str, float]]:
+        return await self.store.key_spend(period_starts(datetime.now(UTC)), key_hashes)
+
+    def _limited_keys(self) -> list[str]:
+        return [row.hash for row in self.keys.keys.values() if row.limit is not None]
 
     def check_recordable(self) -> None:
         """Strict durability refuses a request before it goes upstream while the recorder knows its record cannot be
@@ -348,6 +419,8 @@ class Gateway:
     async def startup(self) -> None:
         self.views = ModelViews(self.registry, self.route_table, self.health)
         self.store = await Store.open(database_url(self.config.server))
+        # This instance's registration (cli.prepare_store) stays live while any of its workers beats.
+        self._instance_heartbeat = start_heartbeat(self.store)
         self.keys = KeyCache(self.store)
         await self.keys.load()
         self.keys.start()
@@ -364,6 +437,20 @@ class Gateway:
                                            max_pending=accounting.max_pending,
                                            strict=accounting.durability == "strict", spool=spool)
         self.recorder.start()
+        if self.redis_url:
+            # Everything this fleet keeps in Redis is named after the database it shares (two fleets may share one
+            # Redis); the id is drawn by the first instance that starts on the database.
+            fleet_id = await self.store.claim_meta(FLEET_ID, secrets.randbits(48))
+            self.fleet_health = FleetHealth(self.redis_url, self.health, prefix=f"crossroads:health:{fleet_id:x}")
+            self.fleet_health.start()
+        if self.fleet_credits is not None:
+            self.fleet_credits.ledger.marker = f"{self.fleet_credits.ledger.prefix}:reconciled:{fleet_id:x}"
+            try:
+                await self.fleet_credits.reconcile()
+            except Exception as exc:  # noqa: BLE001 - retried before the first reservation and on every tick
+                log.warning("could not reconcile the credit ledger (Redis) with the generation records at start-up: "
+                            "%s: %s; keys with a credit limit are refused until it can be", type(exc).__name__, exc)
+            self.fleet_credits.start()
         # Everything loaded so far lives as long as the process: keep it out of every future GC pass.
         gc.freeze()
         # The objects of the requests in flight (coroutines, frames, headers: a few thousand at 32 concurrent) keep
@@ -390,10 +477,16 @@ class Gateway:
         await self.observability.stop()
         for task in list(self._background):
             task.cancel()
+        if self.fleet_credits is not None:
+            await self.fleet_credits.stop()
+        if self.fleet_health is not None:
+            await self.fleet_health.stop()
         if self.recorder is not None:
             await self.recorder.stop(self.config.server.shutdown_grace)
         if self.keys is not None:
             await self.keys.stop()
+        if self._instance_heartbeat is not None:
+            await self._instance_heartbeat.stop()
         if self.store is not None:
             await self.store.close()
         await self.registry.close()
@@ -431,7 +524,8 @@ class Gateway:
 
     async def _endpoints(self, request: Request) -> None:
         assert self.views is not None
-        await respond(request, 200, self.views.endpoints_body(request.path_params["model"]))
+        others = await self.fleet_health.others() if self.fleet_health is not None else None
+        await respond(request, 200, self.views.endpoints_body(request.path_params["model"], others))
 
     def _metrics(self, request: Request) -> Awaitable[None]:
         return self.observability.metrics.serve(request)  # observability/metrics.py: access rules, exposition

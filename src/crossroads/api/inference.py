@@ -25,7 +25,7 @@ from crossroads.errors import GatewayError
 from crossroads.formats.chat import new_generation_id
 from crossroads.formats.transforms import ANTHROPIC_MAX_MESSAGES, middle_out, wants_middle_out
 from crossroads.gate.auth import allowed_for_inference, priced_for_limit
-from crossroads.gate.ratelimit import Limit
+from crossroads.gate.ratelimit import Decision, Limit
 from crossroads.observability.logs import OncePer
 from crossroads.observability.metrics import count_redis_error
 from crossroads.providers.base import RequestContext, UpstreamStreamError
@@ -187,14 +187,19 @@ class Call:
             if not decision.allowed:  # nothing was counted
                 raise _limit_error(decision, "this API key" if (decision.scope or "").startswith("key:")
                                    else "this route")
-            self.limits = limits
+            if decision is not UNCOUNTED:
+                self.limits = limits
         # Credit: the worst case over every candidate that may serve (only a key with a limit has to hold it).
         worst = worst_case_cost(body, [(c.deployment.model, c.overrides) for c in candidates]) \
             if key is not None and key.limit is not None else NOTHING_TO_HOLD
         try:
             gateway.check_recordable()  # strict durability: 503 while records cannot be written (an attribute read)
-            exchange.reservation = gateway.ledger.reserve(key, worst.total, prompt_cost=worst.prompt,
-                                                          completion_price=worst.completion_price)
+            if key is not None and key.limit is not None:
+                exchange.reservation = await gateway.reserve_credit(key, worst.total, prompt_cost=worst.prompt,
+                                                                    completion_price=worst.completion_price)
+            else:  # nothing to hold: no await on the common path
+                exchange.reservation = gateway.ledger.reserve(key, worst.total, prompt_cost=worst.prompt,
+                                                              completion_price=worst.completion_price)
         except GatewayError:
             if self.limits:  # refused before anything was tried: give the estimate back
                 limits, self.limits = self.limits, []
@@ -286,7 +291,8 @@ class Call:
                                                    "latency": None, "error": f"capacity: {decision.code}"})
                     refused = _limit_error(decision, f"connection {name}")
                     continue
-                self.conn_limits = conn_limits
+                if decision is not UNCOUNTED:
+                    self.conn_limits = conn_limits
             if not tried:
                 tried = True
                 if ejected:  # an attempt goes: no panic for this request, those stay skipped
@@ -664,6 +670,12 @@ def _observe(exchange: Exchange, chunk: dict[str, Any]) -> bool:
     return finished
 
 
+# What a request gets while the rate-limit store is down and routing.rate_limits_fail_open is set: allowed, counted
+# nowhere (so nothing to correct afterwards), no rate-limit headers.
+UNCOUNTED = Decision(allowed=True, scope=None, kind=None, limit=None, remaining=None, reset=0.0, retry_after=0.0,
+                     code=None)
+
+
 async def _acquire(gateway: Gateway, limits: list[Limit], tokens: int, priority: str) -> Any:
     """Count a request against its limits. When the shared counter store (Redis) is down the request is refused:
     a limit that silently stopped counting would no longer be a limit."""
@@ -671,6 +683,10 @@ async def _acquire(gateway: Gateway, limits: list[Limit], tokens: int, priority:
         return await gateway.limiter.acquire(limits, tokens, priority)
     except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; all mean "cannot count"
         count_redis_error()
+        if gateway.config.routing.rate_limits_fail_open:
+            _limit_store_down.warning("rate-limit store unavailable, requests served WITHOUT rate limits "
+                                      "(routing.rate_limits_fail_open): %s", type(exc).__name__)
+            return UNCOUNTED
         _limit_store_down.warning("rate-limit store unavailable, requests refused with 503: %s", type(exc).__name__)
         raise GatewayError(503, "Rate limits cannot be checked right now (their store is unavailable); retry shortly",
                            metadata={"code": "rate_limit_store_unavailable"}) from None

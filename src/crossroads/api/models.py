@@ -72,12 +72,14 @@ def route_item(entry: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def _endpoint_item(dep: Deployment, health: HealthBoard | None) -> dict[str, Any]:
+def _endpoint_item(dep: Deployment, health: HealthBoard | None,
+                   others: dict[tuple[str, str], list[dict]] | None = None) -> dict[str, Any]:
     spec, conn = dep.model, dep.connection
-    # Live, per endpoint (this upstream model on this connection, in this process): `status` is the worse of the
-    # endpoint's own breaker and its connection's (0 ok, -5 probing, -10 ejected).
-    live = health.endpoint_stats(conn.name, spec.upstream) if health is not None else {
-        "status": 0, "uptime_last_30m": None}
+    # Live, per endpoint (this upstream model on this connection): this process's figures plus, with Redis, every
+    # other process's (`others`, routing/fleet_health.py). `status` is the worst breaker state of the endpoint and
+    # its connection (0 ok, -5 probing, -10 ejected) anywhere.
+    live = health.endpoint_stats(conn.name, spec.upstream, (others or {}).get((conn.name, spec.upstream), ())) \
+        if health is not None else {"status": 0, "uptime_last_30m": None}
     return {
         "name": f"{conn.name} | {spec.upstream}",
         "model_id": spec.id,
@@ -131,7 +133,7 @@ class ModelViews:
                 self._bodies_for[cache_key] = body
         return body
 
-    def endpoints_body(self, model_id: str) -> bytes:
+    def endpoints_body(self, model_id: str, others: dict[tuple[str, str], list[dict]] | None = None) -> bytes:
         deployments = self.registry.models.get(model_id)
         if not deployments:
             raise GatewayError(404, f"Model {model_id!r} not found")
@@ -139,4 +141,4 @@ class ModelViews:
         architecture = model_item(spec)["architecture"]
         return orjson.dumps({"data": {
             "id": spec.id, "name": spec.name or spec.id, "created": spec.created, "description": spec.description,
-            "architecture": architecture, "endpoints": [_endpoint_item(d, self.health) for d in deployments]}})
+            "architecture": architecture, "endpoints": [_endpoint_item(d, self.health, others) for d in deployments]}})

@@ -309,7 +309,7 @@ class Dashboard:
             if row["date"] in per_day:
                 per_day[row["date"]] += row["cost"]
         budget = self.gateway.config.accounting.budget
-        usage = sum(s.total for s in self.gateway.ledger.spend.values())
+        usage = (await self.gateway.total_figures()).total
         await self._page(request, "credits.html", session, budget=budget, usage=usage,
                          remaining=None if budget is None else budget - usage,
                          chart=bar_chart([(d[5:], v) for d, v in per_day.items()], title="Spend per day (USD)",
@@ -325,9 +325,9 @@ class Dashboard:
                     status: int = 200) -> None:
         rows = await self.gateway.store.list_keys()
         keys = []
+        figures = await self.gateway.key_figures(rows)
         for row in rows:
-            usage = self.gateway.ledger.spend.get(row.hash)
-            used = usage.total if usage is not None else 0.0
+            used = figures[row.hash].total
             keys.append({"row": row, "used": used,
                          "share": min(100, round(100 * used / row.limit)) if row.limit else None})
         await self._page(request, "keys.html", session, status=status, keys=keys, new_key=new_key, error=error,

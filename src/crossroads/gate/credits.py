@@ -4,9 +4,11 @@ Before a request goes upstream, its worst-case cost is reserved against the key'
 the reservation is replaced by the real cost. All of it happens in this process's memory, synchronously (no await
 between check and reserve), so concurrent requests cannot overspend. Spend is loaded from the store at start-up.
 
-The ledger is exact within one process. Several processes would each keep their own, so `crossroads serve` refuses
-to start several workers while a key has a limit, the API and the CLI refuse to set one while several workers run,
-and a worker of several refuses requests of a key that has a limit anyway (`refuse_limits`): never an overspend.
+The ledger is exact within one process. With CROSSROADS_REDIS_URL set, keys with a limit are held in Redis instead
+(gate/shared_credits.py), exact across every process of every instance; this ledger then only keeps this process's
+share of the figures. Without Redis several processes would each keep their own, so `crossroads serve` refuses to
+start several workers while a key has a limit, the API and the CLI refuse to set one while several workers run, and
+a worker of several refuses requests of a key that has a limit anyway (`refuse_limits`): never an overspend.
 """
 
 from __future__ import annotations
@@ -94,6 +96,26 @@ class CreditLedger:
         self._roll_if_due()
         entry = self.spend.get(key_hash)
         return entry.in_period(reset) if entry else 0.0
+
+    def figures(self, key_hash: str | None) -> Spend:
+        """A copy of the key's figures, periods rolled over if a boundary passed."""
+        self._roll_if_due()
+        entry = self.spend.get(key_hash)
+        if entry is None:
+            return Spend()
+        return Spend(entry.total, entry.daily, entry.weekly, entry.monthly, entry.reserved)
+
+    def sum_figures(self) -> Spend:
+        """Every key's figures added up (the whole account's spend)."""
+        self._roll_if_due()
+        total = Spend()
+        for entry in self.spend.values():
+            total.total += entry.total
+            total.daily += entry.daily
+            total.weekly += entry.weekly
+            total.monthly += entry.monthly
+            total.reserved += entry.reserved
+        return total
 
     def remaining(self, key: KeyRow) -> float | None:
         if key.limit is None:

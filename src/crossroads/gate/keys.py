@@ -55,7 +55,9 @@ def is_expired(key: KeyRow, now: datetime | None = None) -> bool:
 class KeyCache:
     """hash -> KeyRow, loaded at start-up, updated in place by this process's writes and by polling for others'."""
 
-    def __init__(self, store: Store, *, poll_interval: float = 1.0) -> None:
+    # Half a second: a key created, changed or disabled through any process (of any instance) applies on every
+    # other within a second, at the cost of one single-row read per process every half second.
+    def __init__(self, store: Store, *, poll_interval: float = 0.5) -> None:
         self.store = store
         self.poll_interval = poll_interval
         self.keys: dict[str, KeyRow] = {}
@@ -106,11 +108,14 @@ SERVE_SHARED_COUNTERS = "serve_shared_counters"
 
 
 def multiprocess_policy_problem(changes: dict, *, workers: int, shared_counters: bool) -> str | None:
-    """Why a key change cannot hold while the gateway runs `workers` processes, or None. Credit limits are kept per
-    process; rate limits too unless the counters are shared (Redis)."""
-    if workers > 1 and changes.get("limit") is not None:
-        return (f"Credit limits are enforced in one process; this gateway runs {workers} workers. Run a single worker "
-                "to use key limits.")
+    """Why a key change cannot hold while the gateway runs `workers` processes, or None. `shared_counters`: the
+    gateway keeps its limits in a shared store (CROSSROADS_REDIS_URL: the rate-limit counters and the credit ledger
+    live in Redis), so any number of workers holds them. Without it credit and rate limits are kept per process and
+    need a single worker."""
+    if workers > 1 and not shared_counters and changes.get("limit") is not None:
+        return (f"Credit limits are enforced in one process unless CROSSROADS_REDIS_URL points at a shared Redis; "
+                f"this gateway runs {workers} workers. Set CROSSROADS_REDIS_URL or run a single worker to use key "
+                "limits.")
     if workers > 1 and not shared_counters and (changes.get("rpm") or changes.get("tpm")):
         return (f"Rate limits need CROSSROADS_REDIS_URL when the gateway runs {workers} workers (each would otherwise "
                 "count alone).")

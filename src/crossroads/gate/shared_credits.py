@@ -13,6 +13,14 @@ Per API key hash H, under `prefix`:
   clock) and `{prefix}:{H}:amt` a hash of their amounts. A reservation whose lease ended (its process died: SIGKILL,
   host loss) is dropped by the next reservation of that key, so the key's credit recovers by itself within one lease.
 
+- `{prefix}:reconciled:<fleet id>` (`marker`; the fleet is the database, see api/app.py) exists once the figures were reconciled with the database (below). A reservation finds it
+  missing after Redis lost its data (a restart without persistence, a flush, a failover to an empty replica): it is
+  refused with `NeedsReconcile` instead of being judged against figures that forgot the spend, and the caller
+  reconciles and tries again.
+
+A process renews the leases of the reservations it holds (`renew`, every third of a lease), so a long stream keeps
+its reservation while a dead process's expire within one lease.
+
 Spend in Redis is reconciled with the generation records (`reconcile`): each figure becomes the larger of the two,
 which repairs a Redis that lost data (restarted without persistence) and never undoes spend whose record is still
 waiting to be written.
@@ -20,23 +28,36 @@ waiting to be written.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from crossroads.errors import GatewayError
 from crossroads.gate.credits import PERIODS, Spend, insufficient_credit, period_starts
+from crossroads.observability.logs import OncePer
+from crossroads.observability.metrics import count_redis_error
 
 if TYPE_CHECKING:
     from crossroads.store.rows import KeyRow
 
+_log = logging.getLogger("crossroads")
+
 # Seconds a period's spend key outlives its period (then it expires by itself).
 _PERIOD_TTL = {"daily": 2 * 86400, "weekly": 8 * 86400, "monthly": 32 * 86400}
 
-# KEYS: [1] the spend key the limit applies to (total or the current period's), [2] res, [3] amt.
-# ARGV: [1] lease ms, [2] limit, [3] amount, [4] reservation id.
-# Returns {1, left_after} when reserved, {0, left} when refused (numbers as strings: Lua floats would be truncated).
+# KEYS: [1] the spend key the limit applies to (total or the current period's), [2] res, [3] amt, [4] the
+# reconciled marker. ARGV: [1] lease ms, [2] limit, [3] amount, [4] reservation id.
+# Returns {1, left_after} when reserved, {0, left} when refused, {-1, "0"} when the figures need reconciling first
+# (numbers as strings: Lua floats would be truncated).
 _RESERVE_LUA = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return {-1, '0'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -71,6 +92,17 @@ end
 return 1
 """
 
+# KEYS: [1] res, [2] amt. ARGV: [1] lease ms, [2..] reservation ids. Moves the lease end of each reservation still
+# open (ZADD XX: one settled or expired meanwhile is not brought back).
+_RENEW_LUA = """
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', until_ms, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[1]))
+return 1
+"""
+
 # KEYS: [1] total, [2] day, [3] week, [4] month. ARGV: [1..4] the database's figures, [5..7] the period lifetimes.
 _RECONCILE_LUA = """
 for i = 1, 4 do
@@ -80,6 +112,10 @@ for i = 1, 4 do
 end
 return 1
 """
+
+
+class NeedsReconcile(Exception):
+    """Redis has no reconciled figures (it lost its data): reconcile from the database, then reserve again."""
 
 
 @dataclass(slots=True)
@@ -105,13 +141,18 @@ class RedisCreditLedger:
                  clock: Any = None) -> None:
         import redis.asyncio as aioredis  # imported here so the memory-only setup never needs the client
 
+        self.lease = lease
         self.lease_ms = max(1, round(lease * 1000))
         self.prefix = prefix
+        self.marker = f"{prefix}:reconciled"
         self._clock = clock or (lambda: datetime.now(UTC))
         self._redis: Any = aioredis.Redis.from_url(url)
         self._reserve = self._redis.register_script(_RESERVE_LUA)
         self._settle = self._redis.register_script(_SETTLE_LUA)
+        self._renew = self._redis.register_script(_RENEW_LUA)
         self._reconcile = self._redis.register_script(_RECONCILE_LUA)
+        # The reservations this process holds and has not settled: key hash -> reservation ids (for `renew`).
+        self.open: dict[str, set[str]] = {}
 
     def _keys(self, key_hash: str) -> dict[str, str]:
         base = f"{self.prefix}:{key_hash}"
@@ -123,18 +164,22 @@ class RedisCreditLedger:
     async def reserve(self, key: KeyRow | None, amount: float, *, prompt_cost: float,
                       completion_price: float) -> SharedReservation:
         """Reserve `amount` USD for a request of `key` (nothing to hold without a limit), or raise 402 saying how
-        many max_tokens would fit."""
+        many max_tokens would fit, or NeedsReconcile."""
         if key is None or key.limit is None:
             return SharedReservation(None if key is None else key.hash, 0.0)
         keys = self._keys(key.hash)
         spend_key = keys[key.limit_reset] if key.limit_reset in PERIODS else keys["total"]
         reservation_id = secrets.token_hex(8)
-        admitted, left_text = await self._reserve(keys=[spend_key, keys["res"], keys["amt"]],
+        admitted, left_text = await self._reserve(keys=[spend_key, keys["res"], keys["amt"], self.marker],
                                                   args=[self.lease_ms, repr(float(key.limit)), repr(float(amount)),
                                                         reservation_id])
+        admitted = int(admitted)
+        if admitted < 0:
+            raise NeedsReconcile
         left = float(left_text)
-        if not int(admitted):
+        if not admitted:
             raise insufficient_credit(key.limit, left, amount, prompt_cost, completion_price)
+        self.open.setdefault(key.hash, set()).add(reservation_id)
         return SharedReservation(key.hash, amount, reservation_id)
 
     async def settle(self, reservation: SharedReservation, cost: float) -> None:
@@ -145,32 +190,64 @@ class RedisCreditLedger:
         reservation.settled = True
         if reservation.key_hash is None or not reservation.id and cost <= 0:
             return
+        held = self.open.get(reservation.key_hash)
+        if held is not None:
+            held.discard(reservation.id)
+            if not held:
+                del self.open[reservation.key_hash]
         keys = self._keys(reservation.key_hash)
         await self._settle(keys=[keys["total"], keys["daily"], keys["weekly"], keys["monthly"], keys["res"],
                                  keys["amt"]],
                            args=[reservation.id or "-", repr(float(cost)), *(_PERIOD_TTL[p] for p in PERIODS)])
 
+    async def renew(self) -> int:
+        """Extend the lease of every reservation this process holds, in one round trip; returns how many."""
+        if not self.open:
+            return 0
+        count = 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key_hash, ids in list(self.open.items()):
+                keys = self._keys(key_hash)
+                await self._renew(keys=[keys["res"], keys["amt"]], args=[self.lease_ms, *ids], client=pipe)
+                count += len(ids)
+            await pipe.execute()
+        return count
+
     async def spend(self, key_hash: str) -> Spend:
         """The key's figures (spend per period and what open reservations hold), read in one round trip."""
-        keys = self._keys(key_hash)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.mget(keys["total"], keys["daily"], keys["weekly"], keys["monthly"])
-            pipe.hvals(keys["amt"])
-            values, amounts = await pipe.execute()
-        total, daily, weekly, monthly = (float(v) if v is not None else 0.0 for v in values)
-        return Spend(total=total, daily=daily, weekly=weekly, monthly=monthly,
-                     reserved=sum(float(a) for a in amounts))
+        return (await self.spend_of([key_hash]))[key_hash]
 
-    async def reconcile(self, spend_by_key: dict[str | None, dict[str, float]]) -> None:
-        """Raise each figure in Redis to the database's when it is lower (see the module docstring)."""
-        for key_hash, figures in spend_by_key.items():
-            if key_hash is None:
-                continue  # the master key has no limit
-            keys = self._keys(key_hash)
-            await self._reconcile(
-                keys=[keys["total"], keys["daily"], keys["weekly"], keys["monthly"]],
-                args=[repr(float(figures.get(name, 0.0))) for name in ("total", *PERIODS)]
-                + [_PERIOD_TTL[p] for p in PERIODS])
+    async def spend_of(self, key_hashes: list[str]) -> dict[str, Spend]:
+        """`spend` of several keys, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key_hash in key_hashes:
+                keys = self._keys(key_hash)
+                pipe.mget(keys["total"], keys["daily"], keys["weekly"], keys["monthly"])
+                pipe.hvals(keys["amt"])
+            replies = await pipe.execute()
+        figures: dict[str, Spend] = {}
+        for index, key_hash in enumerate(key_hashes):
+            values, amounts = replies[2 * index], replies[2 * index + 1]
+            total, daily, weekly, monthly = (float(v) if v is not None else 0.0 for v in values)
+            figures[key_hash] = Spend(total=total, daily=daily, weekly=weekly, monthly=monthly,
+                                      reserved=sum(float(a) for a in amounts))
+        return figures
+
+    async def reconcile(self, spend_by_key: dict[str | None, dict[str, float]], *, complete: bool = True) -> None:
+        """Raise each figure in Redis to the database's when it is lower (see the module docstring), in one round
+        trip; when `complete` (every limited key is in `spend_by_key`), mark the figures reconciled."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key_hash, figures in spend_by_key.items():
+                if key_hash is None:
+                    continue  # the master key has no limit
+                keys = self._keys(key_hash)
+                await self._reconcile(
+                    keys=[keys["total"], keys["daily"], keys["weekly"], keys["monthly"]],
+                    args=[repr(float(figures.get(name, 0.0))) for name in ("total", *PERIODS)]
+                    + [_PERIOD_TTL[p] for p in PERIODS], client=pipe)
+            if complete:
+                pipe.set(self.marker, 1)
+            await pipe.execute()
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -178,3 +255,118 @@ class RedisCreditLedger:
     async def close(self) -> None:
         closer = getattr(self._redis, "aclose", None) or self._redis.close
         await closer()
+
+
+class FleetCredits:
+    """The gateway's use of the shared ledger: reservations that fail closed, settlements off the request path,
+    lease renewal and reconciliation with the generation records, in one background task per process.
+
+    `database_spend(key_hashes)` returns the records' figures of those keys ({"total", "daily", ...}); `limited()`
+    the hashes of the keys that have a credit limit (the only ones Redis holds)."""
+
+    def __init__(self, ledger: RedisCreditLedger, *, database_spend: Callable[[list[str]], Awaitable[dict]],
+                 limited: Callable[[], list[str]], reconcile_interval: float) -> None:
+        self.ledger = ledger
+        self._database_spend = database_spend
+        self._limited = limited
+        self.reconcile_interval = reconcile_interval
+        self.reconcile_due = True
+        self._last_reconcile = -math.inf
+        self._known: set[str] = set()  # keys whose figures this process has reconciled
+        self._reconciling: asyncio.Lock | None = None
+        self._settling: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._down = OncePer(_log)
+
+    async def reserve(self, key: KeyRow, amount: float, *, prompt_cost: float,
+                      completion_price: float) -> SharedReservation:
+        """Reserve in Redis; 402 when the key's limit has no room, 503 when Redis cannot be reached (fail closed)."""
+        try:
+            if key.hash not in self._known:
+                # A key this process has not reconciled yet (its limit was just set: Redis has none of its past
+                # spend): bring its figures from the records first, once per process.
+                await self.reconcile([key.hash])
+            try:
+                return await self.ledger.reserve(key, amount, prompt_cost=prompt_cost,
+                                                 completion_price=completion_price)
+            except NeedsReconcile:
+                await self.reconcile()
+                return await self.ledger.reserve(key, amount, prompt_cost=prompt_cost,
+                                                 completion_price=completion_price)
+        except GatewayError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; all mean "cannot count"
+            count_redis_error()
+            self._down.warning("credit ledger (Redis) unavailable, requests of keys with a credit limit refused with "
+                               "503: %s", type(exc).__name__)
+            raise GatewayError(503, "This key's credit limit cannot be checked right now (the shared credit ledger "
+                                    "is unavailable); retry shortly",
+                               metadata={"code": "credit_ledger_unavailable"}, headers={"Retry-After": "1"}) from None
+
+    def settle_later(self, reservation: SharedReservation, cost: float) -> None:
+        """Settle off the request path. Until it lands, the reservation still holds its (larger) worst case: a
+        stricter limit for a moment, never a looser one."""
+        task = asyncio.get_running_loop().create_task(self._settle(reservation, cost))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, reservation: SharedReservation, cost: float) -> None:
+        try:
+            await self.ledger.settle(reservation, cost)
+        except Exception as exc:  # noqa: BLE001
+            # The lease releases the reservation; the cost comes back from the records at the next reconciliation.
+            count_redis_error()
+            self.reconcile_due = True
+            self._down.warning("could not settle a reservation in the credit ledger (Redis): %s; the key's spend is "
+                               "corrected from the generation records within %.0f s", type(exc).__name__,
+                               self.reconcile_interval)
+
+    async def reconcile(self, key_hashes: list[str] | None = None) -> None:
+        """Raise Redis' figures of every limited key (or of `key_hashes`) to the generation records' (one query, one
+        round trip)."""
+        if self._reconciling is None:
+            self._reconciling = asyncio.Lock()
+        async with self._reconciling:
+            hashes = self._limited() if key_hashes is None else key_hashes
+            figures = await self._database_spend(hashes)
+            await self.ledger.reconcile(figures, complete=key_hashes is None)
+            self._known.update(hashes)
+            if key_hashes is None:
+                self.reconcile_due = False
+                self._last_reconcile = time.monotonic()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._maintain(), name="crossroads-credit-ledger")
+
+    async def _maintain(self) -> None:
+        """Renew this process's leases every third of a lease; reconcile every `reconcile_interval` (sooner after a
+        failure)."""
+        tick = min(self.ledger.lease / 3, 1.0)
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            try:
+                if now - renewed >= self.ledger.lease / 3:
+                    renewed = now
+                    await self.ledger.renew()
+                if self.reconcile_due or now - self._last_reconcile >= self.reconcile_interval:
+                    await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a database or Redis outage: try again on the next tick
+                self.reconcile_due = True
+                self._down.warning("credit ledger maintenance failed (lease renewal or reconciliation): %s: %s",
+                                   type(exc).__name__, exc)
+
+    async def figures(self, key_hashes: list[str]) -> dict[str, Spend]:
+        return await self.ledger.spend_of(key_hashes)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._settling:  # bounded: a Redis that went away must not hold the shutdown
+            await asyncio.wait(set(self._settling), timeout=2.0)
+        await self.ledger.close()

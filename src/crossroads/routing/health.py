@@ -3,8 +3,9 @@
 The unit is the **endpoint**: one upstream model on one connection, keyed by (connection name, upstream model id,
 i.e. ``Deployment.model.upstream``; two catalog ids, or an ad-hoc ``<connection>/<upstream>`` id, that send the same
 model to the same connection are one endpoint). Everything here lives in one process: each ``--workers`` process keeps
-its own breakers and figures (nothing is shared through Redis), so a failing endpoint is ejected by each process on
-its own evidence.
+its own breakers and figures, so a failing endpoint is ejected by each process on its own evidence (why that is the
+right unit: routing/fleet_health.py, which adds every process's figures up for the endpoints API when Redis is
+configured).
 
 Where a failed attempt counts (``fault_scope``):
 
@@ -62,11 +63,12 @@ Everything runs on the event loop thread: no locks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from crossroads.routing.retry import parse_retry_after
@@ -140,6 +142,13 @@ class _Samples:
             self._sorted = sorted(value for _, value in self._items)
         return self._sorted
 
+    def recent_values(self, now: float, limit: int | None) -> list[float]:
+        """The values still in the window, the most recent `limit` of them (all without a limit)."""
+        self._expire(now)
+        items = self._items
+        start = 0 if limit is None else max(0, len(items) - limit)
+        return [value for _, value in itertools.islice(items, start, None)]
+
     def _expire(self, now: float) -> None:
         horizon = now - self._window
         items = self._items
@@ -166,8 +175,8 @@ class _Tally:
             buckets.append([index, 0, 0])
         buckets[-1][1 if ok else 2] += 1
 
-    def uptime(self, now: float, span: float) -> float | None:
-        """Percentage of successes over the buckets covering the last ``span`` seconds (current bucket included)."""
+    def counts(self, now: float, span: float) -> tuple[int, int]:
+        """Successes and failures over the buckets covering the last ``span`` seconds (current bucket included)."""
         index = int(now // self._width)
         self._expire(index)
         first = index - max(1, math.ceil(span / self._width)) + 1
@@ -176,8 +185,7 @@ class _Tally:
             if bucket >= first:
                 ok += successes
                 failed += failures
-        total = ok + failed
-        return None if total == 0 else round(100.0 * ok / total, 2)
+        return ok, failed
 
     def _expire(self, index: int) -> None:
         while self._buckets and self._buckets[0][0] <= index - self._keep:
@@ -457,22 +465,50 @@ class HealthBoard:
             status = STATUS_PROBING
         return status
 
-    def endpoint_stats(self, connection: str, model: str) -> dict:
-        """The live fields of one entry of ``GET /api/v1/models/{author}/{slug}/endpoints``."""
+    def endpoint_figures(self, connection: str, model: str, *, max_samples: int | None = None) -> dict:
+        """The raw figures of one endpoint, to be added up with other processes' (``stats_from``): its status,
+        success/failure counts over 5 minutes, the window and a day, and its latency and throughput samples (the
+        most recent ``max_samples`` of them)."""
         now = self._clock()
         stats = self._find(connection, model)
-        result: dict = {"status": self.status(connection, model), "uptime_last_5m": None, "uptime_last_30m": None,
-                        "uptime_last_1d": None, "latency_last_30m": None, "throughput_last_30m": None}
+        figures: dict = {"status": self.status(connection, model)}
         if stats is None:
-            return result
-        result["uptime_last_5m"] = stats.minutes.uptime(now, 300.0)
-        result["uptime_last_30m"] = stats.minutes.uptime(now, self.window)
-        result["uptime_last_1d"] = stats.quarters.uptime(now, 86400.0)
-        ttft = stats.ttft.sorted_values(now)
-        if ttft:
-            result["latency_last_30m"] = {f"p{p}": round(percentile(ttft, p / 100) * 1000.0, 2) for p in _PERCENTILES}
-        tps = stats.tps.sorted_values(now)
-        if tps:
-            # Lower tail: pXX is the rate XX% of requests reached, so p99 is the slowest.
-            result["throughput_last_30m"] = {f"p{p}": round(percentile(tps, 1 - p / 100), 2) for p in _PERCENTILES}
-        return result
+            return figures
+        figures["counts"] = [stats.minutes.counts(now, 300.0), stats.minutes.counts(now, self.window),
+                             stats.quarters.counts(now, 86400.0)]
+        for name, samples in (("ttft", stats.ttft), ("tps", stats.tps)):
+            stats_values = samples.recent_values(now, max_samples)
+            if stats_values:
+                figures[name] = stats_values
+        return figures
+
+    def export(self, *, max_samples: int = 256) -> list[dict]:
+        """Every endpoint's figures (``endpoint_figures``), for other processes to add to theirs."""
+        return [{"connection": connection, "model": model,
+                 **self.endpoint_figures(connection, model, max_samples=max_samples)}
+                for connection, models in self._endpoints.items() for model in models]
+
+    def endpoint_stats(self, connection: str, model: str, others: Sequence[dict] = ()) -> dict:
+        """The live fields of one entry of ``GET /api/v1/models/{author}/{slug}/endpoints``: this process's figures,
+        added up with `others` (other processes' ``endpoint_figures`` of the same endpoint) when given."""
+        return stats_from([self.endpoint_figures(connection, model), *others])
+
+
+def stats_from(figures: list[dict]) -> dict:
+    """Endpoint stats from the figures of one or more processes: uptime from the summed counts, percentiles over all
+    the samples, and the worst status (an endpoint ejected anywhere shows as ejected)."""
+    result: dict = {"status": min(f["status"] for f in figures), "uptime_last_5m": None, "uptime_last_30m": None,
+                    "uptime_last_1d": None, "latency_last_30m": None, "throughput_last_30m": None}
+    for index, name in enumerate(("uptime_last_5m", "uptime_last_30m", "uptime_last_1d")):
+        ok = sum(f["counts"][index][0] for f in figures if "counts" in f)
+        total = ok + sum(f["counts"][index][1] for f in figures if "counts" in f)
+        if total:
+            result[name] = round(100.0 * ok / total, 2)
+    ttft = sorted(value for f in figures for value in f.get("ttft", ()))
+    if ttft:
+        result["latency_last_30m"] = {f"p{p}": round(percentile(ttft, p / 100) * 1000.0, 2) for p in _PERCENTILES}
+    tps = sorted(value for f in figures for value in f.get("tps", ()))
+    if tps:
+        # Lower tail: pXX is the rate XX% of requests reached, so p99 is the slowest.
+        result["throughput_last_30m"] = {f"p{p}": round(percentile(tps, 1 - p / 100), 2) for p in _PERCENTILES}
+    return result

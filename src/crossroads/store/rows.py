@@ -96,3 +96,20 @@ def from_record(record: GenerationRecord) -> GenerationRow:
     for index in _JSON_INDEXES:
         values[index] = orjson.loads(values[index]) if values[index] is not None else []
     return GenerationRow(*values)
+
+
+@dataclass(slots=True)
+class InstanceRow:
+    """A running `crossroads serve` (table `instances`): the multi-instance safety net (crossroads/instances.py)."""
+
+    id: str  # random, one per `serve` run
+    host: str  # the host name, as shown to people
+    pid: int  # the serving (supervisor) process
+    workers: int
+    shared: bool  # True when its limits are kept in a shared store (CROSSROADS_REDIS_URL), not in process memory
+    # Where `pid` can be looked up: boot id and PID namespace (Linux); None where that cannot be told. Two rows with
+    # the same value are processes of one kernel and one PID namespace: a pid that is gone there is a dead instance.
+    pid_namespace: str | None = None
+    started_at: datetime | None = None  # None when registering: the database's clock
+    heartbeat_at: datetime | None = None  # None when registering: the database's clock
+    heartbeat_age: float | None = None  # not a column: seconds since heartbeat_at, by the database's clock (read)

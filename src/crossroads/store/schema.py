@@ -107,3 +107,19 @@ meta = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
 )
+
+# Running `crossroads serve` instances (crossroads/instances.py): each registers itself and its workers heartbeat; a
+# second live instance on the same database without a shared store (Redis) is refused at start. Timestamps are written
+# and compared by the database's clock, so the hosts' clocks need not agree.
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("pid_namespace", sa.Text, nullable=True),
+    sa.Column("workers", sa.Integer, nullable=False),
+    sa.Column("shared", sa.Boolean, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+)

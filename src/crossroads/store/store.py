@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crossroads.store.engine import async_url, create_engine, translate_errors
@@ -21,9 +22,10 @@ from crossroads.store.rows import (
     JSON_COLUMNS,
     GenerationRecord,
     GenerationRow,
+    InstanceRow,
     KeyRow,
 )
-from crossroads.store.schema import UTCDateTime, api_keys, generations, meta, stored_responses
+from crossroads.store.schema import UTCDateTime, api_keys, generations, instances, meta, stored_responses
 from crossroads.store.text import clean_records, clean_text, clean_value
 
 _KEY_FIELDS = tuple(f.name for f in dataclasses.fields(KeyRow))
@@ -200,10 +202,84 @@ class Store:
         return int(rows[0][0]) if rows else None
 
     async def set_meta(self, name: str, value: int) -> None:
+        # One statement (an upsert): two instances starting at once must not both insert the name.
+        insert = (pg_insert if self._dialect == "postgresql" else sqlite_insert)(meta).values(name=name, value=value)
         with translate_errors():
             async with self._writer.begin() as conn:
-                await conn.execute(meta.delete().where(meta.c.name == name))
-                await conn.execute(meta.insert().values(name=name, value=value))
+                await conn.execute(insert.on_conflict_do_update(index_elements=["name"], set_={"value": value}))
+
+    async def claim_meta(self, name: str, value: int) -> int:
+        """`value` stored under `name` unless one is already there; returns the stored one (whoever came first)."""
+        insert = (pg_insert if self._dialect == "postgresql" else sqlite_insert)(meta).values(name=name, value=value)
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                await conn.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
+        stored = await self.get_meta(name)
+        return value if stored is None else stored
+
+    # --- running instances (crossroads/instances.py) ----------------------------------------------------------
+    # Every timestamp here is the database's clock (written and compared in SQL), never this host's: instances on
+    # hosts whose clocks disagree still agree on how old a heartbeat is.
+
+    def _db_now(self, offset_s: float = 0.0) -> Any:
+        """The database's current UTC time plus `offset_s` seconds, as a UTCDateTime expression."""
+        if self._dialect == "sqlite":
+            # Stored as UTCDateTime stores naive UTC text, "YYYY-MM-DD HH:MM:SS.ffffff" (SQLite's clock has ms).
+            now = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", f"{float(offset_s)!r} seconds", type_=sa.String)
+            return sa.type_coerce(now.concat("000"), UTCDateTime)
+        now = sa.func.statement_timestamp(type_=sa.DateTime(timezone=True))
+        if offset_s:
+            now = now + sa.literal(timedelta(seconds=offset_s), sa.Interval)
+        return sa.type_coerce(now, UTCDateTime)
+
+    async def register_instance(self, row: InstanceRow) -> None:
+        """Insert `row`; a started_at / heartbeat_at left None is the database's now. A duplicate id raises
+        IntegrityError."""
+        now = self._db_now()
+        values = {"id": clean_text(row.id), "host": clean_text(row.host), "pid": row.pid,
+                  "pid_namespace": row.pid_namespace and clean_text(row.pid_namespace), "workers": row.workers,
+                  "shared": bool(row.shared), "started_at": row.started_at or now,
+                  "heartbeat_at": row.heartbeat_at or now}
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                await conn.execute(instances.insert().values(**values))
+
+    async def heartbeat_instance(self, id: str) -> bool:
+        """Set the instance's heartbeat_at to the database's now; False when no instance has this id."""
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                result = await conn.execute(instances.update().where(instances.c.id == clean_text(id))
+                                            .values(heartbeat_at=self._db_now()))
+        return result.rowcount > 0
+
+    async def unregister_instance(self, id: str) -> bool:
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                result = await conn.execute(instances.delete().where(instances.c.id == clean_text(id)))
+        return result.rowcount > 0
+
+    async def live_instances(self, max_age_s: float) -> list[InstanceRow]:
+        """Instances whose heartbeat is less than `max_age_s` seconds old (database clock), newest heartbeat first,
+        each with `heartbeat_age` set."""
+        statement = (sa.select(instances, self._db_now().label("db_now"))
+                     .where(instances.c.heartbeat_at > self._db_now(-max_age_s))
+                     .order_by(instances.c.heartbeat_at.desc(), instances.c.id))
+        out = []
+        for result in await self._fetch(statement):
+            values = result._mapping
+            row = InstanceRow(**{column.name: values[column.name] for column in instances.columns})
+            row.shared = bool(row.shared)
+            row.heartbeat_age = max(0.0, (values["db_now"] - row.heartbeat_at).total_seconds())
+            out.append(row)
+        return out
+
+    async def prune_instances(self, max_age_s: float) -> int:
+        """Delete the instances whose heartbeat is at least `max_age_s` seconds old (database clock): how many."""
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                result = await conn.execute(instances.delete()
+                                            .where(instances.c.heartbeat_at <= self._db_now(-max_age_s)))
+        return result.rowcount
 
     # --- stored responses (Responses API, store: true) -----------------------------------------------------
 
@@ -294,14 +370,20 @@ class Store:
         return [(row.created_at, int(row.status), row.latency_ms, row.app_title, float(row.cost))
                 for row in await self._fetch(statement)]
 
-    async def key_spend(self, since: dict[str, datetime]) -> dict[str | None, dict[str, float]]:
-        """Per key_hash (None = master key): {"total": all-time cost, name: cost since `since[name]` (inclusive)}."""
+    async def key_spend(self, since: dict[str, datetime], key_hashes: list[str] | None = None
+                        ) -> dict[str | None, dict[str, float]]:
+        """Per key_hash (None = master key): {"total": all-time cost, name: cost since `since[name]` (inclusive)};
+        only of `key_hashes` when given."""
+        if key_hashes is not None and not key_hashes:
+            return {}
         names = list(since)
         columns = [sa.func.coalesce(sa.func.sum(generations.c.cost), 0.0).label("total")]
         for index, name in enumerate(names):
             recent = sa.case((generations.c.created_at >= since[name], generations.c.cost), else_=0.0)
             columns.append(sa.func.coalesce(sa.func.sum(recent), 0.0).label(f"s{index}"))
         statement = sa.select(generations.c.key_hash, *columns).group_by(generations.c.key_hash)
+        if key_hashes is not None:
+            statement = statement.where(generations.c.key_hash.in_(key_hashes))
         result: dict[str | None, dict[str, float]] = {}
         for row in await self._fetch(statement):
             spend = {"total": float(row.total)}
