@@ -236,16 +236,23 @@ def test_sigterm_during_outage_spools_records_and_the_next_start_writes_them(ups
     first.mkdir()
     gw = GatewayProcess(settings, first, env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
     try:
-        created = httpx.post(gw.url + "/api/v1/keys", headers=AUTH, json={"name": "limited", "limit": 100})
-        key = created.json()["key"]
-        before = [post_chat(gw.url, key=key) for _ in range(5)]
+        key = httpx.post(gw.url + "/api/v1/keys", headers=AUTH, json={"name": "plain"}).json()["key"]
+        # On PostgreSQL without Redis, credit limits are held in the database (gate/pg_credits.py).
+        limited = httpx.post(gw.url + "/api/v1/keys", headers=AUTH, json={"name": "limited", "limit": 100})
+        limited_key = limited.json()["key"]
+        before = [post_chat(gw.url, key=key) for _ in range(5)] + [post_chat(gw.url, key=limited_key)]
+        assert [r.status_code for r in before] == [200] * 6
         wait_for_ids(direct, {r.headers["x-generation-id"] for r in before}, 10)
+        usage = httpx.get(gw.url + "/api/v1/key", headers={"Authorization": f"Bearer {key}"}).json()["data"]["usage"]
+        assert usage > 0  # 5 requests, each billed the same (the fake answers every one alike)
         proxy.down()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             during = list(pool.map(lambda i: post_chat(gw.url, stream=i % 3 == 0, key=key), range(40)))
         assert [r.status_code for r in during] == [200] * 40
-        usage = httpx.get(gw.url + "/api/v1/key", headers={"Authorization": f"Bearer {key}"}).json()["data"]["usage"]
-        assert usage > 0
+        # A key with a limit cannot be counted while its ledger is away: refused (fail closed), never overspent.
+        refused = post_chat(gw.url, key=limited_key)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["metadata"]["code"] == "credit_ledger_unavailable"
         started = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         assert gw.proc.wait(grace + 10) == 0
@@ -265,10 +272,10 @@ def test_sigterm_during_outage_spools_records_and_the_next_start_writes_them(ups
     del settings["server"]["port"]
     gw = GatewayProcess(settings, second, env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
     try:
-        # The credit ledger counts the spooled spend from the start (a limit holds while the spool is replayed).
-        again = httpx.get(gw.url + "/api/v1/key", headers={"Authorization": f"Bearer {key}"}).json()["data"]["usage"]
-        assert again == pytest.approx(usage)
         wait_for_ids(direct, held | {r.headers["x-generation-id"] for r in before}, 15)
+        # Every spooled record counts once the spool is replayed (a key's figures come from the records here).
+        again = httpx.get(gw.url + "/api/v1/key", headers={"Authorization": f"Bearer {key}"}).json()["data"]["usage"]
+        assert again == pytest.approx(usage * (5 + 40) / 5)
         deadline = time.monotonic() + 5
         while spool_files(data_dir):
             assert time.monotonic() < deadline, "spool files left after the replay"

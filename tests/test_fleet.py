@@ -52,8 +52,13 @@ def upstream() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
-def fleet(upstream: FakeOpenAI, postgres_database: str, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
-    env = {"CROSSROADS_DATABASE_URL": postgres_database, "CROSSROADS_REDIS_URL": redis_test_url()}
+def fleet(request: pytest.FixtureRequest, upstream: FakeOpenAI, postgres_database: str,
+          tmp_path: Path) -> Iterator[list[GatewayProcess]]:
+    """Two instances of two workers on one PostgreSQL, with Redis (the default) or, parametrised "postgresql",
+    without: credit limits are then held by PostgreSQL alone (gate/pg_credits.py)."""
+    env = {"CROSSROADS_DATABASE_URL": postgres_database}
+    if getattr(request, "param", "redis") == "redis":
+        env["CROSSROADS_REDIS_URL"] = redis_test_url()
     instances = []
     try:
         for name in ("a", "b"):
@@ -88,6 +93,7 @@ def key_info(gw: GatewayProcess, key: str) -> dict:
     return httpx.get(gw.url + "/api/v1/key", headers={"Authorization": f"Bearer {key}"}).json()["data"]
 
 
+@pytest.mark.parametrize("fleet", ["redis", "postgresql"], indirect=True)
 def test_a_credit_limit_holds_across_two_instances_of_two_workers(fleet: list[GatewayProcess]) -> None:
     a, b = fleet
     allowed = 20
@@ -165,13 +171,34 @@ def test_an_endpoint_ejected_by_one_instance_shows_in_every_instance(fleet: list
     while time.monotonic() < deadline:
         endpoint = httpx.get(b.url + "/api/v1/models/openai/fleet/endpoints", headers=AUTH).json()["data"]
         endpoint = endpoint["endpoints"][0]
-        if endpoint["status"] == -10:
+        # Each process publishes on its own schedule: wait until all four have since their requests.
+        if endpoint["status"] == -10 and endpoint["uptime_last_5m"] == pytest.approx(100 * 3 / 9, abs=0.01):
             break
         time.sleep(0.5)
     assert endpoint["status"] == -10, endpoint  # B's own breakers are closed: the ejection is A's
     # Uptime counts every process's attempts: B's 3 successes and A's 6 failures.
-    assert endpoint["uptime_last_5m"] == pytest.approx(100 * 3 / 9, abs=0.01)
+    assert endpoint["uptime_last_5m"] == pytest.approx(100 * 3 / 9, abs=0.01), endpoint
     assert endpoint["latency_last_30m"] is not None
+
+
+def test_a_dashboard_session_and_its_new_key_travel_between_instances(fleet: list[GatewayProcess]) -> None:
+    import re
+
+    a, b = fleet
+    signed = httpx.post(a.url + "/signin", data={"key": MASTER_KEY, "next": "/keys"})
+    assert signed.status_code == 303, signed.text[:300]
+    cookies = signed.cookies
+    page = httpx.get(b.url + "/keys", cookies=cookies)  # signed in through A, known to B
+    assert page.status_code == 200 and "Sign out" in page.text, page.text[:300]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    created = httpx.post(a.url + "/keys", cookies=cookies, data={"csrf": csrf, "name": "from-a"})
+    assert created.status_code == 303
+    shown = httpx.get(b.url + "/keys", cookies=cookies)  # the once-shown key, shown by the other instance
+    key = re.search(r'aria-label="New API key" readonly value="([^"]+)"', shown.text).group(1)
+    assert key.startswith("sk-or-v1-")
+    assert "New API key" not in httpx.get(a.url + "/keys", cookies=cookies).text  # once
+    assert httpx.post(b.url + "/signout", cookies=cookies, data={"csrf": csrf}).status_code == 303
+    assert httpx.get(a.url + "/keys", cookies=cookies).status_code == 303  # signed out everywhere
 
 
 def kill_instance(gw: GatewayProcess) -> None:
@@ -187,6 +214,7 @@ def kill_instance(gw: GatewayProcess) -> None:
     gw.proc.wait(10)
 
 
+@pytest.mark.parametrize("fleet", ["redis", "postgresql"], indirect=True)
 def test_a_killed_instance_releases_its_reservations_and_loses_no_answered_record(
         fleet: list[GatewayProcess], upstream: FakeOpenAI) -> None:
     a, b = fleet

@@ -125,13 +125,40 @@ def test_https_callbacks_anywhere_and_allowed_http_origins(fake_openai, fake_ant
         proc.stop()
 
 
-def test_codes_expire(monkeypatch) -> None:
-    grants = oauth.PendingGrants()
-    code = grants.issue(name="app", limit=None, user_id="master", challenge=None, method=None)
-    monkeypatch.setattr(oauth.time, "monotonic", lambda: 10**12)
-    with pytest.raises(oauth.GatewayError) as caught:
-        grants.redeem(code, None, None)
-    assert caught.value.status == 403
+def test_codes_expire_and_are_redeemed_once_whichever_process_asks(tmp_path) -> None:
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from crossroads.store import Store, migrate
+    from crossroads.store.schema import oauth_grants
+    from crossroads.store.signins import SignInStore
+
+    url = f"sqlite:///{tmp_path}/grants.db"
+    migrate(url)
+
+    async def run() -> None:
+        one, other = await Store.open(url), await Store.open(url)  # as two processes would
+        try:
+            issuer, redeemer = oauth.PendingGrants(), oauth.PendingGrants()
+            issuer.db, redeemer.db = SignInStore(one), SignInStore(other)
+            code = await issuer.issue(name="app", limit=2.5, user_id="master", challenge=None, method=None)
+            grant = await redeemer.redeem(code, None, None)
+            assert (grant.name, grant.limit, grant.user_id) == ("app", 2.5, "master")
+            with pytest.raises(oauth.GatewayError) as used:
+                await issuer.redeem(code, None, None)
+            assert used.value.status == 403
+            late = await issuer.issue(name="app", limit=None, user_id="master", challenge=None, method=None)
+            async with one._writer.begin() as conn:  # its ten minutes have passed
+                await conn.execute(sa.update(oauth_grants).values(expires=sa.literal("2000-01-01 00:00:00.000000")))
+            with pytest.raises(oauth.GatewayError) as expired:
+                await redeemer.redeem(late, None, None)
+            assert expired.value.status == 403
+        finally:
+            await one.close()
+            await other.close()
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize("entry", ["intranet-app:3000", "http://intranet-app:3000/path", "ftp://host", 5])

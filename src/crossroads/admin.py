@@ -156,13 +156,17 @@ async def _missing_store(url: str) -> str | None:
 async def _check_serving(store: Any, changes: dict[str, Any]) -> None:
     """The rule the running gateway's API applies to a new or changed key (a limit it cannot hold is refused)."""
     from crossroads.gate.keys import SERVE_SHARED_COUNTERS, SERVE_WORKERS, multiprocess_policy_problem
+    from crossroads.instances import LIVE_AFTER
 
-    workers = await store.get_meta(SERVE_WORKERS) or 1
-    problem = multiprocess_policy_problem(changes, workers=workers,
-                                          shared_counters=bool(await store.get_meta(SERVE_SHARED_COUNTERS)))
+    # Every worker of every live instance (crossroads/instances.py); the last recorded --workers when none is live.
+    workers = sum(row.workers for row in await store.live_instances(LIVE_AFTER)) \
+        or await store.get_meta(SERVE_WORKERS) or 1
+    shared_counters = bool(await store.get_meta(SERVE_SHARED_COUNTERS))
+    problem = multiprocess_policy_problem(changes, workers=workers, shared_counters=shared_counters,
+                                          shared_credits=shared_counters or store._dialect == "postgresql")
     if problem is not None:
-        raise GatewayError(400, f"{problem} (the gateway serving this store was started with --workers {workers}; "
-                                "the count is cleared when it stops)")
+        raise GatewayError(400, f"{problem} (as many as `crossroads serve --workers {workers}`, over every live "
+                                "instance; the count is cleared when they stop)")
 
 
 _FLAGS = {"name": "--name", "limit": "--limit", "limit_reset": "--limit-reset", "expires_at": "--expires",

@@ -285,28 +285,32 @@ def prepare_store(config: object, workers: int) -> str | None:
     CROSSROADS_INSTANCE_ID; `serve` unregisters it when it stops."""
     import asyncio
 
+    from crossroads.gate.credits import shared_credit_store
     from crossroads.store import Store, StoreUnavailable, database_url, migrate
 
     url = database_url(config.server)  # type: ignore[attr-defined]
-    shared = bool(os.environ.get("CROSSROADS_REDIS_URL"))  # limits kept in a shared Redis, not in process memory
+    redis = bool(os.environ.get("CROSSROADS_REDIS_URL"))  # rate-limit counters (and credits) in a shared Redis
+    shared_credits = shared_credit_store(os.environ.get("CROSSROADS_REDIS_URL"), url) is not None
     try:
         migrate(url)
+        credit, rate = asyncio.run(_limited_keys(Store, url))
+        rate_limited = [f"connection {c.name}" for c in config.providers if c.rpm or c.tpm]  # type: ignore[attr-defined]
+        rate_limited += [f"route {r.name}" for r in config.routes if r.rpm or r.tpm]  # type: ignore[attr-defined]
+        if rate:
+            rate_limited.append(f"{rate} API key(s)")
         if workers > 1:
-            credit, rate = asyncio.run(_limited_keys(Store, url))
-            if credit and not shared:
+            if credit and not shared_credits:
                 return (f"{credit} API key(s) have credit limits, which are enforced within one process unless "
-                        f"CROSSROADS_REDIS_URL points at a shared Redis; --workers {workers} would let each worker "
-                        "spend the full limit. Set CROSSROADS_REDIS_URL, run one worker, or remove the limits "
-                        "(crossroads keys list).")
-            if not shared:
-                config_limited = [f"connection {c.name}" for c in config.providers if c.rpm or c.tpm]  # type: ignore[attr-defined]
-                config_limited += [f"route {r.name}" for r in config.routes if r.rpm or r.tpm]  # type: ignore[attr-defined]
-                if rate:
-                    config_limited.append(f"{rate} API key(s)")
-                if config_limited:
-                    return (f"rate limits ({', '.join(config_limited)}) are counted per process unless "
-                            f"CROSSROADS_REDIS_URL points at a shared Redis; --workers {workers} would multiply "
-                            "them. Set CROSSROADS_REDIS_URL or run one worker.")
+                        f"CROSSROADS_REDIS_URL points at a shared Redis (or the database is PostgreSQL); --workers "
+                        f"{workers} would let each worker spend the full limit. Set CROSSROADS_REDIS_URL, run one "
+                        "worker, or remove the limits (crossroads keys list).")
+            if not redis and rate_limited:
+                return (f"rate limits ({', '.join(rate_limited)}) are counted per process unless "
+                        f"CROSSROADS_REDIS_URL points at a shared Redis; --workers {workers} would multiply "
+                        "them. Set CROSSROADS_REDIS_URL or run one worker.")
+        # Whether this instance keeps nothing in its own memory that other instances would need to count with it:
+        # credits in Redis or PostgreSQL, and rate limits in Redis (or none configured).
+        shared = shared_credits and (redis or not rate_limited)
         instance_id, problem = asyncio.run(asyncio.wait_for(_claim_instance(Store, url, workers, shared),
                                                             CLAIM_TIMEOUT))
         if problem:

@@ -163,7 +163,7 @@ def new_key_row(changes: dict[str, Any]) -> tuple[str, KeyRow]:
 async def add_key(gateway: Gateway, changes: dict[str, Any]) -> tuple[str, KeyRow]:
     """Create a key from validated `changes` (the API, the dashboard, OAuth): the plaintext (shown once) and its row,
     stored and already in the key cache."""
-    gateway.check_limit_allowed(changes)
+    await gateway.check_limit_allowed(changes)
     plaintext, row = new_key_row(changes)
     await gateway.store.insert_key(row)
     gateway.keys.put(row)
@@ -172,7 +172,7 @@ async def add_key(gateway: Gateway, changes: dict[str, Any]) -> tuple[str, KeyRo
 
 async def change_key(gateway: Gateway, key_hash: str, changes: dict[str, Any]) -> KeyRow | None:
     """Apply validated `changes` to a key (None when there is no such key); the key cache follows at once."""
-    gateway.check_limit_allowed(changes)
+    await gateway.check_limit_allowed(changes)
     row = await gateway.store.update_key(key_hash, changes)
     if row is not None:
         gateway.keys.put(row)
@@ -194,7 +194,7 @@ async def exchange_auth_code(gateway: Gateway, request: Request) -> None:
     if method is not None and method not in OAUTH_METHODS:
         raise GatewayError(400, "Invalid code_challenge_method: it must be S256 or plain")
     verifier = body.get("code_verifier")
-    grant = gateway.dashboard.grants.redeem(body["code"], verifier if isinstance(verifier, str) else None, method)
+    grant = await gateway.dashboard.grants.redeem(body["code"], verifier if isinstance(verifier, str) else None, method)
     plaintext, _ = await add_key(gateway, {"name": grant.name, "limit": grant.limit})
     await respond_json(request, 200, {"key": plaintext, "user_id": grant.user_id})
 

@@ -37,11 +37,16 @@ from crossroads.errors import GatewayError
 from crossroads.formats.chat import ChatFront
 from crossroads.formats.fronts import CompletionsFront, MessagesFront, ResponsesFront
 from crossroads.gate.auth import Authenticator
-from crossroads.gate.credits import CreditLedger, Reservation, Spend, period_starts
+from crossroads.gate.credits import CreditLedger, Reservation, Spend, period_starts, shared_credit_store
 from crossroads.gate.keys import KeyCache, multiprocess_policy_problem
+from crossroads.gate.pg_credits import PostgresCreditLedger
 from crossroads.gate.ratelimit import Limit, make_limiter
-from crossroads.gate.shared_credits import FleetCredits, RedisCreditLedger, SharedReservation
-from crossroads.instances import InstanceHeartbeat, start_heartbeat
+from crossroads.gate.shared_credits import (
+    FleetCredits,
+    RedisCreditLedger,
+    SharedReservation,
+    )
+from crossroads.instances import INSTANCE_ID_VARIABLE, LIVE_AFTER, InstanceHeartbeat, start_heartbeat
 from crossroads.observability.hub import Observability
 from crossroads.observability.logs import REQUEST_ID
 from crossroads.observability.record import RequestInfo, presented_key_label, request_id_from
@@ -52,6 +57,7 @@ from crossroads.routing.routes import RouteTable
 from crossroads.routing.select import RoutePlan, plan
 from crossroads.store import Store, database_url
 from crossroads.store.rows import RECORD_COST, KeyRow
+from crossroads.store.signins import SignInStore
 
 log = logging.getLogger("crossroads")
 
@@ -88,20 +94,17 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         self.workers = int(os.environ.get("CROSSROADS_WORKERS") or 1)
         self.redis_url = os.environ.get("CROSSROADS_REDIS_URL") or None
-        # Credit limits: in Redis when it is configured (exact across every process of every instance), else in this
-        # process's memory, which holds them only while it is the only process: with several workers, a key with a
-        # limit is refused rather than served beyond it.
+        # Credit limits: in Redis when it is configured, else in PostgreSQL when that is the database (either way exact
+        # across every process of every instance; the ledger is made at start-up), else in this process's memory,
+        # which holds them only while it is the only process: with several workers, a key with a limit is refused
+        # rather than served beyond it.
+        self.credit_store = shared_credit_store(self.redis_url, database_url(config.server))
         self.fleet_credits: FleetCredits | None = None
-        if self.redis_url:
-            self.fleet_credits = FleetCredits(
-                RedisCreditLedger(self.redis_url, lease=config.accounting.reservation_lease),
-                database_spend=self._database_spend, limited=self._limited_keys,
-                reconcile_interval=config.accounting.reconcile_interval)
-        self.ledger = CreditLedger(refuse_limits=None if self.workers == 1 or self.fleet_credits else (
+        self.ledger = CreditLedger(refuse_limits=None if self.workers == 1 or self.credit_store else (
             f"the gateway runs {self.workers} worker processes and each would count alone; its operator must set "
             "CROSSROADS_REDIS_URL (a Redis shared by every process), run one worker, or remove the limit"))
         # Whether other processes spend too (this one's memory then knows only its own share of each key's spend).
-        self.fleet = self.fleet_credits is not None or self.workers > 1
+        self.fleet = self.credit_store is not None or self.workers > 1
         self.route_table = RouteTable.from_config(config)
         breaker = config.routing.breaker
         self.health = HealthBoard(BreakerPolicy(failure_threshold=breaker.failure_threshold,
@@ -185,8 +188,18 @@ class Gateway:
         # A plain function returning the endpoint's coroutine: no extra frame on the request's task.
         return functools.partial(endpoint, self)
 
-    def check_limit_allowed(self, changes: dict[str, Any]) -> None:
-        problem = multiprocess_policy_problem(changes, workers=self.workers, shared_counters=self.redis_url is not None)
+    async def check_limit_allowed(self, changes: dict[str, Any]) -> None:
+        """400 for a key limit that the processes serving this database could not hold together."""
+        if not (changes.get("limit") is not None or changes.get("rpm") or changes.get("tpm")):
+            return
+        processes = self.workers
+        if self.redis_url is None:
+            # Other instances on this database count too (crossroads/instances.py registers every one).
+            others = [row for row in await self.store.live_instances(LIVE_AFTER)
+                      if row.id != os.environ.get(INSTANCE_ID_VARIABLE)]
+            processes += sum(row.workers for row in others)
+        problem = multiprocess_policy_problem(changes, workers=processes, shared_counters=self.redis_url is not None,
+                                              shared_credits=self.credit_store is not None)
         if problem is not None:
             raise GatewayError(400, problem)
 
@@ -266,8 +279,8 @@ class Gateway:
             try:
                 figures.update(await self.fleet_credits.figures(limited))  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - Redis down: the records' figures are the next best
-                log.warning("credit ledger (Redis) unavailable, key spend read from the generation records: %s",
-                            type(exc).__name__)
+                log.warning("credit ledger (%s) unavailable, key spend read from the generation records: %s",
+                            self.fleet_credits.ledger.name, type(exc).__name__)  # type: ignore[union-attr]
         rest = [key.hash for key in keys if key.hash not in figures]
         for key_hash, spend in (await self._database_spend(rest)).items():
             if key_hash is not None:
@@ -422,6 +435,7 @@ class Gateway:
         # This instance's registration (cli.prepare_store) stays live while any of its workers beats.
         self._instance_heartbeat = start_heartbeat(self.store)
         self.keys = KeyCache(self.store)
+        self.dashboard.sessions.db = self.dashboard.grants.db = SignInStore(self.store)
         await self.keys.load()
         self.keys.start()
         self.auth.keys = self.keys
@@ -443,13 +457,21 @@ class Gateway:
             fleet_id = await self.store.claim_meta(FLEET_ID, secrets.randbits(48))
             self.fleet_health = FleetHealth(self.redis_url, self.health, prefix=f"crossroads:health:{fleet_id:x}")
             self.fleet_health.start()
-        if self.fleet_credits is not None:
-            self.fleet_credits.ledger.marker = f"{self.fleet_credits.ledger.prefix}:reconciled:{fleet_id:x}"
+        if self.credit_store is not None:
+            accounting = self.config.accounting
+            if self.credit_store == "redis":
+                ledger: Any = RedisCreditLedger(self.redis_url, lease=accounting.reservation_lease)  # type: ignore[arg-type]
+                ledger.marker = f"{ledger.prefix}:reconciled:{fleet_id:x}"
+            else:
+                ledger = PostgresCreditLedger(self.store, lease=accounting.reservation_lease)
+            self.fleet_credits = FleetCredits(ledger, database_spend=self._database_spend, limited=self._limited_keys,
+                                              reconcile_interval=accounting.reconcile_interval)
             try:
                 await self.fleet_credits.reconcile()
             except Exception as exc:  # noqa: BLE001 - retried before the first reservation and on every tick
-                log.warning("could not reconcile the credit ledger (Redis) with the generation records at start-up: "
-                            "%s: %s; keys with a credit limit are refused until it can be", type(exc).__name__, exc)
+                log.warning("could not reconcile the credit ledger (%s) with the generation records at start-up: "
+                            "%s: %s; keys with a credit limit are refused until it can be", ledger.name,
+                            type(exc).__name__, exc)
             self.fleet_credits.start()
         # Everything loaded so far lives as long as the process: keep it out of every future GC pass.
         gc.freeze()

@@ -94,7 +94,11 @@ class Dashboard:
                 if request.started:
                     raise
                 headers = [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
-                await self._page(request, "error.html", self._session(request), status=error.status,
+                try:
+                    session = await self._session(request)
+                except Exception:  # noqa: BLE001 - e.g. the database is what failed: the page goes without
+                    session = None
+                await self._page(request, "error.html", session, status=error.status,
                                  headers=headers, message=error.message)
         return handler_with_error_page
 
@@ -135,19 +139,19 @@ class Dashboard:
                 return value
         return None
 
-    def _session(self, request: Request) -> Session | None:
-        session = self.sessions.get(self._token(request))
+    async def _session(self, request: Request) -> Session | None:
+        session = await self.sessions.get(self._token(request))
         if session is not None and session.key_hash is not None:
             # A management key that was disabled, deleted or has expired ends its sessions at the next request.
             row = self.gateway.keys.get(session.key_hash)
             if row is None or row.disabled or is_expired(row):
-                self.sessions.end_for_key(session.key_hash)
+                await self.sessions.end_for_key(session.key_hash)
                 return None
         return session
 
     async def _signed_in(self, request: Request) -> Session | None:
         """The session, or None after redirecting to the sign-in page (which comes back here afterwards)."""
-        session = self._session(request)
+        session = await self._session(request)
         if session is None:
             here = request.path
             query = request.scope.get("query_string", b"").decode("latin-1")
@@ -180,7 +184,7 @@ class Dashboard:
     # -- sign-in ---------------------------------------------------------------------------------------------------
     async def sign_in_page(self, request: Request) -> None:
         next_page = _local_path(request.query().get("next"))
-        if self._session(request) is not None:
+        if await self._session(request) is not None:
             await self._redirect(request, next_page)
             return
         await self._page(request, "signin.html", None, error=None, next_page=next_page)
@@ -194,12 +198,6 @@ class Dashboard:
             await self._page(request, "signin.html", None, status=429, next_page=next_page,
                              headers=[(b"retry-after", str(math.ceil(wait)).encode())],
                              error=f"Too many failed sign-ins from this address; try again in {math.ceil(wait)} s.")
-            return
-        if self.gateway.workers > 1:
-            await self._page(request, "signin.html", None, status=503, next_page=next_page,
-                             error="The dashboard keeps its sessions in one process; this gateway runs "
-                                   f"{self.gateway.workers} worker processes. Run it with --workers 1 to use the "
-                                   "dashboard.")
             return
         key = fields.get("key", "").strip()
         try:
@@ -217,13 +215,13 @@ class Dashboard:
                              else "This is not a management key: only the master key or a management key can sign in.")
             return
         self.throttle.succeeded(address)
-        token, _ = self.sessions.create(principal.kind, principal.key_hash)
+        token, _ = await self.sessions.create(principal.kind, principal.key_hash)
         await self._redirect(request, next_page, [self._cookie(request, token)])
 
     async def sign_out(self, request: Request) -> None:
-        session = self._session(request)
+        session = await self._session(request)
         self._form(request, session)
-        self.sessions.end(self._token(request))
+        await self.sessions.end(self._token(request))
         await self._redirect(request, "/signin", [self._cookie(request, "", max_age=0)])
 
     # -- pages -----------------------------------------------------------------------------------------------------
@@ -318,7 +316,7 @@ class Dashboard:
     async def keys_page(self, request: Request) -> None:
         if (session := await self._signed_in(request)) is None:
             return
-        new_key, session.flash_key = session.flash_key, None  # shown once, then gone from memory
+        new_key = await self.sessions.take_flash(self._token(request) or "", session)  # shown once, then gone
         await self._keys(request, session, new_key=new_key, error=None)
 
     async def _keys(self, request: Request, session: Session, *, new_key: str | None, error: str | None,
@@ -342,7 +340,7 @@ class Dashboard:
         except GatewayError as error:
             await self._keys(request, session, new_key=None, error=error.message, status=400)
             return
-        session.flash_key = plaintext
+        await self.sessions.set_flash(self._token(request) or "", session, plaintext)
         await self._redirect(request, "/keys")
 
     async def update_key(self, request: Request) -> None:
@@ -353,7 +351,7 @@ class Dashboard:
         if action == "delete":
             if await self.gateway.store.delete_key(key_hash):
                 self.gateway.keys.drop(key_hash)
-                self.sessions.end_for_key(key_hash)
+                await self.sessions.end_for_key(key_hash)
         elif action == "edit":
             current = self.gateway.keys.get(key_hash)
             try:
@@ -369,7 +367,7 @@ class Dashboard:
         elif action in ("disable", "enable"):
             row = await change_key(self.gateway, key_hash, {"disabled": action == "disable"})
             if row is not None and row.disabled:
-                self.sessions.end_for_key(key_hash)
+                await self.sessions.end_for_key(key_hash)
         else:
             raise GatewayError(400, "Unknown key action")
         await self._redirect(request, "/keys")
@@ -542,9 +540,9 @@ class Dashboard:
                              challenge=challenge or "", method=method or "",
                              error="The credit limit must be a non-negative number of USD")
             return
-        self.gateway.check_limit_allowed({"limit": limit})
+        await self.gateway.check_limit_allowed({"limit": limit})
         user_id = "master" if session.key_hash is None else f"key-{session.key_hash[:16]}"
-        code = self.grants.issue(name=host, limit=limit, user_id=user_id, challenge=challenge, method=method)
+        code = await self.grants.issue(name=host, limit=limit, user_id=user_id, challenge=challenge, method=method)
         await self._redirect(request, _with_query(callback, {"code": code}))
 
 

@@ -1,8 +1,8 @@
 """Dashboard sign-in state: server-side sessions and a throttle on failed sign-ins.
 
-Both live in the memory of one gateway process (the unit of the guarantee: one process). A gateway that runs several
-worker processes would sign a user in on one worker and forget them on the next, so the dashboard refuses to sign
-in there (see Dashboard.sign_in) rather than behave at random.
+Sessions live in the database (store/signins.py), so every worker of every instance knows them: the unit of a session
+is the fleet. The throttle on failed sign-ins is per process (each of N processes allows FAILED_SIGN_INS per address
+per window, so a fleet allows at most N times that): it slows guessing down, the key space (256 bits) is what stops it.
 """
 
 from __future__ import annotations
@@ -10,67 +10,76 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from crossroads.store.signins import SessionRow, SignInStore, seal, unseal
 
 IDLE_TIMEOUT = 30 * 60.0  # seconds without a request after which a session ends
+TOUCH_EVERY = 60.0  # seconds between two writes of a session's last request (idle time is known to within this)
 FAILED_SIGN_INS = 5  # failed attempts per client address ...
 FAILED_WINDOW = 60.0  # ... within this many seconds, then sign-in is refused until the window has passed
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
+    id: str  # the SHA-256 of the cookie's token
     kind: str  # "master" | "key"
     key_hash: str | None  # the management key that signed in (None for the master key)
-    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    last_seen: float = field(default_factory=time.monotonic)
-    flash_key: str | None = None  # a key created in this session, shown once on the next page then forgotten
+    csrf: str
 
 
 class SessionStore:
-    """Sessions by the SHA-256 of their cookie token: the token itself is never kept."""
+    """Sessions by the SHA-256 of their cookie token: the token itself is never kept. `db` is set at start-up."""
 
     def __init__(self, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.idle_timeout = idle_timeout
-        self._sessions: dict[str, Session] = {}
+        self.db: SignInStore = None  # type: ignore[assignment]
 
     @staticmethod
     def _id(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
 
-    def create(self, kind: str, key_hash: str | None) -> tuple[str, Session]:
-        self._sweep()
+    async def create(self, kind: str, key_hash: str | None) -> tuple[str, Session]:
+        now = datetime.now(UTC)
+        await self.db.end_idle_sessions(now - timedelta(seconds=self.idle_timeout))
         token = secrets.token_urlsafe(32)
-        session = Session(kind, key_hash)
-        self._sessions[self._id(token)] = session
+        session = Session(self._id(token), kind, key_hash, secrets.token_urlsafe(32))
+        await self.db.add_session(SessionRow(session.id, kind, key_hash, session.csrf, now, None))
         return token, session
 
-    def get(self, token: str | None) -> Session | None:
+    async def get(self, token: str | None) -> Session | None:
         if not token:
             return None
         session_id = self._id(token)
-        session = self._sessions.get(session_id)
-        if session is None:
+        row = await self.db.session(session_id)
+        if row is None:
             return None
-        now = time.monotonic()
-        if now - session.last_seen > self.idle_timeout:
-            del self._sessions[session_id]
+        now = datetime.now(UTC)
+        idle = (now - row.last_seen).total_seconds()
+        if idle > self.idle_timeout:
+            await self.db.end_session(session_id)
             return None
-        session.last_seen = now
-        return session
+        if idle > TOUCH_EVERY:
+            await self.db.touch_session(session_id, now)
+        return Session(session_id, row.kind, row.key_hash, row.csrf)
 
-    def end(self, token: str | None) -> None:
+    async def end(self, token: str | None) -> None:
         if token:
-            self._sessions.pop(self._id(token), None)
+            await self.db.end_session(self._id(token))
 
-    def end_for_key(self, key_hash: str) -> None:
+    async def end_for_key(self, key_hash: str) -> None:
         """Sign out every session of a key that was disabled or deleted."""
-        for session_id in [i for i, s in self._sessions.items() if s.key_hash == key_hash]:
-            del self._sessions[session_id]
+        await self.db.end_sessions_of_key(key_hash)
 
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        for session_id in [i for i, s in self._sessions.items() if now - s.last_seen > self.idle_timeout]:
-            del self._sessions[session_id]
+    async def set_flash(self, token: str, session: Session, secret: str) -> None:
+        """Keep `secret` (a key just created) for the session's next page, sealed for its token."""
+        await self.db.set_flash(session.id, seal(token, secret))
+
+    async def take_flash(self, token: str, session: Session) -> str | None:
+        """The secret kept by `set_flash`, once."""
+        sealed = await self.db.take_flash(session.id)
+        return unseal(token, sealed) if sealed is not None else None
 
 
 class SignInThrottle:

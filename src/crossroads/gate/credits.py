@@ -156,6 +156,16 @@ class CreditLedger:
         entry.monthly += cost
 
 
+def shared_credit_store(redis_url: str | None, database_url: str) -> str | None:
+    """Where credit limits are held for every process: "redis" when CROSSROADS_REDIS_URL is set, else "postgresql"
+    when the database is PostgreSQL, else None (each process's memory: one process only)."""
+    if redis_url:
+        return "redis"
+    if database_url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+        return "postgresql"
+    return None
+
+
 def insufficient_credit(limit: float, left: float, amount: float, prompt_cost: float,
                         completion_price: float) -> GatewayError:
     """The 402 of a reservation that does not fit, saying how many max_tokens would."""

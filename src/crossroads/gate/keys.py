@@ -107,16 +107,19 @@ SERVE_WORKERS = "serve_workers"
 SERVE_SHARED_COUNTERS = "serve_shared_counters"
 
 
-def multiprocess_policy_problem(changes: dict, *, workers: int, shared_counters: bool) -> str | None:
-    """Why a key change cannot hold while the gateway runs `workers` processes, or None. `shared_counters`: the
-    gateway keeps its limits in a shared store (CROSSROADS_REDIS_URL: the rate-limit counters and the credit ledger
-    live in Redis), so any number of workers holds them. Without it credit and rate limits are kept per process and
-    need a single worker."""
-    if workers > 1 and not shared_counters and changes.get("limit") is not None:
-        return (f"Credit limits are enforced in one process unless CROSSROADS_REDIS_URL points at a shared Redis; "
-                f"this gateway runs {workers} workers. Set CROSSROADS_REDIS_URL or run a single worker to use key "
-                "limits.")
+def multiprocess_policy_problem(changes: dict, *, workers: int, shared_counters: bool,
+                                shared_credits: bool | None = None) -> str | None:
+    """Why a key change cannot hold while the gateway runs `workers` processes (every worker of every instance), or
+    None. `shared_counters`: rate-limit counters live in Redis (CROSSROADS_REDIS_URL). `shared_credits`: credit
+    limits live in a shared ledger (Redis, or PostgreSQL without it; default: as `shared_counters`). What is not
+    shared is kept per process and needs a single one."""
+    if shared_credits is None:
+        shared_credits = shared_counters
+    if workers > 1 and not shared_credits and changes.get("limit") is not None:
+        return (f"Credit limits are enforced in one process unless CROSSROADS_REDIS_URL points at a shared Redis (or "
+                f"the database is PostgreSQL); {workers} worker processes (--workers, over every instance) serve "
+                "this database. Set CROSSROADS_REDIS_URL or run a single worker to use key limits.")
     if workers > 1 and not shared_counters and (changes.get("rpm") or changes.get("tpm")):
-        return (f"Rate limits need CROSSROADS_REDIS_URL when the gateway runs {workers} workers (each would otherwise "
-                "count alone).")
+        return (f"Rate limits need CROSSROADS_REDIS_URL when {workers} worker processes serve this database (each "
+                "would otherwise count alone).")
     return None

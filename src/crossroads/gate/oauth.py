@@ -1,8 +1,8 @@
 """OpenRouter's OAuth PKCE flow: a signed-in user approves an app, the app trades the code for a new API key.
 
-Approved grants wait in the memory of the gateway process (the unit of the guarantee: one process, like the
-dashboard's sessions, which refuse several workers). A grant holds the key's settings, not a key: the key is made
-when the code is redeemed, so an abandoned grant leaves nothing behind.
+Approved grants wait in the database, so a code approved through one process is redeemed through any other of any
+instance (each is taken in one statement: a code is redeemed once). A grant holds the key's settings, not a key: the
+key is made when the code is redeemed, so an abandoned grant leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -12,27 +12,17 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
-from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from crossroads.errors import GatewayError
+from crossroads.store.signins import GrantRow, SignInStore
 
 CODE_LIFETIME = 600.0  # seconds a code may wait to be redeemed
 METHODS = ("S256", "plain")
 MAX_PENDING = 10_000
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
-
-
-@dataclass(slots=True)
-class Grant:
-    name: str  # the key's name: the callback's host
-    limit: float | None
-    user_id: str  # who approved it
-    challenge: str | None
-    method: str | None
-    expires: float
 
 
 def callback_problem(url: str, allowed_origins: list[str]) -> str | None:
@@ -76,31 +66,32 @@ def s256(verifier: str) -> str:
 
 
 class PendingGrants:
+    """Approved grants waiting for their code, in the database (store/signins.py) so that any process of any instance
+    can redeem a code another approved. `db` is set at start-up."""
+
     def __init__(self) -> None:
-        self._grants: dict[str, Grant] = {}  # by the SHA-256 of the code: the code itself is never kept
+        self.db: SignInStore = None  # type: ignore[assignment]
 
     @staticmethod
     def _id(code: str) -> str:
-        return hashlib.sha256(code.encode()).hexdigest()
+        return hashlib.sha256(code.encode()).hexdigest()  # the code itself is never kept
 
-    def issue(self, *, name: str, limit: float | None, user_id: str, challenge: str | None,
-              method: str | None) -> str:
-        now = time.monotonic()
-        for grant_id in [i for i, g in self._grants.items() if g.expires <= now]:
-            del self._grants[grant_id]
-        if len(self._grants) >= MAX_PENDING:
-            raise GatewayError(503, "Too many pending authorisations; try again in a few minutes")
+    async def issue(self, *, name: str, limit: float | None, user_id: str, challenge: str | None,
+                    method: str | None) -> str:
         code = secrets.token_urlsafe(32)
         if challenge is not None and method is None:
             method = "plain"  # RFC 7636: a challenge without a method is plain
-        self._grants[self._id(code)] = Grant(name, limit, user_id, challenge, method, now + CODE_LIFETIME)
+        expires = datetime.now(UTC) + timedelta(seconds=CODE_LIFETIME)
+        if not await self.db.add_grant(GrantRow(self._id(code), name, limit, user_id, challenge, method, expires),
+                                       max_pending=MAX_PENDING):
+            raise GatewayError(503, "Too many pending authorisations; try again in a few minutes")
         return code
 
-    def redeem(self, code: str, verifier: str | None, method: str | None) -> Grant:
+    async def redeem(self, code: str, verifier: str | None, method: str | None) -> GrantRow:
         """The grant for `code`, used up whatever the outcome (no second try at a verifier); OpenRouter's statuses:
         400 for a method that is not the one of step 1, 403 for an unknown, used, expired or unverified code."""
-        grant = self._grants.pop(self._id(code), None)
-        if grant is None or grant.expires <= time.monotonic():
+        grant = await self.db.take_grant(self._id(code))
+        if grant is None or grant.expires <= datetime.now(UTC):
             raise GatewayError(403, "Invalid code or code_verifier: the code is unknown, used or expired")
         if grant.challenge is None:
             return grant

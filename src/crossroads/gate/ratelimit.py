@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from crossroads.gate.redis_client import redis_client
+
 RESOURCE_EXHAUSTED = "resource_exhausted"
 PRIORITIZATION_GATE_DENIED = "prioritization_gate_denied"
 DEFAULT_PRIORITY_SHARES: dict[str, float] = {"high": 1.0, "normal": 0.9, "low": 0.7}
@@ -277,12 +279,10 @@ class RedisLimiter:
 
     def __init__(self, url: str, *, priority_shares: Mapping[str, float] | None = None,
                  window: float = WINDOW_SECONDS, prefix: str = "crossroads:rl") -> None:
-        import redis.asyncio as aioredis  # imported here so the memory-only setup never needs the client
-
         self._shares = _shares(priority_shares)
         self._window_ms = max(1, round(window * 1000))
         self._prefix = prefix
-        self._redis: Any = aioredis.Redis.from_url(url)
+        self._redis: Any = redis_client(url)
         # register_script runs EVALSHA and loads the script on the server's first NOSCRIPT.
         self._acquire_script = self._redis.register_script(_ACQUIRE_LUA)
         self._adjust_script = self._redis.register_script(_ADJUST_LUA)

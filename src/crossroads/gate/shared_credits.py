@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 from crossroads.errors import GatewayError
 from crossroads.gate.credits import PERIODS, Spend, insufficient_credit, period_starts
+from crossroads.gate.redis_client import redis_client
 from crossroads.observability.logs import OncePer
-from crossroads.observability.metrics import count_redis_error
+from crossroads.observability.metrics import count_redis_error, count_store_error
 
 if TYPE_CHECKING:
     from crossroads.store.rows import KeyRow
@@ -52,19 +53,41 @@ _log = logging.getLogger("crossroads")
 # Seconds a period's spend key outlives its period (then it expires by itself).
 _PERIOD_TTL = {"daily": 2 * 86400, "weekly": 8 * 86400, "monthly": 32 * 86400}
 
-# KEYS: [1] the spend key the limit applies to (total or the current period's), [2] res, [3] amt, [4] the
+# Open reservations of a key are a sorted set (`res`: id -> lease end), their amounts a hash (`amt`) and their sum a
+# float (`rsum`), so that a reservation costs O(log n) whatever the number of requests of that key in flight. Each
+# script that drops a reservation subtracts its amount from `rsum`; an empty `res` resets `rsum` to 0 (float drift).
+_DROP_EXPIRED_LUA = """
+local function drop_expired(res, amt, rsum, now)
+  local expired = redis.call('ZRANGEBYSCORE', res, '-inf', now)
+  if #expired == 0 then return end
+  local gone = 0
+  for _, id in ipairs(expired) do
+    local amount = redis.call('HGET', amt, id)
+    if amount then gone = gone + tonumber(amount) end
+    redis.call('HDEL', amt, id)
+  end
+  redis.call('ZREMRANGEBYSCORE', res, '-inf', now)
+  redis.call('INCRBYFLOAT', rsum, tostring(-gone))
+end
+local function reserved_now(res, rsum)
+  if redis.call('ZCARD', res) == 0 then
+    redis.call('DEL', rsum)
+    return 0
+  end
+  return math.max(0, tonumber(redis.call('GET', rsum) or '0'))
+end
+"""
+
+# KEYS: [1] the spend key the limit applies to (total or the current period's), [2] res, [3] amt, [4] rsum, [5] the
 # reconciled marker. ARGV: [1] lease ms, [2] limit, [3] amount, [4] reservation id.
 # Returns {1, left_after} when reserved, {0, left} when refused, {-1, "0"} when the figures need reconciling first
 # (numbers as strings: Lua floats would be truncated).
-_RESERVE_LUA = """
-if redis.call('EXISTS', KEYS[4]) == 0 then return {-1, '0'} end
+_RESERVE_LUA = _DROP_EXPIRED_LUA + """
+if redis.call('EXISTS', KEYS[5]) == 0 then return {-1, '0'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-for _, id in ipairs(expired) do redis.call('HDEL', KEYS[3], id) end
-if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
-local reserved = 0
-for _, value in ipairs(redis.call('HVALS', KEYS[3])) do reserved = reserved + tonumber(value) end
+drop_expired(KEYS[2], KEYS[3], KEYS[4], now)
+local reserved = reserved_now(KEYS[2], KEYS[4])
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local left = tonumber(ARGV[2]) - used - reserved
 local amount = tonumber(ARGV[3])
@@ -72,16 +95,19 @@ if amount > left then return {0, tostring(left)} end
 local lease = tonumber(ARGV[1])
 redis.call('ZADD', KEYS[2], now + lease, ARGV[4])
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], 2 * lease)
-redis.call('PEXPIRE', KEYS[3], 2 * lease)
+redis.call('INCRBYFLOAT', KEYS[4], ARGV[3])
+for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], 2 * lease) end
 return {1, tostring(left - amount)}
 """
 
-# KEYS: [1] total, [2] day, [3] week, [4] month, [5] res, [6] amt. ARGV: [1] reservation id, [2] cost,
+# KEYS: [1] total, [2] day, [3] week, [4] month, [5] res, [6] amt, [7] rsum. ARGV: [1] reservation id, [2] cost,
 # [3..5] the day, week and month keys' lifetimes in seconds.
 _SETTLE_LUA = """
-redis.call('ZREM', KEYS[5], ARGV[1])
-redis.call('HDEL', KEYS[6], ARGV[1])
+if redis.call('ZREM', KEYS[5], ARGV[1]) == 1 then
+  local amount = redis.call('HGET', KEYS[6], ARGV[1])
+  redis.call('HDEL', KEYS[6], ARGV[1])
+  if amount then redis.call('INCRBYFLOAT', KEYS[7], '-' .. amount) end
+end
 if tonumber(ARGV[2]) > 0 then
   redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
   for i = 2, 4 do
@@ -92,23 +118,32 @@ end
 return 1
 """
 
-# KEYS: [1] res, [2] amt. ARGV: [1] lease ms, [2..] reservation ids. Moves the lease end of each reservation still
-# open (ZADD XX: one settled or expired meanwhile is not brought back).
+# KEYS: [1] res, [2] amt, [3] rsum. ARGV: [1] lease ms, [2..] reservation ids. Moves the lease end of each
+# reservation still open (ZADD XX: one settled or expired meanwhile is not brought back).
 _RENEW_LUA = """
 local t = redis.call('TIME')
 local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', until_ms, ARGV[i]) end
-redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[1]))
-redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[1]))
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], 2 * tonumber(ARGV[1])) end
 return 1
 """
 
-# KEYS: [1] total, [2] day, [3] week, [4] month. ARGV: [1..4] the database's figures, [5..7] the period lifetimes.
+# KEYS: [1] res, [2] amt, [3] rsum. Returns the sum of the key's live reservations (dropping expired ones first).
+_RESERVED_LUA = _DROP_EXPIRED_LUA + """
+local t = redis.call('TIME')
+drop_expired(KEYS[1], KEYS[2], KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+return tostring(reserved_now(KEYS[1], KEYS[3]))
+"""
+
+# KEYS: [1] total, [2] day, [3] week, [4] month. ARGV: [1..4] the database's figures ("" leaves that figure as it
+# is), [5..7] the period lifetimes.
 _RECONCILE_LUA = """
 for i = 1, 4 do
-  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tonumber(ARGV[i]) > current then redis.call('SET', KEYS[i], ARGV[i]) end
-  if i > 1 then redis.call('EXPIRE', KEYS[i], ARGV[i + 3]) end
+  if ARGV[i] ~= '' then
+    local current = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if tonumber(ARGV[i]) > current then redis.call('SET', KEYS[i], ARGV[i]) end
+    if i > 1 then redis.call('EXPIRE', KEYS[i], ARGV[i + 3]) end
+  end
 end
 return 1
 """
@@ -137,19 +172,20 @@ class RedisCreditLedger:
     """Exact across every process sharing one Redis (standalone or primary). Redis errors propagate: the caller
     refuses the request (fail closed) rather than serve a limited key it cannot count."""
 
+    name = "Redis"  # what logs and errors call the ledger's store
+
     def __init__(self, url: str, *, lease: float, prefix: str = "crossroads:credit",
                  clock: Any = None) -> None:
-        import redis.asyncio as aioredis  # imported here so the memory-only setup never needs the client
-
         self.lease = lease
         self.lease_ms = max(1, round(lease * 1000))
         self.prefix = prefix
         self.marker = f"{prefix}:reconciled"
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._redis: Any = aioredis.Redis.from_url(url)
+        self._redis: Any = redis_client(url)
         self._reserve = self._redis.register_script(_RESERVE_LUA)
         self._settle = self._redis.register_script(_SETTLE_LUA)
         self._renew = self._redis.register_script(_RENEW_LUA)
+        self._reserved = self._redis.register_script(_RESERVED_LUA)
         self._reconcile = self._redis.register_script(_RECONCILE_LUA)
         # The reservations this process holds and has not settled: key hash -> reservation ids (for `renew`).
         self.open: dict[str, set[str]] = {}
@@ -159,7 +195,7 @@ class RedisCreditLedger:
         periods = period_names(self._clock())
         return {"total": f"{base}:t", "daily": f"{base}:d:{periods['daily']}",
                 "weekly": f"{base}:w:{periods['weekly']}", "monthly": f"{base}:m:{periods['monthly']}",
-                "res": f"{base}:res", "amt": f"{base}:amt"}
+                "res": f"{base}:res", "amt": f"{base}:amt", "rsum": f"{base}:rsum"}
 
     async def reserve(self, key: KeyRow | None, amount: float, *, prompt_cost: float,
                       completion_price: float) -> SharedReservation:
@@ -170,7 +206,8 @@ class RedisCreditLedger:
         keys = self._keys(key.hash)
         spend_key = keys[key.limit_reset] if key.limit_reset in PERIODS else keys["total"]
         reservation_id = secrets.token_hex(8)
-        admitted, left_text = await self._reserve(keys=[spend_key, keys["res"], keys["amt"], self.marker],
+        admitted, left_text = await self._reserve(keys=[spend_key, keys["res"], keys["amt"], keys["rsum"],
+                                                        self.marker],
                                                   args=[self.lease_ms, repr(float(key.limit)), repr(float(amount)),
                                                         reservation_id])
         admitted = int(admitted)
@@ -197,7 +234,7 @@ class RedisCreditLedger:
                 del self.open[reservation.key_hash]
         keys = self._keys(reservation.key_hash)
         await self._settle(keys=[keys["total"], keys["daily"], keys["weekly"], keys["monthly"], keys["res"],
-                                 keys["amt"]],
+                                 keys["amt"], keys["rsum"]],
                            args=[reservation.id or "-", repr(float(cost)), *(_PERIOD_TTL[p] for p in PERIODS)])
 
     async def renew(self) -> int:
@@ -208,7 +245,8 @@ class RedisCreditLedger:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key_hash, ids in list(self.open.items()):
                 keys = self._keys(key_hash)
-                await self._renew(keys=[keys["res"], keys["amt"]], args=[self.lease_ms, *ids], client=pipe)
+                await self._renew(keys=[keys["res"], keys["amt"], keys["rsum"]], args=[self.lease_ms, *ids],
+                                  client=pipe)
                 count += len(ids)
             await pipe.execute()
         return count
@@ -223,14 +261,14 @@ class RedisCreditLedger:
             for key_hash in key_hashes:
                 keys = self._keys(key_hash)
                 pipe.mget(keys["total"], keys["daily"], keys["weekly"], keys["monthly"])
-                pipe.hvals(keys["amt"])
+                await self._reserved(keys=[keys["res"], keys["amt"], keys["rsum"]], client=pipe)
             replies = await pipe.execute()
         figures: dict[str, Spend] = {}
         for index, key_hash in enumerate(key_hashes):
-            values, amounts = replies[2 * index], replies[2 * index + 1]
+            values, reserved = replies[2 * index], replies[2 * index + 1]
             total, daily, weekly, monthly = (float(v) if v is not None else 0.0 for v in values)
             figures[key_hash] = Spend(total=total, daily=daily, weekly=weekly, monthly=monthly,
-                                      reserved=sum(float(a) for a in amounts))
+                                      reserved=float(reserved))
         return figures
 
     async def reconcile(self, spend_by_key: dict[str | None, dict[str, float]], *, complete: bool = True) -> None:
@@ -243,11 +281,15 @@ class RedisCreditLedger:
                 keys = self._keys(key_hash)
                 await self._reconcile(
                     keys=[keys["total"], keys["daily"], keys["weekly"], keys["monthly"]],
-                    args=[repr(float(figures.get(name, 0.0))) for name in ("total", *PERIODS)]
+                    args=[repr(float(figures[name])) if name in figures else "" for name in ("total", *PERIODS)]
                     + [_PERIOD_TTL[p] for p in PERIODS], client=pipe)
             if complete:
                 pipe.set(self.marker, 1)
             await pipe.execute()
+
+    async def claim_reconcile(self, interval: float) -> bool:
+        """Whether this process is the one of the fleet to run this interval's periodic reconciliation."""
+        return bool(await self._redis.set(f"{self.marker}:periodic", 1, nx=True, px=max(1, round(interval * 1000))))
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -258,13 +300,15 @@ class RedisCreditLedger:
 
 
 class FleetCredits:
-    """The gateway's use of the shared ledger: reservations that fail closed, settlements off the request path,
-    lease renewal and reconciliation with the generation records, in one background task per process.
+    """The gateway's use of a shared ledger (Redis, or PostgreSQL's `PostgresCreditLedger` of gate/pg_credits.py
+    without Redis): reservations that fail closed, settlements off the request path, lease renewal (and release of
+    expired leases where the ledger needs a sweep) and reconciliation with the generation records, in one background
+    task per process.
 
     `database_spend(key_hashes)` returns the records' figures of those keys ({"total", "daily", ...}); `limited()`
-    the hashes of the keys that have a credit limit (the only ones Redis holds)."""
+    the hashes of the keys that have a credit limit (the only ones a shared ledger holds)."""
 
-    def __init__(self, ledger: RedisCreditLedger, *, database_spend: Callable[[list[str]], Awaitable[dict]],
+    def __init__(self, ledger: Any, *, database_spend: Callable[[list[str]], Awaitable[dict]],
                  limited: Callable[[], list[str]], reconcile_interval: float) -> None:
         self.ledger = ledger
         self._database_spend = database_spend
@@ -277,10 +321,13 @@ class FleetCredits:
         self._settling: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._down = OncePer(_log)
+        self._sweep = getattr(ledger, "sweep", None)
+        self._count_error = count_redis_error if ledger.name == "Redis" else count_store_error
 
     async def reserve(self, key: KeyRow, amount: float, *, prompt_cost: float,
                       completion_price: float) -> SharedReservation:
-        """Reserve in Redis; 402 when the key's limit has no room, 503 when Redis cannot be reached (fail closed)."""
+        """Reserve in the shared ledger; 402 when the key's limit has no room, 503 when the ledger cannot be reached
+        (fail closed)."""
         try:
             if key.hash not in self._known:
                 # A key this process has not reconciled yet (its limit was just set: Redis has none of its past
@@ -296,9 +343,9 @@ class FleetCredits:
         except GatewayError:
             raise
         except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; all mean "cannot count"
-            count_redis_error()
-            self._down.warning("credit ledger (Redis) unavailable, requests of keys with a credit limit refused with "
-                               "503: %s", type(exc).__name__)
+            self._count_error()
+            self._down.warning("credit ledger (%s) unavailable, requests of keys with a credit limit refused with "
+                               "503: %s", self.ledger.name, type(exc).__name__)
             raise GatewayError(503, "This key's credit limit cannot be checked right now (the shared credit ledger "
                                     "is unavailable); retry shortly",
                                metadata={"code": "credit_ledger_unavailable"}, headers={"Retry-After": "1"}) from None
@@ -315,11 +362,11 @@ class FleetCredits:
             await self.ledger.settle(reservation, cost)
         except Exception as exc:  # noqa: BLE001
             # The lease releases the reservation; the cost comes back from the records at the next reconciliation.
-            count_redis_error()
+            self._count_error()
             self.reconcile_due = True
-            self._down.warning("could not settle a reservation in the credit ledger (Redis): %s; the key's spend is "
-                               "corrected from the generation records within %.0f s", type(exc).__name__,
-                               self.reconcile_interval)
+            self._down.warning("could not settle a reservation in the credit ledger (%s): %s; the key's spend is "
+                               "corrected from the generation records within %.0f s", self.ledger.name,
+                               type(exc).__name__, self.reconcile_interval)
 
     async def reconcile(self, key_hashes: list[str] | None = None) -> None:
         """Raise Redis' figures of every limited key (or of `key_hashes`) to the generation records' (one query, one
@@ -350,8 +397,16 @@ class FleetCredits:
                 if now - renewed >= self.ledger.lease / 3:
                     renewed = now
                     await self.ledger.renew()
-                if self.reconcile_due or now - self._last_reconcile >= self.reconcile_interval:
+                    if self._sweep is not None:  # a ledger whose expired leases are released by its users
+                        await self._sweep()
+                if self.reconcile_due:  # after a failure in this process
                     await self.reconcile()
+                elif now - self._last_reconcile >= self.reconcile_interval:
+                    # One process of the fleet per interval runs the periodic reconciliation (a query over every
+                    # record of the limited keys); the others skip it.
+                    self._last_reconcile = now
+                    if await self.ledger.claim_reconcile(self.reconcile_interval):
+                        await self.reconcile()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a database or Redis outage: try again on the next tick

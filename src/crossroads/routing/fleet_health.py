@@ -23,6 +23,7 @@ import socket
 import time
 from typing import Any
 
+from crossroads.gate.redis_client import redis_client
 from crossroads.observability.logs import OncePer
 from crossroads.routing.health import HealthBoard
 
@@ -50,13 +51,11 @@ def process_id() -> str:
 class FleetHealth:
     def __init__(self, url: str, board: HealthBoard, *, prefix: str = "crossroads:health",
                  interval: float = PUBLISH_INTERVAL) -> None:
-        import redis.asyncio as aioredis  # imported here so the memory-only setup never needs the client
-
         self.board = board
         self.prefix = prefix
         self.interval = interval
         self.me = process_id()
-        self._redis: Any = aioredis.Redis.from_url(url)
+        self._redis: Any = redis_client(url)
         self._publish = self._redis.register_script(_PUBLISH_LUA)
         self._task: asyncio.Task[None] | None = None
         self._read_at = -READ_CACHE

@@ -108,6 +108,31 @@ meta = sa.Table(
     sa.Column("value", sa.BigInteger, nullable=False),
 )
 
+# Dashboard sign-ins and OAuth PKCE grants (store/signins.py), shared by every process: found by the SHA-256 of
+# their secret, never the secret itself.
+dashboard_sessions = sa.Table(
+    "dashboard_sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=True, index=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+    sa.Column("flash", sa.Text, nullable=True),  # a key made in this session, sealed for the session's token
+)
+
+oauth_grants = sa.Table(
+    "oauth_grants",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("limit", sa.Float, nullable=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("challenge", sa.Text, nullable=True),
+    sa.Column("method", sa.String(8), nullable=True),
+    sa.Column("expires", UTCDateTime, nullable=False),
+)
+
 # Running `crossroads serve` instances (crossroads/instances.py): each registers itself and its workers heartbeat; a
 # second live instance on the same database without a shared store (Redis) is refused at start. Timestamps are written
 # and compared by the database's clock, so the hosts' clocks need not agree.
@@ -122,4 +147,31 @@ instances = sa.Table(
     sa.Column("shared", sa.Boolean, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+# The credit-limit ledger on PostgreSQL without Redis (gate/pg_credits.py): per limited key its spend (total and of the
+# period each `day` / `week` / `month` names: "YYYY-MM-DD", Monday's date, "YYYY-MM", UTC) and what its open
+# reservations hold; each open reservation until its lease (the database's clock) ends.
+credit_accounts = sa.Table(
+    "credit_accounts",
+    metadata,
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("spent_total", sa.Float, nullable=False, server_default=sa.text("0")),
+    sa.Column("day", sa.Text, nullable=False, server_default=""),
+    sa.Column("spent_day", sa.Float, nullable=False, server_default=sa.text("0")),
+    sa.Column("week", sa.Text, nullable=False, server_default=""),
+    sa.Column("spent_week", sa.Float, nullable=False, server_default=sa.text("0")),
+    sa.Column("month", sa.Text, nullable=False, server_default=""),
+    sa.Column("spent_month", sa.Float, nullable=False, server_default=sa.text("0")),
+    sa.Column("reserved", sa.Float, nullable=False, server_default=sa.text("0")),
+)
+
+credit_reservations = sa.Table(
+    "credit_reservations",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("amount", sa.Float, nullable=False),
+    sa.Column("lease_until", UTCDateTime, nullable=False),
+    sa.Index("ix_credit_reservations_key_hash", "key_hash"),
 )
