@@ -198,3 +198,28 @@ async def test_a_redis_that_lost_its_data_asks_for_reconciling_first(prefix) -> 
         assert figures["unknown"].total == 0.0 and figures[k.hash].total == 0.0
     finally:
         await book.close()
+
+
+async def test_concurrent_calls_share_round_trips_and_survive_a_script_flush(prefix) -> None:
+    book = await ledger(prefix)
+    try:
+        k = key(10.0)
+        sent = []
+        execute = book._reserve._pipeline
+
+        async def counting(batch):
+            sent.append(len(batch))
+            return await execute(batch)
+
+        book._reserve._pipeline = counting
+        results = await asyncio.gather(*(book.reserve(k, 0.5, prompt_cost=0, completion_price=0) for _ in range(40)),
+                                       return_exceptions=True)
+        admitted = [r for r in results if not isinstance(r, Exception)]
+        assert len(admitted) == 20 and all(isinstance(r, GatewayError) for r in results if r not in admitted)
+        assert sum(sent) == 40 and len(sent) < 40  # batched: fewer round trips than calls
+        await book._redis.script_flush()  # as after a Redis restart: the scripts are gone
+        await asyncio.gather(*(book.settle(r, 0.25) for r in admitted))
+        figures = await book.spend(k.hash)
+        assert figures.total == pytest.approx(5.0) and figures.reserved == 0.0
+    finally:
+        await book.close()

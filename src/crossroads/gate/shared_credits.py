@@ -149,6 +149,58 @@ return 1
 """
 
 
+class _ScriptBatch:
+    """Calls of one Lua script made during one turn of the event loop, sent to Redis as one pipeline (one round trip
+    and one pooled connection for all of them): under load, each request then pays a future instead of a round
+    trip of its own. A call whose batch fails gets the batch's exception."""
+
+    def __init__(self, redis: Any, script: str) -> None:
+        self._redis = redis
+        self._script = redis.register_script(script)
+        self._pending: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        future = asyncio.get_running_loop().create_future()
+        if not self._pending:  # the first call of this turn sends the batch once the turn's other calls are in
+            asyncio.get_running_loop().call_soon(self._send)
+        self._pending.append(([len(keys), *keys, *args], future))
+        return future
+
+    def _send(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._execute(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, batch: list[tuple[list[Any], asyncio.Future[Any]]]) -> None:
+        from redis.exceptions import NoScriptError
+
+        try:
+            replies = await self._pipeline(batch)
+            if any(isinstance(reply, NoScriptError) for reply in replies):  # Redis restarted: load it, once
+                await self._redis.script_load(self._script.script)
+                replies = await self._pipeline(batch)
+        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _pipeline(self, batch: list[tuple[list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for arguments, _ in batch:
+                pipe.evalsha(self._script.sha, *arguments)
+            return await pipe.execute(raise_on_error=False)
+
+
 class NeedsReconcile(Exception):
     """Redis has no reconciled figures (it lost its data): reconcile from the database, then reserve again."""
 
@@ -181,18 +233,29 @@ class RedisCreditLedger:
         self.prefix = prefix
         self.marker = f"{prefix}:reconciled"
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._cached_clock = clock is None  # a test's clock is read every time
+        self._names: dict[str, str] = {}
+        self._names_until = -math.inf
         self._redis: Any = redis_client(url)
-        self._reserve = self._redis.register_script(_RESERVE_LUA)
-        self._settle = self._redis.register_script(_SETTLE_LUA)
+        self._reserve = _ScriptBatch(self._redis, _RESERVE_LUA)
+        self._settle = _ScriptBatch(self._redis, _SETTLE_LUA)
         self._renew = self._redis.register_script(_RENEW_LUA)
         self._reserved = self._redis.register_script(_RESERVED_LUA)
         self._reconcile = self._redis.register_script(_RECONCILE_LUA)
         # The reservations this process holds and has not settled: key hash -> reservation ids (for `renew`).
         self.open: dict[str, set[str]] = {}
 
+    def _period_names(self) -> dict[str, str]:
+        # Read per request: the names change at midnight UTC only, so they are worked out once a second (a request
+        # in the first second of a day may still count on the day before).
+        now = time.monotonic()
+        if now >= self._names_until:
+            self._names, self._names_until = period_names(self._clock()), now + 1.0
+        return self._names
+
     def _keys(self, key_hash: str) -> dict[str, str]:
         base = f"{self.prefix}:{key_hash}"
-        periods = period_names(self._clock())
+        periods = self._period_names() if self._cached_clock else period_names(self._clock())
         return {"total": f"{base}:t", "daily": f"{base}:d:{periods['daily']}",
                 "weekly": f"{base}:w:{periods['weekly']}", "monthly": f"{base}:m:{periods['monthly']}",
                 "res": f"{base}:res", "amt": f"{base}:amt", "rsum": f"{base}:rsum"}
@@ -206,10 +269,9 @@ class RedisCreditLedger:
         keys = self._keys(key.hash)
         spend_key = keys[key.limit_reset] if key.limit_reset in PERIODS else keys["total"]
         reservation_id = secrets.token_hex(8)
-        admitted, left_text = await self._reserve(keys=[spend_key, keys["res"], keys["amt"], keys["rsum"],
-                                                        self.marker],
-                                                  args=[self.lease_ms, repr(float(key.limit)), repr(float(amount)),
-                                                        reservation_id])
+        admitted, left_text = await self._reserve([spend_key, keys["res"], keys["amt"], keys["rsum"], self.marker],
+                                                  [self.lease_ms, repr(float(key.limit)), repr(float(amount)),
+                                                   reservation_id])
         admitted = int(admitted)
         if admitted < 0:
             raise NeedsReconcile
@@ -222,20 +284,27 @@ class RedisCreditLedger:
     async def settle(self, reservation: SharedReservation, cost: float) -> None:
         """Replace the reservation with the real cost (exactly once; a reservation whose lease ran out only adds
         its cost)."""
+        sent = self.settle_soon(reservation, cost)
+        if sent is not None:
+            await sent
+
+    def settle_soon(self, reservation: SharedReservation, cost: float) -> asyncio.Future[Any] | None:
+        """`settle` without waiting: the settlement goes in this turn's batch; returns what completes when Redis
+        has it (None when there was nothing to send)."""
         if reservation.settled:
-            return
+            return None
         reservation.settled = True
         if reservation.key_hash is None or not reservation.id and cost <= 0:
-            return
+            return None
         held = self.open.get(reservation.key_hash)
         if held is not None:
             held.discard(reservation.id)
             if not held:
                 del self.open[reservation.key_hash]
         keys = self._keys(reservation.key_hash)
-        await self._settle(keys=[keys["total"], keys["daily"], keys["weekly"], keys["monthly"], keys["res"],
-                                 keys["amt"], keys["rsum"]],
-                           args=[reservation.id or "-", repr(float(cost)), *(_PERIOD_TTL[p] for p in PERIODS)])
+        return self._settle([keys["total"], keys["daily"], keys["weekly"], keys["monthly"], keys["res"], keys["amt"],
+                             keys["rsum"]],
+                            [reservation.id or "-", repr(float(cost)), *(_PERIOD_TTL[p] for p in PERIODS)])
 
     async def renew(self) -> int:
         """Extend the lease of every reservation this process holds, in one round trip; returns how many."""
@@ -318,7 +387,7 @@ class FleetCredits:
         self._last_reconcile = -math.inf
         self._known: set[str] = set()  # keys whose figures this process has reconciled
         self._reconciling: asyncio.Lock | None = None
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[Any]] = set()
         self._task: asyncio.Task[None] | None = None
         self._down = OncePer(_log)
         self._sweep = getattr(ledger, "sweep", None)
@@ -353,20 +422,26 @@ class FleetCredits:
     def settle_later(self, reservation: SharedReservation, cost: float) -> None:
         """Settle off the request path. Until it lands, the reservation still holds its (larger) worst case: a
         stricter limit for a moment, never a looser one."""
-        task = asyncio.get_running_loop().create_task(self._settle(reservation, cost))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        soon = getattr(self.ledger, "settle_soon", None)
+        pending: asyncio.Future[Any] | None
+        if soon is not None:  # batched by the ledger: no task of its own
+            pending = soon(reservation, cost)
+        else:
+            pending = asyncio.get_running_loop().create_task(self.ledger.settle(reservation, cost))
+        if pending is not None:
+            self._settling.add(pending)
+            pending.add_done_callback(self._settled)
 
-    async def _settle(self, reservation: SharedReservation, cost: float) -> None:
-        try:
-            await self.ledger.settle(reservation, cost)
-        except Exception as exc:  # noqa: BLE001
-            # The lease releases the reservation; the cost comes back from the records at the next reconciliation.
-            self._count_error()
-            self.reconcile_due = True
-            self._down.warning("could not settle a reservation in the credit ledger (%s): %s; the key's spend is "
-                               "corrected from the generation records within %.0f s", self.ledger.name,
-                               type(exc).__name__, self.reconcile_interval)
+    def _settled(self, pending: asyncio.Future[Any]) -> None:
+        self._settling.discard(pending)
+        if pending.cancelled() or pending.exception() is None:
+            return
+        # The lease releases the reservation; the cost comes back from the records at the next reconciliation.
+        self._count_error()
+        self.reconcile_due = True
+        self._down.warning("could not settle a reservation in the credit ledger (%s): %s; the key's spend is "
+                           "corrected from the generation records within %.0f s", self.ledger.name,
+                           type(pending.exception()).__name__, self.reconcile_interval)
 
     async def reconcile(self, key_hashes: list[str] | None = None) -> None:
         """Raise Redis' figures of every limited key (or of `key_hashes`) to the generation records' (one query, one
