@@ -41,11 +41,7 @@ from crossroads.gate.credits import CreditLedger, Reservation, Spend, period_sta
 from crossroads.gate.keys import KeyCache, multiprocess_policy_problem
 from crossroads.gate.pg_credits import PostgresCreditLedger
 from crossroads.gate.ratelimit import Limit, make_limiter
-from crossroads.gate.shared_credits import (
-    FleetCredits,
-    RedisCreditLedger,
-    SharedReservation,
-    )
+from crossroads.gate.shared_credits import FleetCredits, RedisCreditLedger, SharedReservation
 from crossroads.instances import INSTANCE_ID_VARIABLE, LIVE_AFTER, InstanceHeartbeat, start_heartbeat
 from crossroads.observability.hub import Observability
 from crossroads.observability.logs import REQUEST_ID
