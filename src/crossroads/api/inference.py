@@ -223,7 +223,13 @@ class Call:
         finally:
             if self.writer is not None:
                 self.writer.stop_heartbeat()
-            await self._settle()
+            try:
+                await self._settle()
+            finally:
+                # The stream writer holds this call (its before_end is Call._settle): breaking the cycle lets
+                # reference counting free a stream's objects at once instead of the cycle collector, whose passes
+                # over thousands of them were the stream workload's p99 at low concurrency.
+                self.writer = None
 
     async def _settle(self) -> None:
         """Settle the credit reservation, hand the record to the writer and correct the rate-limit counters with the

@@ -35,7 +35,10 @@ _KEYS_VERSION = "keys_version"
 
 # SQLite takes at most 32766 bound variables per statement (999 before 3.32).
 _SQLITE_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-_SQLITE_ROWS_PER_INSERT = 1 << ((_SQLITE_MAX_VARIABLES // len(GENERATION_COLUMNS)).bit_length() - 1)
+# 64 rows a statement (1,920 parameters), far under that bound: the writer thread binds a statement's parameters
+# holding the GIL, so one huge statement (1,024 rows) stalled the event loop for milliseconds once a second, which was
+# most of the gateway's p99 at low concurrency (measured by bench/run.py's target 5).
+_SQLITE_ROWS_PER_INSERT = min(64, 1 << ((_SQLITE_MAX_VARIABLES // len(GENERATION_COLUMNS)).bit_length() - 1))
 _SQLITE_INSERT_HEAD = (f"INSERT OR IGNORE INTO generations ({', '.join(f'{chr(34)}{n}{chr(34)}' for n in GENERATION_COLUMNS)})"
                        " VALUES ")
 _SQLITE_ROW_PLACEHOLDERS = "(" + ",".join("?" * len(GENERATION_COLUMNS)) + ")"
@@ -309,10 +312,10 @@ class Store:
         """Insert a batch in one transaction; records whose id already exists (or repeats in the batch) are ignored."""
         if not records:
             return
-        records = clean_records(records)
         if self._dialect == "sqlite":
             await self._insert_generations_sqlite(records)
             return
+        records = clean_records(records)
         with translate_errors():
             async with self._writer.begin() as conn:
                 # Converted once connected: while the database is down a retry costs a connection attempt only.
@@ -331,7 +334,9 @@ class Store:
                     # Chunks of power-of-two sizes: the driver caches each distinct statement (a 500-row INSERT
                     # prepares a large one), so only a handful of distinct statements may ever exist.
                     size = min(_SQLITE_ROWS_PER_INSERT, 1 << ((len(records) - start).bit_length() - 1))
-                    chunk = records[start:start + size]
+                    # Cleaned chunk by chunk, between awaits: a whole batch at once held the event loop for a
+                    # millisecond or more.
+                    chunk = clean_records(records[start:start + size])
                     start += size
                     sql = _SQLITE_INSERT_HEAD + ",".join([_SQLITE_ROW_PLACEHOLDERS] * len(chunk))
                     await conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
