@@ -672,7 +672,6 @@ async def gateway_part(pg_url: str, redis_url: str, workers: int, duration: floa
     request costs Redis and PostgreSQL (the servers' CPU, the commands, the rows)."""
     import json
     import signal
-    import socket
     import subprocess
     import tempfile
     import urllib.request
@@ -682,14 +681,12 @@ async def gateway_part(pg_url: str, redis_url: str, workers: int, duration: floa
     from sqlalchemy.engine import make_url
 
     root = Path(__file__).resolve().parents[1]  # noqa: ASYNC240 - before anything runs
+    sys.path.insert(0, str(root / "bench"))
+    import run as bench  # bench/run.py: the gateway configuration every benchmark uses
+
     python = sys.executable
-
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
-    master = "sk-bench-master-key-" + secrets.token_hex(16)
+    free_port = bench.free_port
+    master = bench.MASTER_KEY
 
     def call(method: str, url: str, body: dict | None = None) -> dict:
         request = urllib.request.Request(url, data=json.dumps(body).encode() if body else None, method=method,
@@ -713,25 +710,7 @@ async def gateway_part(pg_url: str, redis_url: str, workers: int, duration: floa
             [python, str(root / "bench" / "upstream.py"), "--port", str(upstream_port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         config = work / "gateway.yaml"
-        config.write_text(f"""server:
-  host: 127.0.0.1
-  port: {port}
-  master_key: {master}
-  data_dir: {work / "data"}
-  shutdown_grace: 1
-providers:
-  - name: fake
-    type: openai
-    base_url: http://127.0.0.1:{upstream_port}/v1
-    api_key: sk-bench-upstream
-    discover: false
-    models:
-      - id: bench/model
-        upstream: bench-model
-        context_length: 128000
-        max_completion_tokens: 16384
-        pricing: {{prompt: 0.15, completion: 0.60}}
-""")
+        bench.write_gateway_config(config, port, upstream_port, work / "data")
         env = dict(os.environ, CROSSROADS_DATABASE_URL=database_url, CROSSROADS_REDIS_URL=redis_url)
         env.pop("CROSSROADS_MASTER_KEY", None)
         log = (work / "gateway.log").open("w")

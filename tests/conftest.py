@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+import pytest_asyncio
 import yaml
 
 from tests.fakes.anthropic_fake import FakeAnthropic
@@ -245,3 +247,46 @@ def postgres_database() -> Iterator[str]:
     asyncio.run(run(f'CREATE DATABASE "{name}"'))
     yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
     asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# -- credit ledgers (tests/test_shared_credits.py, tests/test_pg_credits.py) ----------------------------------------
+
+async def count_admitted(book: Any, row: Any, count: int, amount: float = 1.0) -> int:
+    """How many of `count` concurrent reservations of `amount` the ledger `book` admits (the others get 402)."""
+    from crossroads.errors import GatewayError
+
+    async def one() -> int:
+        try:
+            await book.reserve(row, amount, prompt_cost=0, completion_price=0)
+            return 1
+        except GatewayError:
+            return 0
+
+    return sum(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def results_of_processes(target: Callable[..., None], args: tuple, processes: int = 4) -> list[Any]:
+    """Run `target(*args, queue)` in `processes` fresh interpreters at once and collect what each puts on the queue."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    workers = [spawn.Process(target=target, args=(*args, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    collected = [await asyncio.to_thread(results.get, timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    return collected
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def store(url: str) -> AsyncIterator[Any]:
+    """A Store on the test module's `url` fixture (a migrated database)."""
+    from crossroads.store import Store
+
+    opened = await Store.open(url)
+    try:
+        yield opened
+    finally:
+        await opened.close()

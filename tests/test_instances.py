@@ -13,13 +13,11 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 
 from crossroads import cli, instances
@@ -55,15 +53,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
            else request.getfixturevalue("postgres_database"))
     migrate(url)
     return url
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def store(url: str) -> AsyncIterator[Store]:
-    store = await Store.open(url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def row(id: str, *, host: str = "web-2", pid: int = 4242, workers: int = 1, shared: bool = False,

@@ -10,11 +10,9 @@ import multiprocessing
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import pytest_asyncio
 import sqlalchemy as sa
 
 from crossroads.errors import GatewayError
@@ -22,6 +20,7 @@ from crossroads.gate.pg_credits import PostgresCreditLedger
 from crossroads.gate.shared_credits import period_names
 from crossroads.store import Store, migrate
 from crossroads.store.rows import KeyRow
+from tests.conftest import count_admitted, results_of_processes
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -30,15 +29,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 def url(postgres_database: str) -> str:
     migrate(postgres_database)
     return postgres_database
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def store(url: str) -> AsyncIterator[Store]:
-    store = await Store.open(url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def ledger(store: Store, *, lease: float = 60.0, now: datetime | None = None) -> PostgresCreditLedger:
@@ -130,17 +120,9 @@ async def test_concurrent_tasks_never_exceed_the_limit(store) -> None:
 def _reserve_many(url: str, key_hash: str, count: int, results: multiprocessing.Queue) -> None:
     async def run() -> int:
         store = await Store.open(url)
-        book = PostgresCreditLedger(store, lease=60.0)
-        row = KeyRow(hash=key_hash, name="k", label="x", limit=10.0)
-
-        async def one() -> int:
-            try:
-                await book.reserve(row, 1.0, prompt_cost=0, completion_price=0)
-                return 1
-            except GatewayError:
-                return 0
         try:
-            return sum(await asyncio.gather(*(one() for _ in range(count))))
+            row = KeyRow(hash=key_hash, name="k", label="x", limit=10.0)
+            return await count_admitted(PostgresCreditLedger(store, lease=60.0), row, count)
         finally:
             await store.close()
     results.put(asyncio.run(run()))
@@ -148,14 +130,7 @@ def _reserve_many(url: str, key_hash: str, count: int, results: multiprocessing.
 
 async def test_processes_together_never_exceed_the_limit(url, store) -> None:
     key_hash = uuid.uuid4().hex
-    spawn = multiprocessing.get_context("spawn")
-    results = spawn.Queue()
-    workers = [spawn.Process(target=_reserve_many, args=(url, key_hash, 25, results)) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    admitted = [await asyncio.to_thread(results.get, timeout=60) for _ in workers]
-    for worker in workers:
-        worker.join(10)
+    admitted = await results_of_processes(_reserve_many, (url, key_hash, 25))
     assert sum(admitted) == 10, admitted  # 100 requests of $1 against a $10 limit, from 4 processes
     assert (await ledger(store).spend(key_hash)).reserved == pytest.approx(10.0)
     assert await count(store, "credit_reservations") == 10

@@ -15,7 +15,7 @@ import pytest
 from crossroads.errors import GatewayError
 from crossroads.gate.shared_credits import NeedsReconcile, RedisCreditLedger
 from crossroads.store.rows import KeyRow
-from tests.conftest import redis_test_url
+from tests.conftest import count_admitted, redis_test_url, results_of_processes
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -66,33 +66,16 @@ async def test_reserve_settle_and_refuse(prefix) -> None:
 def _reserve_many(url: str, prefix: str, key_hash: str, count: int, results: multiprocessing.Queue) -> None:
     async def run() -> int:
         book = RedisCreditLedger(url, lease=60.0, prefix=prefix)
-        await book.reconcile({})
-        row = KeyRow(hash=key_hash, name="k", label="x", limit=10.0)
-
-        async def one() -> int:
-            try:
-                await book.reserve(row, 1.0, prompt_cost=0, completion_price=0)
-                return 1
-            except GatewayError:
-                return 0
         try:
-            return sum(await asyncio.gather(*(one() for _ in range(count))))
+            await book.reconcile({})
+            return await count_admitted(book, KeyRow(hash=key_hash, name="k", label="x", limit=10.0), count)
         finally:
             await book.close()
     results.put(asyncio.run(run()))
 
 
 async def test_processes_together_never_exceed_the_limit(prefix) -> None:
-    url = redis_test_url()
-    key_hash = uuid.uuid4().hex
-    spawn = multiprocessing.get_context("spawn")
-    results = spawn.Queue()
-    workers = [spawn.Process(target=_reserve_many, args=(url, prefix, key_hash, 25, results)) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    admitted = [await asyncio.to_thread(results.get, timeout=60) for _ in workers]
-    for worker in workers:
-        worker.join(10)
+    admitted = await results_of_processes(_reserve_many, (redis_test_url(), prefix, uuid.uuid4().hex, 25))
     assert sum(admitted) == 10, admitted  # 100 requests of $1 against a $10 limit, from 4 processes
 
 
