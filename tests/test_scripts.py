@@ -98,6 +98,16 @@ def test_serve_installs_only_when_pyproject_changed(tmp_path: Path) -> None:
     assert pip_installs(calls(root)) == ['python -m pip install -e .[test]']
     assert run(["./scripts/test"], cwd=root, env={"CROSSROADS_TEST_SERVICES": "0"}).returncode == 0
     assert run(["./scripts/serve"], cwd=root).stderr == ""
+
+
+def test_serve_resolves_a_relative_config_where_it_was_called(tmp_path: Path) -> None:
+    root = make_checkout(tmp_path)
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    assert run([str(root / "scripts" / "serve"), "--config", "gw.yaml", "--port", "9"], cwd=elsewhere).returncode == 0
+    assert calls(root)[-1] == f"crossroads serve --config {elsewhere / 'gw.yaml'} --port 9 (in {root})"
+    assert run([str(root / "scripts" / "serve"), "--config=sub/gw.yaml"], cwd=elsewhere).returncode == 0
+    assert calls(root)[-1] == f"crossroads serve --config={elsewhere / 'sub' / 'gw.yaml'} (in {root})"
     assert not pip_installs(calls(root))
 
 
