@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("crossroads")
 
+# Seconds the periodic reconciliation lets settlements sent before its query land in the ledger (they take
+# milliseconds) before it applies the records' figures (see FleetCredits.reconcile).
+SETTLE_MARGIN = 1.0
+
 # Seconds a period's spend key outlives its period (then it expires by itself).
 _PERIOD_TTL = {"daily": 2 * 86400, "weekly": 8 * 86400, "monthly": 32 * 86400}
 
@@ -386,7 +390,6 @@ class FleetCredits:
         self.reconcile_due = True
         self._last_reconcile = -math.inf
         self._known: set[str] = set()  # keys whose figures this process has reconciled
-        self._reconciling: asyncio.Lock | None = None
         self._settling: set[asyncio.Future[Any]] = set()
         self._task: asyncio.Task[None] | None = None
         self._down = OncePer(_log)
@@ -443,19 +446,21 @@ class FleetCredits:
                            "corrected from the generation records within %.0f s", self.ledger.name,
                            type(pending.exception()).__name__, self.reconcile_interval)
 
-    async def reconcile(self, key_hashes: list[str] | None = None) -> None:
-        """Raise Redis' figures of every limited key (or of `key_hashes`) to the generation records' (one query, one
-        round trip)."""
-        if self._reconciling is None:
-            self._reconciling = asyncio.Lock()
-        async with self._reconciling:
-            hashes = self._limited() if key_hashes is None else key_hashes
-            figures = await self._database_spend(hashes)
-            await self.ledger.reconcile(figures, complete=key_hashes is None)
-            self._known.update(hashes)
-            if key_hashes is None:
-                self.reconcile_due = False
-                self._last_reconcile = time.monotonic()
+    async def reconcile(self, key_hashes: list[str] | None = None, *, settle_margin: float = 0.0) -> None:
+        """Raise the ledger's figures of every limited key (or of `key_hashes`) to the generation records' (one
+        query, one round trip). With `settle_margin`, the records' figures wait that long before they are applied:
+        a record can reach the database before its settlement reaches the ledger (settlements are sent off the
+        request path), and raising the ledger to a figure that already holds a settlement still on its way would
+        count that request twice."""
+        hashes = self._limited() if key_hashes is None else key_hashes
+        figures = await self._database_spend(hashes)
+        if settle_margin:
+            await asyncio.sleep(settle_margin)
+        await self.ledger.reconcile(figures, complete=key_hashes is None)
+        self._known.update(hashes)
+        if key_hashes is None:
+            self.reconcile_due = False
+            self._last_reconcile = time.monotonic()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._maintain(), name="crossroads-credit-ledger")
@@ -475,13 +480,13 @@ class FleetCredits:
                     if self._sweep is not None:  # a ledger whose expired leases are released by its users
                         await self._sweep()
                 if self.reconcile_due:  # after a failure in this process
-                    await self.reconcile()
+                    await self.reconcile(settle_margin=SETTLE_MARGIN)
                 elif now - self._last_reconcile >= self.reconcile_interval:
                     # One process of the fleet per interval runs the periodic reconciliation (a query over every
                     # record of the limited keys); the others skip it.
                     self._last_reconcile = now
                     if await self.ledger.claim_reconcile(self.reconcile_interval):
-                        await self.reconcile()
+                        await self.reconcile(settle_margin=SETTLE_MARGIN)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a database or Redis outage: try again on the next tick
