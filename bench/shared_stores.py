@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from crossroads.gate.credits import period_starts  # noqa: E402
+from crossroads.gate.credits import Budget, period_starts  # noqa: E402
 from crossroads.gate.ratelimit import Limit, RedisLimiter  # noqa: E402
 from crossroads.gate.shared_credits import RedisCreditLedger  # noqa: E402
 from crossroads.store.rows import GenerationRow, InstanceRow, KeyRow, to_record  # noqa: E402
@@ -126,9 +126,9 @@ async def redis_cell(client: Any, name: str, tasks: int, duration: float,
     return result
 
 
-def limited_key(index: int, limit: float = 1e12) -> KeyRow:
-    return KeyRow(hash=f"{index:064x}", name=f"bench {index}", label="sk-or-v1-000...000", limit=limit,
-                  limit_reset="monthly")
+def limited_key(index: int, limit: float = 1e12) -> list[Budget]:
+    """The budget chain of a key with a monthly limit (and no workspace budget)."""
+    return [Budget("key", f"{index:064x}", limit, "monthly", f"bench {index}")]
 
 
 def with_query(url: str, **params: Any) -> str:
@@ -196,6 +196,18 @@ async def redis_part(url: str, duration: float, tasks: int) -> None:
 
     await redis_cell(client, "credit reserve+settle, all tasks on one key", tasks, duration, pair_hot)
 
+    # What a workspace budget adds: each task's own key under one workspace budget every task shares (the script
+    # checks and holds both accounts).
+    team = Budget("workspace", "ws:bench", 1e12, "monthly", "bench")
+    chains = [[*many[index], team] for index in range(tasks)]
+
+    async def pair_chain(index: int) -> None:
+        reservation = await ledger.reserve(chains[index], 0.01, prompt_cost=0.001, completion_price=1e-6)
+        await ledger.settle(reservation, 0.004)
+
+    await redis_cell(client, "credit reserve+settle, one key per task + one shared workspace budget", tasks,
+                     duration, pair_chain)
+
     # A key many requests of the fleet hold at once (long streams): each reservation of that key sums every open
     # reservation's amount (HVALS) in the script.
     for held in (1000, 10000):
@@ -205,7 +217,7 @@ async def redis_part(url: str, duration: float, tasks: int) -> None:
             await asyncio.gather(*(holder.reserve(key, 1e-6, prompt_cost=0.0, completion_price=0.0)
                                    for _ in range(min(100, held - start))))
 
-        async def pair_held(index: int, key: KeyRow = key) -> None:
+        async def pair_held(index: int, key: list[Budget] = key) -> None:
             reservation = await ledger.reserve(key, 0.01, prompt_cost=0.001, completion_price=1e-6)
             await ledger.settle(reservation, 0.004)
 
@@ -316,11 +328,13 @@ async def full_speed(url: str, client: Any, prefix: str, requests: int = 150_000
     p = f"{prefix}:rb"
     await client.set(f"{p}:reconciled", 1)
     scripts = {
-        "reserve": (shared_credits._RESERVE_LUA, [f"{p}:m:__rand_int__", f"{p}:res:__rand_int__",
-                                                 f"{p}:amt:__rand_int__", f"{p}:reconciled"],
-                    ["30000", "1000000000000", "0.01", "__rand_int__"]),
+        # One account per call (a key's chain without other budgets): KEYS marker + (spend, res, amt, rsum).
+        "reserve": (shared_credits._RESERVE_LUA, [f"{p}:reconciled", f"{p}:m:__rand_int__", f"{p}:res:__rand_int__",
+                                                 f"{p}:amt:__rand_int__", f"{p}:rsum:__rand_int__"],
+                    ["30000", "0.01", "__rand_int__", "1000000000000"]),
         "settle": (shared_credits._SETTLE_LUA, [f"{p}:t:__rand_int__", f"{p}:d:__rand_int__", f"{p}:w:__rand_int__",
-                                               f"{p}:m:__rand_int__", f"{p}:res:__rand_int__", f"{p}:amt:__rand_int__"],
+                                               f"{p}:m:__rand_int__", f"{p}:res:__rand_int__", f"{p}:amt:__rand_int__",
+                                               f"{p}:rsum:__rand_int__"],
                    ["__rand_int__", "0.004", "172800", "691200", "2764800"]),
         "acquire (rpm+tpm)": (ratelimit._ACQUIRE_LUA, [f"{p}:rpm:__rand_int__", f"{p}:tpm:__rand_int__"],
                               ["60000", "1000000000", "1000000000", "1", "1000000000000", "1000000000000", "400"]),

@@ -251,13 +251,23 @@ def postgres_database() -> Iterator[str]:
 
 # -- credit ledgers (tests/test_shared_credits.py, tests/test_pg_credits.py) ----------------------------------------
 
+def key_chain(row: Any) -> list[Any]:
+    """The budget chain of a key row alone: its own limit."""
+    from crossroads.gate.credits import Budget
+
+    return [Budget("key", row.hash, row.limit, row.limit_reset)]
+
+
 async def count_admitted(book: Any, row: Any, count: int, amount: float = 1.0) -> int:
-    """How many of `count` concurrent reservations of `amount` the ledger `book` admits (the others get 402)."""
+    """How many of `count` concurrent reservations of `amount` the ledger `book` admits (the others get 402); `row` is
+    a key row (its chain: its own limit) or a budget chain."""
     from crossroads.errors import GatewayError
+
+    chain = row if isinstance(row, list | tuple) else key_chain(row)
 
     async def one() -> int:
         try:
-            await book.reserve(row, amount, prompt_cost=0, completion_price=0)
+            await book.reserve(chain, amount, prompt_cost=0, completion_price=0)
             return 1
         except GatewayError:
             return 0

@@ -144,6 +144,14 @@ def test_limits_with_several_workers_are_refused_by_every_path(upstream, tmp_pat
         # The API refuses a limit...
         resp = httpx.post(gw.url + "/api/v1/keys", headers=AUTH, json={"name": "api", "limit": 0.01})
         assert resp.status_code == 400 and "workers" in resp.json()["error"]["message"]
+        # So are workspace, environment and member budgets (issue 16), and a workspace without one is made.
+        resp = httpx.post(gw.url + "/api/v1/workspaces", headers=AUTH, json={"name": "t", "budget": {"limit": 1}})
+        assert resp.status_code == 400 and "workers" in resp.json()["error"]["message"]
+        assert httpx.post(gw.url + "/api/v1/workspaces", headers=AUTH, json={"name": "t"}).status_code == 201
+        for path, body in (("/environments", {"name": "e", "budget": {"limit": 1}}),
+                           ("/members", {"email": "m@example.com", "role": "member", "budget": {"limit": 1}})):
+            resp = httpx.post(gw.url + "/api/v1/workspaces/t" + path, headers=AUTH, json=body)
+            assert resp.status_code == 400 and "workers" in resp.json()["error"]["message"], resp.text
         # ...and so does the CLI, another process that only shares the store.
         refused = subprocess.run([*cli, "create", "--name", "cli", "--limit", "0.01"], capture_output=True,
                                  text=True, cwd=tmp_path, timeout=30)

@@ -115,6 +115,49 @@ def test_a_credit_limit_holds_across_two_instances_of_two_workers(fleet: list[Ga
     assert sum(row["requests"] for row in generations) >= allowed
 
 
+@pytest.mark.parametrize("fleet", ["redis", "postgresql"], indirect=True)
+def test_hierarchical_budgets_hold_across_two_instances(fleet: list[GatewayProcess]) -> None:
+    """Workspace -> environment -> member -> key, 100 concurrent requests over both instances from keys sharing
+    those budgets: each level admits exactly its worth and none is overspent (issue 16)."""
+    a, b = fleet
+
+    def api(method: str, path: str, **body) -> dict:
+        resp = httpx.request(method, a.url + "/api/v1" + path, headers=AUTH, json=body or None, timeout=20)
+        assert resp.status_code in (200, 201), resp.text
+        return resp.json()["data"]
+
+    name = f"team-{uuid.uuid4().hex[:6]}"
+    api("POST", "/workspaces", name=name, budget={"limit": 30 * COST})
+    api("POST", f"/workspaces/{name}/environments", name="prod", budget={"limit": 24 * COST})
+    api("POST", f"/workspaces/{name}/members", email=f"{name}@example.com", role="member",
+        budget={"limit": 18 * COST})
+    member_keys = [new_key(a, workspace=name, environment="prod", member=f"{name}@example.com", limit=12 * COST)[0]
+                   for _ in range(2)]
+    prod_key, _ = new_key(b, workspace=name, environment="prod")
+    other_key, _ = new_key(b, workspace=name)  # the default environment: only the workspace's budget above it
+    keys = [*member_keys, prod_key, other_key]
+
+    def one(index: int) -> tuple[int, int, str | None]:
+        resp = chat(fleet[index % 2], keys[index % 4])
+        level = resp.json()["error"]["metadata"].get("level") if resp.status_code == 402 else None
+        return index % 4, resp.status_code, level
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(one, range(100)))
+    assert {status for _, status, _ in results} <= {200, 402}, results
+    served = [sum(1 for k, status, _ in results if k == which and status == 200) for which in range(4)]
+    assert served[0] <= 12 and served[1] <= 12  # each member key's own limit
+    assert served[0] + served[1] <= 18  # the member's budget
+    assert served[0] + served[1] + served[2] <= 24  # the environment's
+    assert sum(served) == 30  # the workspace's, exactly: every request reserves its real cost
+    assert {level for _, status, level in results if status == 402} <= {"key", "member", "environment", "workspace"}
+    workspace = httpx.get(b.url + f"/api/v1/workspaces/{name}", headers=AUTH).json()["data"]
+    assert workspace["budget"]["usage"] == pytest.approx(30 * COST)
+    assert workspace["budget"]["limit_remaining"] == pytest.approx(0.0, abs=1e-9)
+    prod = next(e for e in workspace["environments"] if e["name"] == "prod")
+    assert prod["budget"]["usage"] <= 24 * COST + 1e-9
+
+
 def test_rpm_is_counted_once_for_the_fleet(fleet: list[GatewayProcess]) -> None:
     a, b = fleet
     key, _ = new_key(b, rpm=10)

@@ -7,6 +7,8 @@ import multiprocessing
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
+
 from crossroads.accounting.spool import Spool, merge_spend
 from crossroads.store.rows import GENERATION_COLUMNS, GenerationRow, to_record
 
@@ -50,7 +52,7 @@ def test_a_write_cut_short_loses_only_its_partial_line(tmp_path: Path) -> None:
     with open(path, "ab") as file:  # a crash in the middle of the next write
         file.write(b'["gen-3","2025-01-01 00:00')
     assert claimed_ids(spool) == [["gen-1", "gen-2"]]
-    assert spool.spend({})["k"]["total"] == 3.5
+    assert spool.spend({})[("k", None, None, None)]["total"] == 3.5
 
 
 def test_records_are_cleaned_and_files_rotate(tmp_path: Path) -> None:
@@ -76,10 +78,27 @@ def test_spend_per_key_and_period(tmp_path: Path) -> None:
                  record(4, key_hash=None, cost=8.0, created=day),
                  record(5, key_hash="b", cost=0.0, created=day)])
     spend = spool.spend({"daily": day, "monthly": month})
-    assert spend == {"a": {"total": 7.0, "daily": 1.0, "monthly": 3.0}, None: {"total": 8.0, "daily": 8.0,
-                                                                                 "monthly": 8.0}}
-    assert merge_spend({"a": {"total": 1.0, "daily": 0.5}}, spend)["a"] == {"total": 8.0, "daily": 1.5,
-                                                                          "monthly": 3.0}
+    a, master = ("a", None, None, None), (None, None, None, None)
+    assert spend == {a: {"total": 7.0, "daily": 1.0, "monthly": 3.0}, master: {"total": 8.0, "daily": 8.0,
+                                                                               "monthly": 8.0}}
+    assert merge_spend({a: {"total": 1.0, "daily": 0.5}}, spend)[a] == {"total": 8.0, "daily": 1.5,
+                                                                        "monthly": 3.0}
+
+
+def test_spend_per_place_and_lines_spooled_before_workspaces(tmp_path: Path) -> None:
+    """Spend is per (key, workspace, environment, member); a line written by a version without the workspace columns
+    (migration 0006) still reads, its place unknown."""
+    spool = Spool(tmp_path)
+    placed = list(record(1, key_hash="a", cost=1.0))
+    placed[GENERATION_COLUMNS.index("workspace_id"):] = ["ws1", "env1", "u1"]
+    path = spool.write([tuple(placed)])
+    spool.close()
+    old = orjson.dumps(list(record(2, key_hash="a", cost=2.0))[:GENERATION_COLUMNS.index("workspace_id")])
+    with open(path, "ab") as file:
+        file.write(old + b"\n")
+    assert spool.spend({}) == {("a", "ws1", "env1", "u1"): {"total": 1.0}, ("a", None, None, None): {"total": 2.0}}
+    records = [r for file in spool.claim() for batch in file.batches(10) for r in batch]
+    assert [r[0] for r in records] == ["gen-1", "gen-2"] and len(records[1]) == len(GENERATION_COLUMNS)
 
 
 def _replayer(directory: str, out: str, start: multiprocessing.synchronize.Event) -> None:

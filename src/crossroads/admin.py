@@ -91,6 +91,91 @@ def add_key_commands(sub: Any) -> None:
         one.add_argument("hash", help=hash_help)
 
 
+def add_user_commands(sub: Any) -> None:
+    """`crossroads users`: the people who sign in to the dashboard (members of workspaces)."""
+    from crossroads.cli import add_config_option
+
+    users = sub.add_parser("users", help="manage the people who sign in to the dashboard")
+    add_config_option(users)
+    actions = users.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a user (the first one: with --admin); the password is read "
+                                               "from standard input, or asked for on a terminal")
+    add_config_option(create)
+    create.add_argument("--email", required=True)
+    create.add_argument("--admin", action="store_true",
+                        help="a gateway administrator: every workspace, as the master key")
+    create.add_argument("--workspace", help="also make the user a member of this workspace (id or name)")
+    create.add_argument("--role", choices=["owner", "admin", "member", "viewer"], default="member",
+                        help="the role in --workspace (default: member)")
+    listing = actions.add_parser("list", help="list users and their memberships")
+    add_config_option(listing)
+    listing.add_argument("--json", action="store_true")
+
+
+def _read_password() -> str:
+    from crossroads.gate.passwords import MIN_LENGTH
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise GatewayError(400, "the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < MIN_LENGTH:
+        raise GatewayError(400, f"the password must have at least {MIN_LENGTH} characters")
+    return password
+
+
+async def _run_users(args: argparse.Namespace, url: str) -> int:
+    import secrets
+
+    from crossroads.api.workspaces import normal_email
+    from crossroads.gate.passwords import hash_password_async
+    from crossroads.store import Store
+    from crossroads.store.directory import DirectoryStore
+    from crossroads.store.rows import MembershipRow, UserRow
+
+    store = await Store.open(url)
+    directory = DirectoryStore(store)
+    try:
+        if args.action == "create":
+            email = normal_email(args.email)
+            if await directory.user_by_email(email) is not None:
+                raise GatewayError(409, f"a user {email} exists already")
+            workspace = None
+            if args.workspace:
+                workspace = next((w for w in await directory.workspaces()
+                                  if args.workspace in (w.id, w.name)), None)
+                if workspace is None:
+                    raise GatewayError(404, f"no workspace {args.workspace!r}")
+            password_hash = await hash_password_async(_read_password())
+            user = await directory.insert(UserRow(secrets.token_hex(8), email, password_hash, is_admin=args.admin))
+            if workspace is not None:
+                await directory.insert(MembershipRow(secrets.token_hex(8), workspace.id, user.id, args.role))
+            print(f"created user {email}  id={user.id}{'  (administrator)' if args.admin else ''}"
+                  f"{f'  {args.role} of {workspace.name}' if workspace is not None else ''}")
+            return 0
+        if args.action == "list":
+            workspaces = {w.id: w.name for w in await directory.workspaces()}
+            memberships = await directory.memberships()
+            rows = [{"id": u.id, "email": u.email, "admin": u.is_admin, "disabled": u.disabled,
+                     "workspaces": {workspaces.get(m.workspace_id, m.workspace_id): m.role
+                                    for m in memberships if m.user_id == u.id}}
+                    for u in await directory.users()]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for row in rows:
+                    roles = ", ".join(f"{name}: {role}" for name, role in row["workspaces"].items()) or "-"
+                    print(f"{row['email']:<40} {'admin' if row['admin'] else '':<6} {row['id']}  {roles}")
+            return 0
+        return 2
+    finally:
+        await store.close()
+
+
 def shown_url(url: str) -> str:
     """A database URL as it may be printed: without its password."""
     try:
@@ -119,7 +204,7 @@ def run_keys(args: argparse.Namespace) -> int:
             print(f"crossroads: {problem}", file=sys.stderr)
             return 2
         migrate(url)  # an older schema is brought up to date
-        return asyncio.run(_run(args, url))
+        return asyncio.run((_run_users if args.command == "users" else _run)(args, url))
     except GatewayError as exc:
         print(f"crossroads: {exc.message}", file=sys.stderr)
         return 1

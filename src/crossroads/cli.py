@@ -62,9 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["json", "text"], default=None,
                        help="json: one JSON object per line; text: key=value for people (default: text on a "
                             "terminal, json otherwise)")
-    from crossroads.admin import add_key_commands
+    from crossroads.admin import add_key_commands, add_user_commands
 
     add_key_commands(sub)
+    add_user_commands(sub)
     return parser
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    if args.command == "keys":
+    if args.command in ("keys", "users"):
         from crossroads.admin import run_keys
 
         return run_keys(args)

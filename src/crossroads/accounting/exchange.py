@@ -14,7 +14,7 @@ from crossroads.store.rows import GenerationRecord, utc_text
 if TYPE_CHECKING:
     from crossroads.catalog import ModelSpec
     from crossroads.gate.auth import Principal
-    from crossroads.gate.credits import Reservation
+    from crossroads.gate.credits import Budget, Reservation
     from crossroads.gate.shared_credits import SharedReservation
     from crossroads.routing.registry import Connection
 
@@ -194,6 +194,7 @@ class Exchange:
         self.user = user
         self.prompt_estimate = prompt_estimate
         self.reservation: Reservation | SharedReservation | None = None
+        self.chain: tuple[Budget, ...] = ()  # the budgets the request counts against (gate/directory.py)
         self.finished = False  # settled and recorded (exactly once)
         self.api_type = "chat"  # which front format the client spoke
         self.model_id = model.id  # the model the client is told served (a catalog id, a route's target...)
@@ -250,6 +251,7 @@ class Exchange:
         events = self.events
         if self.dropped:
             events = [*({"type": "dropped_field", "field": name} for name in self.dropped), *events]
+        key = self.principal.key
         return (
             self.generation_id, utc_text(time.time()), self.principal.key_hash, self.model_id, self.connection.name,
             self.connection.config.type, self.upstream_model or self.model.upstream, self.upstream_id,
@@ -265,6 +267,8 @@ class Exchange:
             _text(agent) if agent else None,
             orjson.dumps(self.attempts).decode() if self.attempts else None,
             orjson.dumps(events).decode() if events else None,
+            *((key.workspace_id, key.environment_id, key.user_id) if key is not None
+              else (self.principal.workspace_id, self.principal.environment_id, None)),
         )
 
 

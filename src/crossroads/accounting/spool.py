@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -45,6 +46,9 @@ SUFFIX = ".jsonl"
 FILE_RECORDS = 50_000  # records per file: a replay removes its files one by one, so progress survives interruptions
 _KEY_HASH = GENERATION_COLUMNS.index("key_hash")
 _CREATED_AT = GENERATION_COLUMNS.index("created_at")
+# Spool files outlive upgrades: a record written before the workspace columns (migration 0006) still reads.
+_OLDEST_RECORD = GENERATION_COLUMNS.index("workspace_id")
+_PLACE = slice(_OLDEST_RECORD, _OLDEST_RECORD + 3)  # workspace_id, environment_id, user_id
 
 
 class Spool:
@@ -125,8 +129,9 @@ class Spool:
                 continue
             yield SpoolFile(path, fd)
 
-    def spend(self, starts: dict[str, datetime]) -> dict[str | None, dict[str, float]]:
-        """Cost of every spooled record per key_hash, in `Store.key_spend`'s shape ({"total": ..., name: cost since
+    def spend(self, starts: dict[str, datetime]) -> dict[tuple[Any, ...], dict[str, float]]:
+        """Cost of every spooled record per place (key_hash, workspace_id, environment_id, user_id), in
+        `Store.place_spend`'s shape ({"total": ..., name: cost since
         starts[name]}): spend the database does not know of yet, for the credit ledger at start-up. Files held by
         another process are counted too (a record counted twice only makes a limit stricter)."""
         since = {name: start.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") for name, start in starts.items()}
@@ -139,7 +144,8 @@ class Spool:
                         if record is None or not record[RECORD_COST] or not isinstance(record[_CREATED_AT], str):
                             continue
                         cost = float(record[RECORD_COST])
-                        figures = out.setdefault(record[_KEY_HASH], {"total": 0.0, **dict.fromkeys(since, 0.0)})
+                        place = (record[_KEY_HASH], *record[_PLACE])
+                        figures = out.setdefault(place, {"total": 0.0, **dict.fromkeys(since, 0.0)})
                         figures["total"] += cost
                         for name, start in since.items():
                             if record[_CREATED_AT] >= start:
@@ -204,14 +210,17 @@ def parse_line(line: bytes) -> GenerationRecord | None:
         values = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(values, list) or len(values) != len(GENERATION_COLUMNS) or not isinstance(values[0], str):
+    if not isinstance(values, list) or not _OLDEST_RECORD <= len(values) <= len(GENERATION_COLUMNS) \
+            or not isinstance(values[0], str):
         return None
+    if len(values) < len(GENERATION_COLUMNS):  # spooled by an older version: its missing columns are all nullable
+        values += [None] * (len(GENERATION_COLUMNS) - len(values))
     return tuple(values)
 
 
-def merge_spend(*sources: dict[str | None, dict[str, float]]) -> dict[str | None, dict[str, float]]:
-    """Sum `Store.key_spend`-shaped figures."""
-    out: dict[str | None, dict[str, float]] = {}
+def merge_spend(*sources: dict[Any, dict[str, float]]) -> dict[Any, dict[str, float]]:
+    """Sum figures of the same shape (per key, per place)."""
+    out: dict[Any, dict[str, float]] = {}
     for source in sources:
         for key_hash, figures in source.items():
             entry = out.setdefault(key_hash, {})

@@ -6,9 +6,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from crossroads.api.asgi import Request, respond_json
+from crossroads.api.workspaces import check_within
 from crossroads.errors import GatewayError
-from crossroads.gate.auth import require_management
+from crossroads.gate.auth import managed_workspace, require_management
 from crossroads.gate.credits import Spend
+from crossroads.gate.directory import DEFAULT
 from crossroads.gate.keys import display_label, generate_key, hash_key
 from crossroads.gate.oauth import METHODS as OAUTH_METHODS
 from crossroads.store.rows import GenerationRow, KeyRow
@@ -18,7 +20,6 @@ if TYPE_CHECKING:
 
 LIMIT_RESETS = (None, "daily", "weekly", "monthly")
 PRIORITIES = ("high", "normal", "low")
-WORKSPACE = "default"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -38,8 +39,8 @@ def key_payload(key: KeyRow, spend: Spend) -> dict[str, Any]:
         "created_at": _iso(key.created_at), "updated_at": _iso(key.updated_at), "last_used_at": None,
         "expires_at": _iso(key.expires_at), "allowed_models": key.allowed_models,
         "is_management_key": key.is_management, "rpm": key.rpm, "tpm": key.tpm, "priority": key.priority,
-        "creator_user_id": None, "external_user": None,
-        "workspace_id": WORKSPACE,
+        "creator_user_id": key.user_id, "external_user": None,
+        "workspace_id": key.workspace_id, "environment_id": key.environment_id,
     }
 
 
@@ -52,8 +53,8 @@ async def _current_key_payload(gateway: Gateway, request: Request) -> dict[str, 
             "usage": round(total.total, 12), "usage_daily": round(total.daily, 12),
             "usage_weekly": round(total.weekly, 12), "usage_monthly": round(total.monthly, 12),
             "byok_usage": 0.0, "byok_usage_daily": 0.0, "byok_usage_weekly": 0.0, "byok_usage_monthly": 0.0,
-            "include_byok_in_limit": False, "expires_at": None, "creator_user_id": None, "workspace_id": WORKSPACE,
-            "is_management_key": True,
+            "include_byok_in_limit": False, "expires_at": None, "creator_user_id": None, "workspace_id": None,
+            "environment_id": None, "is_management_key": True,
         }
     else:
         base = await _payload(gateway, principal.key)
@@ -145,6 +146,15 @@ def key_changes(body: Any, *, creating: bool) -> dict[str, Any]:
             if not isinstance(body[field], bool):
                 raise GatewayError(400, f"Invalid request: '{field}' must be a boolean", metadata={"field": field})
             changes["is_management"] = body[field]
+    for field in ("workspace", "environment", "member"):
+        if field in body:
+            if not creating:
+                raise GatewayError(400, f"Invalid request: '{field}' can only be set when a key is created",
+                                   metadata={"field": field})
+            if not isinstance(body[field], str) or not body[field].strip():
+                raise GatewayError(400, f"Invalid request: '{field}' must be an id or a name",
+                                   metadata={"field": field})
+            changes[field] = body[field].strip()
     return changes
 
 
@@ -156,7 +166,8 @@ def new_key_row(changes: dict[str, Any]) -> tuple[str, KeyRow]:
                  expires_at=changes.get("expires_at"), allowed_models=changes.get("allowed_models"),
                  disabled=changes.get("disabled", False), is_management=changes.get("is_management", False),
                  created_at=now, updated_at=now, rpm=changes.get("rpm"), tpm=changes.get("tpm"),
-                 priority=changes.get("priority", "normal"))
+                 priority=changes.get("priority", "normal"), workspace_id=changes.get("workspace_id", DEFAULT),
+                 environment_id=changes.get("environment_id", DEFAULT), user_id=changes.get("user_id"))
     return plaintext, row
 
 
@@ -179,9 +190,47 @@ async def change_key(gateway: Gateway, key_hash: str, changes: dict[str, Any]) -
     return row
 
 
+def place_key(gateway: Gateway, request: Request, changes: dict[str, Any]) -> dict[str, Any]:
+    """Resolve a new key's `workspace`, `environment` and `member` (ids, names or an email) into its row's ids: by
+    default the caller's workspace (the `default` one for the master key) and that workspace's `default`
+    environment. A management key places keys in its own workspace only (403 otherwise), never with a limit above a
+    budget above the key (400)."""
+    directory = gateway.keys.directory
+    scope = managed_workspace(request.principal)
+    workspace_ref = changes.pop("workspace", None) or scope or DEFAULT
+    workspace = directory.workspace(workspace_ref)
+    if workspace is None:
+        raise GatewayError(404, f"Workspace {workspace_ref!r} not found", metadata={"field": "workspace"})
+    if scope is not None and workspace.id != scope:
+        raise GatewayError(403, "A management key can only create keys in its own workspace",
+                           metadata={"field": "workspace"})
+    environment_ref = changes.pop("environment", None) or DEFAULT
+    environment = directory.environment(workspace.id, environment_ref)
+    if environment is None:
+        raise GatewayError(404, f"Environment {environment_ref!r} not found in workspace {workspace.name!r}",
+                           metadata={"field": "environment"})
+    membership = None
+    member_ref = changes.pop("member", None)
+    if member_ref is not None:
+        user = directory.users.get(member_ref) or next(
+            (u for u in directory.users.values() if u.email == member_ref.lower()), None)
+        membership = directory.memberships.get((workspace.id, user.id)) if user is not None else None
+        if membership is None:
+            raise GatewayError(404, f"Member {member_ref!r} not found in workspace {workspace.name!r}",
+                               metadata={"field": "member"})
+    if changes.get("limit") is not None:
+        check_within(gateway, request, changes.get("limit"), workspace=workspace, environment=environment,
+                     membership=membership, what="a key's limit")
+    changes.update(workspace_id=workspace.id, environment_id=environment.id,
+                   user_id=membership.user_id if membership is not None else None)
+    return changes
+
+
 async def create_key(gateway: Gateway, request: Request) -> None:
     require_management(request.principal)
-    plaintext, row = await add_key(gateway, key_changes(request.json(), creating=True))
+    await gateway.keys.reload_directory()  # a workspace made through another worker a moment ago is found
+    changes = place_key(gateway, request, key_changes(request.json(), creating=True))
+    plaintext, row = await add_key(gateway, changes)
     await respond_json(request, 201, {"data": await _payload(gateway, row), "key": plaintext})
 
 
@@ -207,38 +256,53 @@ async def list_keys(gateway: Gateway, request: Request) -> None:
         offset = int(query.get("offset", "0"))
     except ValueError:
         raise GatewayError(400, "Invalid request: 'offset' must be an integer", metadata={"field": "offset"}) from None
+    scope = managed_workspace(request.principal)
+    if scope is None and query.get("workspace"):
+        workspace = gateway.keys.directory.workspace(query["workspace"])
+        if workspace is None:
+            raise GatewayError(404, f"Workspace {query['workspace']!r} not found", metadata={"field": "workspace"})
+        scope = workspace.id
     rows = await gateway.store.list_keys(offset=max(offset, 0))
-    rows = [r for r in rows if include_disabled or not r.disabled]
+    rows = [r for r in rows if (include_disabled or not r.disabled) and (scope is None or r.workspace_id == scope)]
     figures = await gateway.key_figures(rows)
     data = [key_payload(r, figures[r.hash]) for r in rows]
     await respond_json(request, 200, {"data": data})
 
 
-async def _known_key(gateway: Gateway, key_hash: str) -> KeyRow:
+async def _known_key(gateway: Gateway, request: Request) -> KeyRow:
+    """The path's key, if the caller manages it: another workspace's key is not found, as a missing one."""
+    scope = managed_workspace(request.principal)
+    key_hash = request.path_params["hash"]
     row = await gateway.store.get_key(key_hash)
-    if row is None:
+    if row is None or (scope is not None and row.workspace_id != scope):
         raise GatewayError(404, f"API key {key_hash!r} not found")
     return row
 
 
 async def get_key(gateway: Gateway, request: Request) -> None:
-    require_management(request.principal)
-    row = await _known_key(gateway, request.path_params["hash"])
+    row = await _known_key(gateway, request)
     await respond_json(request, 200, {"data": await _payload(gateway, row)})
 
 
 async def update_key(gateway: Gateway, request: Request) -> None:
-    require_management(request.principal)
-    key_hash = request.path_params["hash"]
-    row = await change_key(gateway, key_hash, key_changes(request.json(), creating=False))
+    current = await _known_key(gateway, request)
+    changes = key_changes(request.json(), creating=False)
+    if "limit" in changes:
+        await gateway.keys.reload_directory()
+        directory = gateway.keys.directory
+        workspace = directory.workspaces.get(current.workspace_id)
+        if workspace is not None:
+            membership = directory.memberships.get((workspace.id, current.user_id)) if current.user_id else None
+            check_within(gateway, request, changes["limit"], workspace=workspace, what="a key's limit",
+                         environment=directory.environments.get(current.environment_id), membership=membership)
+    row = await change_key(gateway, current.hash, changes)
     if row is None:
-        raise GatewayError(404, f"API key {key_hash!r} not found")
+        raise GatewayError(404, f"API key {current.hash!r} not found")
     await respond_json(request, 200, {"data": await _payload(gateway, row)})
 
 
 async def delete_key(gateway: Gateway, request: Request) -> None:
-    require_management(request.principal)
-    key_hash = request.path_params["hash"]
+    key_hash = (await _known_key(gateway, request)).hash
     if not await gateway.store.delete_key(key_hash):
         raise GatewayError(404, f"API key {key_hash!r} not found")
     gateway.keys.drop(key_hash)
@@ -285,7 +349,8 @@ def generation_payload(row: GenerationRow) -> dict[str, Any]:
         "num_fetches": 0, "num_input_audio_prompt": 0, "num_media_completion": 0, "num_media_prompt": 0,
         "num_search_results": 0, "preset_id": None, "router": None, "service_tier": None,
         "upstream_id": row.upstream_id, "upstream_model": row.upstream_model, "provider_type": row.provider_type,
-        "web_search_engine": None, "workspace_id": WORKSPACE, "status": row.status, "error": row.error,
+        "web_search_engine": None, "workspace_id": row.workspace_id,
+        "environment_id": row.environment_id, "user_id": row.user_id, "status": row.status, "error": row.error,
         "key_hash": row.key_hash, "tokens_cache_write": row.tokens_cache_write,
         "provider_responses": [
             {k: v for k, v in attempt.items() if v is not None or k == "status"}
@@ -300,8 +365,10 @@ async def generation(gateway: Gateway, request: Request) -> None:
         raise GatewayError(400, "Invalid request: the 'id' query parameter is required", metadata={"field": "id"})
     row = gateway.recorder.pending(generation_id) or await gateway.store.get_generation(generation_id)
     principal = request.principal
-    # A key sees only its own generations; not-found and not-yours look the same.
-    if row is None or (not principal.is_master and row.key_hash != principal.key_hash):
+    # A key sees only its own generations, a management key its workspace's; not-found and not-yours look the same.
+    key = principal.key
+    if row is None or key is not None and row.key_hash != key.hash and not (
+            key.is_management and row.workspace_id == key.workspace_id):
         raise GatewayError(404, f"Generation {generation_id!r} not found")
     await respond_json(request, 200, {"data": generation_payload(row)})
 
@@ -326,8 +393,11 @@ async def activity(gateway: Gateway, request: Request) -> None:
         date_to = _date_param(query, "date_to", today)
         date_from = _date_param(query, "date_from", date_to - timedelta(days=29))
     principal = request.principal
-    key_hash = principal.key_hash if not principal.can_manage else (query.get("key_hash") or None)
-    rows = await gateway.store.activity(date_from, date_to, key_hash)
+    # A key sees its own usage; a management key its workspace's (or one key of it, `api_key_hash`).
+    key_hash = principal.key_hash if not principal.can_manage else (
+        query.get("api_key_hash") or query.get("key_hash") or None)
+    workspace_id = principal.key.workspace_id if principal.key is not None and principal.can_manage else None
+    rows = await gateway.store.activity(date_from, date_to, key_hash, workspace_id=workspace_id)
     data = [{
         "date": r["date"], "model": r["model"], "model_permaslug": r["model"], "endpoint_id": r["model"],
         "provider_name": r["provider_name"], "key_hash": r["key_hash"], "usage": round(r["cost"], 12),

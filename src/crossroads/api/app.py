@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 from crossroads.accounting.exchange import Exchange
 from crossroads.accounting.recorder import GenerationRecorder, NotCommitted
 from crossroads.accounting.spool import Spool, merge_spend
-from crossroads.api import account, stored
+from crossroads.api import account, stored, workspaces
 from crossroads.api.asgi import (
     ClientGone,
     OpenStreams,
@@ -36,8 +37,16 @@ from crossroads.dashboard.app import Dashboard
 from crossroads.errors import GatewayError
 from crossroads.formats.chat import ChatFront
 from crossroads.formats.fronts import CompletionsFront, MessagesFront, ResponsesFront
-from crossroads.gate.auth import Authenticator
-from crossroads.gate.credits import CreditLedger, Reservation, Spend, period_starts, shared_credit_store
+from crossroads.gate.auth import Authenticator, Principal
+from crossroads.gate.credits import (
+    Budget,
+    CreditLedger,
+    Reservation,
+    Spend,
+    period_starts,
+    shared_credit_store,
+)
+from crossroads.gate.directory import accounts_of
 from crossroads.gate.keys import KeyCache, multiprocess_policy_problem
 from crossroads.gate.pg_credits import PostgresCreditLedger
 from crossroads.gate.ratelimit import Limit, make_limiter
@@ -150,6 +159,35 @@ class Gateway:
                 method: Endpoint(self._bind(handler), True, openai_error)
                 for method, handler in (("GET", account.get_key), ("PATCH", account.update_key),
                                         ("DELETE", account.delete_key))}))
+        # Segment templates ("{name}" matches one path segment): workspaces' management API, and VM-X's workspace
+        # paths for inference (the key must belong to the path's workspace and environment).
+        self.template_routes: list[tuple[tuple[str, ...], dict[str, Endpoint]]] = []
+        for template, handlers in (
+            ("/api/v1/workspaces", {"GET": workspaces.list_workspaces, "POST": workspaces.create_workspace}),
+            ("/api/v1/workspaces/{workspace}", {"GET": workspaces.get_workspace, "PATCH": workspaces.update_workspace,
+                                                "DELETE": workspaces.delete_workspace}),
+            ("/api/v1/workspaces/{workspace}/environments", {"GET": workspaces.list_environments,
+                                                             "POST": workspaces.create_environment}),
+            ("/api/v1/workspaces/{workspace}/environments/{environment}", {
+                "PATCH": workspaces.update_environment, "DELETE": workspaces.delete_environment}),
+            ("/api/v1/workspaces/{workspace}/members", {"GET": workspaces.list_members,
+                                                        "POST": workspaces.create_member}),
+            ("/api/v1/workspaces/{workspace}/members/{member}", {"PATCH": workspaces.update_member,
+                                                                 "DELETE": workspaces.delete_member}),
+        ):
+            self.template_routes.append((tuple(template.split("/")), {
+                method: Endpoint(self._bind(handler), True, openai_error, template)
+                for method, handler in handlers.items()}))
+        for suffix, handler, error_body in (
+            ("chat/completions", serve(self, self.chat_front), openai_error),
+            ("anthropic/messages", serve(self, self.messages_front), anthropic_error),
+            # The Anthropic SDK appends /v1/messages to its base URL (.../{environment}/anthropic).
+            ("anthropic/v1/messages", serve(self, self.messages_front), anthropic_error),
+            ("responses", serve(self, self.responses_front), self.responses_front.error_body),
+        ):
+            template = f"/v1/completion/{{workspace}}/{{environment}}/{suffix}"
+            self.template_routes.append((tuple(template.split("/")), {
+                "POST": Endpoint(self._on_workspace_path(handler), True, error_body, template)}))
         self.routes[("GET", "/health")] = Endpoint(self._health, False, openai_error)
         metrics = config.server.metrics
         if metrics.enabled and metrics.metrics_port is None:  # else it is off, or served on its own port only
@@ -183,6 +221,29 @@ class Gateway:
     def _bind(self, endpoint: Callable[[Gateway, Request], Awaitable[None]]) -> Handler:
         # A plain function returning the endpoint's coroutine: no extra frame on the request's task.
         return functools.partial(endpoint, self)
+
+    def _on_workspace_path(self, handler: Handler) -> Handler:
+        """An inference handler on VM-X's path /v1/completion/{workspace}/{environment}/...: the key must belong to
+        that workspace and environment (403 otherwise); the master key's requests are recorded there."""
+
+        def scoped(request: Request) -> Awaitable[None]:
+            directory = self.keys.directory
+            ref, env_ref = request.path_params["workspace"], request.path_params["environment"]
+            workspace = directory.workspace(ref)
+            environment = directory.environment(workspace.id, env_ref) if workspace is not None else None
+            key = request.principal.key
+            if key is None:
+                if workspace is None or environment is None:
+                    raise GatewayError(404, f"Workspace {ref!r} or its environment {env_ref!r} not found")
+                request.principal = Principal("master", None, workspace.id, environment.id)
+            elif workspace is None or environment is None or key.workspace_id != workspace.id \
+                    or key.environment_id != environment.id:
+                # Not found and not yours look the same: a key learns nothing of other workspaces.
+                raise GatewayError(403, f"This API key does not belong to workspace {ref!r}, environment "
+                                        f"{env_ref!r}", metadata={"code": "workspace_mismatch"})
+            return handler(request)
+
+        return scoped
 
     async def check_limit_allowed(self, changes: dict[str, Any]) -> None:
         """400 for a key limit that the processes serving this database could not hold together."""
@@ -234,7 +295,8 @@ class Gateway:
         if reservation is not None:
             if reservation.__class__ is SharedReservation:
                 self.fleet_credits.settle_later(reservation, record[RECORD_COST])  # type: ignore[union-attr]
-                self.ledger.settle(Reservation(reservation.key_hash, 0.0), record[RECORD_COST])
+                # This process's share of every level's figures (the shared ledger holds the limited ones).
+                self.ledger.settle(Reservation(tuple(b.account for b in exchange.chain), 0.0), record[RECORD_COST])
             else:
                 self.ledger.settle(reservation, record[RECORD_COST])
         waiting = self.recorder.record(record)
@@ -255,35 +317,44 @@ class Gateway:
             raise GatewayError(503, UNRECORDABLE, metadata={"code": STORE_UNAVAILABLE_CODE},
                                headers={"Retry-After": "1"}) from None
 
-    async def reserve_credit(self, key: KeyRow | None, amount: float, *, prompt_cost: float,
+    async def reserve_credit(self, chain: tuple[Budget, ...], amount: float, *, prompt_cost: float,
                              completion_price: float) -> Reservation | SharedReservation:
-        """Hold a request's worst-case cost against its key's credit limit (402 when it does not fit)."""
-        if self.fleet_credits is not None and key is not None and key.limit is not None:
-            return await self.fleet_credits.reserve(key, amount, prompt_cost=prompt_cost,
-                                                    completion_price=completion_price)
-        return self.ledger.reserve(key, amount, prompt_cost=prompt_cost, completion_price=completion_price)
+        """Hold a request's worst-case cost against every budget of its chain (key, environment, member, workspace),
+        all or none: 402 naming the level that does not fit."""
+        if self.fleet_credits is not None:
+            limited = [b for b in chain if b.limit is not None and b.account is not None]
+            if limited:
+                return await self.fleet_credits.reserve(limited, amount, prompt_cost=prompt_cost,
+                                                        completion_price=completion_price)
+        return self.ledger.reserve(chain, amount, prompt_cost=prompt_cost, completion_price=completion_price)
 
     async def key_figures(self, keys: list[KeyRow]) -> dict[str, Spend]:
-        """Each key's spend per period and open reservations, as the whole fleet knows them: this process's memory
-        when it is the only one; otherwise Redis for keys with a limit (exact, reservations included) and the
-        generation records for the others (as of their last write, at most a flush interval behind)."""
+        """Each key's spend per period and open reservations, as the whole fleet knows them (`account_figures`)."""
+        return await self.account_figures([key.hash for key in keys])
+
+    async def account_figures(self, accounts: list[str]) -> dict[str, Spend]:
+        """Each ledger account's spend per period and open reservations (a key, "env:", "mem:", "ws:"; see
+        gate/directory.py), as the whole fleet knows them: this process's memory when it is the only one; otherwise
+        the shared ledger for accounts with a limit (exact, reservations included) and the generation records for
+        the others (as of their last write, at most a flush interval behind)."""
         if not self.fleet:
-            return {key.hash: self.ledger.figures(key.hash) for key in keys}
+            return {name: self.ledger.figures(name) for name in accounts}
         figures: dict[str, Spend] = {}
-        limited = [key.hash for key in keys if key.limit is not None] if self.fleet_credits is not None else []
+        limited_now = set(self._limited_accounts()) if self.fleet_credits is not None else set()
+        limited = [name for name in accounts if name in limited_now]
         if limited:
             try:
                 figures.update(await self.fleet_credits.figures(limited))  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - Redis down: the records' figures are the next best
-                log.warning("credit ledger (%s) unavailable, key spend read from the generation records: %s",
+                log.warning("credit ledger (%s) unavailable, spend read from the generation records: %s",
                             self.fleet_credits.ledger.name, type(exc).__name__)  # type: ignore[union-attr]
-        rest = [key.hash for key in keys if key.hash not in figures]
-        for key_hash, spend in (await self._database_spend(rest)).items():
-            if key_hash is not None:
-                figures[key_hash] = Spend(total=spend["total"], daily=spend["daily"], weekly=spend["weekly"],
-                                          monthly=spend["monthly"])
-        for key in keys:
-            figures.setdefault(key.hash, Spend())
+        rest = [name for name in accounts if name not in figures]
+        for name, spend in (await self._database_spend(rest) if rest else {}).items():
+            if name is not None:
+                figures[name] = Spend(total=spend["total"], daily=spend["daily"], weekly=spend["weekly"],
+                                      monthly=spend["monthly"])
+        for name in accounts:
+            figures.setdefault(name, Spend())
         return figures
 
     async def total_figures(self) -> Spend:
@@ -298,11 +369,17 @@ class Gateway:
             total.monthly += spend["monthly"]
         return total
 
-    async def _database_spend(self, key_hashes: list[str]) -> dict[str | None, dict[str, float]]:
-        return await self.store.key_spend(period_starts(datetime.now(UTC)), key_hashes)
+    async def _database_spend(self, accounts: list[str]) -> dict[str | None, dict[str, float]]:
+        """The generation records' figures of these ledger accounts."""
+        starts = period_starts(datetime.now(UTC))
+        if all(":" not in account for account in accounts):  # keys only: one indexed query
+            return await self.store.key_spend(starts, accounts)
+        wanted = set(accounts)
+        return {account: figures for account, figures in
+                fold_accounts(dict(await self.store.place_spend(starts))).items() if account in wanted}
 
-    def _limited_keys(self) -> list[str]:
-        return [row.hash for row in self.keys.keys.values() if row.limit is not None]
+    def _limited_accounts(self) -> list[str]:
+        return self.keys.directory.limited_accounts(list(self.keys.keys.values()))
 
     def check_recordable(self) -> None:
         """Strict durability refuses a request before it goes upstream while the recorder knows its record cannot be
@@ -441,7 +518,7 @@ class Gateway:
         # stricter limit), never missed.
         spool = Spool(Path(self.config.server.data_dir) / "spool")
         spooled = await asyncio.to_thread(spool.spend, starts)
-        self.ledger.load(merge_spend(await self.store.key_spend(starts), spooled), starts)
+        self.ledger.load(fold_accounts(merge_spend(dict(await self.store.place_spend(starts)), spooled)), starts)
         accounting = self.config.accounting
         self.recorder = GenerationRecorder(self.store, flush_interval=accounting.flush_interval,
                                            max_pending=accounting.max_pending,
@@ -460,7 +537,7 @@ class Gateway:
                 ledger.marker = f"{ledger.prefix}:reconciled:{fleet_id:x}"
             else:
                 ledger = PostgresCreditLedger(self.store, lease=accounting.reservation_lease)
-            self.fleet_credits = FleetCredits(ledger, database_spend=self._database_spend, limited=self._limited_keys,
+            self.fleet_credits = FleetCredits(ledger, database_spend=self._database_spend, limited=self._limited_accounts,
                                               reconcile_interval=accounting.reconcile_interval)
             try:
                 await self.fleet_credits.reconcile()
@@ -519,6 +596,21 @@ class Gateway:
         for base, name, endpoints in self.param_routes:
             if path.startswith(base) and "/" not in path[len(base):] and method in endpoints:
                 return endpoints[method], {name: path[len(base):]}
+        if path.startswith(("/api/v1/workspaces", "/v1/completion/")):
+            segments = path.rstrip("/").split("/")
+            for template, endpoints in self.template_routes:
+                if len(template) != len(segments) or method not in endpoints:
+                    continue
+                params = {}
+                for want, have in zip(template, segments, strict=True):
+                    if want.startswith("{"):
+                        if not have:
+                            break
+                        params[want[1:-1]] = unquote(have)
+                    elif want != have:
+                        break
+                else:
+                    return endpoints[method], params
         for prefix in API_PREFIXES:
             base = prefix + "/models/"
             if method == "GET" and path.startswith(base) and path.endswith("/endpoints"):
@@ -637,6 +729,20 @@ async def _end_stream(send: Send) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except Exception:  # noqa: BLE001 - the answer was already complete, or the connection is gone
         log.debug("could not end a failed stream", exc_info=True)
+
+
+def fold_accounts(by_place: dict[Any, dict[str, float]]) -> dict[str | None, dict[str, float]]:
+    """Figures per place (key_hash, workspace_id, environment_id, user_id) added up per ledger account."""
+    out: dict[str | None, dict[str, float]] = {}
+    for place, figures in by_place.items():
+        for name in accounts_of(*place):
+            into = out.get(name)
+            if into is None:
+                out[name] = dict(figures)
+            else:
+                for period, value in figures.items():
+                    into[period] = into.get(period, 0.0) + value
+    return out
 
 
 def _watch_disconnect(request: Request, task: asyncio.Task[Any]) -> None:

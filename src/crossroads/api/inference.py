@@ -25,6 +25,7 @@ from crossroads.errors import GatewayError
 from crossroads.formats.chat import new_generation_id
 from crossroads.formats.transforms import ANTHROPIC_MAX_MESSAGES, middle_out, wants_middle_out
 from crossroads.gate.auth import allowed_for_inference, priced_for_limit
+from crossroads.gate.directory import chain_limited
 from crossroads.gate.ratelimit import Decision, Limit
 from crossroads.observability.logs import OncePer
 from crossroads.observability.metrics import count_redis_error
@@ -168,7 +169,10 @@ class Call:
         gate_started = time.perf_counter()
         key = principal.key
         candidates = allowed_for_inference(principal, plan.candidates, _names_of)
-        candidates = priced_for_limit(key, candidates, _model_of)
+        # Every budget the request must fit: the key's limit, its environment's, member's and workspace's.
+        chain = gateway.keys.directory.chain(key, principal.workspace_id, principal.environment_id)
+        limited = chain_limited(chain)
+        candidates = priced_for_limit(limited, candidates, _model_of)
         first = candidates[0]
         user = body.get("user") if isinstance(body.get("user"), str) else None
         exchange = self.exchange = Exchange(
@@ -179,6 +183,7 @@ class Call:
         request.exchange = exchange
         exchange.model_id = first.model_id
         exchange.dropped = self.parsed.dropped
+        exchange.chain = chain
         # Request-level capacity (key, route): all or nothing, before anything else is spent.
         limits = gateway.request_limits(key, first.route)
         if limits:
@@ -189,16 +194,16 @@ class Call:
                                    else "this route")
             if decision is not UNCOUNTED:
                 self.limits = limits
-        # Credit: the worst case over every candidate that may serve (only a key with a limit has to hold it).
+        # Credit: the worst case over every candidate that may serve (only a chain with a limit has to hold it).
         worst = worst_case_cost(body, [(c.deployment.model, c.overrides) for c in candidates]) \
-            if key is not None and key.limit is not None else NOTHING_TO_HOLD
+            if limited else NOTHING_TO_HOLD
         try:
             gateway.check_recordable()  # strict durability: 503 while records cannot be written (an attribute read)
-            if key is not None and key.limit is not None:
-                exchange.reservation = await gateway.reserve_credit(key, worst.total, prompt_cost=worst.prompt,
+            if limited:
+                exchange.reservation = await gateway.reserve_credit(chain, worst.total, prompt_cost=worst.prompt,
                                                                     completion_price=worst.completion_price)
             else:  # nothing to hold: no await on the common path
-                exchange.reservation = gateway.ledger.reserve(key, worst.total, prompt_cost=worst.prompt,
+                exchange.reservation = gateway.ledger.reserve(chain, worst.total, prompt_cost=worst.prompt,
                                                               completion_price=worst.completion_price)
         except GatewayError:
             if self.limits:  # refused before anything was tried: give the estimate back

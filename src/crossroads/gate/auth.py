@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 class Principal:
     kind: str  # "master" | "key"
     key: KeyRow | None = None
+    # The master key on a workspace's path (/v1/completion/{workspace}/{environment}/...): where its requests are
+    # recorded. A key's own workspace and environment are its row's.
+    workspace_id: str | None = None
+    environment_id: str | None = None
 
     @property
     def key_hash(self) -> str | None:
@@ -93,16 +97,17 @@ def allowed_for_inference(principal: Principal, candidates: list[T], names_of: C
     return allowed
 
 
-def priced_for_limit(key: KeyRow | None, candidates: list[T], model_of: Callable[[T], ModelSpec]) -> list[T]:
-    """For a key with a credit limit, the candidates whose price is known: a model without one would be recorded at
-    $0, so the limit would not hold. 403 when none is left, naming the model and how to price it."""
-    if key is None or key.limit is None:
+def priced_for_limit(limited: bool, candidates: list[T], model_of: Callable[[T], ModelSpec]) -> list[T]:
+    """For a request under a credit limit or budget (`limited`), the candidates whose price is known: a model without
+    one would be recorded at $0, so the limit would not hold. 403 when none is left, naming the model and how to
+    price it."""
+    if not limited:
         return candidates
     priced = [c for c in candidates if model_of(c).priced]
     if not priced:
         model = model_of(candidates[0])
         raise GatewayError(
-            403, f"Model {model.id!r} has no price, so its cost cannot be counted against this key's credit limit. "
+            403, f"Model {model.id!r} has no price, so its cost cannot be counted against this key's credit limit or budget. "
                  "Price it in the configuration (providers[].models[].pricing: USD per 1M prompt and completion "
                  "tokens), or declare it free on purpose (pricing: free).",
             metadata={"code": "unpriced_model", "model": model.id})
@@ -112,3 +117,16 @@ def priced_for_limit(key: KeyRow | None, candidates: list[T], model_of: Callable
 def require_management(principal: Principal) -> None:
     if not principal.can_manage:
         raise GatewayError(403, "This endpoint needs the master key or a management key")
+
+
+def managed_workspace(principal: Principal) -> str | None:
+    """What the caller may manage: None for every workspace (the master key), else the id of the one workspace a
+    management key belongs to (it manages that workspace's keys, environments, members and budgets, nothing else);
+    403 for any other caller."""
+    require_management(principal)
+    return None if principal.key is None else principal.key.workspace_id
+
+
+def require_master(principal: Principal, what: str) -> None:
+    if not principal.is_master:
+        raise GatewayError(403, f"{what} needs the master key (a management key manages its own workspace only)")

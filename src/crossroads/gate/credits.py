@@ -1,27 +1,29 @@
 """Credit limits that hold under concurrency.
 
-Before a request goes upstream, its worst-case cost is reserved against the key's remaining limit; when it completes
-the reservation is replaced by the real cost. All of it happens in this process's memory, synchronously (no await
-between check and reserve), so concurrent requests cannot overspend. Spend is loaded from the store at start-up.
+A request's cost must fit every budget of its chain (`Budget`): its key's limit, its environment's, its member's and
+its workspace's budget. Each budget is an account of the ledger (a key's hash; "env:<id>", "mem:<id>", "ws:<id>";
+None for the master key). Before a request goes upstream, its worst-case cost is reserved on every account of the
+chain at once, all or nothing: the reservation is refused (402, naming the budget) unless it fits every limit. When
+the request completes the reservation is replaced by the real cost on every account. All of it happens in this
+process's memory, synchronously (no await between check and reserve), so concurrent requests cannot overspend. Spend
+is loaded from the store at start-up.
 
-The ledger is exact within one process. With CROSSROADS_REDIS_URL set, keys with a limit are held in Redis instead
-(gate/shared_credits.py), exact across every process of every instance; this ledger then only keeps this process's
-share of the figures. Without Redis several processes would each keep their own, so `crossroads serve` refuses to
-start several workers while a key has a limit, the API and the CLI refuse to set one while several workers run, and
-a worker of several refuses requests of a key that has a limit anyway (`refuse_limits`): never an overspend.
+The ledger is exact within one process. With CROSSROADS_REDIS_URL set, or on PostgreSQL, budgets with a limit are
+held in a shared ledger instead (gate/shared_credits.py, gate/pg_credits.py), exact across every process of every
+instance; this ledger then only keeps this process's share of the figures. Without one several processes would each
+keep their own, so `crossroads serve` refuses to start several workers while a key has a limit, the API and the CLI
+refuse to set one while several workers run, and a worker of several refuses requests whose chain has a limit anyway
+(`refuse_limits`): never an overspend.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from crossroads.errors import GatewayError
-
-if TYPE_CHECKING:
-    from crossroads.store.rows import KeyRow
 
 PERIODS = ("daily", "weekly", "monthly")
 _DAY = timedelta(days=1)
@@ -45,9 +47,25 @@ class Spend:
         return getattr(self, reset) if reset in PERIODS else self.total
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One level a request's cost must fit."""
+    level: str               # "key" | "environment" | "member" | "workspace"  (named in the 402)
+    account: str | None      # ledger account id: a key's hash; "ws:<id>"; "env:<id>"; "mem:<id>"; None = the master key
+    limit: float | None      # None: tracked (spend figures) but not limited
+    limit_reset: str | None  # None (lifetime) | "daily" | "weekly" | "monthly"
+    name: str = ""           # what the 402 calls it, e.g. the workspace's name
+
+
+def is_key_account(account: str | None) -> bool:
+    """Whether `account` is a key's (or the master key's): the other levels' ids carry a "kind:" prefix, and a key's
+    hash (64 hex digits) never has a colon."""
+    return account is None or ":" not in account
+
+
 @dataclass(slots=True)
 class Reservation:
-    key_hash: str | None
+    accounts: tuple[str | None, ...]  # every account of the chain, in the chain's order
     amount: float
     settled: bool = False
 
@@ -61,10 +79,10 @@ class CreditLedger:
         # the CLI refuse to set one, but a key may have been edited by hand or by an older version).
         self.refuse_limits = refuse_limits
 
-    def load(self, spend_by_key: dict[str | None, dict[str, float]], starts: dict[str, datetime]) -> None:
+    def load(self, spend_by_account: dict[str | None, dict[str, float]], starts: dict[str, datetime]) -> None:
         self.starts = starts
-        for key_hash, figures in spend_by_key.items():
-            entry = self.spend.setdefault(key_hash, Spend())
+        for account, figures in spend_by_account.items():
+            entry = self.spend.setdefault(account, Spend())
             entry.total = figures.get("total", 0.0)
             for period in PERIODS:
                 setattr(entry, period, figures.get(period, 0.0))
@@ -92,24 +110,27 @@ class CreditLedger:
                     setattr(entry, period, 0.0)
         self.starts = starts
 
-    def used(self, key_hash: str | None, reset: str | None) -> float:
+    def used(self, account: str | None, reset: str | None) -> float:
         self._roll_if_due()
-        entry = self.spend.get(key_hash)
+        entry = self.spend.get(account)
         return entry.in_period(reset) if entry else 0.0
 
-    def figures(self, key_hash: str | None) -> Spend:
-        """A copy of the key's figures, periods rolled over if a boundary passed."""
+    def figures(self, account: str | None) -> Spend:
+        """A copy of the account's figures, periods rolled over if a boundary passed."""
         self._roll_if_due()
-        entry = self.spend.get(key_hash)
+        entry = self.spend.get(account)
         if entry is None:
             return Spend()
         return Spend(entry.total, entry.daily, entry.weekly, entry.monthly, entry.reserved)
 
     def sum_figures(self) -> Spend:
-        """Every key's figures added up (the whole account's spend)."""
+        """Every key's figures (and the master key's) added up: the whole gateway's spend. The other levels'
+        accounts are left out: they hold the same requests' costs again."""
         self._roll_if_due()
         total = Spend()
-        for entry in self.spend.values():
+        for account, entry in self.spend.items():
+            if not is_key_account(account):
+                continue
             total.total += entry.total
             total.daily += entry.daily
             total.weekly += entry.weekly
@@ -117,43 +138,49 @@ class CreditLedger:
             total.reserved += entry.reserved
         return total
 
-    def remaining(self, key: KeyRow) -> float | None:
-        if key.limit is None:
-            return None
-        entry = self.spend.get(key.hash)
-        used = self.used(key.hash, key.limit_reset)
-        return key.limit - used - (entry.reserved if entry else 0.0)
-
-    def reserve(self, key: KeyRow | None, amount: float, *, prompt_cost: float,
+    def reserve(self, chain: Sequence[Budget], amount: float, *, prompt_cost: float,
                 completion_price: float) -> Reservation:
-        """Reserve `amount` USD for a request, or raise 402 saying how many max_tokens would fit."""
-        if key is None:
-            return Reservation(None, 0.0)
-        entry = self.spend.setdefault(key.hash, Spend())
-        if key.limit is not None:
+        """Reserve `amount` USD for a request on every account of `chain` (distinct accounts), or change nothing and
+        raise 402 naming the first budget it does not fit, saying how many max_tokens would."""
+        if not chain:
+            return Reservation((), 0.0)
+        spend = self.spend
+        # Every limit is checked before anything is reserved: a refusal leaves no trace.
+        for budget in chain:
+            limit = budget.limit
+            if limit is None:
+                continue
             if self.refuse_limits is not None:
-                raise GatewayError(503, f"This key's credit limit cannot be enforced: {self.refuse_limits}",
-                                   metadata={"code": "credit_limit_unenforceable"})
-            left = key.limit - self.used(key.hash, key.limit_reset) - entry.reserved
+                raise unenforceable(budget, self.refuse_limits)
+            self._roll_if_due()
+            entry = spend.get(budget.account)
+            left = limit if entry is None else limit - entry.in_period(budget.limit_reset) - entry.reserved
             if amount > left:
-                raise insufficient_credit(key.limit, left, amount, prompt_cost, completion_price)
-        entry.reserved += amount
-        return Reservation(key.hash, amount)
+                raise insufficient_credit(budget, left, amount, prompt_cost, completion_price)
+        # Unlimited accounts hold the reservation too: their figures (and "reserved") are what the API reports.
+        for budget in chain:
+            entry = spend.get(budget.account)
+            if entry is None:
+                entry = spend[budget.account] = Spend()
+            entry.reserved += amount
+        return Reservation(tuple([budget.account for budget in chain]), amount)
 
     def settle(self, reservation: Reservation, cost: float) -> None:
-        """Replace the reservation with the real cost (exactly once)."""
+        """Replace the reservation with the real cost on every account of its chain (exactly once)."""
         if reservation.settled:
             return
         reservation.settled = True
-        entry = self.spend.get(reservation.key_hash)
-        if entry is None:
-            entry = self.spend[reservation.key_hash] = Spend()
-        entry.reserved = max(entry.reserved - reservation.amount, 0.0)
         self._roll_if_due()
-        entry.total += cost
-        entry.daily += cost
-        entry.weekly += cost
-        entry.monthly += cost
+        amount = reservation.amount
+        for account in reservation.accounts:
+            entry = self.spend.get(account)
+            if entry is None:
+                entry = self.spend[account] = Spend()
+            entry.reserved = max(entry.reserved - amount, 0.0)
+            entry.total += cost
+            entry.daily += cost
+            entry.weekly += cost
+            entry.monthly += cost
 
 
 def shared_credit_store(redis_url: str | None, database_url: str) -> str | None:
@@ -166,15 +193,29 @@ def shared_credit_store(redis_url: str | None, database_url: str) -> str | None:
     return None
 
 
-def insufficient_credit(limit: float, left: float, amount: float, prompt_cost: float,
+def unenforceable(budget: Budget, reason: str) -> GatewayError:
+    """The 503 of a budget with a limit this process cannot hold (see `CreditLedger.refuse_limits`)."""
+    what = "This key's credit limit" if budget.level == "key" else f"The {budget.level} {budget.name!r} budget"
+    return GatewayError(503, f"{what} cannot be enforced: {reason}", metadata={"code": "credit_limit_unenforceable"})
+
+
+def insufficient_credit(budget: Budget, left: float, amount: float, prompt_cost: float,
                         completion_price: float) -> GatewayError:
-    """The 402 of a reservation that does not fit, saying how many max_tokens would."""
+    """The 402 of a reservation that does not fit `budget` (which has `left` USD), saying how many max_tokens
+    would."""
+    limit = budget.limit if budget.limit is not None else 0.0
     if completion_price > 0 and left > prompt_cost:
         fits = int((left - prompt_cost) / completion_price)
         hint = f" At most {fits} max_tokens would fit." if fits > 0 else ""
     else:
         hint = ""
+    remaining = max(left, 0.0)
+    holder = "the key" if budget.level == "key" else f"the {budget.level} {budget.name!r} budget"
+    metadata: dict[str, object] = {"limit": limit, "limit_remaining": remaining, "reservation": amount,
+                                   "level": budget.level}
+    if budget.level != "key":
+        metadata["budget"] = budget.name
     return GatewayError(
-        402, f"Insufficient credit: this request may cost up to ${amount:.6f} but the key has "
-             f"${max(left, 0.0):.6f} of its ${limit:g} limit left.{hint}",
-        metadata={"limit": limit, "limit_remaining": max(left, 0.0), "reservation": amount})
+        402, f"Insufficient credit: this request may cost up to ${amount:.6f} but {holder} has "
+             f"${remaining:.6f} of its ${limit:g} limit left.{hint}",
+        metadata=metadata)

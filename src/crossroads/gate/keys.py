@@ -14,8 +14,9 @@ import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from crossroads.gate.directory import Directory
 from crossroads.observability.logs import OncePer
 from crossroads.observability.metrics import count_store_error
 from crossroads.store.rows import KeyRow
@@ -61,15 +62,33 @@ class KeyCache:
         self.store = store
         self.poll_interval = poll_interval
         self.keys: dict[str, KeyRow] = {}
+        self.directory = Directory()  # workspaces, environments, users, memberships: loaded with the keys
         self._version: str | None = None
+        self._during_load: list[tuple[Any, bool]] | None = None  # see load
         self._task: asyncio.Task[None] | None = None
         self._store_down = OncePer(log)  # polled every second: one line per 30 s of an outage, not one per poll
 
     async def load(self) -> None:
-        version = await self.store.keys_version()
-        rows = await self.store.list_keys()
-        self.keys = {row.hash: row for row in rows}
-        self._version = version
+        # This process's own writes made while the load is under way (`put`, `drop`) are applied on top of what it
+        # read: the rows may have been read before them, and replacing the cache with those would hide a key just
+        # created here until the next poll.
+        self._during_load = during = []
+        try:
+            version = await self.store.keys_version()
+            await self.reload_directory()
+            keys = {row.hash: row for row in await self.store.list_keys()}
+            for row, dropped in during:
+                if dropped:
+                    keys.pop(row, None)
+                else:
+                    loaded = keys.get(row.hash)
+                    if loaded is None or _newer_or_same(row, loaded):
+                        keys[row.hash] = row
+            self.keys = keys
+            self.directory.forget_chains()
+            self._version = version
+        finally:
+            self._during_load = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._poll())
@@ -84,9 +103,25 @@ class KeyCache:
 
     def put(self, row: KeyRow) -> None:
         self.keys[row.hash] = row
+        self.directory.forget_chains()
+        if self._during_load is not None:
+            self._during_load.append((row, False))
 
     def drop(self, key_hash: str) -> None:
         self.keys.pop(key_hash, None)
+        self.directory.forget_chains()
+        if self._during_load is not None:
+            self._during_load.append((key_hash, True))
+
+    async def reload_directory(self) -> None:
+        """Load workspaces, environments, users and memberships now: the management API reads and writes them
+        through whichever worker a request reaches, so it starts from the database's (a few small queries), not from
+        what this process last polled."""
+        from crossroads.store.directory import DirectoryStore
+
+        directory = DirectoryStore(self.store)
+        self.directory = Directory.of(await directory.workspaces(), await directory.environments(),
+                                      await directory.users(), await directory.memberships())
 
     async def _poll(self) -> None:
         while True:
@@ -99,6 +134,12 @@ class KeyCache:
                 count_store_error()
                 self._store_down.warning("could not refresh API keys from the store (serving the keys in memory): %s",
                                          type(exc).__name__)
+
+
+def _newer_or_same(row: KeyRow, loaded: KeyRow) -> bool:
+    if row.updated_at is None or loaded.updated_at is None:
+        return True
+    return row.updated_at >= loaded.updated_at
 
 
 # What `crossroads serve` records in the store's meta table while it runs, so that the key CLI (another process, maybe

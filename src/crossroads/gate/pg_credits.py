@@ -1,24 +1,30 @@
 """Credit limits held across every process of every instance on PostgreSQL, without Redis (issue 13).
 
 `PostgresCreditLedger` is a drop-in for `RedisCreditLedger` (shared_credits.py) as `FleetCredits` uses it, kept in
-two tables of the gateway's own database (store/schema.py, migration 0004):
+two tables of the gateway's own database (store/schema.py, migration 0004). A request reserves on a chain of budgets
+(its key's limit, its environment's, member's and workspace's budgets), each an account; only budgets with a limit
+reach the database.
 
-- `credit_accounts`, one row per limited key: its total spend, the spend of the current day, week and month with
-  the name of the period each belongs to ("YYYY-MM-DD", Monday's "YYYY-MM-DD", "YYYY-MM", UTC), and `reserved`, what
-  its open reservations hold.
-- `credit_reservations`, one row per open reservation: its amount and the end of its lease (the database's clock).
+- `credit_accounts`, one row per limited account (column `key_hash`: a key's hash, or "ws:<id>", "env:<id>",
+  "mem:<id>"): its total spend, the spend of the current day, week and month with the name of the period each
+  belongs to ("YYYY-MM-DD", Monday's "YYYY-MM-DD", "YYYY-MM", UTC), and `reserved`, what its open reservations hold.
+- `credit_reservations`, one row per open reservation and account: id "<reservation id>.<i>" for the i-th account
+  (0-based) of the reservation's chain, its amount and the end of its lease (the database's clock).
 
-Every operation is one statement (autocommit: one round trip, its own transaction), but for a key's very first
+Every operation is one statement (autocommit: one round trip, its own transaction), but for an account's very first
 reservation and a refusal (one more each):
-- reserve: a conditional UPDATE of the key's row, `reserved += amount` only where `limit - spend - reserved >=
-  amount`, and the INSERT of the reservation fed by what it returned. Concurrent reservations of a key serialise on
-  its row lock and PostgreSQL re-checks the condition on the row as the previous one left it (READ COMMITTED), so no
-  process can reserve what another just took. A refusal is checked once more after releasing the key's reservations
-  whose lease ended (as the Redis script does), which also says how much is left for the 402.
-- settle: the DELETE of the reservation (nothing when a sweep released it already) feeding the UPDATE of the row:
-  `reserved -= amount` (once, whoever deletes it), spend += cost in every period.
-- sweep: releases every reservation whose lease ended (its process died: SIGKILL, host loss); FleetCredits calls it
-  on its maintenance tick, so a key's credit recovers within a lease and a tick, and at once when the key reserves.
+- reserve: one statement over the whole chain. It reads the accounts' rows (no lock) and, only when every limit
+  fits there, locks them in account order (SELECT ... ORDER BY ... FOR UPDATE), judges every limit again on the rows
+  as the last writer left them (READ COMMITTED hands a locking read the newest version), and only when all still
+  fit adds the amount to every row and inserts the reservation's rows; else it writes nothing. Concurrent
+  reservations sharing an account serialise on its row lock, so no process can reserve what another just took, and
+  all or none of the chain is reserved. A refusal is checked once more after releasing the chain's reservations
+  whose lease ended (as the Redis script does), which also says which budget refuses and how much it has left.
+- settle: the DELETE of the reservation's rows (nothing for those a sweep released already) feeding an upsert of
+  every account: `reserved -= amount` (once, whoever deletes the row), spend += cost in every period.
+- sweep: releases every reservation whose lease ended (its process died: SIGKILL, host loss) on every account;
+  FleetCredits calls it on its maintenance tick, so a budget recovers within a lease and a tick, and at once when
+  one of its chains reserves. A reservation whose lease ended may be released account by account.
 
 Periods: a period's figure counts only while its stored name is the current one or a later one, and settling into a
 newer period replaces the name and the figure: a reset happens once, for everyone, in SQL. The current names come
@@ -26,28 +32,31 @@ from the database's clock (`statement_timestamp()`), so hosts whose clocks disag
 `clock` (tests) names them from a Python clock instead. A name is never moved backwards: a process whose clock lags
 adds its cost to the newer period rather than undoing it.
 
-Locks are always taken in the same order, so no two statements of the ledger can deadlock: an existing reservation
-row before an account row (a reservation row is only inserted after its account row is locked), and several account rows in key order (sweep, reconcile); a sweep skips the reservations another
-statement holds (they are being settled, renewed or swept).
+Locks are always taken in the same order, so no two statements of the ledger can deadlock: existing reservation
+rows before account rows (reservation rows are only inserted after their account rows are locked), several
+reservation rows in id order (settle, renew), several account rows in account order (reserve, settle, sweep,
+reconcile); a sweep skips the reservations another statement holds (they are being settled, renewed or swept).
 
 Amounts are floats, as in the other ledgers; `reserved` is clamped at zero and a residue under 1e-9 USD left by
-float rounding when reservations are released is dropped, so a key with nothing open holds exactly nothing.
+float rounding when reservations are released is dropped, so an account with nothing open holds exactly nothing.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from crossroads.gate.credits import PERIODS, Spend, insufficient_credit
-from crossroads.gate.shared_credits import SharedReservation, period_names
+from crossroads.gate.credits import PERIODS, Budget, Spend, insufficient_credit
+from crossroads.gate.shared_credits import SharedReservation, held_budgets, period_names
 from crossroads.store.engine import translate_errors
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from crossroads.store import Store
-    from crossroads.store.rows import KeyRow
 
 # The current periods by the database's clock, named as period_names() names them.
 _NOW_UTC = "(statement_timestamp() AT TIME ZONE 'UTC')"
@@ -75,63 +84,122 @@ class _Statements:
         def spent(period: str, table: str = "a") -> str:
             return f"CASE WHEN {current(period, table)} THEN {table}.{_COLUMNS[period][1]} ELSE 0 END"
 
-        spend = {"total": "a.spent_total", **{period: spent(period) for period in PERIODS}}
-        left = {reset: f"CAST(:limit AS float8) - {expr} - a.reserved" for reset, expr in spend.items()}
-        self.reserve = {reset: sa.text(f"""
-            WITH held AS (
+        def left(table: str, reserved: str) -> str:
+            """What is left of budget `b`'s limit on its account's row `table` (`b.reset` names the figure)."""
+            chosen = " ".join(f"WHEN '{period}' THEN {spent(period, table)}" for period in PERIODS)
+            return f"b.lim - CASE b.reset {chosen} ELSE {table}.spent_total END - {reserved}"
+
+        # The chain's budgets with a limit: account, limit, the figure it applies to, and its 1-based position.
+        budgets = """unnest(CAST(:accounts AS text[]), CAST(:limits AS float8[]), CAST(:resets AS text[]))
+                     WITH ORDINALITY AS b(account, lim, reset, ord)"""
+        # `peek` judges the chain on the rows as the statement's snapshot has them, without locking: a refusal (a
+        # client that keeps asking past its budget) then locks and writes nothing. Only when every limit fits there
+        # are the rows locked, in account order (the sort runs before the lock): two chains sharing accounts never
+        # wait for each other in a cycle. A locked row is the newest version (READ COMMITTED re-reads a row it had
+        # to wait for), so `judged` decides on what the previous reservation left; `held` then writes every row or
+        # none (a row updated after the snapshot is updated as the lock found it).
+        self.reserve = sa.text(f"""
+            WITH peek AS (
+                SELECT b.ord, b.account, a.key_hash IS NOT NULL AS found, {left("a", "a.reserved")} AS room
+                FROM {budgets} LEFT JOIN credit_accounts AS a ON a.key_hash = b.account),
+            locked AS (
+                SELECT a.* FROM credit_accounts AS a
+                WHERE a.key_hash = ANY(CAST(:accounts AS text[]))
+                  AND (SELECT bool_and(found AND room >= CAST(:amount AS float8)) FROM peek)
+                ORDER BY a.key_hash FOR UPDATE),
+            judged AS (
+                SELECT b.ord, b.account, {left("l", "l.reserved")} >= CAST(:amount AS float8) AS fits
+                FROM {budgets} LEFT JOIN locked AS l ON l.key_hash = b.account),
+            verdict AS (SELECT coalesce(bool_and(fits), false) AS ok FROM judged),
+            held AS (
                 UPDATE credit_accounts AS a SET reserved = a.reserved + CAST(:amount AS float8)
-                WHERE a.key_hash = :key_hash AND {left[reset]} >= CAST(:amount AS float8)
-                RETURNING a.key_hash)
-            INSERT INTO credit_reservations (id, key_hash, amount, lease_until)
-            SELECT CAST(:id AS text), held.key_hash, CAST(:amount AS float8), {_LEASE_END} FROM held
-            RETURNING id""") for reset in spend}
-        # After a refusal: release the key's reservations whose lease ended; how many, and what is left now (no row
-        # when the key has no account yet). Writes nothing when none ended: a key out of credit that keeps being
-        # asked costs a read per refusal, not a commit.
-        self.recheck = {reset: sa.text(f"""
+                FROM verdict, judged
+                WHERE verdict.ok AND a.key_hash = judged.account
+                RETURNING a.key_hash, judged.ord),
+            made AS (
+                INSERT INTO credit_reservations (id, key_hash, amount, lease_until)
+                SELECT CAST(:id AS text) || '.' || (held.ord - 1), held.key_hash, CAST(:amount AS float8),
+                       {_LEASE_END}
+                FROM held
+                RETURNING id)
+            SELECT count(*) FROM made""")
+        # After a refusal: release the chain's reservations whose lease ended (on those accounts); how many, and
+        # per budget whether its account exists and what is left now. Writes nothing when none ended: a chain out
+        # of credit that keeps being asked costs a read per refusal, not a commit.
+        self.recheck = sa.text(f"""
             WITH gone AS (
                 DELETE FROM credit_reservations WHERE id IN (
                     SELECT id FROM credit_reservations
-                    WHERE key_hash = :key_hash AND lease_until < statement_timestamp()
+                    WHERE key_hash = ANY(CAST(:accounts AS text[])) AND lease_until < statement_timestamp()
                     FOR UPDATE SKIP LOCKED)
-                RETURNING amount),
-            released AS (SELECT count(*) AS n, coalesce(sum(amount), 0) AS amount FROM gone),
+                RETURNING key_hash, amount),
+            released AS (SELECT key_hash, sum(amount) AS amount FROM gone GROUP BY key_hash),
+            locked AS (
+                SELECT key_hash FROM credit_accounts WHERE key_hash IN (SELECT key_hash FROM released)
+                ORDER BY key_hash FOR UPDATE),
             updated AS (
                 UPDATE credit_accounts AS a SET reserved = {_release("a.reserved", "released.amount")}
-                FROM released WHERE a.key_hash = :key_hash AND released.n > 0
-                RETURNING a.reserved)
-            SELECT released.n, {left[reset].replace("a.reserved", "coalesce((SELECT reserved FROM updated), a.reserved)")}
-            FROM credit_accounts AS a, released WHERE a.key_hash = :key_hash""") for reset in spend}
-        self.create = sa.text("INSERT INTO credit_accounts (key_hash) VALUES (:key_hash) ON CONFLICT DO NOTHING")
+                FROM released JOIN locked ON locked.key_hash = released.key_hash
+                WHERE a.key_hash = released.key_hash
+                RETURNING a.key_hash, a.reserved)
+            SELECT b.ord, a.key_hash IS NOT NULL, {left("a", "coalesce(u.reserved, a.reserved)")}
+            FROM {budgets} LEFT JOIN credit_accounts AS a ON a.key_hash = b.account
+                 LEFT JOIN updated AS u ON u.key_hash = b.account
+            ORDER BY b.ord""")
+        self.create = sa.text("""
+            INSERT INTO credit_accounts (key_hash)
+            SELECT account FROM unnest(CAST(:accounts AS text[])) AS account ORDER BY account
+            ON CONFLICT DO NOTHING""")
         rolled = ",\n".join(
             f"{column} = CASE WHEN {current(period)} THEN a.{column} ELSE {names[column]} END, "
             f"{figure} = CASE WHEN {current(period)} THEN a.{figure} + CAST(:cost AS float8) "
             f"ELSE CAST(:cost AS float8) END" for period, (column, figure) in _COLUMNS.items())
+        # The reservation's rows are deleted (locked in id order, as renew locks them) before any account row is
+        # locked: the rows to write are sorted by account, and the sort needs every released amount first. An
+        # account without a row (a cost without a reservation) is created; `reserved` carries the released amount
+        # into the update (a new row has none: reservation rows only exist for existing accounts).
         self.settle = sa.text(f"""
-            WITH gone AS (DELETE FROM credit_reservations WHERE id = :id RETURNING amount),
-            released AS (SELECT coalesce(sum(amount), 0) AS amount FROM gone)
-            UPDATE credit_accounts AS a SET reserved = {_release("a.reserved", "released.amount")},
+            WITH gone AS (
+                DELETE FROM credit_reservations WHERE id IN (
+                    SELECT id FROM credit_reservations WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE)
+                RETURNING key_hash, amount),
+            released AS (SELECT key_hash, sum(amount) AS amount FROM gone GROUP BY key_hash)
+            INSERT INTO credit_accounts AS a
+                (key_hash, spent_total, day, spent_day, week, spent_week, month, spent_month, reserved)
+            SELECT v.account, CAST(:cost AS float8), {names["day"]}, CAST(:cost AS float8), {names["week"]},
+                   CAST(:cost AS float8), {names["month"]}, CAST(:cost AS float8), coalesce(r.amount, 0)
+            FROM unnest(CAST(:accounts AS text[])) AS v(account) LEFT JOIN released AS r ON r.key_hash = v.account
+            ORDER BY v.account
+            ON CONFLICT (key_hash) DO UPDATE SET reserved = {_release("a.reserved", "excluded.reserved")},
                 spent_total = a.spent_total + CAST(:cost AS float8),
-                {rolled}
-            FROM released WHERE a.key_hash = :key_hash""")
+                {rolled}""")
+        # Rows locked in id order, as settle locks them: a renewal and a settlement of one reservation (its rows on
+        # several accounts) never wait for each other in a cycle. Counts reservations, not rows.
         self.renew = sa.text(f"""
-            UPDATE credit_reservations SET lease_until = {_LEASE_END} WHERE id = ANY(CAST(:ids AS text[]))""")
-        # Account rows are locked in key order (`locked`, before any is updated): two sweeps, or a sweep and a
-        # reconciliation, never wait for each other in a cycle.
+            WITH renewed AS (
+                UPDATE credit_reservations SET lease_until = {_LEASE_END} WHERE id IN (
+                    SELECT id FROM credit_reservations WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE)
+                RETURNING id)
+            SELECT count(DISTINCT split_part(id, '.', 1)) FROM renewed""")
+        # Account rows are locked in account order (`locked`, before any is updated): two sweeps, or a sweep and a
+        # reconciliation, never wait for each other in a cycle. Counts reservations (a reservation has a row per
+        # account: "<id>.<i>").
         self.sweep = sa.text(f"""
             WITH gone AS (
                 DELETE FROM credit_reservations WHERE id IN (
                     SELECT id FROM credit_reservations WHERE lease_until < statement_timestamp()
                     FOR UPDATE SKIP LOCKED)
-                RETURNING key_hash, amount),
-            totals AS (SELECT key_hash, count(*) AS n, sum(amount) AS amount FROM gone GROUP BY key_hash),
+                RETURNING id, key_hash, amount),
+            totals AS (SELECT key_hash, sum(amount) AS amount FROM gone GROUP BY key_hash),
             locked AS (
                 SELECT key_hash FROM credit_accounts WHERE key_hash IN (SELECT key_hash FROM totals)
-                ORDER BY key_hash FOR UPDATE)
-            UPDATE credit_accounts AS a SET reserved = {_release("a.reserved", "totals.amount")}
-            FROM totals JOIN locked ON locked.key_hash = totals.key_hash
-            WHERE a.key_hash = totals.key_hash
-            RETURNING totals.n""")
+                ORDER BY key_hash FOR UPDATE),
+            updated AS (
+                UPDATE credit_accounts AS a SET reserved = {_release("a.reserved", "totals.amount")}
+                FROM totals JOIN locked ON locked.key_hash = totals.key_hash
+                WHERE a.key_hash = totals.key_hash
+                RETURNING 1)
+            SELECT count(DISTINCT split_part(id, '.', 1)) FROM gone""")
         # The periodic reconciliation's turn: a `meta` row holding until when (ms since the epoch, the database's
         # clock) the last claim runs; a claim succeeds only once that time has passed.
         self.claim = sa.text("""
@@ -143,11 +211,11 @@ class _Statements:
             RETURNING 1""")
         self.spend = sa.text(f"""
             SELECT a.key_hash, a.spent_total, {spent("daily")}, {spent("weekly")}, {spent("monthly")}, a.reserved
-            FROM credit_accounts AS a WHERE a.key_hash = ANY(CAST(:key_hashes AS text[]))""")
+            FROM credit_accounts AS a WHERE a.key_hash = ANY(CAST(:accounts AS text[]))""")
 
         # Each figure raised to the records' when lower, never lowered; a stored period older than the current one
         # takes the records' figure and the current name, a newer one (another clock ran ahead) is kept. Rows are
-        # written in key order (see sweep).
+        # written in account order (see sweep).
         def raised(period: str) -> str:
             column, figure = _COLUMNS[period]
             return (f"{column} = CASE WHEN {current(period)} THEN a.{column} ELSE {names[column]} END, "
@@ -159,7 +227,7 @@ class _Statements:
                 (key_hash, spent_total, day, spent_day, week, spent_week, month, spent_month)
             SELECT v.key_hash, v.total, {names["day"]}, v.daily, {names["week"]}, v.weekly, {names["month"]},
                    v.monthly
-            FROM unnest(CAST(:key_hashes AS text[]), CAST(:totals AS float8[]), CAST(:dailies AS float8[]),
+            FROM unnest(CAST(:accounts AS text[]), CAST(:totals AS float8[]), CAST(:dailies AS float8[]),
                         CAST(:weeklies AS float8[]), CAST(:monthlies AS float8[]))
                  AS v(key_hash, total, daily, weekly, monthly)
             ORDER BY v.key_hash
@@ -170,7 +238,7 @@ class _Statements:
 
 class PostgresCreditLedger:
     """Exact across every process sharing one PostgreSQL database. Database errors propagate (StoreUnavailable
-    when it cannot be reached): the caller refuses the request (fail closed) rather than serve a limited key it
+    when it cannot be reached): the caller refuses the request (fail closed) rather than serve a limited budget it
     cannot count. Uses the gateway's store (its engine and pool) and never closes it."""
 
     name = "PostgreSQL"  # what logs and errors call the ledger's store
@@ -185,7 +253,7 @@ class PostgresCreditLedger:
         # Every statement stands alone: autocommit spares the BEGIN and COMMIT round trips.
         self._engine = store._writer.execution_options(isolation_level="AUTOCOMMIT")
         self._sql = _Statements(_DB_PERIODS if clock is None else _BOUND_PERIODS)
-        # The reservations this process holds and has not settled: key hash -> reservation ids (for `renew`).
+        # The reservations this process holds and has not settled: account -> reservation ids (for `renew`).
         self.open: dict[str, set[str]] = {}
 
     def _periods(self) -> dict[str, str]:
@@ -200,93 +268,101 @@ class PostgresCreditLedger:
             async with self._engine.connect() as conn:
                 return await conn.execute(statement, params)
 
-    async def reserve(self, key: KeyRow | None, amount: float, *, prompt_cost: float,
+    async def reserve(self, chain: Sequence[Budget], amount: float, *, prompt_cost: float,
                       completion_price: float) -> SharedReservation:
-        """Reserve `amount` USD for a request of `key` (nothing to hold without a limit), or raise 402 saying how
-        many max_tokens would fit."""
-        if key is None or key.limit is None:
-            return SharedReservation(None if key is None else key.hash, 0.0)
-        reset = key.limit_reset if key.limit_reset in PERIODS else "total"
-        params = {"key_hash": key.hash, "limit": float(key.limit), "amount": float(amount), "lease": self.lease,
+        """Reserve `amount` USD for a request on every budget of `chain` that has a limit, all or nothing (nothing to
+        hold without one), or raise 402 naming the first budget it does not fit and saying how many max_tokens
+        would."""
+        budgets = held_budgets(chain)
+        if not budgets:
+            return SharedReservation((), 0.0)
+        accounts = [held.account for held in budgets]
+        params = {"accounts": accounts, "limits": [held.limit for held in budgets],
+                  "resets": [held.reset for held in budgets], "amount": float(amount), "lease": self.lease,
                   **self._periods()}
-        left = 0.0
+        refused, left = budgets[0], 0.0
         with translate_errors():
             async with self._engine.connect() as conn:
                 for _ in range(4):
                     reservation_id = secrets.token_hex(8)
-                    held = await conn.execute(self._sql.reserve[reset], {**params, "id": reservation_id})
-                    if held.first() is not None:
-                        self.open.setdefault(key.hash, set()).add(reservation_id)
-                        return SharedReservation(key.hash, amount, reservation_id)
-                    row = (await conn.execute(self._sql.recheck[reset], params)).first()
-                    if row is None:  # the key's first reservation anywhere
+                    made = (await conn.execute(self._sql.reserve, {**params, "id": reservation_id})).scalar_one()
+                    if made:  # a row per account: all of them (the statement writes all or none)
+                        for account in accounts:
+                            self.open.setdefault(account, set()).add(reservation_id)
+                        return SharedReservation(tuple(accounts), amount, reservation_id)
+                    rows = (await conn.execute(self._sql.recheck, params)).all()
+                    if not all(found for _, found, _ in rows):  # an account's first reservation anywhere
                         await conn.execute(self._sql.create, params)
                         continue
-                    left = float(row[1])
-                    if amount > left:
+                    short = next(((int(order), float(room)) for order, _, room in rows if amount > room), None)
+                    if short is not None:
+                        refused, left = budgets[short[0] - 1], short[1]
                         break
                     # Room was made meanwhile (expired reservations released, a settlement): try again.
-        raise insufficient_credit(key.limit, left, amount, prompt_cost, completion_price)
+        raise insufficient_credit(refused.budget, left, amount, prompt_cost, completion_price)
+
+    @staticmethod
+    def _row_ids(reservation_id: str, accounts: int) -> list[str]:
+        """The ids of a reservation's rows, one per account (see the module docstring)."""
+        return [f"{reservation_id}.{index}" for index in range(accounts)]
 
     async def settle(self, reservation: SharedReservation, cost: float) -> None:
-        """Replace the reservation with the real cost (exactly once; a reservation whose lease ran out and was
-        released only adds its cost)."""
+        """Replace the reservation with the real cost on every account (exactly once; an account whose row of the
+        reservation ran out of lease and was released only adds its cost)."""
         if reservation.settled:
             return
         reservation.settled = True
-        if reservation.key_hash is None or not reservation.id and cost <= 0:
+        if not reservation.accounts or not reservation.id and cost <= 0:
             return
-        held = self.open.get(reservation.key_hash)
-        if held is not None:
-            held.discard(reservation.id)
-            if not held:
-                del self.open[reservation.key_hash]
-        params = {"id": reservation.id, "key_hash": reservation.key_hash, "cost": float(cost), **self._periods()}
-        with translate_errors():
-            async with self._engine.connect() as conn:
-                result = await conn.execute(self._sql.settle, params)
-                if result.rowcount == 0:  # a cost without a reservation, of a key never reserved for
-                    await conn.execute(self._sql.create, params)
-                    await conn.execute(self._sql.settle, params)
+        for account in reservation.accounts:
+            held = self.open.get(account)
+            if held is not None:
+                held.discard(reservation.id)
+                if not held:
+                    del self.open[account]
+        ids = self._row_ids(reservation.id, len(reservation.accounts)) if reservation.id else []
+        await self._execute(self._sql.settle, {"ids": ids, "accounts": list(reservation.accounts),
+                                               "cost": float(cost), **self._periods()})
 
     async def renew(self) -> int:
         """Extend the lease of every reservation this process holds, in one statement; returns how many were
         still open (one released by a sweep after its lease ended stays released)."""
         if not self.open:
             return 0
-        ids = [reservation_id for ids in self.open.values() for reservation_id in ids]
-        result = await self._execute(self._sql.renew, {"ids": ids, "lease": self.lease})
-        return result.rowcount
+        # A reservation is in the set of each of its accounts: as many rows as sets ("<id>.0" ...).
+        accounts_of = Counter(reservation_id for ids in self.open.values() for reservation_id in ids)
+        ids = [row for reservation_id, count in accounts_of.items() for row in self._row_ids(reservation_id, count)]
+        return int((await self._execute(self._sql.renew, {"ids": ids, "lease": self.lease})).scalar_one())
 
     async def sweep(self) -> int:
-        """Release every reservation whose lease ended (whichever process held it), in one statement; returns how
-        many."""
-        rows = (await self._execute(self._sql.sweep, {})).all()
-        return sum(int(row[0]) for row in rows)
+        """Release every reservation whose lease ended (whichever process held it) on every account, in one
+        statement; returns how many reservations."""
+        return int((await self._execute(self._sql.sweep, {})).scalar_one())
 
-    async def spend(self, key_hash: str) -> Spend:
-        """The key's figures (spend per period and what open reservations hold), in one statement."""
-        return (await self.spend_of([key_hash]))[key_hash]
+    async def spend(self, account: str) -> Spend:
+        """The account's figures (spend per period and what open reservations hold), in one statement."""
+        return (await self.spend_of([account]))[account]
 
-    async def spend_of(self, key_hashes: list[str]) -> dict[str, Spend]:
-        """`spend` of several keys, in one statement."""
-        figures = {key_hash: Spend() for key_hash in key_hashes}
-        if not key_hashes:
+    async def spend_of(self, accounts: list[str]) -> dict[str, Spend]:
+        """`spend` of several accounts, in one statement."""
+        figures = {account: Spend() for account in accounts}
+        if not accounts:
             return figures
-        result = await self._execute(self._sql.spend, {"key_hashes": list(key_hashes), **self._periods()})
-        for key_hash, total, daily, weekly, monthly, reserved in result.all():
-            figures[key_hash] = Spend(total=float(total), daily=float(daily), weekly=float(weekly),
+        result = await self._execute(self._sql.spend, {"accounts": list(accounts), **self._periods()})
+        for account, total, daily, weekly, monthly, reserved in result.all():
+            figures[account] = Spend(total=float(total), daily=float(daily), weekly=float(weekly),
                                       monthly=float(monthly), reserved=float(reserved))
         return figures
 
-    async def reconcile(self, spend_by_key: dict[str | None, dict[str, float]], *, complete: bool = True) -> None:
+    async def reconcile(self, spend_by_account: dict[str | None, dict[str, float]], *,
+                        complete: bool = True) -> None:
         """Raise each figure to the database records' when it is lower, never lowering one (a settled cost whose
         record is still waiting to be written stays counted), in one statement. `complete` is accepted for
         RedisCreditLedger's interface: these figures cannot be lost apart from the records."""
-        rows = sorted((key_hash, figures) for key_hash, figures in spend_by_key.items() if key_hash is not None)
+        rows = sorted((account, figures) for account, figures in spend_by_account.items() if account is not None)
         if not rows:
             return
-        params: dict[str, Any] = {"key_hashes": [key_hash for key_hash, _ in rows], **self._periods()}
+        params: dict[str, Any] = {"accounts": [account for account, _ in rows], **self._periods()}
         for name, column in (("total", "totals"), ("daily", "dailies"), ("weekly", "weeklies"),
                              ("monthly", "monthlies")):
             params[column] = [float(figures.get(name, 0.0)) for _, figures in rows]

@@ -1,17 +1,21 @@
 """Credit limits held across every process of every instance: the reservation ledger in Redis (issue 13).
 
 The in-process `CreditLedger` (credits.py) is exact within one process. This one keeps the same figures in Redis so
-that any number of processes sharing one Redis hold a key's limit together: each reservation is one Lua script (one
-round trip) that reads the key's spend and open reservations, decides, and records the reservation atomically;
-settling is another. Only keys with a credit limit ever reach Redis.
+that any number of processes sharing one Redis hold a request's budgets together (its key's limit, its environment's,
+member's and workspace's budgets: a chain of `Budget`s, each an account of the ledger). Each reservation is one Lua
+script (one round trip) that reads the spend and open reservations of every account of the chain, decides, and
+records the reservation on all of them or on none, atomically (Redis runs a script alone); settling every account is
+another. Only budgets with a limit ever reach Redis. Every account of a script must live on the same Redis: a
+standalone server or a primary, not a cluster.
 
-Per API key hash H, under `prefix`:
-- `{prefix}:{H}:t` total spend (USD, a float string), and `:d:<YYYY-MM-DD>`, `:w:<YYYY-MM-DD of Monday>`,
+Per account A (a key's hash, or "ws:<id>", "env:<id>", "mem:<id>": the two never collide), under `prefix`:
+- `{prefix}:{A}:t` total spend (USD, a float string), and `:d:<YYYY-MM-DD>`, `:w:<YYYY-MM-DD of Monday>`,
   `:m:<YYYY-MM>` the spend of the current day, week and month (UTC). A period's key is named after the period, so
   a reset happens once, for everyone, when the date changes; old period keys expire by themselves.
-- `{prefix}:{H}:res` a sorted set of open reservations (member: reservation id, score: lease end in ms, Redis'
-  clock) and `{prefix}:{H}:amt` a hash of their amounts. A reservation whose lease ended (its process died: SIGKILL,
-  host loss) is dropped by the next reservation of that key, so the key's credit recovers by itself within one lease.
+- `{prefix}:{A}:res` a sorted set of open reservations (member: reservation id, score: lease end in ms, Redis'
+  clock) and `{prefix}:{A}:amt` a hash of their amounts. A reservation holds the same id on every account of its
+  chain. A reservation whose lease ended (its process died: SIGKILL, host loss) is dropped from an account by the
+  next reservation on that account, so each budget recovers by itself within one lease.
 
 - `{prefix}:reconciled:<fleet id>` (`marker`; the fleet is the database, see api/app.py) exists once the figures were reconciled with the database (below). A reservation finds it
   missing after Redis lost its data (a restart without persistence, a flush, a failover to an empty replica): it is
@@ -34,19 +38,16 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from crossroads.errors import GatewayError
-from crossroads.gate.credits import PERIODS, Spend, insufficient_credit, period_starts
+from crossroads.gate.credits import PERIODS, Budget, Spend, insufficient_credit, period_starts
 from crossroads.gate.redis_client import redis_client
 from crossroads.observability.logs import OncePer
 from crossroads.observability.metrics import count_redis_error, count_store_error
-
-if TYPE_CHECKING:
-    from crossroads.store.rows import KeyRow
 
 _log = logging.getLogger("crossroads")
 
@@ -57,9 +58,10 @@ SETTLE_MARGIN = 1.0
 # Seconds a period's spend key outlives its period (then it expires by itself).
 _PERIOD_TTL = {"daily": 2 * 86400, "weekly": 8 * 86400, "monthly": 32 * 86400}
 
-# Open reservations of a key are a sorted set (`res`: id -> lease end), their amounts a hash (`amt`) and their sum a
-# float (`rsum`), so that a reservation costs O(log n) whatever the number of requests of that key in flight. Each
-# script that drops a reservation subtracts its amount from `rsum`; an empty `res` resets `rsum` to 0 (float drift).
+# Open reservations of an account are a sorted set (`res`: id -> lease end), their amounts a hash (`amt`) and their
+# sum a float (`rsum`), so that a reservation costs O(log n) per account whatever the number of requests of that
+# account in flight. Each script that drops a reservation subtracts its amount from `rsum`; an empty `res` resets
+# `rsum` to 0 (float drift).
 _DROP_EXPIRED_LUA = """
 local function drop_expired(res, amt, rsum, now)
   local expired = redis.call('ZRANGEBYSCORE', res, '-inf', now)
@@ -82,41 +84,57 @@ local function reserved_now(res, rsum)
 end
 """
 
-# KEYS: [1] the spend key the limit applies to (total or the current period's), [2] res, [3] amt, [4] rsum, [5] the
-# reconciled marker. ARGV: [1] lease ms, [2] limit, [3] amount, [4] reservation id.
-# Returns {1, left_after} when reserved, {0, left} when refused, {-1, "0"} when the figures need reconciling first
+# KEYS: [1] the reconciled marker, then per account of the chain (in the chain's order) 4 keys: the spend key its
+# limit applies to (total or the current period's), res, amt, rsum. ARGV: [1] lease ms, [2] amount, [3] reservation
+# id, then per account its limit.
+# Every account's expired reservations are dropped and every limit checked before anything is reserved: the
+# reservation is added to every account or to none. Returns {1, '0', 0} when reserved, {0, left, i} when the i-th
+# account (1-based) refused (the first in the chain's order), {-1, '0', 0} when the figures need reconciling first
 # (numbers as strings: Lua floats would be truncated).
 _RESERVE_LUA = _DROP_EXPIRED_LUA + """
-if redis.call('EXISTS', KEYS[5]) == 0 then return {-1, '0'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '0', 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-drop_expired(KEYS[2], KEYS[3], KEYS[4], now)
-local reserved = reserved_now(KEYS[2], KEYS[4])
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local left = tonumber(ARGV[2]) - used - reserved
-local amount = tonumber(ARGV[3])
-if amount > left then return {0, tostring(left)} end
+local amount = tonumber(ARGV[2])
+local accounts = (#KEYS - 1) / 4
+local refused, refused_left = 0, 0
+for i = 1, accounts do
+  local k = 1 + 4 * (i - 1)
+  drop_expired(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], now)
+  local reserved = reserved_now(KEYS[k + 2], KEYS[k + 4])
+  local used = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+  local left = tonumber(ARGV[3 + i]) - used - reserved
+  if refused == 0 and amount > left then refused, refused_left = i, left end
+end
+if refused > 0 then return {0, tostring(refused_left), refused} end
 local lease = tonumber(ARGV[1])
-redis.call('ZADD', KEYS[2], now + lease, ARGV[4])
-redis.call('HSET', KEYS[3], ARGV[4], ARGV[3])
-redis.call('INCRBYFLOAT', KEYS[4], ARGV[3])
-for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], 2 * lease) end
-return {1, tostring(left - amount)}
+for i = 1, accounts do
+  local k = 1 + 4 * (i - 1)
+  redis.call('ZADD', KEYS[k + 2], now + lease, ARGV[3])
+  redis.call('HSET', KEYS[k + 3], ARGV[3], ARGV[2])
+  redis.call('INCRBYFLOAT', KEYS[k + 4], ARGV[2])
+  for j = 2, 4 do redis.call('PEXPIRE', KEYS[k + j], 2 * lease) end
+end
+return {1, '0', 0}
 """
 
-# KEYS: [1] total, [2] day, [3] week, [4] month, [5] res, [6] amt, [7] rsum. ARGV: [1] reservation id, [2] cost,
-# [3..5] the day, week and month keys' lifetimes in seconds.
+# KEYS: per account of the reservation 7 keys: total, day, week, month, res, amt, rsum. ARGV: [1] reservation id,
+# [2] cost, [3..5] the day, week and month keys' lifetimes in seconds. An account whose copy of the reservation
+# expired and was dropped meanwhile only gets the cost.
 _SETTLE_LUA = """
-if redis.call('ZREM', KEYS[5], ARGV[1]) == 1 then
-  local amount = redis.call('HGET', KEYS[6], ARGV[1])
-  redis.call('HDEL', KEYS[6], ARGV[1])
-  if amount then redis.call('INCRBYFLOAT', KEYS[7], '-' .. amount) end
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
-  for i = 2, 4 do
-    redis.call('INCRBYFLOAT', KEYS[i], ARGV[2])
-    redis.call('EXPIRE', KEYS[i], ARGV[i + 1])
+local cost = tonumber(ARGV[2])
+for k = 0, #KEYS - 7, 7 do
+  if redis.call('ZREM', KEYS[k + 5], ARGV[1]) == 1 then
+    local amount = redis.call('HGET', KEYS[k + 6], ARGV[1])
+    redis.call('HDEL', KEYS[k + 6], ARGV[1])
+    if amount then redis.call('INCRBYFLOAT', KEYS[k + 7], '-' .. amount) end
+  end
+  if cost > 0 then
+    redis.call('INCRBYFLOAT', KEYS[k + 1], ARGV[2])
+    for i = 2, 4 do
+      redis.call('INCRBYFLOAT', KEYS[k + i], ARGV[2])
+      redis.call('EXPIRE', KEYS[k + i], ARGV[i + 1])
+    end
   end
 end
 return 1
@@ -132,7 +150,7 @@ for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], 2 * tonumber(ARGV[1])) end
 return 1
 """
 
-# KEYS: [1] res, [2] amt, [3] rsum. Returns the sum of the key's live reservations (dropping expired ones first).
+# KEYS: [1] res, [2] amt, [3] rsum. Returns the sum of the account's live reservations (dropping expired ones first).
 _RESERVED_LUA = _DROP_EXPIRED_LUA + """
 local t = redis.call('TIME')
 drop_expired(KEYS[1], KEYS[2], KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
@@ -211,10 +229,32 @@ class NeedsReconcile(Exception):
 
 @dataclass(slots=True)
 class SharedReservation:
-    key_hash: str | None
+    accounts: tuple[str, ...]  # the accounts holding it: the chain's budgets with a limit, in the chain's order
     amount: float
     id: str = ""
     settled: bool = False
+
+
+class HeldBudget(NamedTuple):
+    """A budget a shared ledger holds."""
+    account: str
+    limit: float
+    reset: str  # the figure its limit applies to: "total", "daily", "weekly" or "monthly"
+    budget: Budget
+
+
+def held_budgets(chain: Sequence[Budget]) -> list[HeldBudget]:
+    """The budgets of `chain` a shared ledger holds, in the chain's order: those with a limit (the master key has
+    none), each account once (the first of its budgets counts: an account appearing twice would hold the
+    reservation twice)."""
+    held: list[HeldBudget] = []
+    for budget in chain:
+        if budget.limit is None or budget.account is None:
+            continue
+        if all(other.account != budget.account for other in held):
+            reset = budget.limit_reset if budget.limit_reset in PERIODS else "total"
+            held.append(HeldBudget(budget.account, float(budget.limit), reset or "total", budget))
+    return held
 
 
 def period_names(now: datetime) -> dict[str, str]:
@@ -226,7 +266,7 @@ def period_names(now: datetime) -> dict[str, str]:
 
 class RedisCreditLedger:
     """Exact across every process sharing one Redis (standalone or primary). Redis errors propagate: the caller
-    refuses the request (fail closed) rather than serve a limited key it cannot count."""
+    refuses the request (fail closed) rather than serve a limited budget it cannot count."""
 
     name = "Redis"  # what logs and errors call the ledger's store
 
@@ -246,7 +286,7 @@ class RedisCreditLedger:
         self._renew = self._redis.register_script(_RENEW_LUA)
         self._reserved = self._redis.register_script(_RESERVED_LUA)
         self._reconcile = self._redis.register_script(_RECONCILE_LUA)
-        # The reservations this process holds and has not settled: key hash -> reservation ids (for `renew`).
+        # The reservations this process holds and has not settled: account -> reservation ids (for `renew`).
         self.open: dict[str, set[str]] = {}
 
     def _period_names(self) -> dict[str, str]:
@@ -257,37 +297,43 @@ class RedisCreditLedger:
             self._names, self._names_until = period_names(self._clock()), now + 1.0
         return self._names
 
-    def _keys(self, key_hash: str) -> dict[str, str]:
-        base = f"{self.prefix}:{key_hash}"
+    def _keys(self, account: str) -> dict[str, str]:
+        base = f"{self.prefix}:{account}"
         periods = self._period_names() if self._cached_clock else period_names(self._clock())
         return {"total": f"{base}:t", "daily": f"{base}:d:{periods['daily']}",
                 "weekly": f"{base}:w:{periods['weekly']}", "monthly": f"{base}:m:{periods['monthly']}",
                 "res": f"{base}:res", "amt": f"{base}:amt", "rsum": f"{base}:rsum"}
 
-    async def reserve(self, key: KeyRow | None, amount: float, *, prompt_cost: float,
+    async def reserve(self, chain: Sequence[Budget], amount: float, *, prompt_cost: float,
                       completion_price: float) -> SharedReservation:
-        """Reserve `amount` USD for a request of `key` (nothing to hold without a limit), or raise 402 saying how
-        many max_tokens would fit, or NeedsReconcile."""
-        if key is None or key.limit is None:
-            return SharedReservation(None if key is None else key.hash, 0.0)
-        keys = self._keys(key.hash)
-        spend_key = keys[key.limit_reset] if key.limit_reset in PERIODS else keys["total"]
+        """Reserve `amount` USD for a request on every budget of `chain` that has a limit, all or nothing (nothing to
+        hold without one), or raise 402 naming the first budget it does not fit and saying how many max_tokens
+        would, or NeedsReconcile."""
+        budgets = held_budgets(chain)
+        if not budgets:
+            return SharedReservation((), 0.0)
         reservation_id = secrets.token_hex(8)
-        admitted, left_text = await self._reserve([spend_key, keys["res"], keys["amt"], keys["rsum"], self.marker],
-                                                  [self.lease_ms, repr(float(key.limit)), repr(float(amount)),
-                                                   reservation_id])
+        keys = [self.marker]
+        args: list[Any] = [self.lease_ms, repr(float(amount)), reservation_id]
+        for held in budgets:
+            names = self._keys(held.account)
+            keys += [names[held.reset], names["res"], names["amt"], names["rsum"]]
+            args.append(repr(held.limit))
+        admitted, left_text, refused = await self._reserve(keys, args)
         admitted = int(admitted)
         if admitted < 0:
             raise NeedsReconcile
-        left = float(left_text)
         if not admitted:
-            raise insufficient_credit(key.limit, left, amount, prompt_cost, completion_price)
-        self.open.setdefault(key.hash, set()).add(reservation_id)
-        return SharedReservation(key.hash, amount, reservation_id)
+            raise insufficient_credit(budgets[int(refused) - 1].budget, float(left_text), amount, prompt_cost,
+                                      completion_price)
+        accounts = tuple(held.account for held in budgets)
+        for account in accounts:
+            self.open.setdefault(account, set()).add(reservation_id)
+        return SharedReservation(accounts, amount, reservation_id)
 
     async def settle(self, reservation: SharedReservation, cost: float) -> None:
-        """Replace the reservation with the real cost (exactly once; a reservation whose lease ran out only adds
-        its cost)."""
+        """Replace the reservation with the real cost on every account (exactly once; an account whose copy of the
+        reservation ran out of lease only adds its cost)."""
         sent = self.settle_soon(reservation, cost)
         if sent is not None:
             await sent
@@ -298,60 +344,64 @@ class RedisCreditLedger:
         if reservation.settled:
             return None
         reservation.settled = True
-        if reservation.key_hash is None or not reservation.id and cost <= 0:
+        if not reservation.accounts or not reservation.id and cost <= 0:
             return None
-        held = self.open.get(reservation.key_hash)
-        if held is not None:
-            held.discard(reservation.id)
-            if not held:
-                del self.open[reservation.key_hash]
-        keys = self._keys(reservation.key_hash)
-        return self._settle([keys["total"], keys["daily"], keys["weekly"], keys["monthly"], keys["res"], keys["amt"],
-                             keys["rsum"]],
-                            [reservation.id or "-", repr(float(cost)), *(_PERIOD_TTL[p] for p in PERIODS)])
+        keys: list[str] = []
+        for account in reservation.accounts:
+            held = self.open.get(account)
+            if held is not None:
+                held.discard(reservation.id)
+                if not held:
+                    del self.open[account]
+            names = self._keys(account)
+            keys += [names["total"], names["daily"], names["weekly"], names["monthly"], names["res"], names["amt"],
+                     names["rsum"]]
+        return self._settle(keys, [reservation.id or "-", repr(float(cost)), *(_PERIOD_TTL[p] for p in PERIODS)])
 
     async def renew(self) -> int:
-        """Extend the lease of every reservation this process holds, in one round trip; returns how many."""
+        """Extend the lease of every reservation this process holds (on each of its accounts), in one round trip;
+        returns how many reservations."""
         if not self.open:
             return 0
-        count = 0
+        renewed: set[str] = set()
         async with self._redis.pipeline(transaction=False) as pipe:
-            for key_hash, ids in list(self.open.items()):
-                keys = self._keys(key_hash)
+            for account, ids in list(self.open.items()):
+                keys = self._keys(account)
                 await self._renew(keys=[keys["res"], keys["amt"], keys["rsum"]], args=[self.lease_ms, *ids],
                                   client=pipe)
-                count += len(ids)
+                renewed.update(ids)
             await pipe.execute()
-        return count
+        return len(renewed)
 
-    async def spend(self, key_hash: str) -> Spend:
-        """The key's figures (spend per period and what open reservations hold), read in one round trip."""
-        return (await self.spend_of([key_hash]))[key_hash]
+    async def spend(self, account: str) -> Spend:
+        """The account's figures (spend per period and what open reservations hold), read in one round trip."""
+        return (await self.spend_of([account]))[account]
 
-    async def spend_of(self, key_hashes: list[str]) -> dict[str, Spend]:
-        """`spend` of several keys, in one round trip."""
+    async def spend_of(self, accounts: list[str]) -> dict[str, Spend]:
+        """`spend` of several accounts, in one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            for key_hash in key_hashes:
-                keys = self._keys(key_hash)
+            for account in accounts:
+                keys = self._keys(account)
                 pipe.mget(keys["total"], keys["daily"], keys["weekly"], keys["monthly"])
                 await self._reserved(keys=[keys["res"], keys["amt"], keys["rsum"]], client=pipe)
             replies = await pipe.execute()
         figures: dict[str, Spend] = {}
-        for index, key_hash in enumerate(key_hashes):
+        for index, account in enumerate(accounts):
             values, reserved = replies[2 * index], replies[2 * index + 1]
             total, daily, weekly, monthly = (float(v) if v is not None else 0.0 for v in values)
-            figures[key_hash] = Spend(total=total, daily=daily, weekly=weekly, monthly=monthly,
-                                      reserved=float(reserved))
+            figures[account] = Spend(total=total, daily=daily, weekly=weekly, monthly=monthly,
+                                     reserved=float(reserved))
         return figures
 
-    async def reconcile(self, spend_by_key: dict[str | None, dict[str, float]], *, complete: bool = True) -> None:
+    async def reconcile(self, spend_by_account: dict[str | None, dict[str, float]], *,
+                        complete: bool = True) -> None:
         """Raise each figure in Redis to the database's when it is lower (see the module docstring), in one round
-        trip; when `complete` (every limited key is in `spend_by_key`), mark the figures reconciled."""
+        trip; when `complete` (every limited account is in `spend_by_account`), mark the figures reconciled."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            for key_hash, figures in spend_by_key.items():
-                if key_hash is None:
+            for account, figures in spend_by_account.items():
+                if account is None:
                     continue  # the master key has no limit
-                keys = self._keys(key_hash)
+                keys = self._keys(account)
                 await self._reconcile(
                     keys=[keys["total"], keys["daily"], keys["weekly"], keys["monthly"]],
                     args=[repr(float(figures[name])) if name in figures else "" for name in ("total", *PERIODS)]
@@ -378,8 +428,9 @@ class FleetCredits:
     expired leases where the ledger needs a sweep) and reconciliation with the generation records, in one background
     task per process.
 
-    `database_spend(key_hashes)` returns the records' figures of those keys ({"total", "daily", ...}); `limited()`
-    the hashes of the keys that have a credit limit (the only ones a shared ledger holds)."""
+    `database_spend(accounts)` returns the records' figures of those accounts ({account: {"total", "daily", ...}});
+    `limited()` every account (key hash, "ws:<id>", "env:<id>", "mem:<id>") whose budget has a limit (the only ones
+    a shared ledger holds)."""
 
     def __init__(self, ledger: Any, *, database_spend: Callable[[list[str]], Awaitable[dict]],
                  limited: Callable[[], list[str]], reconcile_interval: float) -> None:
@@ -389,37 +440,39 @@ class FleetCredits:
         self.reconcile_interval = reconcile_interval
         self.reconcile_due = True
         self._last_reconcile = -math.inf
-        self._known: set[str] = set()  # keys whose figures this process has reconciled
+        self._known: set[str] = set()  # accounts whose figures this process has reconciled
         self._settling: set[asyncio.Future[Any]] = set()
         self._task: asyncio.Task[None] | None = None
         self._down = OncePer(_log)
         self._sweep = getattr(ledger, "sweep", None)
         self._count_error = count_redis_error if ledger.name == "Redis" else count_store_error
 
-    async def reserve(self, key: KeyRow, amount: float, *, prompt_cost: float,
+    async def reserve(self, chain: Sequence[Budget], amount: float, *, prompt_cost: float,
                       completion_price: float) -> SharedReservation:
-        """Reserve in the shared ledger; 402 when the key's limit has no room, 503 when the ledger cannot be reached
-        (fail closed)."""
+        """Reserve on every budget of `chain` that has a limit, in the shared ledger; 402 when one of them has no
+        room, 503 when the ledger cannot be reached (fail closed)."""
         try:
-            if key.hash not in self._known:
-                # A key this process has not reconciled yet (its limit was just set: Redis has none of its past
-                # spend): bring its figures from the records first, once per process.
-                await self.reconcile([key.hash])
+            unknown = [budget.account for budget in chain if budget.limit is not None and budget.account is not None
+                       and budget.account not in self._known]
+            if unknown:
+                # Accounts this process has not reconciled yet (a limit was just set: the ledger has none of their
+                # past spend): bring their figures from the records first, once per process.
+                await self.reconcile(unknown)
             try:
-                return await self.ledger.reserve(key, amount, prompt_cost=prompt_cost,
+                return await self.ledger.reserve(chain, amount, prompt_cost=prompt_cost,
                                                  completion_price=completion_price)
             except NeedsReconcile:
                 await self.reconcile()
-                return await self.ledger.reserve(key, amount, prompt_cost=prompt_cost,
+                return await self.ledger.reserve(chain, amount, prompt_cost=prompt_cost,
                                                  completion_price=completion_price)
         except GatewayError:
             raise
         except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; all mean "cannot count"
             self._count_error()
-            self._down.warning("credit ledger (%s) unavailable, requests of keys with a credit limit refused with "
-                               "503: %s", self.ledger.name, type(exc).__name__)
-            raise GatewayError(503, "This key's credit limit cannot be checked right now (the shared credit ledger "
-                                    "is unavailable); retry shortly",
+            self._down.warning("credit ledger (%s) unavailable, requests with a credit limit or budget refused "
+                               "with 503: %s", self.ledger.name, type(exc).__name__)
+            raise GatewayError(503, "This request's credit limits cannot be checked right now (the shared credit "
+                                    "ledger is unavailable); retry shortly",
                                metadata={"code": "credit_ledger_unavailable"}, headers={"Retry-After": "1"}) from None
 
     def settle_later(self, reservation: SharedReservation, cost: float) -> None:
@@ -442,23 +495,23 @@ class FleetCredits:
         # The lease releases the reservation; the cost comes back from the records at the next reconciliation.
         self._count_error()
         self.reconcile_due = True
-        self._down.warning("could not settle a reservation in the credit ledger (%s): %s; the key's spend is "
+        self._down.warning("could not settle a reservation in the credit ledger (%s): %s; the spend is "
                            "corrected from the generation records within %.0f s", self.ledger.name,
                            type(pending.exception()).__name__, self.reconcile_interval)
 
-    async def reconcile(self, key_hashes: list[str] | None = None, *, settle_margin: float = 0.0) -> None:
-        """Raise the ledger's figures of every limited key (or of `key_hashes`) to the generation records' (one
+    async def reconcile(self, accounts: list[str] | None = None, *, settle_margin: float = 0.0) -> None:
+        """Raise the ledger's figures of every limited account (or of `accounts`) to the generation records' (one
         query, one round trip). With `settle_margin`, the records' figures wait that long before they are applied:
         a record can reach the database before its settlement reaches the ledger (settlements are sent off the
         request path), and raising the ledger to a figure that already holds a settlement still on its way would
         count that request twice."""
-        hashes = self._limited() if key_hashes is None else key_hashes
-        figures = await self._database_spend(hashes)
+        wanted = self._limited() if accounts is None else accounts
+        figures = await self._database_spend(wanted)
         if settle_margin:
             await asyncio.sleep(settle_margin)
-        await self.ledger.reconcile(figures, complete=key_hashes is None)
-        self._known.update(hashes)
-        if key_hashes is None:
+        await self.ledger.reconcile(figures, complete=accounts is None)
+        self._known.update(wanted)
+        if accounts is None:
             self.reconcile_due = False
             self._last_reconcile = time.monotonic()
 
@@ -483,7 +536,7 @@ class FleetCredits:
                     await self.reconcile(settle_margin=SETTLE_MARGIN)
                 elif now - self._last_reconcile >= self.reconcile_interval:
                     # One process of the fleet per interval runs the periodic reconciliation (a query over every
-                    # record of the limited keys); the others skip it.
+                    # record of the limited accounts); the others skip it.
                     self._last_reconcile = now
                     if await self.ledger.claim_reconcile(self.reconcile_interval):
                         await self.reconcile(settle_margin=SETTLE_MARGIN)
@@ -494,8 +547,8 @@ class FleetCredits:
                 self._down.warning("credit ledger maintenance failed (lease renewal or reconciliation): %s: %s",
                                    type(exc).__name__, exc)
 
-    async def figures(self, key_hashes: list[str]) -> dict[str, Spend]:
-        return await self.ledger.spend_of(key_hashes)
+    async def figures(self, accounts: list[str]) -> dict[str, Spend]:
+        return await self.ledger.spend_of(accounts)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -38,8 +38,9 @@ def known_revisions() -> list[str]:
     return [script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()]
 
 
-def migrate(url: str) -> None:
-    """Bring the database at `url` to the newest schema. Idempotent; safe to run from several processes at once.
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database at `url` to the newest schema (or to `revision`: tests of an upgrade from an older one).
+    Idempotent; safe to run from several processes at once.
 
     Creates the SQLite file's folder. Synchronous: runs its own event loop (on a helper thread when called from
     inside a running loop, which it then blocks until done). Raises `StoreUnavailable` when the database cannot be
@@ -53,10 +54,10 @@ def migrate(url: str) -> None:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            asyncio.run(_migrate(target))
+            asyncio.run(_migrate(target, revision))
             return
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="crossroads-migrate") as pool:
-            pool.submit(asyncio.run, _migrate(target)).result()
+            pool.submit(asyncio.run, _migrate(target, revision)).result()
 
 
 @contextlib.contextmanager
@@ -79,13 +80,13 @@ def _sqlite_lock(path: Path | None) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-async def _migrate(target: Any) -> None:
+async def _migrate(target: Any, revision: str) -> None:
     engine = create_engine(target, pool=False, busy_timeout_ms=MIGRATE_SQLITE_BUSY_TIMEOUT_MS)
     try:
         with translate_errors():
             async with engine.connect() as connection:
                 connection = await connection.execution_options(crossroads_write=True)
-                await connection.run_sync(_upgrade)
+                await connection.run_sync(_upgrade, revision)
     finally:
         await engine.dispose()
 
@@ -115,9 +116,9 @@ def _quiet_alembic() -> None:
             logger.addFilter(_INFO_AS_DEBUG)
 
 
-def _upgrade(connection: Any) -> None:
+def _upgrade(connection: Any, revision: str) -> None:
     cfg = alembic_config()
     from alembic import command
 
     cfg.attributes["connection"] = connection
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, revision)

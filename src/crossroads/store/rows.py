@@ -27,6 +27,9 @@ class KeyRow:
     rpm: int | None = None  # requests per minute; None = no limit
     tpm: int | None = None  # tokens per minute; None = no limit
     priority: str = "normal"  # high | normal | low: who is refused first when a connection is near capacity
+    workspace_id: str = "default"
+    environment_id: str = "default"
+    user_id: str | None = None  # the member who owns the key (None: made with the master key or a management key)
 
 
 @dataclass(slots=True)
@@ -61,6 +64,9 @@ class GenerationRow:
     user_agent: str | None = None
     provider_responses: list[dict[str, Any]] = field(default_factory=list)  # one per upstream attempt
     events: list[dict[str, Any]] = field(default_factory=list)  # e.g. request fields a conversion had to drop
+    workspace_id: str | None = None  # the key's when the request was made (None: the master key)
+    environment_id: str | None = None
+    user_id: str | None = None  # the member who owns the key
 
 
 GENERATION_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(GenerationRow))
@@ -96,6 +102,51 @@ def from_record(record: GenerationRecord) -> GenerationRow:
     for index in _JSON_INDEXES:
         values[index] = orjson.loads(values[index]) if values[index] is not None else []
     return GenerationRow(*values)
+
+
+@dataclass(slots=True)
+class WorkspaceRow:
+    id: str
+    name: str
+    budget_limit: float | None = None  # USD; None = no budget
+    budget_reset: str | None = None  # daily | weekly | monthly | None (lifetime)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class EnvironmentRow:
+    id: str
+    workspace_id: str
+    name: str
+    budget_limit: float | None = None
+    budget_reset: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class UserRow:
+    id: str
+    email: str  # lower-cased
+    password_hash: str | None = None  # argon2id; never leaves the store's callers' process
+    is_admin: bool = False
+    oidc_subject: str | None = None
+    disabled: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class MembershipRow:
+    id: str
+    workspace_id: str
+    user_id: str
+    role: str  # owner | admin | member | viewer
+    budget_limit: float | None = None
+    budget_reset: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 @dataclass(slots=True)

@@ -50,6 +50,66 @@ api_keys = sa.Table(
     sa.Column("rpm", sa.Integer, nullable=True),
     sa.Column("tpm", sa.Integer, nullable=True),
     sa.Column("priority", sa.String(16), nullable=False, default="normal"),
+    # Where the key belongs (workspaces below): its workspace and environment, and the member who owns it (None for
+    # keys made with the master key or a workspace's management key without a member).
+    sa.Column("workspace_id", sa.String(64), nullable=False, default="default"),
+    sa.Column("environment_id", sa.String(64), nullable=False, default="default"),
+    sa.Column("user_id", sa.String(64), nullable=True),
+)
+
+# Workspaces (teams) -> environments (dev, prod, ...) -> keys; people are users, members of workspaces with a role.
+# Every level may carry a budget: a USD limit (None: none) and its reset period (None: lifetime, daily, weekly,
+# monthly). The migration's `default` workspace and its `default` environment hold every key made before workspaces.
+# Writes bump `keys_version` (meta) like key writes, so every process's key cache reloads them together.
+workspaces = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("budget_limit", sa.Float, nullable=True),
+    sa.Column("budget_reset", sa.String(16), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+environments = sa.Table(
+    "environments",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("workspace_id", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("budget_limit", sa.Float, nullable=True),
+    sa.Column("budget_reset", sa.String(16), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("workspace_id", "name", name="uq_environments_workspace_name"),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),  # lower-cased
+    sa.Column("password_hash", sa.Text, nullable=True),  # argon2id; None: single sign-on or an invitation only
+    sa.Column("is_admin", sa.Boolean, nullable=False, default=False),  # the whole gateway's, like the master key
+    sa.Column("oidc_subject", sa.String(255), nullable=True),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+memberships = sa.Table(
+    "memberships",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("workspace_id", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # owner | admin | member | viewer
+    sa.Column("budget_limit", sa.Float, nullable=True),
+    sa.Column("budget_reset", sa.String(16), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("workspace_id", "user_id", name="uq_memberships_workspace_user"),
 )
 
 generations = sa.Table(
@@ -85,8 +145,13 @@ generations = sa.Table(
     sa.Column("user_agent", sa.Text, nullable=True),
     sa.Column("provider_responses", sa.JSON(none_as_null=True), nullable=True),
     sa.Column("events", sa.JSON(none_as_null=True), nullable=True),
+    # The key's workspace, environment and member when the request was made (None: master key, or before 0006).
+    sa.Column("workspace_id", sa.String(64), nullable=True),
+    sa.Column("environment_id", sa.String(64), nullable=True),
+    sa.Column("user_id", sa.String(64), nullable=True),
     sa.Index("ix_generations_key_hash_created_at", "key_hash", "created_at"),
     sa.Index("ix_generations_created_at", "created_at"),
+    sa.Index("ix_generations_workspace_id_created_at", "workspace_id", "created_at"),
 )
 
 # Responses API objects kept for `previous_response_id` (store: true): the conversation so far as input items.

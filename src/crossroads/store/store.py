@@ -397,10 +397,30 @@ class Store:
             result[row.key_hash] = spend
         return result
 
-    async def activity(self, date_from: date, date_to: date, key_hash: str | None, *, hourly: bool = False
-                       ) -> list[dict]:
+    async def place_spend(self, since: dict[str, datetime]) -> list[tuple[tuple[Any, ...], dict[str, float]]]:
+        """Spend grouped by place: ((key_hash, workspace_id, environment_id, user_id), {"total", name: cost since
+        `since[name]`}) for every combination in the records (about one per key: a key's place rarely changes).
+        The credit ledger folds these into its accounts (gate/directory.py `accounts_of`)."""
+        c = generations.c
+        names = list(since)
+        columns = [sa.func.coalesce(sa.func.sum(c.cost), 0.0).label("total")]
+        for index, name in enumerate(names):
+            columns.append(sa.func.coalesce(sa.func.sum(sa.case((c.created_at >= since[name], c.cost), else_=0.0)),
+                                            0.0).label(f"s{index}"))
+        place = (c.key_hash, c.workspace_id, c.environment_id, c.user_id)
+        out = []
+        for row in await self._fetch(sa.select(*place, *columns).group_by(*place)):
+            spend = {"total": float(row.total)}
+            for index, name in enumerate(names):
+                spend[name] = float(row[index + 5])
+            out.append((tuple(row[:4]), spend))
+        return out
+
+    async def activity(self, date_from: date, date_to: date, key_hash: str | None, *, hourly: bool = False,
+                       workspace_id: str | None = None) -> list[dict]:
         """Usage grouped by (UTC date, model, connection, key_hash) for date_from..date_to inclusive; key_hash None =
-        all keys. `hourly` groups by UTC hour instead: "date" is then "YYYY-MM-DD HH"."""
+        all keys (of `workspace_id` when given). `hourly` groups by UTC hour instead: "date" is then
+        "YYYY-MM-DD HH"."""
         if self._dialect == "postgresql":
             day = sa.func.to_char(sa.func.timezone(sa.literal_column("'UTC'"), generations.c.created_at),
                                   sa.literal_column("'YYYY-MM-DD HH24'" if hourly else "'YYYY-MM-DD'"))
@@ -426,6 +446,8 @@ class Store:
         )
         if key_hash is not None:
             statement = statement.where(generations.c.key_hash == clean_text(key_hash))
+        if workspace_id is not None:
+            statement = statement.where(generations.c.workspace_id == clean_text(workspace_id))
         out = [
             {
                 "date": str(row.date),

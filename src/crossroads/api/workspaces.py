@@ -1,0 +1,408 @@
+"""Workspaces, environments and members: the management API (master key, or a workspace's management key within its
+workspace).
+
+    GET|POST            /api/v1/workspaces
+    GET|PATCH|DELETE    /api/v1/workspaces/{workspace}
+    GET|POST            /api/v1/workspaces/{workspace}/environments
+    PATCH|DELETE        /api/v1/workspaces/{workspace}/environments/{environment}
+    GET|POST            /api/v1/workspaces/{workspace}/members
+    PATCH|DELETE        /api/v1/workspaces/{workspace}/members/{member}
+
+`{workspace}` and `{environment}` are ids or names, `{member}` a user id or an email. A workspace another caller may not
+manage is answered 404, as one that does not exist. Budgets are `{limit, limit_reset}` (USD; null, daily, weekly,
+monthly); a workspace's budget is the master key's to set (a company's allowance to a team), the levels below it are
+its admins'; a budget below the workspace's may not be set above the workspace's (nor an environment's or member's
+above it) by a management key.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from crossroads.api.asgi import Request, respond_json
+from crossroads.errors import GatewayError
+from crossroads.gate.auth import managed_workspace, require_master
+from crossroads.gate.credits import Spend
+from crossroads.gate.directory import DEFAULT, ROLES
+from crossroads.gate.passwords import MIN_LENGTH, hash_password_async
+from crossroads.store.directory import DirectoryStore
+from crossroads.store.rows import EnvironmentRow, MembershipRow, UserRow, WorkspaceRow
+
+if TYPE_CHECKING:
+    from crossroads.api.app import Gateway
+    from crossroads.gate.directory import Directory
+
+LIMIT_RESETS = (None, "daily", "weekly", "monthly")
+NAME_MAX = 200
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+# -- bodies ----------------------------------------------------------------------------------------------------------
+def _body(request: Request) -> dict[str, Any]:
+    body = request.json()
+    if not isinstance(body, dict):
+        raise GatewayError(400, "Invalid request: the body must be a JSON object")
+    return body
+
+
+def _name(body: dict[str, Any], *, required: bool) -> str | None:
+    if "name" not in body and not required:
+        return None
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > NAME_MAX or "/" in name:
+        raise GatewayError(400, f"Invalid request: 'name' must be a non-empty string of at most {NAME_MAX} characters "
+                                "without '/'", metadata={"field": "name"})
+    return name.strip()
+
+
+def parse_budget(value: Any, field: str = "budget") -> tuple[float | None, str | None]:
+    """`{limit, limit_reset}` (or null: no budget) -> (limit, reset)."""
+    if value is None:
+        return None, None
+    if not isinstance(value, dict) or set(value) - {"limit", "limit_reset"}:
+        raise GatewayError(400, f"Invalid request: '{field}' must be an object {{limit, limit_reset}} or null",
+                           metadata={"field": field})
+    limit = value.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 <= limit < 1e15):
+        raise GatewayError(400, f"Invalid request: '{field}.limit' must be a non-negative number (USD) or null",
+                           metadata={"field": f"{field}.limit"})
+    reset = value.get("limit_reset")
+    if reset not in LIMIT_RESETS:
+        raise GatewayError(400, f"Invalid request: '{field}.limit_reset' must be daily, weekly, monthly or null",
+                           metadata={"field": f"{field}.limit_reset"})
+    return (None if limit is None else float(limit)), reset
+
+
+def budget_payload(limit: float | None, reset: str | None, spend: Spend) -> dict[str, Any]:
+    used = spend.in_period(reset)
+    return {"limit": limit, "limit_reset": reset, "usage": round(used, 12),
+            "limit_remaining": None if limit is None else round(max(limit - used - spend.reserved, 0.0), 12)}
+
+
+# -- who may see what --------------------------------------------------------------------------------------------------
+def _directory(gateway: Gateway) -> Directory:
+    return gateway.keys.directory
+
+
+def _workspace(gateway: Gateway, request: Request) -> WorkspaceRow:
+    """The path's workspace, if the caller manages it (404 otherwise, as for one that does not exist)."""
+    ref = request.path_params["workspace"]
+    scope = managed_workspace(request.principal)
+    found = _directory(gateway).workspace(ref)
+    if found is None or (scope is not None and found.id != scope):
+        raise GatewayError(404, f"Workspace {ref!r} not found")
+    return found
+
+
+def check_within(gateway: Gateway, request: Request, limit: float | None, *, workspace: WorkspaceRow,
+                 what: str, environment: EnvironmentRow | None = None, membership: MembershipRow | None = None) -> None:
+    """A management key may not set a budget (or a key's limit) above a budget above it: 400 naming that budget.
+    (The master key may: a request still has to fit every level. No limit of its own is allowed under a budget: the
+    budget above still holds it.)"""
+    if request.principal.is_master:
+        return
+    above = [("workspace", workspace.name, workspace.budget_limit)]
+    if environment is not None:
+        above.append(("environment", environment.name, environment.budget_limit))
+    if membership is not None:
+        above.append(("member", membership.user_id, membership.budget_limit))
+    for level, name, ceiling in above:
+        if ceiling is not None and limit is not None and limit > ceiling:
+            raise GatewayError(400, f"Invalid request: {what} may not exceed the {level} {name!r} budget of "
+                                    f"${ceiling:g} (a management key cannot raise a budget above the ones above it)",
+                               metadata={"field": "limit", "level": level, "ceiling": ceiling})
+
+
+async def _changed(gateway: Gateway) -> None:
+    # This process applies the change at once; the others within their key poll (half a second).
+    await gateway.keys.reload_directory()
+
+
+# -- payloads ----------------------------------------------------------------------------------------------------------
+async def _workspace_payload(gateway: Gateway, workspace: WorkspaceRow) -> dict[str, Any]:
+    directory = _directory(gateway)
+    environments = directory.environments_of(workspace.id)
+    figures = await gateway.account_figures([f"ws:{workspace.id}", *(f"env:{e.id}" for e in environments)])
+    return {
+        "id": workspace.id, "name": workspace.name,
+        "budget": budget_payload(workspace.budget_limit, workspace.budget_reset, figures[f"ws:{workspace.id}"]),
+        "environments": [_environment_payload(e, figures[f"env:{e.id}"]) for e in environments],
+        "members": len(directory.members_of(workspace.id)),
+        "created_at": _iso(workspace.created_at), "updated_at": _iso(workspace.updated_at),
+    }
+
+
+def _environment_payload(environment: EnvironmentRow, spend: Spend) -> dict[str, Any]:
+    return {"id": environment.id, "workspace_id": environment.workspace_id, "name": environment.name,
+            "budget": budget_payload(environment.budget_limit, environment.budget_reset, spend),
+            "created_at": _iso(environment.created_at), "updated_at": _iso(environment.updated_at)}
+
+
+def _member_payload(gateway: Gateway, membership: MembershipRow, spend: Spend) -> dict[str, Any]:
+    user = _directory(gateway).users.get(membership.user_id)
+    return {"id": membership.id, "workspace_id": membership.workspace_id, "user_id": membership.user_id,
+            "email": user.email if user is not None else None, "role": membership.role,
+            "budget": budget_payload(membership.budget_limit, membership.budget_reset, spend),
+            "created_at": _iso(membership.created_at), "updated_at": _iso(membership.updated_at)}
+
+
+# -- workspaces --------------------------------------------------------------------------------------------------------
+async def list_workspaces(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    scope = managed_workspace(request.principal)
+    rows = [w for w in _directory(gateway).workspaces.values() if scope is None or w.id == scope]
+    await respond_json(request, 200, {"data": [await _workspace_payload(gateway, w) for w in rows]})
+
+
+async def create_workspace(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    require_master(request.principal, "Creating a workspace")
+    body = _body(request)
+    name = _name(body, required=True)
+    assert name is not None
+    limit, reset = parse_budget(body.get("budget"))
+    await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
+    if _directory(gateway).workspace(name) is not None:
+        raise GatewayError(409, f"A workspace named {name!r} exists already", metadata={"field": "name"})
+    directory = DirectoryStore(gateway.store)
+    workspace = await directory.insert(WorkspaceRow(str(uuid.uuid4()), name, limit, reset))
+    # Every workspace starts with a `default` environment: keys made without naming one go there.
+    await directory.insert(EnvironmentRow(str(uuid.uuid4()), workspace.id, DEFAULT))
+    await _changed(gateway)
+    await respond_json(request, 201, {"data": await _workspace_payload(gateway, workspace)})
+
+
+async def get_workspace(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    await respond_json(request, 200, {"data": await _workspace_payload(gateway, _workspace(gateway, request))})
+
+
+async def update_workspace(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    workspace = _workspace(gateway, request)
+    body = _body(request)
+    changes: dict[str, Any] = {}
+    name = _name(body, required=False)
+    if name is not None and name != workspace.name:
+        if _directory(gateway).workspace(name) is not None:
+            raise GatewayError(409, f"A workspace named {name!r} exists already", metadata={"field": "name"})
+        changes["name"] = name
+    if "budget" in body:
+        require_master(request.principal, "Setting a workspace's budget")
+        changes["budget_limit"], changes["budget_reset"] = parse_budget(body["budget"])
+        await gateway.check_limit_allowed({"limit": changes["budget_limit"]})
+    updated = await DirectoryStore(gateway.store).update(WorkspaceRow, workspace.id, changes) if changes else workspace
+    if updated is None:
+        raise GatewayError(404, f"Workspace {workspace.name!r} not found")
+    await _changed(gateway)
+    await respond_json(request, 200, {"data": await _workspace_payload(gateway, updated)})
+
+
+async def delete_workspace(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    workspace = _workspace(gateway, request)
+    require_master(request.principal, "Deleting a workspace")
+    if workspace.id == DEFAULT:
+        raise GatewayError(400, "The default workspace cannot be deleted")
+    directory = DirectoryStore(gateway.store)
+    keys = await directory.key_count(workspace_id=workspace.id)
+    if keys:
+        raise GatewayError(409, f"Workspace {workspace.name!r} still has {keys} API key(s); delete them first")
+    await directory.delete(WorkspaceRow, workspace.id)
+    await _changed(gateway)
+    await respond_json(request, 200, {"deleted": True})
+
+
+# -- environments ------------------------------------------------------------------------------------------------------
+def _environment(gateway: Gateway, workspace: WorkspaceRow, ref: str) -> EnvironmentRow:
+    found = _directory(gateway).environment(workspace.id, ref)
+    if found is None:
+        raise GatewayError(404, f"Environment {ref!r} not found in workspace {workspace.name!r}")
+    return found
+
+
+async def list_environments(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    workspace = _workspace(gateway, request)
+    environments = _directory(gateway).environments_of(workspace.id)
+    figures = await gateway.account_figures([f"env:{e.id}" for e in environments])
+    await respond_json(request, 200, {"data": [_environment_payload(e, figures[f"env:{e.id}"])
+                                               for e in environments]})
+
+
+async def create_environment(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    workspace = _workspace(gateway, request)
+    body = _body(request)
+    name = _name(body, required=True)
+    assert name is not None
+    limit, reset = parse_budget(body.get("budget"))
+    await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
+    check_within(gateway, request, limit, workspace=workspace, what="an environment's budget")
+    if _directory(gateway).environment(workspace.id, name) is not None:
+        raise GatewayError(409, f"Workspace {workspace.name!r} has an environment named {name!r} already",
+                           metadata={"field": "name"})
+    environment = await DirectoryStore(gateway.store).insert(
+        EnvironmentRow(str(uuid.uuid4()), workspace.id, name, limit, reset))
+    await _changed(gateway)
+    figures = await gateway.account_figures([f"env:{environment.id}"])
+    await respond_json(request, 201, {"data": _environment_payload(environment, figures[f"env:{environment.id}"])})
+
+
+async def update_environment(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    workspace = _workspace(gateway, request)
+    environment = _environment(gateway, workspace, request.path_params["environment"])
+    body = _body(request)
+    changes: dict[str, Any] = {}
+    name = _name(body, required=False)
+    if name is not None and name != environment.name:
+        if _directory(gateway).environment(workspace.id, name) is not None:
+            raise GatewayError(409, f"Workspace {workspace.name!r} has an environment named {name!r} already",
+                               metadata={"field": "name"})
+        changes["name"] = name
+    if "budget" in body:
+        limit, reset = parse_budget(body["budget"])
+        await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
+        check_within(gateway, request, limit, workspace=workspace, what="an environment's budget")
+        changes["budget_limit"], changes["budget_reset"] = limit, reset
+    updated = await DirectoryStore(gateway.store).update(EnvironmentRow, environment.id, changes) \
+        if changes else environment
+    if updated is None:
+        raise GatewayError(404, f"Environment {environment.name!r} not found")
+    await _changed(gateway)
+    figures = await gateway.account_figures([f"env:{updated.id}"])
+    await respond_json(request, 200, {"data": _environment_payload(updated, figures[f"env:{updated.id}"])})
+
+
+async def delete_environment(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    workspace = _workspace(gateway, request)
+    environment = _environment(gateway, workspace, request.path_params["environment"])
+    if environment.name == DEFAULT:
+        raise GatewayError(400, "A workspace's default environment cannot be deleted")
+    directory = DirectoryStore(gateway.store)
+    keys = await directory.key_count(environment_id=environment.id)
+    if keys:
+        raise GatewayError(409, f"Environment {environment.name!r} still has {keys} API key(s); delete them first")
+    await directory.delete(EnvironmentRow, environment.id)
+    await _changed(gateway)
+    await respond_json(request, 200, {"deleted": True})
+
+
+# -- members -----------------------------------------------------------------------------------------------------------
+def _member(gateway: Gateway, workspace: WorkspaceRow, ref: str) -> MembershipRow:
+    directory = _directory(gateway)
+    user = directory.users.get(ref) or next((u for u in directory.users.values() if u.email == ref.strip().lower()),
+                                            None)
+    membership = directory.memberships.get((workspace.id, user.id)) if user is not None else None
+    if membership is None:
+        raise GatewayError(404, f"Member {ref!r} not found in workspace {workspace.name!r}")
+    return membership
+
+
+def _role(body: dict[str, Any], *, required: bool) -> str | None:
+    if "role" not in body and not required:
+        return None
+    role = body.get("role", "member")
+    if role not in ROLES:
+        raise GatewayError(400, f"Invalid request: 'role' must be one of {', '.join(ROLES)}", metadata={"field": "role"})
+    return role
+
+
+def _check_role_grant(request: Request, role: str) -> None:
+    # An admin's management key manages members but cannot make owners (only the master key or an owner can).
+    key = request.principal.key
+    if key is not None and role == "owner" and key.user_id is not None:
+        raise GatewayError(403, "Only an owner or the master key can make an owner")
+
+
+def normal_email(value: Any) -> str:
+    if not isinstance(value, str) or "@" not in value or len(value) > 320 or any(c.isspace() for c in value.strip()):
+        raise GatewayError(400, "Invalid request: 'email' must be an email address", metadata={"field": "email"})
+    return value.strip().lower()
+
+
+async def list_members(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    workspace = _workspace(gateway, request)
+    members = _directory(gateway).members_of(workspace.id)
+    figures = await gateway.account_figures([f"mem:{m.workspace_id}:{m.user_id}" for m in members])
+    await respond_json(request, 200, {"data": [
+        _member_payload(gateway, m, figures[f"mem:{m.workspace_id}:{m.user_id}"]) for m in members]})
+
+
+async def create_member(gateway: Gateway, request: Request) -> None:
+    """Add a person to the workspace (`{email, role, budget?, password?}`); the user is created when new."""
+    await gateway.keys.reload_directory()
+    workspace = _workspace(gateway, request)
+    body = _body(request)
+    email = normal_email(body.get("email"))
+    role = _role(body, required=True)
+    assert role is not None
+    _check_role_grant(request, role)
+    limit, reset = parse_budget(body.get("budget"))
+    await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
+    check_within(gateway, request, limit, workspace=workspace, what="a member's budget")
+    password = body.get("password")
+    if password is not None and (not isinstance(password, str) or len(password) < MIN_LENGTH):
+        raise GatewayError(400, f"Invalid request: 'password' must be a string of at least {MIN_LENGTH} characters",
+                           metadata={"field": "password"})
+    directory = DirectoryStore(gateway.store)
+    user = next((u for u in _directory(gateway).users.values() if u.email == email), None)
+    if user is None:
+        password_hash = await hash_password_async(password) if password else None
+        user = await directory.insert(UserRow(secrets.token_hex(8), email, password_hash))
+    elif (workspace.id, user.id) in _directory(gateway).memberships:
+        raise GatewayError(409, f"{email} is a member of workspace {workspace.name!r} already",
+                           metadata={"field": "email"})
+    membership = await directory.insert(MembershipRow(secrets.token_hex(8), workspace.id, user.id, role, limit, reset))
+    await _changed(gateway)
+    account = f"mem:{workspace.id}:{user.id}"
+    figures = await gateway.account_figures([account])
+    await respond_json(request, 201, {"data": _member_payload(gateway, membership, figures[account])})
+
+
+async def update_member(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    workspace = _workspace(gateway, request)
+    membership = _member(gateway, workspace, request.path_params["member"])
+    body = _body(request)
+    changes: dict[str, Any] = {}
+    role = _role(body, required=False)
+    if role is not None:
+        _check_role_grant(request, role)
+        changes["role"] = role
+    if "budget" in body:
+        limit, reset = parse_budget(body["budget"])
+        await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
+        check_within(gateway, request, limit, workspace=workspace, what="a member's budget")
+        changes["budget_limit"], changes["budget_reset"] = limit, reset
+    updated = await DirectoryStore(gateway.store).update(MembershipRow, membership.id, changes) \
+        if changes else membership
+    if updated is None:
+        raise GatewayError(404, "Member not found")
+    await _changed(gateway)
+    account = f"mem:{workspace.id}:{updated.user_id}"
+    figures = await gateway.account_figures([account])
+    await respond_json(request, 200, {"data": _member_payload(gateway, updated, figures[account])})
+
+
+async def delete_member(gateway: Gateway, request: Request) -> None:
+    await gateway.keys.reload_directory()
+    workspace = _workspace(gateway, request)
+    membership = _member(gateway, workspace, request.path_params["member"])
+    directory = DirectoryStore(gateway.store)
+    keys = await directory.key_count(workspace_id=workspace.id, user_id=membership.user_id)
+    if keys:
+        raise GatewayError(409, f"This member still owns {keys} API key(s) in workspace {workspace.name!r}; delete "
+                                "them first")
+    await directory.delete(MembershipRow, membership.id)
+    await _changed(gateway)
+    await respond_json(request, 200, {"deleted": True})

@@ -1,0 +1,337 @@
+"""Workspaces, environments, members and budgets (issue 16) through a real gateway: the management API and who may
+use it, VM-X's workspace paths with the official SDKs, the budget chain's 402s, scoped activity, the users CLI and
+the migration of a single-account database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.conftest import MASTER_KEY, GatewayProcess
+
+AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
+HELLO = [{"role": "user", "content": "hi"}]
+PRICED = {"prompt": 1.0, "completion": 2.0}
+MODEL = "openai/gpt-4o-mini"
+
+
+@pytest.fixture(scope="module")
+def gw(fake_openai, fake_anthropic, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workspaces")
+    config = {
+        "server": {"host": "127.0.0.1", "master_key": MASTER_KEY, "data_dir": str(workdir / "data")},
+        "routing": {"retries": 0},
+        "providers": [
+            {"name": "oai", "type": "openai", "base_url": fake_openai.base_url + "/v1", "api_key": fake_openai.api_key,
+             "models": [{"id": MODEL, "upstream": "gpt-4o-mini", "pricing": PRICED}]},
+            {"name": "ant", "type": "anthropic", "base_url": fake_anthropic.base_url + "/v1",
+             "api_key": fake_anthropic.api_key,
+             "models": [{"id": "anthropic/claude-sonnet-4", "upstream": "claude-sonnet-4-20250514",
+                         "pricing": PRICED}]},
+        ],
+    }
+    proc = GatewayProcess(config, workdir).start()
+    yield proc
+    proc.stop()
+
+
+def api(gw: GatewayProcess, method: str, path: str, key: str = MASTER_KEY, **kwargs) -> httpx.Response:
+    return httpx.request(method, gw.url + "/api/v1" + path, headers={"Authorization": f"Bearer {key}"}, timeout=20,
+                         **kwargs)
+
+
+def ok(resp: httpx.Response, status: int = 200) -> dict:
+    assert resp.status_code == status, resp.text
+    return resp.json()
+
+
+def new_workspace(gw: GatewayProcess, name: str, budget: dict | None = None, envs: tuple[str, ...] = ("dev", "prod")
+                  ) -> dict:
+    workspace = ok(api(gw, "POST", "/workspaces", json={"name": name, "budget": budget}), 201)["data"]
+    for env in envs:
+        ok(api(gw, "POST", f"/workspaces/{workspace['id']}/environments", json={"name": env}), 201)
+    return ok(api(gw, "GET", f"/workspaces/{workspace['id']}"))["data"]
+
+
+def new_key(gw: GatewayProcess, key: str = MASTER_KEY, **fields) -> tuple[str, dict]:
+    body = ok(api(gw, "POST", "/keys", key, json={"name": "k", **fields}), 201)
+    return body["key"], body["data"]
+
+
+def chat(gw: GatewayProcess, key: str, path: str = "/api/v1/chat/completions", **extra) -> httpx.Response:
+    return httpx.post(gw.url + path, headers={"Authorization": f"Bearer {key}"},
+                      json={"model": MODEL, "messages": HELLO, "max_tokens": 10, **extra}, timeout=20)
+
+
+def test_keys_live_in_the_default_workspace_unless_told(gw) -> None:
+    workspaces = ok(api(gw, "GET", "/workspaces"))["data"]
+    default = next(w for w in workspaces if w["name"] == "default")
+    assert default["id"] == "default" and [e["name"] for e in default["environments"]] == ["default"]
+    _, data = new_key(gw)
+    assert (data["workspace_id"], data["environment_id"]) == ("default", "default")
+
+
+def test_workspace_api_rejects_bad_input(gw) -> None:
+    assert api(gw, "POST", "/workspaces", json={}).status_code == 400
+    assert api(gw, "POST", "/workspaces", json={"name": "a/b"}).status_code == 400
+    bad = api(gw, "POST", "/workspaces", json={"name": "bad", "budget": {"limit": -1}})
+    assert bad.status_code == 400 and bad.json()["error"]["metadata"]["field"] == "budget.limit"
+    assert api(gw, "POST", "/workspaces", json={"name": "bad", "budget": {"limit": 1, "limit_reset": "hourly"}}
+               ).status_code == 400
+    new_workspace(gw, "dup")
+    assert api(gw, "POST", "/workspaces", json={"name": "dup"}).status_code == 409
+    assert api(gw, "POST", "/workspaces/dup/environments", json={"name": "dev"}).status_code == 409
+    assert api(gw, "GET", "/workspaces/nope").status_code == 404
+    assert api(gw, "DELETE", "/workspaces/default").status_code == 400
+    plain, _ = new_key(gw)
+    assert api(gw, "GET", "/workspaces", plain).status_code == 403  # not a management key
+    # Names and ids both address a workspace; a workspace with keys cannot be deleted.
+    new_key(gw, workspace="dup", environment="dev")
+    assert api(gw, "DELETE", "/workspaces/dup").status_code == 409
+    empty = new_workspace(gw, "empty")
+    ok(api(gw, "DELETE", f"/workspaces/{empty['id']}"))
+    assert api(gw, "GET", "/workspaces/empty").status_code == 404
+
+
+def test_a_management_key_manages_its_own_workspace_only(gw) -> None:
+    a, b = new_workspace(gw, "team-a"), new_workspace(gw, "team-b")
+    admin_a, admin_data = new_key(gw, workspace="team-a", management=True)
+    assert admin_data["workspace_id"] == a["id"]
+    _, key_b = new_key(gw, workspace="team-b", environment="prod")
+    # It sees its workspace only; the other one does not exist for it.
+    assert [w["id"] for w in ok(api(gw, "GET", "/workspaces", admin_a))["data"]] == [a["id"]]
+    assert api(gw, "GET", f"/workspaces/{b['id']}", admin_a).status_code == 404
+    assert api(gw, "PATCH", "/workspaces/team-b", admin_a, json={"name": "mine"}).status_code == 404
+    assert api(gw, "POST", "/workspaces/team-b/environments", admin_a, json={"name": "x"}).status_code == 404
+    assert api(gw, "POST", "/workspaces", admin_a, json={"name": "another"}).status_code == 403
+    assert api(gw, "PATCH", "/workspaces/team-a", admin_a, json={"budget": {"limit": 100}}).status_code == 403
+    # Keys: made in its workspace (its default environment unless told), never in another's.
+    _, made = new_key(gw, admin_a)
+    assert made["workspace_id"] == a["id"] and made["environment_id"] == next(
+        e["id"] for e in a["environments"] if e["name"] == "default")
+    _, made_dev = new_key(gw, admin_a, environment="dev")
+    assert made_dev["environment_id"] == next(e["id"] for e in a["environments"] if e["name"] == "dev")
+    refused = api(gw, "POST", "/keys", admin_a, json={"name": "x", "workspace": "team-b"})
+    assert refused.status_code == 403, refused.text
+    listed = {k["hash"] for k in ok(api(gw, "GET", "/keys", admin_a))["data"]}
+    assert {made["hash"], made_dev["hash"], admin_data["hash"]} <= listed and key_b["hash"] not in listed
+    assert all(k["workspace_id"] == a["id"] for k in ok(api(gw, "GET", "/keys", admin_a))["data"])
+    for method in ("GET", "PATCH", "DELETE"):
+        resp = api(gw, method, f"/keys/{key_b['hash']}", admin_a, **({"json": {"disabled": True}}
+                                                                       if method == "PATCH" else {}))
+        assert resp.status_code == 404, (method, resp.text)
+    assert ok(api(gw, "GET", f"/keys/{key_b['hash']}"))["data"]["disabled"] is False  # untouched
+    # The master key filters by workspace.
+    in_b = ok(api(gw, "GET", "/keys?workspace=team-b"))["data"]
+    assert [k["hash"] for k in in_b] == [key_b["hash"]]
+
+
+def test_a_management_key_cannot_raise_a_budget_above_the_ones_above_it(gw) -> None:
+    new_workspace(gw, "capped", budget={"limit": 10, "limit_reset": "monthly"})
+    admin, _ = new_key(gw, workspace="capped", management=True)
+    over = api(gw, "POST", "/workspaces/capped/environments", admin, json={"name": "big", "budget": {"limit": 11}})
+    assert over.status_code == 400 and over.json()["error"]["metadata"]["level"] == "workspace"
+    ok(api(gw, "POST", "/workspaces/capped/environments", admin, json={"name": "small", "budget": {"limit": 2}}), 201)
+    over_key = api(gw, "POST", "/keys", admin, json={"name": "x", "environment": "small", "limit": 3})
+    assert over_key.status_code == 400 and over_key.json()["error"]["metadata"]["level"] == "environment"
+    _, fits = new_key(gw, admin, environment="small", limit=2)
+    assert api(gw, "PATCH", f"/keys/{fits['hash']}", admin, json={"limit": 5}).status_code == 400
+    ok(api(gw, "PATCH", f"/keys/{fits['hash']}", json={"limit": 5}))  # the master key may (the chain still holds)
+
+
+def test_keys_work_on_their_own_workspace_path_only(gw, fake_openai, fake_anthropic) -> None:
+    new_workspace(gw, "path-a")
+    new_workspace(gw, "path-b")
+    key_a, data_a = new_key(gw, workspace="path-a", environment="dev")
+    base = f"{gw.url}/v1/completion/path-a/dev"
+    client = openai.OpenAI(base_url=base, api_key=key_a)
+    completion = client.chat.completions.create(model=MODEL, messages=HELLO)
+    assert completion.choices[0].message.content
+    assert client.responses.create(model=MODEL, input="hi").output_text
+    message = anthropic.Anthropic(base_url=base + "/anthropic", api_key=key_a).messages.create(
+        model="anthropic/claude-sonnet-4", max_tokens=20, messages=HELLO)
+    assert message.content[0].text
+    raw = httpx.post(base + "/anthropic/messages", headers={"x-api-key": key_a},
+                     json={"model": "anthropic/claude-sonnet-4", "max_tokens": 20, "messages": HELLO})
+    assert raw.status_code == 200, raw.text
+    # Another workspace's or environment's path, or one that does not exist: 403, the same for each.
+    for other in ("path-b/dev", "path-a/prod", "nope/dev"):
+        with pytest.raises(openai.PermissionDeniedError):
+            openai.OpenAI(base_url=f"{gw.url}/v1/completion/{other}", api_key=key_a).chat.completions.create(
+                model=MODEL, messages=HELLO)
+    # The master key on a workspace path is recorded there; the record says where every request was made.
+    master = chat(gw, MASTER_KEY, "/v1/completion/path-b/prod/chat/completions")
+    assert master.status_code == 200
+    generation = ok(api(gw, "GET", f"/generation?id={master.json()['id']}"))["data"]
+    b = ok(api(gw, "GET", "/workspaces/path-b"))["data"]
+    assert generation["workspace_id"] == b["id"]
+    assert generation["environment_id"] == next(e["id"] for e in b["environments"] if e["name"] == "prod")
+    mine = ok(api(gw, "GET", f"/generation?id={completion.id}"))["data"]
+    assert (mine["workspace_id"], mine["environment_id"]) == (data_a["workspace_id"], data_a["environment_id"])
+    assert api(gw, "POST", "/keys").status_code != 404  # the plain paths are unchanged
+    assert httpx.post(f"{gw.url}/v1/completion/nope/dev/chat/completions", headers=AUTH,
+                      json={"model": MODEL, "messages": HELLO}).status_code == 404
+
+
+def test_each_level_of_the_chain_refuses_with_its_name(gw) -> None:
+    workspace = new_workspace(gw, "chain", budget={"limit": 0})
+    member = ok(api(gw, "POST", "/workspaces/chain/members", json={"email": "Ann@Example.com", "role": "member"}),
+                201)["data"]
+    assert member["email"] == "ann@example.com"
+    key, data = new_key(gw, workspace="chain", environment="dev", member="ann@example.com")
+    assert data["creator_user_id"] == member["user_id"]
+
+    def refusal() -> dict:
+        resp = chat(gw, key)
+        assert resp.status_code == 402, resp.text
+        return resp.json()["error"]
+
+    error = refusal()
+    assert error["metadata"]["level"] == "workspace" and "'chain'" in error["message"]
+    ok(api(gw, "PATCH", "/workspaces/chain", json={"budget": {"limit": 5}}))
+    ok(api(gw, "PATCH", "/workspaces/chain/environments/dev", json={"budget": {"limit": 0}}))
+    assert refusal()["metadata"]["level"] == "environment"
+    ok(api(gw, "PATCH", "/workspaces/chain/environments/dev", json={"budget": None}))
+    ok(api(gw, "PATCH", "/workspaces/chain/members/ann@example.com", json={"budget": {"limit": 0}}))
+    assert refusal()["metadata"]["level"] == "member"
+    ok(api(gw, "PATCH", f"/workspaces/chain/members/{member['user_id']}", json={"budget": None}))
+    ok(api(gw, "PATCH", f"/keys/{data['hash']}", json={"limit": 0}))
+    error = refusal()
+    assert error["metadata"]["level"] == "key" and "the key has" in error["message"]
+    ok(api(gw, "PATCH", f"/keys/{data['hash']}", json={"limit": None}))
+    assert chat(gw, key).status_code == 200
+    # What was spent shows on every level.
+    shown = ok(api(gw, "GET", f"/workspaces/{workspace['id']}"))["data"]
+    assert shown["budget"]["usage"] > 0 and shown["budget"]["limit_remaining"] < 5
+    dev = next(e for e in shown["environments"] if e["name"] == "dev")
+    assert dev["budget"]["usage"] == shown["budget"]["usage"]
+    members = ok(api(gw, "GET", "/workspaces/chain/members"))["data"]
+    assert members[0]["budget"]["usage"] == shown["budget"]["usage"]
+
+
+def test_a_workspace_budget_holds_under_concurrency(gw) -> None:
+    # Two keys share one small workspace budget: together they never spend past it.
+    new_workspace(gw, "shared-budget", budget={"limit": 0.0005})
+    keys = [new_key(gw, workspace="shared-budget", environment=env)[0] for env in ("dev", "prod")]
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            responses = await asyncio.gather(*(
+                client.post(gw.url + "/api/v1/chat/completions", headers={"Authorization": f"Bearer {keys[i % 2]}"},
+                            json={"model": MODEL, "messages": HELLO, "max_tokens": 100}) for i in range(100)))
+        return [r.status_code for r in responses]
+
+    statuses = asyncio.run(run())
+    assert set(statuses) == {200, 402}, statuses
+    time.sleep(0.2)
+    spent = ok(api(gw, "GET", "/workspaces/shared-budget"))["data"]["budget"]
+    assert 0 < spent["usage"] <= 0.0005
+
+
+def test_members_api(gw) -> None:
+    new_workspace(gw, "people")
+    created = ok(api(gw, "POST", "/workspaces/people/members",
+                     json={"email": "bob@example.com", "role": "admin", "budget": {"limit": 3, "limit_reset": "daily"}}),
+                 201)["data"]
+    assert created["role"] == "admin" and created["budget"]["limit"] == 3
+    assert api(gw, "POST", "/workspaces/people/members", json={"email": "bob@example.com", "role": "member"}
+               ).status_code == 409
+    assert api(gw, "POST", "/workspaces/people/members", json={"email": "x@example.com", "role": "god"}
+               ).status_code == 400
+    assert api(gw, "POST", "/workspaces/people/members", json={"email": "not-an-email", "role": "member"}
+               ).status_code == 400
+    assert api(gw, "POST", "/workspaces/people/members", json={"email": "y@example.com", "password": "short"}
+               ).status_code == 400
+    ok(api(gw, "PATCH", "/workspaces/people/members/bob@example.com", json={"role": "viewer"}))
+    assert [m["role"] for m in ok(api(gw, "GET", "/workspaces/people/members"))["data"]] == ["viewer"]
+    # The same person may belong to another workspace too; removing them from one leaves the other.
+    new_workspace(gw, "people-2")
+    ok(api(gw, "POST", "/workspaces/people-2/members", json={"email": "bob@example.com", "role": "member"}), 201)
+    _, owned = new_key(gw, workspace="people", member="bob@example.com")
+    assert api(gw, "DELETE", "/workspaces/people/members/bob@example.com").status_code == 409  # owns a key
+    ok(api(gw, "DELETE", f"/keys/{owned['hash']}"))
+    ok(api(gw, "DELETE", "/workspaces/people/members/bob@example.com"))
+    assert ok(api(gw, "GET", "/workspaces/people/members"))["data"] == []
+    assert len(ok(api(gw, "GET", "/workspaces/people-2/members"))["data"]) == 1
+    assert api(gw, "POST", "/keys", json={"name": "x", "workspace": "people", "member": "bob@example.com"}
+               ).status_code == 404
+
+
+def test_activity_and_generations_are_scoped_to_the_workspace(gw) -> None:
+    new_workspace(gw, "act-a")
+    new_workspace(gw, "act-b")
+    admin_a, _ = new_key(gw, workspace="act-a", management=True)
+    key_a, data_a = new_key(gw, workspace="act-a")
+    key_b, data_b = new_key(gw, workspace="act-b")
+    gen_a, gen_b = chat(gw, key_a).json()["id"], chat(gw, key_b).json()["id"]
+    deadline = time.monotonic() + 5
+    while api(gw, "GET", f"/generation?id={gen_b}").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ok(api(gw, "GET", f"/generation?id={gen_a}", admin_a))["data"]["key_hash"] == data_a["hash"]
+    assert api(gw, "GET", f"/generation?id={gen_b}", admin_a).status_code == 404
+    assert api(gw, "GET", f"/generation?id={gen_b}", key_a).status_code == 404
+    time.sleep(1.2)  # the records reach the database (flush interval)
+    hashes = {row["key_hash"] for row in ok(api(gw, "GET", "/activity", admin_a))["data"]}
+    assert data_a["hash"] in hashes and data_b["hash"] not in hashes
+    assert ok(api(gw, "GET", f"/activity?api_key_hash={data_b['hash']}", admin_a))["data"] == []
+    every = {row["key_hash"] for row in ok(api(gw, "GET", "/activity"))["data"]}
+    assert {data_a["hash"], data_b["hash"]} <= every
+
+
+def test_users_cli_creates_an_administrator(gw) -> None:
+    def users(*args: str, password: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "crossroads", "users", *args, "--config", str(gw.config_path)],
+                              input=password, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "NO_COLOR": "1"})
+
+    made = users("create", "--email", "Root@Example.com", "--admin", password="correct horse battery\n")
+    assert made.returncode == 0, made.stderr
+    assert "root@example.com" in made.stdout and "correct horse" not in made.stdout + made.stderr
+    assert users("create", "--email", "root@example.com", password="another password\n").returncode != 0
+    assert users("create", "--email", "short@example.com", password="short\n").returncode != 0
+    listed = users("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert '"email": "root@example.com"' in listed.stdout and '"admin": true' in listed.stdout
+    data_dir = yaml.safe_load(gw.config_path.read_text())["server"]["data_dir"]
+    stored = sqlite3.connect(Path(data_dir) / "crossroads.db").execute(
+        "SELECT password_hash FROM users WHERE email = 'root@example.com'").fetchone()[0]
+    assert stored.startswith("$argon2id$")
+
+
+def test_migration_moves_a_single_account_database_into_the_default_workspace(tmp_path: Path) -> None:
+    """A database made before workspaces (revision 0005), with keys and records, upgrades with nothing lost."""
+    from crossroads.store.migrate import migrate
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(url, "0005")
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.execute("INSERT INTO api_keys (hash, name, label, \"limit\", disabled, is_management, created_at, updated_at, "
+               "priority) VALUES ('h1', 'old key', 'sk-...', 5.0, 0, 0, '2026-01-01 00:00:00.000000', "
+               "'2026-01-01 00:00:00.000000', 'normal')")
+    for n, key_hash in enumerate(("h1", None)):
+        db.execute("INSERT INTO generations (id, created_at, key_hash, model, api_type, streamed, cancelled, status, "
+                   "tokens_prompt, tokens_completion, tokens_reasoning, tokens_cached, tokens_cache_write, cost) "
+                   "VALUES (?, '2026-01-02 00:00:00.000000', ?, 'm', 'chat', 0, 0, 200, 1, 2, 0, 0, 0, 0.25)",
+                   (f"gen-{n}", key_hash))
+    db.commit()
+    db.close()
+    migrate(url)
+    db = sqlite3.connect(tmp_path / "old.db")
+    assert db.execute("SELECT name, \"limit\", workspace_id, environment_id, user_id FROM api_keys").fetchall() == [
+        ("old key", 5.0, "default", "default", None)]
+    assert db.execute("SELECT id, key_hash, workspace_id, cost FROM generations ORDER BY id").fetchall() == [
+        ("gen-0", "h1", "default", 0.25), ("gen-1", None, None, 0.25)]
+    assert db.execute("SELECT id, name FROM workspaces").fetchall() == [("default", "default")]
+    assert db.execute("SELECT id, workspace_id, name FROM environments").fetchall() == [
+        ("default", "default", "default")]
