@@ -395,3 +395,22 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert path in str(info.value) and "No such file" in str(info.value)
+
+
+def test_connections_and_routes_may_belong_to_a_workspace(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, """
+providers:
+  - {name: team, type: openai, base_url: "http://127.0.0.1:9/v1", workspace: search}
+routes:
+  - {name: bot, workspace: search, targets: [{connection: team, model: m}]}
+""")
+    config = load_config(path)
+    assert config.providers[0].workspace == "search" and config.routes[0].workspace == "search"
+    for bad in ('""', "[a]"):
+        path = write(tmp_path, f"""
+providers:
+  - {{name: team, type: openai, base_url: "http://127.0.0.1:9/v1", workspace: {bad}}}
+""")
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert "workspace" in str(info.value)

@@ -39,7 +39,13 @@ def gw(fake_openai, fake_anthropic, tmp_path_factory):
              "api_key": fake_anthropic.api_key,
              "models": [{"id": "anthropic/claude-sonnet-4", "upstream": "claude-sonnet-4-20250514",
                          "pricing": PRICED}]},
+            # Only the `owners` workspace's keys see this connection and the route below.
+            {"name": "private", "type": "openai", "base_url": fake_openai.base_url + "/v1",
+             "api_key": fake_openai.api_key, "workspace": "owners",
+             "models": [{"id": "private/model", "upstream": "gpt-4o-mini", "pricing": PRICED}]},
         ],
+        "routes": [{"name": "owners-route", "workspace": "owners",
+                    "targets": [{"connection": "oai", "model": "gpt-4o-mini"}]}],
     }
     proc = GatewayProcess(config, workdir).start()
     yield proc
@@ -335,3 +341,25 @@ def test_migration_moves_a_single_account_database_into_the_default_workspace(tm
     assert db.execute("SELECT id, name FROM workspaces").fetchall() == [("default", "default")]
     assert db.execute("SELECT id, workspace_id, name FROM environments").fetchall() == [
         ("default", "default", "default")]
+
+
+def test_connections_and_routes_of_a_workspace_serve_its_keys_only(gw) -> None:
+    new_workspace(gw, "owners")
+    owner, _ = new_key(gw, workspace="owners")
+    outsider, _ = new_key(gw)
+
+    def listed(key: str) -> set[str]:
+        return {m["id"] for m in ok(httpx.get(gw.url + "/api/v1/models", headers={"Authorization": f"Bearer {key}"})
+                                    )["data"]}
+
+    assert {"private/model", "owners-route", MODEL} <= listed(owner)
+    assert MODEL in listed(outsider) and not {"private/model", "owners-route"} & listed(outsider)
+    assert {"private/model", "owners-route"} <= listed(MASTER_KEY)
+    for model in ("private/model", "owners-route"):
+        assert chat(gw, owner, model=model).status_code == 200
+        refused = chat(gw, outsider, model=model)
+        assert refused.status_code == 404 and refused.json()["error"]["metadata"]["code"] == "model_not_found"
+        assert chat(gw, MASTER_KEY, model=model).status_code == 200
+    # The master key on another workspace's path sees what that workspace sees.
+    assert chat(gw, MASTER_KEY, "/v1/completion/default/default/chat/completions", model="private/model"
+                ).status_code == 404

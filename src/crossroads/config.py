@@ -91,6 +91,7 @@ class ConnectionConfig:
     responses_api: bool = False
     rpm: int | None = None  # capacity: requests per minute this connection may take (None = unlimited)
     tpm: int | None = None  # capacity: tokens per minute
+    workspace: str | None = None  # the name of the workspace that owns it (only its keys see it); None: everyone's
 
 
 @dataclass(slots=True)
@@ -179,6 +180,7 @@ class RouteConfig:
     conditions: list[RouteConditionConfig] = field(default_factory=list)
     rpm: int | None = None
     tpm: int | None = None
+    workspace: str | None = None  # the name of the workspace that owns it; None: everyone's
 
 
 @dataclass(slots=True)
@@ -343,7 +345,7 @@ _SERVER_KEYS = {
     "discovery_timeout", "media", "database_url", "oauth", "metrics",
 }
 _CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "models", "catalog", "discover",
-                    "data_collection", "rpm", "tpm", "responses_api"}
+                    "data_collection", "rpm", "tpm", "responses_api", "workspace"}
 _MODEL_KEYS = {
     "id", "upstream", "name", "created", "description", "context_length", "max_completion_tokens", "pricing",
     "input_modalities", "output_modalities", "tokenizer", "reasoning", "supported_parameters",
@@ -483,7 +485,15 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
         raise r.error("data_collection", f"must be allow or deny, got {conn.data_collection!r}")
     conn.rpm = _optional_positive(r, "rpm")
     conn.tpm = _optional_positive(r, "tpm")
+    conn.workspace = _optional_name(r, "workspace")
     return conn
+
+
+def _optional_name(r: _Reader, key: str) -> str | None:
+    value = r.get(key, str, None)
+    if value is not None and not value.strip():
+        raise r.error(key, "must be a workspace's name")
+    return value.strip() if value is not None else None
 
 
 def _without_password(url: str) -> str:
@@ -531,7 +541,7 @@ def _read_routing(r: _Reader) -> RoutingConfig:
 
 
 _ROUTE_KEYS = {"name", "display_name", "description", "context_length", "strategy", "targets", "fallback",
-               "conditions", "rpm", "tpm"}
+               "conditions", "rpm", "tpm", "workspace"}
 _TARGET_KEYS = {"connection", "model", "name", "weight", "params"}
 _CONDITION_KEYS = {"when", "target", "action", "message"}
 _CONDITION_SUBJECTS = {"prompt_tokens", "key", "metadata", "header"}
@@ -604,6 +614,7 @@ def _read_route(r: _Reader, connections: set[str]) -> RouteConfig:
         conditions=conditions,
         rpm=_optional_positive(r, "rpm"),
         tpm=_optional_positive(r, "tpm"),
+        workspace=_optional_name(r, "workspace"),
     )
 
 

@@ -111,6 +111,9 @@ class Gateway:
         # Whether other processes spend too (this one's memory then knows only its own share of each key's spend).
         self.fleet = self.credit_store is not None or self.workers > 1
         self.route_table = RouteTable.from_config(config)
+        # Connections and routes that belong to one workspace (config `workspace:`): only its keys see them.
+        self._route_owner = {r.name: r.workspace for r in config.routes if r.workspace}
+        self.scoped_resources = bool(self._route_owner) or any(c.workspace for c in config.providers)
         breaker = config.routing.breaker
         self.health = HealthBoard(BreakerPolicy(failure_threshold=breaker.failure_threshold,
                                                 cooldown=breaker.cooldown, probe_timeout=breaker.probe_timeout))
@@ -623,10 +626,26 @@ class Gateway:
     async def _models(self, request: Request) -> None:
         assert self.views is not None
         key = request.principal.key
-        if key is not None and key.allowed_models is not None:
-            await respond(request, 200, self.views.models_body_for(key.allowed_models))
+        workspace = self.workspace_name(key.workspace_id) if key is not None and self.scoped_resources else None
+        if key is not None and (key.allowed_models is not None or workspace is not None):
+            await respond(request, 200, self.views.models_body_for(key.allowed_models, workspace))
             return
         await respond(request, 200, self.views.models_body)
+
+    def workspace_name(self, workspace_id: str | None) -> str | None:
+        workspace = self.keys.directory.workspaces.get(workspace_id) if workspace_id is not None else None
+        return workspace.name if workspace is not None else workspace_id
+
+    def visible_candidates(self, candidates: list[Any], workspace_id: str | None, asked: str) -> list[Any]:
+        """The candidates a request of `workspace_id` may use: connections and routes that are everyone's or that
+        workspace's (config `workspace:`). None left: 404, as for a model that does not exist."""
+        name = self.workspace_name(workspace_id)
+        route_owner = self._route_owner
+        kept = [c for c in candidates if c.deployment.connection.config.workspace in (None, name)
+                and (c.route is None or route_owner.get(c.route) in (None, name))]
+        if not kept:
+            raise GatewayError(404, f"Model {asked!r} not found", metadata={"code": "model_not_found"})
+        return kept
 
     async def _providers(self, request: Request) -> None:
         assert self.views is not None

@@ -168,7 +168,12 @@ class Call:
 
         gate_started = time.perf_counter()
         key = principal.key
-        candidates = allowed_for_inference(principal, plan.candidates, _names_of)
+        candidates = plan.candidates
+        if gateway.scoped_resources and (key is not None or principal.workspace_id is not None):
+            candidates = gateway.visible_candidates(
+                candidates, key.workspace_id if key is not None else principal.workspace_id,
+                model if isinstance(model, str) else candidates[0].model_id)
+        candidates = allowed_for_inference(principal, candidates, _names_of)
         # Every budget the request must fit: the key's limit, its environment's, member's and workspace's.
         chain = gateway.keys.directory.chain(key, principal.workspace_id, principal.environment_id)
         limited = chain_limited(chain)

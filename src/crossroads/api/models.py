@@ -110,8 +110,14 @@ class ModelViews:
             items = [item for item in items if item["id"] not in named] + list(named.values())
         items.sort(key=lambda m: m["id"])
         self.items = items
+        # Who may see each model: the workspaces owning the connections that serve it, or the route (None: everyone).
+        self.owners: dict[str, set[str | None]] = {
+            model_id: {d.connection.config.workspace for d in deps} for model_id, deps in registry.models.items()}
+        if routes is not None:
+            for name, route in routes.routes.items():
+                self.owners[name] = {route.workspace}
         self.models_body = self._render(items)
-        self._bodies_for: dict[tuple[str, ...], bytes] = {}
+        self._bodies_for: dict[tuple[str | None, tuple[str, ...] | None], bytes] = {}
         self.providers_body = orjson.dumps({"data": [
             {"name": conn.name, "slug": conn.name, "type": conn.config.type,
              "models": sum(1 for deps in registry.models.values() for d in deps if d.connection is conn),
@@ -122,13 +128,21 @@ class ModelViews:
     def _render(items: list[dict[str, Any]]) -> bytes:
         return orjson.dumps({"data": items, "total_count": len(items), "links": {"next": None}})
 
-    def models_body_for(self, allowed_models: list[str]) -> bytes:
-        """/models as a key restricted to `allowed_models` sees it: only what it may use (rendered once per
-        distinct allow-list)."""
-        cache_key = tuple(allowed_models)
+    def visible(self, model_id: str, workspace: str | None) -> bool:
+        """Whether a key of `workspace` (a name) sees the model: one of its connections (or the route) is everyone's
+        or that workspace's."""
+        owners = self.owners.get(model_id, {None})
+        return None in owners or workspace in owners
+
+    def models_body_for(self, allowed_models: list[str] | None, workspace: str | None = None) -> bytes:
+        """/models as a key restricted to `allowed_models` (None: all) of `workspace` sees it: only what it may use
+        (rendered once per distinct allow-list and workspace)."""
+        cache_key = (workspace, tuple(allowed_models) if allowed_models is not None else None)
         body = self._bodies_for.get(cache_key)
         if body is None:
-            body = self._render([item for item in self.items if model_allowed(allowed_models, item["id"])])
+            body = self._render([item for item in self.items
+                                 if (allowed_models is None or model_allowed(allowed_models, item["id"]))
+                                 and self.visible(item["id"], workspace)])
             if len(self._bodies_for) < 1024:
                 self._bodies_for[cache_key] = body
         return body

@@ -79,6 +79,7 @@ class Route:
     context_length: int | None = None
     rpm: int | None = None
     tpm: int | None = None
+    workspace: str | None = None  # the name of the workspace that owns it (None: everyone's)
 
     def select(self, *, prompt_tokens: int, key: KeyRow | None, body: dict[str, Any], headers: dict[bytes, bytes],
                rng: random.Random) -> list[RouteTarget]:
@@ -196,6 +197,7 @@ def compile_route(config: RouteConfig) -> Route:
         context_length=config.context_length,
         rpm=config.rpm,
         tpm=config.tpm,
+        workspace=config.workspace,
     )
 
 
