@@ -363,3 +363,21 @@ def test_connections_and_routes_of_a_workspace_serve_its_keys_only(gw) -> None:
     # The master key on another workspace's path sees what that workspace sees.
     assert chat(gw, MASTER_KEY, "/v1/completion/default/default/chat/completions", model="private/model"
                 ).status_code == 404
+
+
+def test_metrics_count_requests_and_cost_per_workspace(gw) -> None:
+    def scrape() -> dict[str, float]:
+        resp = httpx.get(gw.url + "/metrics")
+        assert resp.status_code == 200, resp.text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in resp.text.splitlines()
+                if line.startswith("crossroads_workspace_")}
+
+    new_workspace(gw, "metered")
+    key, _ = new_key(gw, workspace="metered")
+    before = scrape()
+    assert chat(gw, key).status_code == 200
+    after = scrape()
+    requests = 'crossroads_workspace_requests_total{status_class="2xx",workspace="metered"}'
+    cost = 'crossroads_workspace_cost_usd_total{workspace="metered"}'
+    assert after[requests] - before.get(requests, 0.0) == 1
+    assert after[cost] - before.get(cost, 0.0) > 0

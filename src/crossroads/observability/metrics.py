@@ -57,6 +57,10 @@ log = logging.getLogger("crossroads.observability")
 
 PREFIX = "crossroads_"
 OTHER_MODEL = "other"  # the `model` label of every id the gateway does not know
+# The `workspace` label is a workspace's name: bounded, since workspaces are made at run time (beyond this many
+# names a process has seen, further ones count as OTHER_WORKSPACE).
+MAX_WORKSPACE_LABELS = 100
+OTHER_WORKSPACE = "other"
 REFRESH_INTERVAL = 1.0  # seconds between gauge refreshes in each worker when several share the scrape
 HEAD_TIMEOUT = 5.0  # seconds a metrics-port client gets to send its request head
 HEAD_LIMIT = 16 * 1024  # bytes of request head the metrics port reads at most
@@ -236,6 +240,10 @@ class Metrics:
                                 ("connection", "outcome"))
         self.retries = counter("retries_total", "Upstream attempts that repeated the previous one on the same "
                                "connection and model", ("connection",))
+        self.workspace_requests = counter("workspace_requests_total", "Inference requests by workspace (of the key; "
+                                          "\"\": the master key) and status class", ("workspace", "status_class"))
+        self.workspace_cost = counter("workspace_cost_usd_total", "Cost of the requests in US dollars by workspace",
+                                      ("workspace",))
         self.fallbacks = counter("fallbacks_total", "Upstream attempts that moved on to another connection or model")
         self.denials = counter("denials_total", "Requests the gateway itself refused: auth (401/403), credit (402), "
                                "rate_limit (429 of its own limits)", ("reason",))
@@ -260,6 +268,7 @@ class Metrics:
         self._spend_by: dict[tuple[str, str], tuple[Any, ...]] = {}  # the TOKEN_KINDS, then cost
         self._attempts_by: dict[tuple[str, str], Any] = {}
         self._retries_by: dict[str, Any] = {}
+        self._workspace_by: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._fallbacks = self._counter(self.fallbacks)
         self._breaker_by: dict[tuple[str, str], Gauge] = {}
         # Created up front so that their series exist (at 0) before the first denial: rate() needs a start.
@@ -335,6 +344,8 @@ class Metrics:
                     ttft = self._ttft_by[key] = self._histogram(self.ttft.labels(*key))
                 ttft.observe(exchange.first_token - info.started_mono)
         klass = status_class(status)
+        if exchange is not None:
+            self._count_workspace(info, exchange, klass)
         request_key = (info.endpoint, model, connection, klass)
         children = self._by_request.get(request_key)
         if children is None:
@@ -349,6 +360,27 @@ class Metrics:
             if denied is None:  # a reason record.py added since (its values are a fixed few)
                 denied = self._denials_by[denial] = self._counter(self.denials.labels(denial))
             denied.inc()
+
+    def _count_workspace(self, info: RequestInfo, exchange: Exchange, klass: str) -> None:
+        principal = exchange.principal
+        workspace_id = principal.key.workspace_id if principal.key is not None else principal.workspace_id
+        name = self.gateway.workspace_name(workspace_id) or ""
+        key = (name, klass)
+        children = self._workspace_by.get(key)
+        if children is None:
+            if len({n for n, _ in self._workspace_by}) >= MAX_WORKSPACE_LABELS and \
+                    all(n != name for n, _ in self._workspace_by):
+                name = OTHER_WORKSPACE
+                key = (name, klass)
+            children = self._workspace_by.get(key)
+            if children is None:
+                children = self._workspace_by[key] = (
+                    self._counter(self.workspace_requests.labels(name, klass)),
+                    self._counter(self.workspace_cost.labels(name)))
+        children[0].inc()
+        cost = info.cost if info.usage is not None else exchange.cost()
+        if cost > 0:
+            children[1].inc(cost)
 
     def _count_upstream(self, info: RequestInfo, exchange: Exchange, model: str) -> str:
         """Count the exchange's upstream attempts (outcome, retries, fallbacks) and, when any went upstream, its
