@@ -344,8 +344,6 @@ class Metrics:
                     ttft = self._ttft_by[key] = self._histogram(self.ttft.labels(*key))
                 ttft.observe(exchange.first_token - info.started_mono)
         klass = status_class(status)
-        if exchange is not None:
-            self._count_workspace(info, exchange, klass)
         request_key = (info.endpoint, model, connection, klass)
         children = self._by_request.get(request_key)
         if children is None:
@@ -354,6 +352,8 @@ class Metrics:
                 self._histogram(self.duration.labels(info.endpoint, klass)))
         children[0].inc()
         children[1].observe(info.duration)
+        if exchange is not None:
+            self._count_workspace(info, exchange, klass)
         denial = info.denial
         if denial is not None:
             denied = self._denials_by.get(denial)
