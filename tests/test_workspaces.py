@@ -360,6 +360,10 @@ def test_connections_and_routes_of_a_workspace_serve_its_keys_only(gw) -> None:
         refused = chat(gw, outsider, model=model)
         assert refused.status_code == 404 and refused.json()["error"]["metadata"]["code"] == "model_not_found"
         assert chat(gw, MASTER_KEY, model=model).status_code == 200
+    endpoints = "/api/v1/models/private/model/endpoints"
+    assert httpx.get(gw.url + endpoints, headers={"Authorization": f"Bearer {owner}"}).status_code == 200
+    assert httpx.get(gw.url + endpoints, headers={"Authorization": f"Bearer {outsider}"}).status_code == 404
+    assert httpx.get(gw.url + endpoints, headers=AUTH).status_code == 200
     # The master key on another workspace's path sees what that workspace sees.
     assert chat(gw, MASTER_KEY, "/v1/completion/default/default/chat/completions", model="private/model"
                 ).status_code == 404

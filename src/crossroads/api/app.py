@@ -654,7 +654,11 @@ class Gateway:
     async def _endpoints(self, request: Request) -> None:
         assert self.views is not None
         others = await self.fleet_health.others() if self.fleet_health is not None else None
-        await respond(request, 200, self.views.endpoints_body(request.path_params["model"], others))
+        key = request.principal.key
+        scope = key is not None and self.scoped_resources
+        await respond(request, 200, self.views.endpoints_body(
+            request.path_params["model"], others, workspace=self.workspace_name(key.workspace_id) if scope else None,
+            scoped=scope))
 
     def _metrics(self, request: Request) -> Awaitable[None]:
         return self.observability.metrics.serve(request)  # observability/metrics.py: access rules, exposition

@@ -147,8 +147,13 @@ class ModelViews:
                 self._bodies_for[cache_key] = body
         return body
 
-    def endpoints_body(self, model_id: str, others: dict[tuple[str, str], list[dict]] | None = None) -> bytes:
+    def endpoints_body(self, model_id: str, others: dict[tuple[str, str], list[dict]] | None = None, *,
+                       workspace: str | None = None, scoped: bool = False) -> bytes:
+        """A model's endpoints; `scoped`: only the connections a key of `workspace` may use (everyone's and its
+        own), 404 when there are none."""
         deployments = self.registry.models.get(model_id)
+        if deployments and scoped:
+            deployments = [d for d in deployments if d.connection.config.workspace in (None, workspace)]
         if not deployments:
             raise GatewayError(404, f"Model {model_id!r} not found")
         spec = deployments[0].model
