@@ -385,3 +385,18 @@ def test_metrics_count_requests_and_cost_per_workspace(gw) -> None:
     cost = 'crossroads_workspace_cost_usd_total{workspace="metered"}'
     assert after[requests] - before.get(requests, 0.0) == 1
     assert after[cost] - before.get(cost, 0.0) > 0
+
+
+def test_openrouter_sdk_reads_workspaces(gw) -> None:
+    """OpenRouter's own SDK lists, creates and reads workspaces against Crossroads (its Workspace model)."""
+    from openrouter import OpenRouter
+
+    with OpenRouter(api_key=MASTER_KEY, server_url=gw.url + "/api/v1") as client:
+        made = client.workspaces.create(name="SDK Team", slug="sdk-team")
+        assert made.data.name == "SDK Team" and made.data.slug == "sdk-team"
+        assert client.workspaces.get(id=made.data.id).data.id == made.data.id
+        listed = client.workspaces.list(limit=500)
+        assert made.data.id in [w.id for w in listed.result.data] and listed.result.total_count >= 2
+        first = client.workspaces.list(limit=1)
+        assert len(first.result.data) == 1
+    assert api(gw, "GET", "/workspaces?limit=0").status_code == 400

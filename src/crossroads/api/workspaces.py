@@ -130,12 +130,27 @@ async def _workspace_payload(gateway: Gateway, workspace: WorkspaceRow) -> dict[
     environments = directory.environments_of(workspace.id)
     figures = await gateway.account_figures([f"ws:{workspace.id}", *(f"env:{e.id}" for e in environments)])
     return {
-        "id": workspace.id, "name": workspace.name,
+        "id": workspace.id, "name": workspace.name, "slug": _slug(workspace.name),
         "budget": budget_payload(workspace.budget_limit, workspace.budget_reset, figures[f"ws:{workspace.id}"]),
         "environments": [_environment_payload(e, figures[f"env:{e.id}"]) for e in environments],
         "members": len(directory.members_of(workspace.id)),
         "created_at": _iso(workspace.created_at), "updated_at": _iso(workspace.updated_at),
+        # OpenRouter's Workspace fields (its SDK's `workspaces` calls parse these); settings Crossroads has not.
+        **_OPENROUTER_WORKSPACE_FIELDS,
     }
+
+
+# What OpenRouter's Workspace object has beyond Crossroads' own fields, as a workspace without those settings shows them.
+_OPENROUTER_WORKSPACE_FIELDS: dict[str, Any] = {
+    "created_by": None, "description": None, "default_guardrail_id": "", "default_image_model": None,
+    "default_provider_sort": None, "default_text_model": None, "io_logging_api_key_ids": None,
+    "io_logging_sampling_rate": 0.0, "is_data_discount_logging_enabled": False,
+    "is_observability_broadcast_enabled": False, "is_observability_io_logging_enabled": False,
+}
+
+
+def _slug(name: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split()) or "workspace"
 
 
 def _environment_payload(environment: EnvironmentRow, spend: Spend) -> dict[str, Any]:
@@ -157,7 +172,23 @@ async def list_workspaces(gateway: Gateway, request: Request) -> None:
     await gateway.keys.reload_directory()
     scope = managed_workspace(request.principal)
     rows = [w for w in _directory(gateway).workspaces.values() if scope is None or w.id == scope]
-    await respond_json(request, 200, {"data": [await _workspace_payload(gateway, w) for w in rows]})
+    offset, limit = _paging(request)
+    page = rows[offset:offset + limit]
+    await respond_json(request, 200, {"data": [await _workspace_payload(gateway, w) for w in page],
+                                      "total_count": len(rows)})
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    """OpenRouter's `offset` and `limit` (default 50, at most 500)."""
+    query = request.query()
+    try:
+        offset = int(query.get("offset") or 0)
+        limit = int(query.get("limit") or 50)
+    except ValueError:
+        raise GatewayError(400, "Invalid request: 'offset' and 'limit' must be integers") from None
+    if offset < 0 or not 1 <= limit <= 500:
+        raise GatewayError(400, "Invalid request: 'offset' must be at least 0 and 'limit' between 1 and 500")
+    return offset, limit
 
 
 async def create_workspace(gateway: Gateway, request: Request) -> None:
