@@ -344,6 +344,9 @@ def test_migration_moves_a_single_account_database_into_the_default_workspace(tm
 
 
 def test_connections_and_routes_of_a_workspace_serve_its_keys_only(gw) -> None:
+    # At start the `owners` workspace did not exist yet: the operator was told.
+    assert "connection private belongs to workspace 'owners', which does not exist" in gw.log()
+    assert "route owners-route belongs to workspace 'owners'" in gw.log()
     new_workspace(gw, "owners")
     owner, _ = new_key(gw, workspace="owners")
     outsider, _ = new_key(gw)

@@ -514,6 +514,7 @@ class Gateway:
         self.dashboard.sessions.db = self.dashboard.grants.db = SignInStore(self.store)
         await self.keys.load()
         self.keys.start()
+        self._warn_unknown_owners()
         self.auth.keys = self.keys
         starts = period_starts(datetime.now(UTC))
         # Records spooled by an earlier run (written to the database by the recorder from now on) are spend too. The
@@ -631,6 +632,16 @@ class Gateway:
             await respond(request, 200, self.views.models_body_for(key.allowed_models, workspace))
             return
         await respond(request, 200, self.views.models_body)
+
+    def _warn_unknown_owners(self) -> None:
+        """A connection or route owned by a workspace that does not exist (yet) serves no key: say so once."""
+        names = {w.name for w in self.keys.directory.workspaces.values()}
+        owned = [("connection", c.name, c.workspace) for c in self.config.providers if c.workspace] + \
+            [("route", name, owner) for name, owner in self._route_owner.items()]
+        for kind, name, owner in owned:
+            if owner not in names:
+                log.warning("%s %s belongs to workspace %r, which does not exist: only the master key can use it "
+                            "until a workspace of that name is created", kind, name, owner)
 
     def workspace_name(self, workspace_id: str | None) -> str | None:
         workspace = self.keys.directory.workspaces.get(workspace_id) if workspace_id is not None else None
