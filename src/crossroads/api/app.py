@@ -179,7 +179,7 @@ class Gateway:
                                                                  "DELETE": workspaces.delete_member}),
         ):
             self.template_routes.append((tuple(template.split("/")), {
-                method: Endpoint(self._bind(handler), True, openai_error, template)
+                method: Endpoint(self._bind(workspaces.with_fresh_directory(handler)), True, openai_error, template)
                 for method, handler in handlers.items()}))
         for suffix, handler, error_body in (
             ("chat/completions", serve(self, self.chat_front), openai_error),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +120,18 @@ def check_within(gateway: Gateway, request: Request, limit: float | None, *, wor
                                metadata={"field": "limit", "level": level, "ceiling": ceiling})
 
 
+def with_fresh_directory(handler: Callable[[Gateway, Request], Awaitable[None]]
+                         ) -> Callable[[Gateway, Request], Awaitable[None]]:
+    """Every handler here starts from the database's directory, not this process's last poll: a request may reach
+    another worker than the one that made a workspace a moment ago (a few small queries; not on the inference path)."""
+
+    async def fresh(gateway: Gateway, request: Request) -> None:
+        await gateway.keys.reload_directory()
+        await handler(gateway, request)
+
+    return fresh
+
+
 async def _changed(gateway: Gateway) -> None:
     # This process applies the change at once; the others within their key poll (half a second).
     await gateway.keys.reload_directory()
@@ -169,7 +182,6 @@ def _member_payload(gateway: Gateway, membership: MembershipRow, spend: Spend) -
 
 # -- workspaces --------------------------------------------------------------------------------------------------------
 async def list_workspaces(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     scope = managed_workspace(request.principal)
     rows = [w for w in _directory(gateway).workspaces.values() if scope is None or w.id == scope]
     offset, limit = _paging(request)
@@ -192,7 +204,6 @@ def _paging(request: Request) -> tuple[int, int]:
 
 
 async def create_workspace(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     require_master(request.principal, "Creating a workspace")
     body = _body(request)
     name = _name(body, required=True)
@@ -210,12 +221,10 @@ async def create_workspace(gateway: Gateway, request: Request) -> None:
 
 
 async def get_workspace(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     await respond_json(request, 200, {"data": await _workspace_payload(gateway, _workspace(gateway, request))})
 
 
 async def update_workspace(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     workspace = _workspace(gateway, request)
     body = _body(request)
     changes: dict[str, Any] = {}
@@ -236,16 +245,22 @@ async def update_workspace(gateway: Gateway, request: Request) -> None:
 
 
 async def delete_workspace(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     workspace = _workspace(gateway, request)
     require_master(request.principal, "Deleting a workspace")
     if workspace.id == DEFAULT:
         raise GatewayError(400, "The default workspace cannot be deleted")
+    await _delete_unless_keyed(gateway, request, WorkspaceRow, workspace.id, f"Workspace {workspace.name!r} still has",
+                               workspace_id=workspace.id)
+
+
+async def _delete_unless_keyed(gateway: Gateway, request: Request, kind: type, id: str, holder: str,
+                               **owner: str) -> None:
+    """Delete a directory row unless API keys still belong to it (409: they would be left without a place)."""
     directory = DirectoryStore(gateway.store)
-    keys = await directory.key_count(workspace_id=workspace.id)
+    keys = await directory.key_count(**owner)
     if keys:
-        raise GatewayError(409, f"Workspace {workspace.name!r} still has {keys} API key(s); delete them first")
-    await directory.delete(WorkspaceRow, workspace.id)
+        raise GatewayError(409, f"{holder} {keys} API key(s); delete them first")
+    await directory.delete(kind, id)
     await _changed(gateway)
     await respond_json(request, 200, {"deleted": True})
 
@@ -259,7 +274,6 @@ def _environment(gateway: Gateway, workspace: WorkspaceRow, ref: str) -> Environ
 
 
 async def list_environments(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     workspace = _workspace(gateway, request)
     environments = _directory(gateway).environments_of(workspace.id)
     figures = await gateway.account_figures([f"env:{e.id}" for e in environments])
@@ -268,7 +282,6 @@ async def list_environments(gateway: Gateway, request: Request) -> None:
 
 
 async def create_environment(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     workspace = _workspace(gateway, request)
     body = _body(request)
     name = _name(body, required=True)
@@ -287,7 +300,6 @@ async def create_environment(gateway: Gateway, request: Request) -> None:
 
 
 async def update_environment(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     workspace = _workspace(gateway, request)
     environment = _environment(gateway, workspace, request.path_params["environment"])
     body = _body(request)
@@ -313,18 +325,12 @@ async def update_environment(gateway: Gateway, request: Request) -> None:
 
 
 async def delete_environment(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     workspace = _workspace(gateway, request)
     environment = _environment(gateway, workspace, request.path_params["environment"])
     if environment.name == DEFAULT:
         raise GatewayError(400, "A workspace's default environment cannot be deleted")
-    directory = DirectoryStore(gateway.store)
-    keys = await directory.key_count(environment_id=environment.id)
-    if keys:
-        raise GatewayError(409, f"Environment {environment.name!r} still has {keys} API key(s); delete them first")
-    await directory.delete(EnvironmentRow, environment.id)
-    await _changed(gateway)
-    await respond_json(request, 200, {"deleted": True})
+    await _delete_unless_keyed(gateway, request, EnvironmentRow, environment.id,
+                               f"Environment {environment.name!r} still has", environment_id=environment.id)
 
 
 # -- members -----------------------------------------------------------------------------------------------------------
@@ -361,7 +367,6 @@ def normal_email(value: Any) -> str:
 
 
 async def list_members(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     workspace = _workspace(gateway, request)
     members = _directory(gateway).members_of(workspace.id)
     figures = await gateway.account_figures([f"mem:{m.workspace_id}:{m.user_id}" for m in members])
@@ -371,7 +376,6 @@ async def list_members(gateway: Gateway, request: Request) -> None:
 
 async def create_member(gateway: Gateway, request: Request) -> None:
     """Add a person to the workspace (`{email, role, budget?, password?}`); the user is created when new."""
-    await gateway.keys.reload_directory()
     workspace = _workspace(gateway, request)
     body = _body(request)
     email = normal_email(body.get("email"))
@@ -401,7 +405,6 @@ async def create_member(gateway: Gateway, request: Request) -> None:
 
 
 async def update_member(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     workspace = _workspace(gateway, request)
     membership = _member(gateway, workspace, request.path_params["member"])
     body = _body(request)
@@ -426,14 +429,8 @@ async def update_member(gateway: Gateway, request: Request) -> None:
 
 
 async def delete_member(gateway: Gateway, request: Request) -> None:
-    await gateway.keys.reload_directory()
     workspace = _workspace(gateway, request)
     membership = _member(gateway, workspace, request.path_params["member"])
-    directory = DirectoryStore(gateway.store)
-    keys = await directory.key_count(workspace_id=workspace.id, user_id=membership.user_id)
-    if keys:
-        raise GatewayError(409, f"This member still owns {keys} API key(s) in workspace {workspace.name!r}; delete "
-                                "them first")
-    await directory.delete(MembershipRow, membership.id)
-    await _changed(gateway)
-    await respond_json(request, 200, {"deleted": True})
+    await _delete_unless_keyed(gateway, request, MembershipRow, membership.id,
+                               f"In workspace {workspace.name!r} this member still owns", workspace_id=workspace.id,
+                               user_id=membership.user_id)
