@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from crossroads.gate.credits import PERIODS, Budget, Spend, insufficient_credit
-from crossroads.gate.shared_credits import SharedReservation, held_budgets, period_names
+from crossroads.gate.shared_credits import OpenReservations, SharedReservation, held_budgets, period_names
 from crossroads.store.engine import translate_errors
 
 if TYPE_CHECKING:
@@ -254,7 +254,7 @@ class PostgresCreditLedger:
         self._engine = store._writer.execution_options(isolation_level="AUTOCOMMIT")
         self._sql = _Statements(_DB_PERIODS if clock is None else _BOUND_PERIODS)
         # The reservations this process holds and has not settled: account -> reservation ids (for `renew`).
-        self.open: dict[str, set[str]] = {}
+        self.open = OpenReservations()
 
     def _periods(self) -> dict[str, str]:
         """The bound current-period names when a clock was given (else the SQL reads the database's clock)."""
@@ -287,8 +287,7 @@ class PostgresCreditLedger:
                     reservation_id = secrets.token_hex(8)
                     made = (await conn.execute(self._sql.reserve, {**params, "id": reservation_id})).scalar_one()
                     if made:  # a row per account: all of them (the statement writes all or none)
-                        for account in accounts:
-                            self.open.setdefault(account, set()).add(reservation_id)
+                        self.open.hold(accounts, reservation_id)
                         return SharedReservation(tuple(accounts), amount, reservation_id)
                     rows = (await conn.execute(self._sql.recheck, params)).all()
                     if not all(found for _, found, _ in rows):  # an account's first reservation anywhere
@@ -314,12 +313,7 @@ class PostgresCreditLedger:
         reservation.settled = True
         if not reservation.accounts or not reservation.id and cost <= 0:
             return
-        for account in reservation.accounts:
-            held = self.open.get(account)
-            if held is not None:
-                held.discard(reservation.id)
-                if not held:
-                    del self.open[account]
+        self.open.release(reservation.accounts, reservation.id)
         ids = self._row_ids(reservation.id, len(reservation.accounts)) if reservation.id else []
         await self._execute(self._sql.settle, {"ids": ids, "accounts": list(reservation.accounts),
                                                "cost": float(cost), **self._periods()})

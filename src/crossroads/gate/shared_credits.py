@@ -243,6 +243,22 @@ class HeldBudget(NamedTuple):
     budget: Budget
 
 
+class OpenReservations(dict[str, set[str]]):
+    """The reservations a process holds and has not settled, per account: what its lease renewal extends."""
+
+    def hold(self, accounts: Sequence[str], reservation_id: str) -> None:
+        for account in accounts:
+            self.setdefault(account, set()).add(reservation_id)
+
+    def release(self, accounts: Sequence[str], reservation_id: str) -> None:
+        for account in accounts:
+            held = self.get(account)
+            if held is not None:
+                held.discard(reservation_id)
+                if not held:
+                    del self[account]
+
+
 def held_budgets(chain: Sequence[Budget]) -> list[HeldBudget]:
     """The budgets of `chain` a shared ledger holds, in the chain's order: those with a limit (the master key has
     none), each account once (the first of its budgets counts: an account appearing twice would hold the
@@ -287,7 +303,7 @@ class RedisCreditLedger:
         self._reserved = self._redis.register_script(_RESERVED_LUA)
         self._reconcile = self._redis.register_script(_RECONCILE_LUA)
         # The reservations this process holds and has not settled: account -> reservation ids (for `renew`).
-        self.open: dict[str, set[str]] = {}
+        self.open = OpenReservations()
 
     def _period_names(self) -> dict[str, str]:
         # Read per request: the names change at midnight UTC only, so they are worked out once a second (a request
@@ -327,8 +343,7 @@ class RedisCreditLedger:
             raise insufficient_credit(budgets[int(refused) - 1].budget, float(left_text), amount, prompt_cost,
                                       completion_price)
         accounts = tuple(held.account for held in budgets)
-        for account in accounts:
-            self.open.setdefault(account, set()).add(reservation_id)
+        self.open.hold(accounts, reservation_id)
         return SharedReservation(accounts, amount, reservation_id)
 
     async def settle(self, reservation: SharedReservation, cost: float) -> None:
@@ -346,13 +361,9 @@ class RedisCreditLedger:
         reservation.settled = True
         if not reservation.accounts or not reservation.id and cost <= 0:
             return None
+        self.open.release(reservation.accounts, reservation.id)
         keys: list[str] = []
         for account in reservation.accounts:
-            held = self.open.get(account)
-            if held is not None:
-                held.discard(reservation.id)
-                if not held:
-                    del self.open[account]
             names = self._keys(account)
             keys += [names["total"], names["daily"], names["weekly"], names["monthly"], names["res"], names["amt"],
                      names["rsum"]]
