@@ -323,12 +323,11 @@ class Gateway:
     async def reserve_credit(self, chain: tuple[Budget, ...], amount: float, *, prompt_cost: float,
                              completion_price: float) -> Reservation | SharedReservation:
         """Hold a request's worst-case cost against every budget of its chain (key, environment, member, workspace),
-        all or none: 402 naming the level that does not fit."""
+        all or none: 402 naming the level that does not fit. For a chain with a limit (`directory.chain_limited`):
+        the shared ledger, when there is one, holds the levels that have one."""
         if self.fleet_credits is not None:
-            limited = [b for b in chain if b.limit is not None and b.account is not None]
-            if limited:
-                return await self.fleet_credits.reserve(limited, amount, prompt_cost=prompt_cost,
-                                                        completion_price=completion_price)
+            return await self.fleet_credits.reserve(chain, amount, prompt_cost=prompt_cost,
+                                                    completion_price=completion_price)
         return self.ledger.reserve(chain, amount, prompt_cost=prompt_cost, completion_price=completion_price)
 
     async def key_figures(self, keys: list[KeyRow]) -> dict[str, Spend]:
