@@ -51,6 +51,9 @@ class Directory:
     environments: dict[str, EnvironmentRow] = field(default_factory=dict)
     users: dict[str, UserRow] = field(default_factory=dict)
     memberships: dict[tuple[str, str], MembershipRow] = field(default_factory=dict)  # (workspace, user) ->
+    # By name: VM-X's paths name them on every request.
+    workspace_names: dict[str, WorkspaceRow] = field(default_factory=dict)
+    environment_names: dict[tuple[str, str], EnvironmentRow] = field(default_factory=dict)  # (workspace id, name)
     # Budget chains already worked out, per (key hash, workspace, environment); emptied whenever anything changes.
     _chains: dict[tuple[str | None, str | None, str | None], tuple[Budget, ...]] = field(default_factory=dict)
 
@@ -58,7 +61,8 @@ class Directory:
     def of(cls, workspaces: list[WorkspaceRow], environments: list[EnvironmentRow], users: list[UserRow],
            memberships: list[MembershipRow]) -> Directory:
         return cls({w.id: w for w in workspaces}, {e.id: e for e in environments}, {u.id: u for u in users},
-                   {(m.workspace_id, m.user_id): m for m in memberships})
+                   {(m.workspace_id, m.user_id): m for m in memberships}, {w.name: w for w in workspaces},
+                   {(e.workspace_id, e.name): e for e in environments})
 
     def forget_chains(self) -> None:
         self._chains.clear()
@@ -66,18 +70,14 @@ class Directory:
     # -- look-ups ----------------------------------------------------------------------------------------------------
     def workspace(self, ref: str) -> WorkspaceRow | None:
         """A workspace by id, else by name."""
-        found = self.workspaces.get(ref)
-        if found is not None:
-            return found
-        return next((w for w in self.workspaces.values() if w.name == ref), None)
+        return self.workspaces.get(ref) or self.workspace_names.get(ref)
 
     def environment(self, workspace_id: str, ref: str) -> EnvironmentRow | None:
         """An environment of the workspace by id, else by name."""
         found = self.environments.get(ref)
         if found is not None and found.workspace_id == workspace_id:
             return found
-        return next((e for e in self.environments.values() if e.workspace_id == workspace_id and e.name == ref),
-                    None)
+        return self.environment_names.get((workspace_id, ref))
 
     def environments_of(self, workspace_id: str) -> list[EnvironmentRow]:
         return [e for e in self.environments.values() if e.workspace_id == workspace_id]
