@@ -20,7 +20,7 @@ def sign_in(page, gateway) -> None:
     assert page.url.endswith("/signin")
     screenshot(page, "signin")
     page.get_by_label("Management key").fill(MASTER_KEY)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in with key").click()
     page.get_by_role("link", name="Overview").wait_for()
 
 

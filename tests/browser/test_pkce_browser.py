@@ -42,7 +42,7 @@ def test_pkce_in_the_browser(page, gateway, fake_openai, callback_server, method
     page.goto(gateway.url + "/auth?" + urlencode({"callback_url": callback, "code_challenge": challenge,
                                                   "code_challenge_method": method}))
     page.get_by_label("Management key").fill(MASTER_KEY)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in with key").click()
     page.get_by_role("heading", name="Authorise an app").wait_for()
     assert "127.0.0.1" in page.content()
     page.get_by_label("Credit limit (USD, optional)").fill("1.5")

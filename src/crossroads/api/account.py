@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from crossroads.api.asgi import Request, respond_json
 from crossroads.api.workspaces import check_within
 from crossroads.errors import GatewayError
-from crossroads.gate.auth import managed_workspace, require_management
+from crossroads.gate.auth import Principal, managed_workspace, require_management
 from crossroads.gate.credits import Spend
 from crossroads.gate.directory import DEFAULT
 from crossroads.gate.keys import display_label, generate_key, hash_key
@@ -190,13 +190,17 @@ async def change_key(gateway: Gateway, key_hash: str, changes: dict[str, Any]) -
     return row
 
 
-def place_key(gateway: Gateway, request: Request, changes: dict[str, Any]) -> dict[str, Any]:
+def place_key(gateway: Gateway, principal: Principal, changes: dict[str, Any]) -> dict[str, Any]:
     """Resolve a new key's `workspace`, `environment` and `member` (ids, names or an email) into its row's ids: by
     default the caller's workspace (the `default` one for the master key) and that workspace's `default`
     environment. A management key places keys in its own workspace only (403 otherwise), never with a limit above a
-    budget above the key (400)."""
+    budget above the key (400). A person (the dashboard) makes keys in the workspace they act in, as their own; a
+    member may do nothing else."""
     directory = gateway.keys.directory
-    scope = managed_workspace(request.principal)
+    person = principal.kind == "user"
+    if person and principal.role not in ("owner", "admin", "member"):
+        raise GatewayError(403, "A viewer cannot create keys")
+    scope = principal.workspace_id if person else managed_workspace(principal)
     workspace_ref = changes.pop("workspace", None) or scope or DEFAULT
     workspace = directory.workspace(workspace_ref)
     if workspace is None:
@@ -211,15 +215,19 @@ def place_key(gateway: Gateway, request: Request, changes: dict[str, Any]) -> di
                            metadata={"field": "environment"})
     membership = None
     member_ref = changes.pop("member", None)
-    if member_ref is not None:
+    if person:
+        membership = directory.memberships.get((workspace.id, principal.user_id or ""))
+    elif member_ref is not None:
         user = directory.users.get(member_ref) or next(
             (u for u in directory.users.values() if u.email == member_ref.lower()), None)
         membership = directory.memberships.get((workspace.id, user.id)) if user is not None else None
         if membership is None:
             raise GatewayError(404, f"Member {member_ref!r} not found in workspace {workspace.name!r}",
                                metadata={"field": "member"})
+    if person and principal.role == "member" and changes.get("is_management"):
+        raise GatewayError(403, "A member cannot create management keys")
     if changes.get("limit") is not None:
-        check_within(gateway, request, changes.get("limit"), workspace=workspace, environment=environment,
+        check_within(principal, changes.get("limit"), workspace=workspace, environment=environment,
                      membership=membership, what="a key's limit")
     changes.update(workspace_id=workspace.id, environment_id=environment.id,
                    user_id=membership.user_id if membership is not None else None)
@@ -229,7 +237,7 @@ def place_key(gateway: Gateway, request: Request, changes: dict[str, Any]) -> di
 async def create_key(gateway: Gateway, request: Request) -> None:
     require_management(request.principal)
     await gateway.keys.reload_directory()  # a workspace made through another worker a moment ago is found
-    changes = place_key(gateway, request, key_changes(request.json(), creating=True))
+    changes = place_key(gateway, request.principal, key_changes(request.json(), creating=True))
     plaintext, row = await add_key(gateway, changes)
     await respond_json(request, 201, {"data": await _payload(gateway, row), "key": plaintext})
 
@@ -244,7 +252,10 @@ async def exchange_auth_code(gateway: Gateway, request: Request) -> None:
         raise GatewayError(400, "Invalid code_challenge_method: it must be S256 or plain")
     verifier = body.get("code_verifier")
     grant = await gateway.dashboard.grants.redeem(body["code"], verifier if isinstance(verifier, str) else None, method)
-    plaintext, _ = await add_key(gateway, {"name": grant.name, "limit": grant.limit})
+    changes: dict[str, Any] = {"name": grant.name, "limit": grant.limit, "user_id": grant.owner_id}
+    if grant.workspace_id is not None:  # approved in a workspace (else the default one, as before workspaces)
+        changes.update(workspace_id=grant.workspace_id, environment_id=grant.environment_id or DEFAULT)
+    plaintext, _ = await add_key(gateway, changes)
     await respond_json(request, 200, {"key": plaintext, "user_id": grant.user_id})
 
 
@@ -284,17 +295,22 @@ async def get_key(gateway: Gateway, request: Request) -> None:
     await respond_json(request, 200, {"data": await _payload(gateway, row)})
 
 
+def check_key_limit(gateway: Gateway, principal: Principal, key: KeyRow, limit: float | None) -> None:
+    """A new limit for `key` within the budgets above it (`check_within`)."""
+    directory = gateway.keys.directory
+    workspace = directory.workspaces.get(key.workspace_id)
+    if workspace is not None:
+        membership = directory.memberships.get((workspace.id, key.user_id)) if key.user_id else None
+        check_within(principal, limit, workspace=workspace, what="a key's limit",
+                     environment=directory.environments.get(key.environment_id), membership=membership)
+
+
 async def update_key(gateway: Gateway, request: Request) -> None:
     current = await _known_key(gateway, request)
     changes = key_changes(request.json(), creating=False)
     if "limit" in changes:
         await gateway.keys.reload_directory()
-        directory = gateway.keys.directory
-        workspace = directory.workspaces.get(current.workspace_id)
-        if workspace is not None:
-            membership = directory.memberships.get((workspace.id, current.user_id)) if current.user_id else None
-            check_within(gateway, request, changes["limit"], workspace=workspace, what="a key's limit",
-                         environment=directory.environments.get(current.environment_id), membership=membership)
+        check_key_limit(gateway, request.principal, current, changes["limit"])
     row = await change_key(gateway, current.hash, changes)
     if row is None:
         raise GatewayError(404, f"API key {current.hash!r} not found")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from crossroads.api.asgi import Request, respond_json
 from crossroads.errors import GatewayError
-from crossroads.gate.auth import managed_workspace, require_master
+from crossroads.gate.auth import Principal, managed_workspace, require_master
 from crossroads.gate.credits import Spend
 from crossroads.gate.directory import DEFAULT, ROLES
 from crossroads.gate.passwords import MIN_LENGTH, hash_password_async
@@ -101,12 +101,12 @@ def _workspace(gateway: Gateway, request: Request) -> WorkspaceRow:
     return found
 
 
-def check_within(gateway: Gateway, request: Request, limit: float | None, *, workspace: WorkspaceRow,
+def check_within(principal: Principal, limit: float | None, *, workspace: WorkspaceRow,
                  what: str, environment: EnvironmentRow | None = None, membership: MembershipRow | None = None) -> None:
     """A management key may not set a budget (or a key's limit) above a budget above it: 400 naming that budget.
     (The master key may: a request still has to fit every level. No limit of its own is allowed under a budget: the
     budget above still holds it.)"""
-    if request.principal.is_master:
+    if principal.is_master:
         return
     above = [("workspace", workspace.name, workspace.budget_limit)]
     if environment is not None:
@@ -288,7 +288,7 @@ async def create_environment(gateway: Gateway, request: Request) -> None:
     assert name is not None
     limit, reset = parse_budget(body.get("budget"))
     await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
-    check_within(gateway, request, limit, workspace=workspace, what="an environment's budget")
+    check_within(request.principal, limit, workspace=workspace, what="an environment's budget")
     if _directory(gateway).environment(workspace.id, name) is not None:
         raise GatewayError(409, f"Workspace {workspace.name!r} has an environment named {name!r} already",
                            metadata={"field": "name"})
@@ -313,7 +313,7 @@ async def update_environment(gateway: Gateway, request: Request) -> None:
     if "budget" in body:
         limit, reset = parse_budget(body["budget"])
         await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
-        check_within(gateway, request, limit, workspace=workspace, what="an environment's budget")
+        check_within(request.principal, limit, workspace=workspace, what="an environment's budget")
         changes["budget_limit"], changes["budget_reset"] = limit, reset
     updated = await DirectoryStore(gateway.store).update(EnvironmentRow, environment.id, changes) \
         if changes else environment
@@ -353,10 +353,10 @@ def _role(body: dict[str, Any], *, required: bool) -> str | None:
     return role
 
 
-def _check_role_grant(request: Request, role: str) -> None:
-    # An admin's management key manages members but cannot make owners (only the master key or an owner can).
-    key = request.principal.key
-    if key is not None and role == "owner" and key.user_id is not None:
+def check_role_grant(principal: Principal, role: str) -> None:
+    # An admin (or an admin's management key) manages members but cannot make owners: only the master key, an owner
+    # or the workspace's own management key can.
+    if role == "owner" and principal.role not in (None, "owner"):
         raise GatewayError(403, "Only an owner or the master key can make an owner")
 
 
@@ -381,10 +381,10 @@ async def create_member(gateway: Gateway, request: Request) -> None:
     email = normal_email(body.get("email"))
     role = _role(body, required=True)
     assert role is not None
-    _check_role_grant(request, role)
+    check_role_grant(request.principal, role)
     limit, reset = parse_budget(body.get("budget"))
     await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
-    check_within(gateway, request, limit, workspace=workspace, what="a member's budget")
+    check_within(request.principal, limit, workspace=workspace, what="a member's budget")
     password = body.get("password")
     if password is not None and (not isinstance(password, str) or len(password) < MIN_LENGTH):
         raise GatewayError(400, f"Invalid request: 'password' must be a string of at least {MIN_LENGTH} characters",
@@ -411,12 +411,12 @@ async def update_member(gateway: Gateway, request: Request) -> None:
     changes: dict[str, Any] = {}
     role = _role(body, required=False)
     if role is not None:
-        _check_role_grant(request, role)
+        check_role_grant(request.principal, role)
         changes["role"] = role
     if "budget" in body:
         limit, reset = parse_budget(body["budget"])
         await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
-        check_within(gateway, request, limit, workspace=workspace, what="a member's budget")
+        check_within(request.principal, limit, workspace=workspace, what="a member's budget")
         changes["budget_limit"], changes["budget_reset"] = limit, reset
     updated = await DirectoryStore(gateway.store).update(MembershipRow, membership.id, changes) \
         if changes else membership

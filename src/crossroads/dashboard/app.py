@@ -18,13 +18,17 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import jinja2
 
-from crossroads.api.account import add_key, change_key, key_changes
+from crossroads.api.account import add_key, change_key, check_key_limit, key_changes, place_key
 from crossroads.api.asgi import Request, respond
+from crossroads.dashboard.access import Access, local_path, resolve
 from crossroads.dashboard.charts import bar_chart
+from crossroads.dashboard.people import PeoplePages
 from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
 from crossroads.errors import GatewayError
+from crossroads.gate.directory import DEFAULT
 from crossroads.gate.keys import is_expired
 from crossroads.gate.oauth import PendingGrants, callback_problem, challenge_problem
+from crossroads.gate.passwords import verify_password_async
 from crossroads.observability.hub import refused_key
 from crossroads.observability.record import key_label
 from crossroads.routing.health import STATUS_EJECTED, STATUS_OK, STATUS_PROBING
@@ -32,6 +36,7 @@ from crossroads.routing.health import STATUS_EJECTED, STATUS_OK, STATUS_PROBING
 if TYPE_CHECKING:
     from crossroads.api.app import Gateway
     from crossroads.config import RouteConditionConfig
+    from crossroads.store.rows import KeyRow, UserRow
 
 HERE = Path(__file__).parent
 COOKIE = "crossroads_session"
@@ -56,7 +61,10 @@ SECURITY_HEADERS = [
 STATES = {STATUS_OK: "healthy", STATUS_PROBING: "probing", STATUS_EJECTED: "ejected"}
 STATIC_TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8"}
 NAVIGATION = [("Overview", "/"), ("API Keys", "/keys"), ("Models", "/models"), ("Activity", "/activity"),
-              ("Connections", "/connections"), ("Credits", "/credits")]
+              ("Connections", "/connections"), ("Budgets", "/budgets"), ("Members", "/members")]
+SUPER_ADMIN_NAVIGATION = [("Credits", "/credits")]  # the gateway's own budget: the master key's and admins' only
+# A password sign-in with an unknown email checks this hash, so that it takes as long as one with a known email.
+_NO_SUCH_USER = "$argon2id$v=19$m=65536,t=3,p=4$MWDjEle2suAJ0calh7jdTQ$vjBNaGuGuy7LeqTnlz1StWVPZp+sJekY33DuO6ZXWHk"
 
 
 class Dashboard:
@@ -65,6 +73,8 @@ class Dashboard:
         self.sessions = SessionStore()
         self.throttle = SignInThrottle()
         self.grants = PendingGrants()
+        self.oidc: Any = None  # single sign-on (dashboard/oidc.py), when server.oidc is configured
+        self.people = PeoplePages(self)
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters["usd"] = _usd
@@ -79,7 +89,7 @@ class Dashboard:
             ("GET", "/activity", self.activity_page), ("GET", "/connections", self.connections_page),
             ("GET", "/auth", self.consent_page), ("POST", "/auth", self.consent),
             ("GET", "/credits", self.credits_page), ("GET", "/activity/view", self.generation_page),
-            ("GET", "/activity.csv", self.activity_csv),
+            ("GET", "/activity.csv", self.activity_csv), *self.people.routes(),
         ]
         return [*((method, path, self._html_errors(handler)) for method, path, handler in pages),
                 *(("GET", f"/static/{name}", self._static_handler(name)) for name in self.static)]
@@ -96,9 +106,10 @@ class Dashboard:
                 headers = [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
                 try:
                     session = await self._session(request)
+                    access = await self._access(session) if session is not None else None
                 except Exception:  # noqa: BLE001 - e.g. the database is what failed: the page goes without
-                    session = None
-                await self._page(request, "error.html", session, status=error.status,
+                    session, access = None, None
+                await self._page(request, "error.html", access, session=session, status=error.status,
                                  headers=headers, message=error.message)
         return handler_with_error_page
 
@@ -112,13 +123,19 @@ class Dashboard:
             await respond(request, 200, body, headers, content_type)
         return handler
 
-    async def _page(self, request: Request, template: str, session: Session | None, status: int = 200,
-                    headers: list[tuple[bytes, bytes]] | None = None, form_target: str | None = None,
-                    **context: Any) -> None:
+    async def _page(self, request: Request, template: str, access: Access | None, *, session: Session | None = None,
+                    status: int = 200, headers: list[tuple[bytes, bytes]] | None = None,
+                    form_target: str | None = None, **context: Any) -> None:
         """Render a page with the security headers; `form_target` is an origin the page's form may lead to (the
         consent form's redirect to the app: browsers apply form-action to a form's redirects too)."""
+        if access is not None:
+            session = access.session
+        navigation = NAVIGATION + (SUPER_ADMIN_NAVIGATION if access is not None and access.super_admin else [])
+        here = request.path + ("?" + request.scope["query_string"].decode("latin-1")
+                               if request.scope.get("query_string") else "")
         html = self.templates.get_template(template).render(
-            navigation=NAVIGATION, current=request.path, session=session, **context)
+            navigation=navigation if access is not None else [], current=request.path, here=local_path(here),
+            session=session, access=access, sso=self.oidc is not None, **context)
         security = SECURITY_HEADERS
         if form_target is not None:
             security = [(b"content-security-policy", CSP.format(form_action=f"'self' {form_target}").encode()),
@@ -147,20 +164,39 @@ class Dashboard:
             if row is None or row.disabled or is_expired(row):
                 await self.sessions.end_for_key(session.key_hash)
                 return None
+        if session is not None and session.user_id is not None:
+            # Roles and memberships as the database has them now (changed through another worker a moment ago).
+            await self.gateway.keys.reload_directory()
+            user = self.gateway.keys.directory.users.get(session.user_id)
+            if user is None or user.disabled:
+                await self.sessions.end_for_user(session.user_id)
+                return None
         return session
 
-    async def _signed_in(self, request: Request) -> Session | None:
-        """The session, or None after redirecting to the sign-in page (which comes back here afterwards)."""
+    async def _access(self, session: Session) -> Access | None:
+        directory = self.gateway.keys.directory
+        key = self.gateway.keys.get(session.key_hash) if session.key_hash is not None else None
+        user = directory.users.get(session.user_id) if session.user_id is not None else None
+        return resolve(session, directory, key=key, user=user)
+
+    async def _signed_in(self, request: Request) -> Access | None:
+        """What the session may see and do, or None after redirecting to the sign-in page (which comes back here
+        afterwards). 403 for a person who is in no workspace (any more)."""
         session = await self._session(request)
-        if session is None:
-            here = request.path
-            query = request.scope.get("query_string", b"").decode("latin-1")
-            if here != "/" or query:
-                here = here + ("?" + query if query else "")
-                await self._redirect(request, "/signin?" + urlencode({"next": here}))
-            else:
-                await self._redirect(request, "/signin")
-        return session
+        if session is not None:
+            access = await self._access(session)
+            if access is None:
+                raise GatewayError(403, "You are not a member of any workspace: ask a workspace's owner or admin "
+                                        "to invite you")
+            return access
+        here = request.path
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        if here != "/" or query:
+            here = here + ("?" + query if query else "")
+            await self._redirect(request, "/signin?" + urlencode({"next": here}))
+        else:
+            await self._redirect(request, "/signin")
+        return None
 
     def _form(self, request: Request, session: Session | None) -> dict[str, str]:
         """The posted form; 403 unless it carries the session's CSRF token (and comes from this origin)."""
@@ -183,21 +219,24 @@ class Dashboard:
 
     # -- sign-in ---------------------------------------------------------------------------------------------------
     async def sign_in_page(self, request: Request) -> None:
-        next_page = _local_path(request.query().get("next"))
+        next_page = local_path(request.query().get("next"))
         if await self._session(request) is not None:
             await self._redirect(request, next_page)
             return
-        await self._page(request, "signin.html", None, error=None, next_page=next_page)
+        await self._page(request, "signin.html", None, error=None, next_page=next_page, email="")
 
     async def sign_in(self, request: Request) -> None:
         fields = self._form(request, None)
-        next_page = _local_path(fields.get("next"))
+        next_page = local_path(fields.get("next"))
         address = (request.scope.get("client") or ("unknown",))[0]
         wait = self.throttle.retry_after(address)
         if wait > 0:
-            await self._page(request, "signin.html", None, status=429, next_page=next_page,
+            await self._page(request, "signin.html", None, status=429, next_page=next_page, email="",
                              headers=[(b"retry-after", str(math.ceil(wait)).encode())],
                              error=f"Too many failed sign-ins from this address; try again in {math.ceil(wait)} s.")
+            return
+        if "email" in fields:
+            await self._sign_in_person(request, fields, address, next_page)
             return
         key = fields.get("key", "").strip()
         try:
@@ -210,12 +249,35 @@ class Dashboard:
             self.gateway.observability.denials.record(
                 "auth", refused_key(key_label(key)), "/signin",
                 f"dashboard sign-in refused for {address}")
-            await self._page(request, "signin.html", None, status=401, next_page=next_page,
+            await self._page(request, "signin.html", None, status=401, next_page=next_page, email="",
                              error="Sign-in needs the master key or a management key." if principal is None
                              else "This is not a management key: only the master key or a management key can sign in.")
             return
         self.throttle.succeeded(address)
         token, _ = await self.sessions.create(principal.kind, principal.key_hash)
+        await self._redirect(request, next_page, [self._cookie(request, token)])
+
+    async def _sign_in_person(self, request: Request, fields: dict[str, str], address: str, next_page: str) -> None:
+        """Email and password: a person's session (their workspaces and roles are looked up on every page)."""
+        email = fields.get("email", "").strip().lower()
+        await self.gateway.keys.reload_directory()  # a person added through another worker a moment ago
+        user = next((u for u in self.gateway.keys.directory.users.values() if u.email == email), None)
+        known = user is not None and not user.disabled and user.password_hash is not None
+        # An unknown email costs the same hash check as a wrong password: the answer's timing tells nothing.
+        matched = await verify_password_async(user.password_hash if known else _NO_SUCH_USER,  # type: ignore[union-attr]
+                                              fields.get("password", ""))
+        if not (known and matched):
+            self.throttle.failed(address)
+            self.gateway.observability.denials.record(
+                "auth", "password", "/signin", f"dashboard password sign-in refused for {address}")
+            await self._page(request, "signin.html", None, status=401, next_page=next_page, email=email,
+                             error="Wrong email or password.")
+            return
+        self.throttle.succeeded(address)
+        await self._start_person_session(request, user, next_page)  # type: ignore[arg-type]
+
+    async def _start_person_session(self, request: Request, user: UserRow, next_page: str) -> None:
+        token, _ = await self.sessions.create("user", None, user_id=user.id)
         await self._redirect(request, next_page, [self._cookie(request, token)])
 
     async def sign_out(self, request: Request) -> None:
@@ -225,31 +287,35 @@ class Dashboard:
         await self._redirect(request, "/signin", [self._cookie(request, "", max_age=0)])
 
     # -- pages -----------------------------------------------------------------------------------------------------
-    async def _days(self, days: int) -> tuple[list[dict[str, Any]], list[str]]:
-        """Usage rows of the last `days` days (UTC, today included) and those days' dates in order."""
+    async def _days(self, days: int, access: Access) -> tuple[list[dict[str, Any]], list[str]]:
+        """Usage rows (those `access` sees) of the last `days` days (UTC, today included) and those days' dates in
+        order."""
         today = datetime.now(UTC).date()
         first = today - timedelta(days=days - 1)
         dates = [(first + timedelta(days=i)).isoformat() for i in range(days)]
-        return await self.gateway.store.activity(first, today, None), dates
+        return await self.gateway.store.activity(first, today, None, workspace_id=access.workspace_id,
+                                                 user_id=access.own_only), dates
 
-    async def _buckets(self, window: str) -> tuple[list[dict[str, Any]], list[tuple[str, str]], datetime]:
+    async def _buckets(self, window: str, access: Access
+                       ) -> tuple[list[dict[str, Any]], list[tuple[str, str]], datetime]:
         """Usage rows of the window, its buckets in order as (key, chart label), and the first bucket's start. "24h"
         is the last 24 UTC hours (this one included), by hour; "7d" and "30d" are days (today included)."""
         if window == "24h":
             hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
             starts = [hour - timedelta(hours=23 - i) for i in range(24)]
-            rows = await self.gateway.store.activity(starts[0].date(), hour.date(), None, hourly=True)
+            rows = await self.gateway.store.activity(starts[0].date(), hour.date(), None, hourly=True,
+                                                     workspace_id=access.workspace_id, user_id=access.own_only)
             return rows, [(s.strftime("%Y-%m-%d %H"), s.strftime("%H:00")) for s in starts], starts[0]
-        rows, dates = await self._days(int(window[:-1]))
+        rows, dates = await self._days(int(window[:-1]), access)
         return rows, [(d, d[5:]) for d in dates], datetime.combine(date.fromisoformat(dates[0]), dt_time(), UTC)
 
     async def overview(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
         window = request.query().get("window", "30d")
         if window not in WINDOWS:
             window = "30d"
-        rows, buckets, since = await self._buckets(window)
+        rows, buckets, since = await self._buckets(window, access)
         bucket_format = "%Y-%m-%d %H" if window == "24h" else "%Y-%m-%d"
         per_bucket = {key: {"requests": 0, "cost": 0.0, "tokens": 0, "errors": 0} for key, _ in buckets}
         by_model: dict[str, dict[str, float]] = {}
@@ -265,7 +331,8 @@ class Dashboard:
                 entry["requests"] += row["requests"]
                 entry["cost"] += row["cost"]
         totals = {name: sum(b[name] for b in per_bucket.values()) for name in ("requests", "cost", "tokens")}
-        outcomes = await self.gateway.store.request_outcomes(since, OUTCOME_SAMPLE)
+        outcomes = await self.gateway.store.request_outcomes(since, OUTCOME_SAMPLE, workspace_id=access.workspace_id,
+                                                             user_id=access.own_only)
         by_app: dict[str, dict[str, float]] = {}
         for created_at, status, _, app, cost in outcomes:
             bucket = per_bucket.get(created_at.astimezone(UTC).strftime(bucket_format))
@@ -295,72 +362,95 @@ class Dashboard:
         top_keys = [("master key" if k is None else names.get(k, k[:12]), v)
                     for k, v in sorted(by_key.items(), key=lambda item: -item[1]["requests"])[:10]]
         top_apps = sorted(by_app.items(), key=lambda item: -item[1]["requests"])[:10]
-        await self._page(request, "overview.html", session, totals=totals, top_models=top_models, top_keys=top_keys,
+        await self._page(request, "overview.html", access, totals=totals, top_models=top_models, top_keys=top_keys,
                          top_apps=top_apps, charts=charts, window=window, windows=WINDOWS, health=health)
 
     async def credits_page(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
-        rows, dates = await self._days(30)
+        if not access.super_admin:
+            raise GatewayError(403, "The gateway's credits are the master key's and admins' to see; a workspace's "
+                                    "budgets are on the Budgets page")
+        rows, dates = await self._days(30, access)
         per_day = dict.fromkeys(dates, 0.0)
         for row in rows:
             if row["date"] in per_day:
                 per_day[row["date"]] += row["cost"]
         budget = self.gateway.config.accounting.budget
         usage = (await self.gateway.total_figures()).total
-        await self._page(request, "credits.html", session, budget=budget, usage=usage,
+        await self._page(request, "credits.html", access, budget=budget, usage=usage,
                          remaining=None if budget is None else budget - usage,
                          chart=bar_chart([(d[5:], v) for d, v in per_day.items()], title="Spend per day (USD)",
                                          fmt=_usd))
 
     async def keys_page(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
-        new_key = await self.sessions.take_flash(self._token(request) or "", session)  # shown once, then gone
-        await self._keys(request, session, new_key=new_key, error=None)
+        new_key = await self.sessions.take_flash(self._token(request) or "", access.session)  # shown once
+        await self._keys(request, access, new_key=new_key, error=None)
 
-    async def _keys(self, request: Request, session: Session, *, new_key: str | None, error: str | None,
+    async def _keys(self, request: Request, access: Access, *, new_key: str | None, error: str | None,
                     status: int = 200) -> None:
-        rows = await self.gateway.store.list_keys()
+        rows = [row for row in await self.gateway.store.list_keys() if access.sees_key(row)]
+        directory = self.gateway.keys.directory
         keys = []
         figures = await self.gateway.key_figures(rows)
         for row in rows:
             used = figures[row.hash].total
-            keys.append({"row": row, "used": used,
-                         "share": min(100, round(100 * used / row.limit)) if row.limit else None})
-        await self._page(request, "keys.html", session, status=status, keys=keys, new_key=new_key, error=error,
-                         models=sorted(self.gateway.registry.models))
+            environment = directory.environments.get(row.environment_id)
+            owner = directory.users.get(row.user_id) if row.user_id is not None else None
+            keys.append({"row": row, "used": used, "changes": access.changes_key(row),
+                         "share": min(100, round(100 * used / row.limit)) if row.limit else None,
+                         "place": (self.gateway.workspace_name(row.workspace_id) or "") + " / "
+                         + (environment.name if environment is not None else row.environment_id),
+                         "owner": owner.email if owner is not None else None})
+        home = access.workspace or directory.workspaces.get(DEFAULT)
+        environments = sorted(e.name for e in directory.environments_of(home.id)) if home is not None else []
+        await self._page(request, "keys.html", access, status=status, keys=keys, new_key=new_key, error=error,
+                         models=sorted(self._models_for(access)), environments=environments,
+                         home=home.name if home is not None else DEFAULT)
 
     async def create_key(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
-        fields = self._form(request, session)
+        fields = self._form(request, access.session)
         try:
-            plaintext, _ = await add_key(self.gateway, key_changes(_key_body(fields), creating=True))
+            changes = key_changes(_key_body(fields), creating=True)
+            changes["workspace"] = access.workspace_id or DEFAULT
+            changes["environment"] = fields.get("environment") or DEFAULT
+            plaintext, _ = await add_key(self.gateway, place_key(self.gateway, access.principal, changes))
         except GatewayError as error:
-            await self._keys(request, session, new_key=None, error=error.message, status=400)
+            await self._keys(request, access, new_key=None, error=error.message,
+                             status=error.status if error.status < 500 else 400)
             return
-        await self.sessions.set_flash(self._token(request) or "", session, plaintext)
+        await self.sessions.set_flash(self._token(request) or "", access.session, plaintext)
         await self._redirect(request, "/keys")
 
+    def _changeable(self, access: Access, key_hash: str) -> KeyRow:
+        """A key the session may change: another workspace's (or, for a member, another person's) is not found."""
+        row = self.gateway.keys.get(key_hash)
+        if row is None or not access.changes_key(row):
+            raise GatewayError(404, "API key not found")
+        return row
+
     async def update_key(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
-        fields = self._form(request, session)
+        fields = self._form(request, access.session)
         key_hash, action = fields.get("hash", ""), fields.get("action")
+        current = self._changeable(access, key_hash)
         if action == "delete":
             if await self.gateway.store.delete_key(key_hash):
                 self.gateway.keys.drop(key_hash)
                 await self.sessions.end_for_key(key_hash)
         elif action == "edit":
-            current = self.gateway.keys.get(key_hash)
             try:
-                row = await change_key(self.gateway, key_hash, key_changes(_key_body(fields, editing=True),
-                                                                           creating=False))
+                changes = key_changes(_key_body(fields, editing=True), creating=False)
+                if "limit" in changes:
+                    check_key_limit(self.gateway, access.principal, current, changes["limit"])
+                row = await change_key(self.gateway, key_hash, changes)
             except GatewayError as error:
-                if current is None:
-                    raise
-                await self._page(request, "key_edit.html", session, status=400, row=current, error=error.message)
+                await self._page(request, "key_edit.html", access, status=400, row=current, error=error.message)
                 return
             if row is None:
                 raise GatewayError(404, "API key not found")
@@ -373,16 +463,30 @@ class Dashboard:
         await self._redirect(request, "/keys")
 
     async def edit_key_page(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
         row = self.gateway.keys.get(request.query().get("hash", ""))
-        if row is None:
+        if row is None or not access.changes_key(row):
             await self._redirect(request, "/keys")
             return
-        await self._page(request, "key_edit.html", session, row=row, error=None)
+        await self._page(request, "key_edit.html", access, row=row, error=None)
+
+    def _models_for(self, access: Access) -> dict[str, list[Any]]:
+        """The served models (id → deployments) the session's workspace may use: those of connections that are
+        everyone's or its own (config `workspace:`). Every model for a super-admin looking at all workspaces."""
+        models = self.gateway.registry.models
+        if access.workspace is None or not self.gateway.scoped_resources:
+            return models
+        name = access.workspace.name
+        scoped = {}
+        for model_id, deployments in models.items():
+            mine = [d for d in deployments if d.connection.config.workspace in (None, name)]
+            if mine:
+                scoped[model_id] = mine
+        return scoped
 
     async def models_page(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
         query = request.query()
         search = query.get("q", "").strip().lower()
@@ -391,7 +495,7 @@ class Dashboard:
         sort = query.get("sort", "name")
         health = self.gateway.health
         models, vendors, modalities = [], set(), set()
-        for model_id, deployments in self.gateway.registry.models.items():
+        for model_id, deployments in self._models_for(access).items():
             spec = deployments[0].model
             vendors.add(model_id.split("/", 1)[0])
             modalities.update(spec.input_modalities)
@@ -413,21 +517,24 @@ class Dashboard:
         sorts = {"price": lambda m: (m["prompt"], m["id"]), "context": lambda m: (-(m["context"] or 0), m["id"]),
                  "name": lambda m: m["id"]}
         models.sort(key=sorts.get(sort, sorts["name"]))
-        await self._page(request, "models.html", session, models=models, query=search, vendor=vendor,
+        await self._page(request, "models.html", access, models=models, query=search, vendor=vendor,
                          modality=modality, sort=sort, vendors=sorted(vendors), modalities=sorted(modalities))
 
     async def connections_page(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
         health = self.gateway.health
         config = self.gateway.config
-        scopes = [f"conn:{c.name}" for c in config.providers] + [f"route:{r.name}" for r in config.routes]
+        owners = (None, access.workspace.name) if access.workspace is not None else None  # None: every one
+        providers = [c for c in config.providers if owners is None or c.workspace in owners]
+        config_routes = [r for r in config.routes if owners is None or r.workspace in owners]
+        scopes = [f"conn:{c.name}" for c in providers] + [f"route:{r.name}" for r in config_routes]
         try:
             used: dict[tuple[str, str], int] | None = await self.gateway.limiter.usage(scopes)
         except Exception:  # Redis down: the page still shows health and configuration
             used = None
         connections = []
-        for c in config.providers:
+        for c in providers:
             deployments = [d for deps in self.gateway.registry.models.values() for d in deps
                            if d.connection.name == c.name]
             ejected = sum(1 for d in deployments if health.status(c.name, d.model.upstream) == STATUS_EJECTED)
@@ -436,8 +543,8 @@ class Dashboard:
                                 "capacity": _capacity(used, f"conn:{c.name}", c.rpm, c.tpm)})
         routes = [{"route": r, "capacity": _capacity(used, f"route:{r.name}", r.rpm, r.tpm),
                    "conditions": [_condition_text(condition) for condition in r.conditions]}
-                  for r in config.routes]
-        await self._page(request, "connections.html", session, connections=connections, routes=routes,
+                  for r in config_routes]
+        await self._page(request, "connections.html", access, connections=connections, routes=routes,
                          usage_known=used is not None)
 
     def _activity_filters(self, request: Request) -> dict[str, str]:
@@ -451,7 +558,7 @@ class Dashboard:
                     del filters[name]
         return filters
 
-    async def _activity_rows(self, filters: dict[str, str], limit: int, offset: int) -> list[Any]:
+    async def _activity_rows(self, access: Access, filters: dict[str, str], limit: int, offset: int) -> list[Any]:
         status = filters.get("status")
         since = datetime.combine(date.fromisoformat(filters["from"]), dt_time(), UTC) if "from" in filters else None
         until = (datetime.combine(date.fromisoformat(filters["to"]), dt_time(), UTC) + timedelta(days=1)
@@ -459,26 +566,26 @@ class Dashboard:
         return await self.gateway.store.list_generations(
             key_hash=filters.get("key"), model=filters.get("model"), app=filters.get("app"), since=since,
             until=until, failed=None if status not in ("ok", "failed") else status == "failed", limit=limit,
-            offset=offset)
+            offset=offset, workspace_id=access.workspace_id, user_id=access.own_only)
 
     async def activity_page(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
         try:
             page = max(int(request.query().get("page", "1")), 1)
         except ValueError:
             page = 1
         filters = self._activity_filters(request)
-        rows = await self._activity_rows(filters, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE)
+        rows = await self._activity_rows(access, filters, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE)
         names = {row.hash: row.name for row in await self.gateway.store.list_keys()}
-        await self._page(request, "activity.html", session, rows=rows[:PAGE_SIZE], names=names, page=page,
+        await self._page(request, "activity.html", access, rows=rows[:PAGE_SIZE], names=names, page=page,
                          more=len(rows) > PAGE_SIZE, filters=filters, filter_query=urlencode(filters))
 
     async def activity_csv(self, request: Request) -> None:
         """The filtered rows (up to CSV_LIMIT, newest first) as CSV."""
-        if (await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
-        rows = await self._activity_rows(self._activity_filters(request), CSV_LIMIT, 0)
+        rows = await self._activity_rows(access, self._activity_filters(request), CSV_LIMIT, 0)
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
@@ -489,14 +596,14 @@ class Dashboard:
                       [(b"content-type", b"text/csv; charset=utf-8")])
 
     async def generation_page(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
         row = await self.gateway.store.get_generation(request.query().get("id", ""))
-        if row is None:
-            await self._page(request, "generation.html", session, status=404, row=None, key_name=None)
+        if row is None or not access.sees_record(row.workspace_id, row.user_id):
+            await self._page(request, "generation.html", access, status=404, row=None, key_name=None)
             return
         key = self.gateway.keys.get(row.key_hash) if row.key_hash else None
-        await self._page(request, "generation.html", session, row=row,
+        await self._page(request, "generation.html", access, row=row,
                          key_name=key.name if key is not None else ("master key" if row.key_hash is None else None))
 
     # -- OAuth PKCE ------------------------------------------------------------------------------------------------
@@ -514,15 +621,15 @@ class Dashboard:
     async def consent_page(self, request: Request) -> None:
         params = request.query()
         callback, challenge, method = self._authorisation(params)  # a bad request is refused before sign-in
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
-        await self._page(request, "consent.html", session, callback=callback, host=urlsplit(callback).hostname,
+        await self._page(request, "consent.html", access, callback=callback, host=urlsplit(callback).hostname,
                          challenge=challenge or "", method=method or "", error=None, form_target=_origin(callback))
 
     async def consent(self, request: Request) -> None:
-        if (session := await self._signed_in(request)) is None:
+        if (access := await self._signed_in(request)) is None:
             return
-        fields = self._form(request, session)
+        fields = self._form(request, access.session)
         callback, challenge, method = self._authorisation(fields)
         host = urlsplit(callback).hostname or "app"
         if fields.get("decision") != "approve":
@@ -535,22 +642,21 @@ class Dashboard:
                 if not math.isfinite(limit) or limit < 0:
                     raise ValueError
         except ValueError:
-            await self._page(request, "consent.html", session, status=400, callback=callback, host=host,
+            await self._page(request, "consent.html", access, status=400, callback=callback, host=host,
                              form_target=_origin(callback),
                              challenge=challenge or "", method=method or "",
                              error="The credit limit must be a non-negative number of USD")
             return
         await self.gateway.check_limit_allowed({"limit": limit})
-        user_id = "master" if session.key_hash is None else f"key-{session.key_hash[:16]}"
-        code = await self.grants.issue(name=host, limit=limit, user_id=user_id, challenge=challenge, method=method)
+        # The key belongs where a key made on the Keys page would: this workspace, this person (if a member).
+        place = place_key(self.gateway, access.principal, {"workspace": access.workspace_id or DEFAULT,
+                                                           "limit": limit})
+        session = access.session
+        user_id = ("master" if session.key_hash is None and session.user_id is None
+                   else f"user-{session.user_id}" if session.user_id is not None else f"key-{session.key_hash[:16]}")
+        code = await self.grants.issue(name=host, limit=limit, user_id=user_id, challenge=challenge, method=method,
+                                       place=place)
         await self._redirect(request, _with_query(callback, {"code": code}))
-
-
-def _local_path(value: str | None) -> str:
-    """Where to go after signing in: a path on this site only (never another site, not even by `//host`)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/"
-    return value
 
 
 def _key_body(fields: dict[str, str], *, editing: bool = False) -> dict[str, Any]:

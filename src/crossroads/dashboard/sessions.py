@@ -24,9 +24,11 @@ FAILED_WINDOW = 60.0  # ... within this many seconds, then sign-in is refused un
 @dataclass(slots=True)
 class Session:
     id: str  # the SHA-256 of the cookie's token
-    kind: str  # "master" | "key"
-    key_hash: str | None  # the management key that signed in (None for the master key)
+    kind: str  # "master" | "key" | "user"
+    key_hash: str | None  # the management key that signed in (kind "key")
     csrf: str
+    user_id: str | None = None  # the person who signed in (kind "user")
+    workspace_id: str | None = None  # the workspace the session looks at (None: every one, for a super-admin)
 
 
 class SessionStore:
@@ -40,12 +42,14 @@ class SessionStore:
     def _id(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
 
-    async def create(self, kind: str, key_hash: str | None) -> tuple[str, Session]:
+    async def create(self, kind: str, key_hash: str | None, *, user_id: str | None = None,
+                     workspace_id: str | None = None) -> tuple[str, Session]:
         now = datetime.now(UTC)
         await self.db.end_idle_sessions(now - timedelta(seconds=self.idle_timeout))
         token = secrets.token_urlsafe(32)
-        session = Session(self._id(token), kind, key_hash, secrets.token_urlsafe(32))
-        await self.db.add_session(SessionRow(session.id, kind, key_hash, session.csrf, now, None))
+        session = Session(self._id(token), kind, key_hash, secrets.token_urlsafe(32), user_id, workspace_id)
+        await self.db.add_session(SessionRow(session.id, kind, key_hash, session.csrf, now, None, user_id,
+                                             workspace_id))
         return token, session
 
     async def get(self, token: str | None) -> Session | None:
@@ -62,7 +66,7 @@ class SessionStore:
             return None
         if idle > TOUCH_EVERY:
             await self.db.touch_session(session_id, now)
-        return Session(session_id, row.kind, row.key_hash, row.csrf)
+        return Session(session_id, row.kind, row.key_hash, row.csrf, row.user_id, row.workspace_id)
 
     async def end(self, token: str | None) -> None:
         if token:
@@ -71,6 +75,15 @@ class SessionStore:
     async def end_for_key(self, key_hash: str) -> None:
         """Sign out every session of a key that was disabled or deleted."""
         await self.db.end_sessions_of_key(key_hash)
+
+    async def end_for_user(self, user_id: str) -> None:
+        """Sign out every session of a person who was disabled or removed."""
+        await self.db.end_sessions_of_user(user_id)
+
+    async def look_at(self, session: Session, workspace_id: str | None) -> None:
+        """Make `workspace_id` the workspace the session's pages show."""
+        await self.db.set_session_workspace(session.id, workspace_id)
+        session.workspace_id = workspace_id
 
     async def set_flash(self, token: str, session: Session, secret: str) -> None:
         """Keep `secret` (a key just created) for the session's next page, sealed for its token."""

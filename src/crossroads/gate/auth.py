@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from crossroads.errors import GatewayError
+from crossroads.gate.directory import MANAGING_ROLES
 from crossroads.gate.keys import hash_key, is_expired, model_allowed
 
 if TYPE_CHECKING:
@@ -19,12 +20,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    kind: str  # "master" | "key"
+    kind: str  # "master" | "key" | "user" (a person signed in to the dashboard)
     key: KeyRow | None = None
     # The master key on a workspace's path (/v1/completion/{workspace}/{environment}/...): where its requests are
-    # recorded. A key's own workspace and environment are its row's.
+    # recorded; a person's: the workspace they act in. A key's own workspace and environment are its row's.
     workspace_id: str | None = None
     environment_id: str | None = None
+    # A person's role in that workspace; for a management key made for a member, that member's role there
+    # ("removed" once they are not a member any more). None: a management key of the workspace itself.
+    role: str | None = None
+    user_id: str | None = None  # the person (kind "user")
 
     @property
     def key_hash(self) -> str | None:
@@ -36,7 +41,13 @@ class Principal:
 
     @property
     def can_manage(self) -> bool:
-        return self.kind == "master" or (self.key is not None and self.key.is_management)
+        """May manage keys, environments, members and budgets (of its workspace, unless it is the master key): the
+        master key; a management key, unless made for a member whose role is not owner or admin; an owner or admin."""
+        if self.kind == "master":
+            return True
+        if self.kind == "user":
+            return self.role in MANAGING_ROLES
+        return self.key is not None and self.key.is_management and (self.role is None or self.role in MANAGING_ROLES)
 
 
 MASTER = Principal(kind="master")
@@ -73,6 +84,9 @@ class Authenticator:
             raise GatewayError(401, "API key is disabled")
         if is_expired(row, datetime.now(UTC)):
             raise GatewayError(401, "API key has expired")
+        if row.is_management and row.user_id is not None:  # a member's key manages what the member may
+            role = self.keys.directory.role(row.workspace_id, row.user_id) or "removed"  # type: ignore[union-attr]
+            return Principal(kind="key", key=row, role=role)
         return Principal(kind="key", key=row)
 
 
@@ -116,6 +130,9 @@ def priced_for_limit(limited: bool, candidates: list[T], model_of: Callable[[T],
 
 def require_management(principal: Principal) -> None:
     if not principal.can_manage:
+        if principal.role is not None:
+            raise GatewayError(403, f"This needs an owner or admin of the workspace; this key's member is "
+                                    f"{'no longer a member' if principal.role == 'removed' else 'a ' + principal.role}")
         raise GatewayError(403, "This endpoint needs the master key or a management key")
 
 
@@ -124,6 +141,8 @@ def managed_workspace(principal: Principal) -> str | None:
     management key belongs to (it manages that workspace's keys, environments, members and budgets, nothing else);
     403 for any other caller."""
     require_management(principal)
+    if principal.kind == "user":
+        return principal.workspace_id
     return None if principal.key is None else principal.key.workspace_id
 
 

@@ -77,13 +77,17 @@ class PendingGrants:
         return hashlib.sha256(code.encode()).hexdigest()  # the code itself is never kept
 
     async def issue(self, *, name: str, limit: float | None, user_id: str, challenge: str | None,
-                    method: str | None) -> str:
+                    method: str | None, place: dict[str, str | None] | None = None) -> str:
+        """A one-time code for a key named `name`; `place` is where that key will belong (workspace_id,
+        environment_id, user_id: see api/account.py `place_key`)."""
         code = secrets.token_urlsafe(32)
         if challenge is not None and method is None:
             method = "plain"  # RFC 7636: a challenge without a method is plain
         expires = datetime.now(UTC) + timedelta(seconds=CODE_LIFETIME)
-        if not await self.db.add_grant(GrantRow(self._id(code), name, limit, user_id, challenge, method, expires),
-                                       max_pending=MAX_PENDING):
+        place = place or {}
+        row = GrantRow(self._id(code), name, limit, user_id, challenge, method, expires, place.get("workspace_id"),
+                       place.get("environment_id"), place.get("user_id"))
+        if not await self.db.add_grant(row, max_pending=MAX_PENDING):
             raise GatewayError(503, "Too many pending authorisations; try again in a few minutes")
         return code
 

@@ -184,6 +184,22 @@ dashboard_sessions = sa.Table(
     sa.Column("csrf", sa.String(64), nullable=False),
     sa.Column("last_seen", UTCDateTime, nullable=False),
     sa.Column("flash", sa.Text, nullable=True),  # a key made in this session, sealed for the session's token
+    sa.Column("user_id", sa.String(64), nullable=True, index=True),  # a person's session (kind "user")
+    sa.Column("workspace_id", sa.String(64), nullable=True),  # the workspace the session looks at (None: all)
+)
+
+# Pending invitations to a workspace (a one-time link; found by the SHA-256 of its token).
+invitations = sa.Table(
+    "invitations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("workspace_id", sa.String(64), nullable=False),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("budget_limit", sa.Float, nullable=True),
+    sa.Column("budget_reset", sa.String(16), nullable=True),
+    sa.Column("expires", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 oauth_grants = sa.Table(
@@ -196,6 +212,10 @@ oauth_grants = sa.Table(
     sa.Column("challenge", sa.Text, nullable=True),
     sa.Column("method", sa.String(8), nullable=True),
     sa.Column("expires", UTCDateTime, nullable=False),
+    # Where the key made from the grant belongs: the approving session's workspace, and person (None: the defaults).
+    sa.Column("workspace_id", sa.String(64), nullable=True),
+    sa.Column("environment_id", sa.String(64), nullable=True),
+    sa.Column("owner_id", sa.String(64), nullable=True),
 )
 
 # Running `crossroads serve` instances (crossroads/instances.py): each registers itself and its workers heartbeat; a

@@ -347,10 +347,11 @@ class Store:
 
     async def list_generations(self, *, key_hash: str | None = None, model: str | None = None,
                                failed: bool | None = None, app: str | None = None, since: datetime | None = None,
-                               until: datetime | None = None, limit: int = 50, offset: int = 0
-                               ) -> list[GenerationRow]:
+                               until: datetime | None = None, limit: int = 50, offset: int = 0,
+                               workspace_id: str | None = None, user_id: str | None = None) -> list[GenerationRow]:
         """Generation records, newest first, optionally filtered (the dashboard's Activity page); `until` exclusive."""
-        statement = generations.select().order_by(generations.c.created_at.desc(), generations.c.id.desc())
+        statement = _in_place(generations.select(), workspace_id, user_id).order_by(
+            generations.c.created_at.desc(), generations.c.id.desc())
         if app is not None:
             statement = statement.where(generations.c.app_title == clean_text(app))
         if since is not None:
@@ -365,13 +366,15 @@ class Store:
             statement = statement.where(generations.c.status >= 400 if failed else generations.c.status < 400)
         return [_generation_row(row) for row in await self._fetch(statement.limit(limit).offset(offset))]
 
-    async def request_outcomes(self, since: datetime, limit: int
+    async def request_outcomes(self, since: datetime, limit: int, *, workspace_id: str | None = None,
+                               user_id: str | None = None
                                ) -> list[tuple[datetime, int, int | None, str | None, float]]:
         """(created_at, status, latency_ms, app_title, cost) of the newest `limit` records since `since` (the
         dashboard's error rate, latency percentiles and top apps; bounded so a busy gateway's page stays quick)."""
         columns = generations.c
         statement = (sa.select(columns.created_at, columns.status, columns.latency_ms, columns.app_title, columns.cost)
                      .where(columns.created_at >= since).order_by(columns.created_at.desc()).limit(limit))
+        statement = _in_place(statement, workspace_id, user_id)
         return [(row.created_at, int(row.status), row.latency_ms, row.app_title, float(row.cost))
                 for row in await self._fetch(statement)]
 
@@ -417,10 +420,10 @@ class Store:
         return out
 
     async def activity(self, date_from: date, date_to: date, key_hash: str | None, *, hourly: bool = False,
-                       workspace_id: str | None = None) -> list[dict]:
+                       workspace_id: str | None = None, user_id: str | None = None) -> list[dict]:
         """Usage grouped by (UTC date, model, connection, key_hash) for date_from..date_to inclusive; key_hash None =
-        all keys (of `workspace_id` when given). `hourly` groups by UTC hour instead: "date" is then
-        "YYYY-MM-DD HH"."""
+        all keys (of `workspace_id`, and of its member `user_id`, when given). `hourly` groups by UTC hour instead:
+        "date" is then "YYYY-MM-DD HH"."""
         if self._dialect == "postgresql":
             day = sa.func.to_char(sa.func.timezone(sa.literal_column("'UTC'"), generations.c.created_at),
                                   sa.literal_column("'YYYY-MM-DD HH24'" if hourly else "'YYYY-MM-DD'"))
@@ -446,8 +449,7 @@ class Store:
         )
         if key_hash is not None:
             statement = statement.where(generations.c.key_hash == clean_text(key_hash))
-        if workspace_id is not None:
-            statement = statement.where(generations.c.workspace_id == clean_text(workspace_id))
+        statement = _in_place(statement, workspace_id, user_id)
         out = [
             {
                 "date": str(row.date),
@@ -471,6 +473,15 @@ class Store:
     async def total_spend(self) -> float:
         rows = await self._fetch(sa.select(sa.func.coalesce(sa.func.sum(generations.c.cost), 0.0)))
         return float(rows[0][0])
+
+
+def _in_place(statement: Any, workspace_id: str | None, user_id: str | None) -> Any:
+    """Records of one workspace, and of one member in it, when given."""
+    if workspace_id is not None:
+        statement = statement.where(generations.c.workspace_id == clean_text(workspace_id))
+    if user_id is not None:
+        statement = statement.where(generations.c.user_id == clean_text(user_id))
+    return statement
 
 
 def _generation_row(result: Any) -> GenerationRow:

@@ -17,3 +17,9 @@ document.addEventListener("click", (event) => {
     event.preventDefault();
   }
 });
+// The workspace switcher submits as soon as another workspace is chosen (its button is there for no-script use).
+document.addEventListener("change", (event) => {
+  if (event.target.matches("[data-autosubmit]")) {
+    event.target.form.submit();
+  }
+});

@@ -1,0 +1,267 @@
+"""The dashboard for a company (issue 16) over HTTP: people sign in with email and password, see the workspaces they
+belong to through the switcher, and each role sees and does what it may: a member only their own keys and activity,
+a viewer reads, an owner invites by a one-time link, changes roles and budgets. Nobody sees another workspace's keys,
+records or models. tests/browser/test_members_browser.py drives the same pages in Chromium."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from html import unescape
+
+import httpx
+import pytest
+
+from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.team import PASSWORD, api, build_team, ok, team_config
+
+
+@pytest.fixture(scope="module")
+def company(fake_openai, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("company")
+    proc = GatewayProcess(team_config(fake_openai, workdir), workdir).start()
+    world = build_team(proc)
+    yield proc, world
+    proc.stop()
+
+
+@contextmanager
+def person(gw: GatewayProcess, email: str, password: str = PASSWORD) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw.url, timeout=15) as client:
+        resp = client.post("/signin", data={"email": email, "password": password})
+        assert resp.status_code == 303, resp.text[:500]
+        yield client
+
+
+@contextmanager
+def master(gw: GatewayProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw.url, timeout=15) as client:
+        assert client.post("/signin", data={"key": MASTER_KEY}).status_code == 303
+        yield client
+
+
+def csrf(client: httpx.Client, path: str = "/") -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', client.get(path).text)
+    assert match
+    return match.group(1)
+
+
+def post(client: httpx.Client, path: str, **fields: str) -> httpx.Response:
+    return client.post(path, data={"csrf": csrf(client), **fields})
+
+
+def switcher(html: str) -> list[str]:
+    form = html[html.index('id="workspace-switch"'):]
+    return re.findall(r"<option value=\"[^\"]*\"[^>]*>([^<]+)</option>", form[:form.index("</select>")])
+
+
+def test_password_sign_in(company) -> None:
+    gw, _ = company
+    with httpx.Client(base_url=gw.url, timeout=15) as client:
+        for email, password in (("mo@alpha.test", "wrong password"), ("nobody@alpha.test", PASSWORD)):
+            refused = client.post("/signin", data={"email": email, "password": password})
+            assert refused.status_code == 401 and "Wrong email or password." in refused.text
+            assert "set-cookie" not in refused.headers
+        page = client.get("/signin")
+        assert 'name="email"' in page.text and 'name="key"' in page.text
+    with person(gw, "Mo@Alpha.test") as client:  # the email's case does not matter
+        home = client.get("/")
+        assert home.status_code == 200 and "mo@alpha.test · member" in unescape(home.text)
+        assert switcher(home.text) == ["alpha"]
+        signed_out = client.post("/signout", data={"csrf": csrf(client)})
+        assert signed_out.status_code == 303 and client.get("/").status_code == 303
+
+
+def test_a_member_sees_only_their_own_keys_and_records_and_their_workspace_models(company) -> None:
+    gw, world = company
+    keys, generations = world["keys"], world["generations"]
+    with person(gw, "mo@alpha.test") as client:
+        page = client.get("/keys").text
+        assert "mo-key" in page and "alpha-ops" not in page and "bo-key" not in page
+        assert "alpha / dev" in page and "mo@alpha.test" in page
+        activity = client.get("/activity").text
+        assert generations["mo-key"] in activity
+        assert generations["alpha-ops"] not in activity and generations["bo-key"] not in activity
+        csv_rows = client.get("/activity.csv").text
+        assert keys["mo-key"]["hash"] in csv_rows and keys["bo-key"]["hash"] not in csv_rows
+        assert client.get(f"/activity/view?id={generations['mo-key']}").status_code == 200
+        for other in ("alpha-ops", "bo-key"):
+            assert client.get(f"/activity/view?id={generations[other]}").status_code == 404
+        models = client.get("/models").text
+        assert "alpha/secret-model" in models and "openai/gpt-4o-mini" in models
+        assert "beta/secret-model" not in models
+        connections = client.get("/connections").text
+        assert "alpha-only" in connections and "beta-only" not in connections
+        overview = client.get("/")
+        assert overview.status_code == 200 and "alpha-ops" not in overview.text
+        # Another workspace, another person's key, the gateway's credits: not theirs.
+        beta_id = ok(api(gw, "GET", "/workspaces/beta"))["data"]["id"]
+        assert post(client, "/workspace", workspace=beta_id, next="/keys").status_code == 404
+        assert "bo-key" not in client.get("/keys").text
+        for action in ("disable", "delete"):
+            assert post(client, "/keys/update", hash=keys["alpha-ops"]["hash"], action=action).status_code == 404
+        assert client.get(f"/keys/edit?hash={keys['alpha-ops']['hash']}").headers.get("location") == "/keys"
+        assert client.get("/credits").status_code == 403
+        assert ">Credits</a>" not in client.get("/").text
+        # Members and budgets: readable, nothing to change.
+        members = client.get("/members").text
+        assert "ann@alpha.test" in members and "bo@beta.test" not in members and "Invite someone" not in members
+        assert post(client, "/members/invite", email="x@alpha.test", role="member").status_code == 403
+        budgets = client.get("/budgets").text
+        assert "mo@alpha.test" in budgets and "vi@alpha.test" not in budgets and 'action="/budgets"' not in budgets
+    assert ok(api(gw, "GET", f"/keys/{keys['alpha-ops']['hash']}"))["data"]["disabled"] is False
+
+
+def test_a_member_makes_their_own_keys_within_their_budget(company) -> None:
+    gw, _ = company
+    ok(api(gw, "PATCH", "/workspaces/alpha/members/mo@alpha.test", json={"budget": {"limit": 2}}))
+    with person(gw, "mo@alpha.test") as client:
+        made = post(client, "/keys", name="mo-second", environment="prod")
+        assert made.status_code == 303
+        shown = client.get("/keys").text
+        new_key = re.search(r'aria-label="New API key" readonly value="([^"]+)"', shown).group(1)
+        assert "mo-second" in shown and "alpha / prod" in shown
+        over = post(client, "/keys", name="too-big", limit="5")
+        assert over.status_code == 400 and "member" in over.text and "budget" in over.text
+        management = post(client, "/keys", name="sneaky", management="on")
+        assert management.status_code == 403 and "management keys" in management.text
+    data = ok(api(gw, "GET", "/key", new_key))["data"]
+    listed = {k["name"]: k for k in ok(api(gw, "GET", "/keys?workspace=alpha"))["data"]}
+    assert listed["mo-second"]["creator_user_id"] is not None and data["label"]
+    assert "sneaky" not in listed and "too-big" not in listed
+
+
+def test_a_viewer_reads_the_workspace_and_changes_nothing(company) -> None:
+    gw, world = company
+    with person(gw, "vi@alpha.test") as client:
+        page = client.get("/keys").text
+        assert "alpha-ops" in page and "mo-key" in page and "bo-key" not in page
+        assert "Create a key" not in page and "read only" in page
+        assert post(client, "/keys", name="nope").status_code == 403
+        assert post(client, "/keys/update", hash=world["keys"]["mo-key"]["hash"], action="disable").status_code == 404
+        activity = client.get("/activity").text
+        assert world["generations"]["alpha-ops"] in activity and world["generations"]["bo-key"] not in activity
+        assert post(client, "/budgets", level="member", target="x", limit="1").status_code == 403
+
+
+def test_an_owner_invites_by_a_one_time_link(company) -> None:
+    gw, _ = company
+    with person(gw, "ann@alpha.test") as owner:
+        assert "Invite someone" in owner.get("/members").text
+        assert post(owner, "/members/invite", email="new@alpha.test", role="admin", limit="3",
+                    limit_reset="monthly").status_code == 303
+        shown = owner.get("/members").text
+        link = unescape(re.search(r'aria-label="Invitation link" readonly value="([^"]+)"', shown).group(1))
+        assert "new@alpha.test" in shown  # waiting
+        assert "Invitation link" not in owner.get("/members").text  # shown once
+    path = link[len(gw.url):]
+    token = path.split("token=", 1)[1]
+    with httpx.Client(base_url=gw.url, timeout=15) as newcomer:
+        page = newcomer.get(path)
+        assert page.status_code == 200 and "Join alpha" in page.text and "Choose a password" in page.text
+        mismatch = newcomer.post("/invite", data={"token": token, "password": "a long password", "confirm": "other"})
+        assert mismatch.status_code == 400
+        joined = newcomer.post("/invite", data={"token": token, "password": "a long password",
+                                                "confirm": "a long password"})
+        assert joined.status_code == 303 and "crossroads_session=" in joined.headers["set-cookie"]
+        home = newcomer.get("/")
+        assert "new@alpha.test · admin" in unescape(home.text)
+        assert newcomer.get(path).status_code == 404  # the link works once
+    members = {m["email"]: m for m in ok(api(gw, "GET", "/workspaces/alpha/members"))["data"]}
+    assert members["new@alpha.test"]["role"] == "admin" and members["new@alpha.test"]["budget"]["limit"] == 3
+    with person(gw, "new@alpha.test", "a long password") as admin:
+        # An admin cannot make owners, nor unmake them; an owner cannot leave the workspace without an owner.
+        user_of = {m["email"]: m["user_id"] for m in members.values()}
+        assert post(admin, "/members/update", user=user_of["vi@alpha.test"], role="owner",
+                    action="role").status_code == 403
+        assert post(admin, "/members/update", user=user_of["ann@alpha.test"], role="member",
+                    action="role").status_code == 403
+        assert post(admin, "/members/update", user=user_of["vi@alpha.test"], role="member",
+                    action="role").status_code == 303
+    with person(gw, "ann@alpha.test") as owner:
+        last = post(owner, "/members/update", user=user_of["ann@alpha.test"], role="admin", action="role")
+        assert last.status_code == 409 and "at least one owner" in last.text
+        owns = post(owner, "/members/update", user=user_of["mo@alpha.test"], action="remove")
+        assert owns.status_code == 409 and "API key" in owns.text
+        assert post(owner, "/members/update", user=user_of["vi@alpha.test"], role="viewer",
+                    action="role").status_code == 303
+    roles = {m["email"]: m["role"] for m in ok(api(gw, "GET", "/workspaces/alpha/members"))["data"]}
+    assert roles["vi@alpha.test"] == "viewer" and roles["ann@alpha.test"] == "owner"
+
+
+def test_an_invitation_to_an_existing_person_needs_their_password(company) -> None:
+    gw, _ = company
+    with person(gw, "ann@alpha.test") as owner:
+        assert post(owner, "/members/invite", email="bo@beta.test", role="viewer").status_code == 303
+        link = unescape(re.search(r'aria-label="Invitation link" readonly value="([^"]+)"',
+                                  owner.get("/members").text).group(1))
+    token = link.split("token=", 1)[1]
+    with httpx.Client(base_url=gw.url, timeout=15) as bo:
+        assert "Your password" in bo.get(link[len(gw.url):]).text
+        assert bo.post("/invite", data={"token": token, "password": "not it"}).status_code == 401
+        assert bo.post("/invite", data={"token": token, "password": PASSWORD}).status_code == 303
+        assert switcher(bo.get("/").text) == ["alpha", "beta"]
+        # Each workspace shows its own keys, with bo's role there.
+        alpha_id = ok(api(gw, "GET", "/workspaces/alpha"))["data"]["id"]
+        beta_id = ok(api(gw, "GET", "/workspaces/beta"))["data"]["id"]
+        assert post(bo, "/workspace", workspace=beta_id, next="/keys").headers["location"] == "/keys"
+        assert "bo-key" in bo.get("/keys").text
+        assert post(bo, "/workspace", workspace=alpha_id, next="/keys").status_code == 303
+        alpha_keys = bo.get("/keys").text
+        assert "alpha-ops" in alpha_keys and "bo-key" not in alpha_keys and "bo@beta.test · viewer" in unescape(
+            bo.get("/").text)
+
+
+def test_owners_set_budgets_within_the_workspace_budget(company) -> None:
+    gw, _ = company
+    ok(api(gw, "PATCH", "/workspaces/alpha", json={"budget": {"limit": 10, "limit_reset": "monthly"}}))
+    environments = {e["name"]: e["id"] for e in ok(api(gw, "GET", "/workspaces/alpha"))["data"]["environments"]}
+    with person(gw, "ann@alpha.test") as owner:
+        page = owner.get("/budgets").text
+        assert "workspace" in page and "$10.00" in page
+        assert post(owner, "/budgets", level="environment", target=environments["dev"], limit="4",
+                    limit_reset="daily").status_code == 303
+        above = post(owner, "/budgets", level="environment", target=environments["prod"], limit="50")
+        assert above.status_code == 400 and "workspace" in above.text
+        alpha_id = ok(api(gw, "GET", "/workspaces/alpha"))["data"]["id"]
+        assert post(owner, "/budgets", level="workspace", target=alpha_id, limit="99").status_code == 403
+        beta_env = ok(api(gw, "GET", "/workspaces/beta"))["data"]["environments"][0]["id"]
+        assert post(owner, "/budgets", level="environment", target=beta_env, limit="1").status_code == 404
+    dev = next(e for e in ok(api(gw, "GET", "/workspaces/alpha"))["data"]["environments"] if e["name"] == "dev")
+    assert dev["budget"]["limit"] == 4 and dev["budget"]["limit_reset"] == "daily"
+
+
+def test_the_master_key_switches_between_all_workspaces(company) -> None:
+    gw, world = company
+    with master(gw) as client:
+        home = client.get("/").text
+        assert switcher(home)[0] == "All workspaces" and {"alpha", "beta", "default"} <= set(switcher(home))
+        every = client.get("/keys").text
+        assert "alpha-ops" in every and "bo-key" in every
+        beta_id = ok(api(gw, "GET", "/workspaces/beta"))["data"]["id"]
+        assert post(client, "/workspace", workspace=beta_id, next="/activity").headers["location"] == "/activity"
+        beta_only = client.get("/keys").text
+        assert "bo-key" in beta_only and "alpha-ops" not in beta_only
+        assert world["generations"]["alpha-ops"] not in client.get("/activity").text
+        assert "beta/secret-model" in client.get("/models").text and "alpha/secret" not in client.get("/models").text
+        assert post(client, "/workspace", workspace="", next="/keys").status_code == 303
+        assert "alpha-ops" in client.get("/keys").text
+        assert client.get("/credits").status_code == 200
+
+
+def test_a_members_management_key_follows_the_members_role(company) -> None:
+    gw, _ = company
+    ok(api(gw, "POST", "/workspaces/beta/members", json={"email": "owner@beta.test", "role": "owner"}), 201)
+    owner_key = ok(api(gw, "POST", "/keys", json={"name": "beta-owner-admin", "workspace": "beta",
+                                                  "member": "owner@beta.test", "is_management_key": True}),
+                   201)["key"]
+    member_key = ok(api(gw, "POST", "/keys", json={"name": "bo-admin", "workspace": "beta", "member": "bo@beta.test",
+                                                   "is_management_key": True}), 201)["key"]
+    assert ok(api(gw, "GET", "/keys", owner_key))["data"]
+    refused = api(gw, "GET", "/keys", member_key)
+    assert refused.status_code == 403 and "member" in refused.json()["error"]["message"]
+    assert api(gw, "POST", "/keys", member_key, json={"name": "x"}).status_code == 403
+    ok(api(gw, "PATCH", "/workspaces/beta/members/bo@beta.test", json={"role": "admin"}))
+    assert api(gw, "GET", "/keys", member_key).status_code == 200  # the role decides, as it is now
+    ok(api(gw, "PATCH", "/workspaces/beta/members/bo@beta.test", json={"role": "member"}))
