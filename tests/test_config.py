@@ -414,3 +414,26 @@ providers:
         with pytest.raises(ConfigError) as info:
             load_config(path)
         assert "workspace" in str(info.value)
+
+
+def test_single_sign_on_settings(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SSO_SECRET", "very-secret-value")
+    config = load_config(write(tmp_path, """
+server:
+  oidc: {issuer: "https://login.example.com/realm", client_id: crossroads, client_secret: "${SSO_SECRET}"}
+"""))
+    oidc = config.server.oidc
+    assert oidc is not None and oidc.issuer == "https://login.example.com/realm" and oidc.client_id == "crossroads"
+    assert oidc.client_secret == "very-secret-value" and oidc.scopes == ["openid", "email", "profile"]
+    assert "very-secret-value" not in repr(oidc)
+    assert load_config(write(tmp_path, "server: {}\n")).server.oidc is None
+    for body, key, problem in (
+            ("{client_id: c, client_secret: s}", "server.oidc.issuer", "is required"),
+            ("{issuer: 'login.example.com', client_id: c, client_secret: s}", "server.oidc.issuer", "issuer URL"),
+            ("{issuer: 'https://x', client_secret: s}", "server.oidc.client_id", "is required"),
+            ("{issuer: 'https://x', client_id: c, client_secret: 5}", "server.oidc.client_secret", "must be"),
+            ("{issuer: 'https://x', client_id: c, client_secret: s, scopes: [email]}", "server.oidc.scopes", "openid"),
+            ("{issuer: 'https://x', client_id: c, client_secret: s, tenant: t}", "server.oidc.tenant", "unknown key")):
+        with pytest.raises(ConfigError) as error:
+            load_config(write(tmp_path, f"server:\n  oidc: {body}\n"))
+        assert key in str(error.value) and problem in str(error.value), str(error.value)

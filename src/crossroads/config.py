@@ -59,6 +59,16 @@ class OAuthConfig:
 
 
 @dataclass(slots=True)
+class OidcConfig:
+    # Dashboard single sign-on with one OpenID Connect provider (authorization code flow with PKCE). The provider
+    # must allow the redirect URI <dashboard origin>/signin/sso/callback.
+    issuer: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scopes: list[str] = field(default_factory=lambda: ["openid", "email", "profile"])
+
+
+@dataclass(slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -72,6 +82,7 @@ class ServerConfig:
     media: MediaConfig = field(default_factory=MediaConfig)
     oauth: OAuthConfig = field(default_factory=OAuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    oidc: OidcConfig | None = None
 
 
 @dataclass(slots=True)
@@ -342,7 +353,7 @@ def _read_accounting(r: _Reader) -> AccountingConfig:
 
 _SERVER_KEYS = {
     "host", "port", "master_key", "data_dir", "max_body_bytes", "keepalive_interval", "shutdown_grace",
-    "discovery_timeout", "media", "database_url", "oauth", "metrics",
+    "discovery_timeout", "media", "database_url", "oauth", "metrics", "oidc",
 }
 _CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "models", "catalog", "discover",
                     "data_collection", "rpm", "tpm", "responses_api", "workspace"}
@@ -392,6 +403,17 @@ def _read_server(r: _Reader) -> ServerConfig:
     port = server.metrics.metrics_port
     if port is not None and not 1 <= port <= 65535:
         raise metrics.error("metrics_port", f"must be between 1 and 65535, got {port}")
+    if r.data.get("oidc") is not None:
+        oidc = _Reader(r.source, r.key("oidc"), r.data.get("oidc"), {"issuer", "client_id", "client_secret", "scopes"})
+        issuer = oidc.get("issuer", str, required=True)
+        if urlsplit(issuer).scheme not in ("http", "https") or not urlsplit(issuer).hostname:
+            raise oidc.error("issuer", "must be the provider's issuer URL, such as 'https://accounts.example.com'")
+        scopes = [str(scope) for scope in oidc.get("scopes", list, ["openid", "email", "profile"])]
+        if "openid" not in scopes:
+            raise oidc.error("scopes", "must include 'openid'")
+        server.oidc = OidcConfig(issuer=issuer, client_id=oidc.get("client_id", str, required=True),
+                                 client_secret=oidc.get("client_secret", str, required=True, secret=True),
+                                 scopes=scopes)
     return server
 
 

@@ -591,6 +591,8 @@ class Gateway:
         await self.limiter.close()
         if self._media is not None:
             await self._media.close()
+        if self.dashboard.oidc is not None:
+            await self.dashboard.oidc.close()
 
     def _route(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
         found = self.routes.get((method, path.rstrip("/") or "/"))

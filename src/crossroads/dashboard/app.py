@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import logging
 import math
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
@@ -22,7 +23,8 @@ from crossroads.api.account import add_key, change_key, check_key_limit, key_cha
 from crossroads.api.asgi import Request, respond
 from crossroads.dashboard.access import Access, local_path, resolve
 from crossroads.dashboard.charts import bar_chart
-from crossroads.dashboard.people import PeoplePages
+from crossroads.dashboard.oidc import OidcError, OidcSettings, OidcSignIn
+from crossroads.dashboard.people import PeoplePages, people_origin
 from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
 from crossroads.errors import GatewayError
 from crossroads.gate.directory import DEFAULT
@@ -38,8 +40,10 @@ if TYPE_CHECKING:
     from crossroads.config import RouteConditionConfig
     from crossroads.store.rows import KeyRow, UserRow
 
+log = logging.getLogger("crossroads.dashboard")
 HERE = Path(__file__).parent
 COOKIE = "crossroads_session"
+SSO_COOKIE = "crossroads_sso"  # a single sign-on under way (dashboard/oidc.py: its state lives in the browser)
 PAGE_SIZE = 50
 CSV_LIMIT = 100_000
 WINDOWS = {"24h": "the last 24 hours", "7d": "the last 7 days", "30d": "the last 30 days"}
@@ -73,7 +77,9 @@ class Dashboard:
         self.sessions = SessionStore()
         self.throttle = SignInThrottle()
         self.grants = PendingGrants()
-        self.oidc: Any = None  # single sign-on (dashboard/oidc.py), when server.oidc is configured
+        sso = gateway.config.server.oidc
+        self.oidc = OidcSignIn(OidcSettings(sso.issuer, sso.client_id, sso.client_secret, tuple(sso.scopes))) \
+            if sso is not None else None  # dashboard single sign-on (server.oidc)
         self.people = PeoplePages(self)
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
@@ -90,6 +96,7 @@ class Dashboard:
             ("GET", "/auth", self.consent_page), ("POST", "/auth", self.consent),
             ("GET", "/credits", self.credits_page), ("GET", "/activity/view", self.generation_page),
             ("GET", "/activity.csv", self.activity_csv), *self.people.routes(),
+            ("GET", "/signin/sso", self.sso_start), ("GET", "/signin/sso/callback", self.sso_finish),
         ]
         return [*((method, path, self._html_errors(handler)) for method, path, handler in pages),
                 *(("GET", f"/static/{name}", self._static_handler(name)) for name in self.static)]
@@ -149,10 +156,14 @@ class Dashboard:
                       [(b"content-type", b"text/plain")])
 
     def _token(self, request: Request) -> str | None:
+        return self._cookie_value(request, COOKIE)
+
+    @staticmethod
+    def _cookie_value(request: Request, cookie_name: str) -> str | None:
         cookie = request.header("cookie") or ""
         for part in cookie.split(";"):
             name, _, value = part.strip().partition("=")
-            if name == COOKIE:
+            if name == cookie_name:
                 return value
         return None
 
@@ -276,9 +287,60 @@ class Dashboard:
         self.throttle.succeeded(address)
         await self._start_person_session(request, user, next_page)  # type: ignore[arg-type]
 
-    async def _start_person_session(self, request: Request, user: UserRow, next_page: str) -> None:
+    async def _start_person_session(self, request: Request, user: UserRow, next_page: str,
+                                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
         token, _ = await self.sessions.create("user", None, user_id=user.id)
-        await self._redirect(request, next_page, [self._cookie(request, token)])
+        await self._redirect(request, next_page, [self._cookie(request, token), *(headers or [])])
+
+    # -- single sign-on (OpenID Connect) ---------------------------------------------------------------------------
+    def _sso_redirect_uri(self, request: Request) -> str:
+        return f"{people_origin(request)}/signin/sso/callback"
+
+    def _sso_cookie(self, request: Request, value: str, max_age: int) -> tuple[bytes, bytes]:
+        # SameSite=Lax: the provider's redirect back is a cross-site top-level navigation, which Strict would strip.
+        secure = "; Secure" if people_origin(request).startswith("https:") else ""
+        return (b"set-cookie", f"{SSO_COOKIE}={value}; Path=/signin/sso; HttpOnly; SameSite=Lax; "
+                               f"Max-Age={max_age}{secure}".encode())
+
+    async def sso_start(self, request: Request) -> None:
+        if self.oidc is None:
+            raise GatewayError(404, "Single sign-on is not configured (server.oidc)")
+        next_page = local_path(request.query().get("next"))
+        try:
+            url, pending = await self.oidc.start(self._sso_redirect_uri(request), next_page)
+        except OidcError as error:
+            log.warning("dashboard single sign-on could not start: %s", error)
+            raise GatewayError(502, str(error)) from None
+        await self._redirect(request, url, [self._sso_cookie(request, pending, 15 * 60)])
+
+    async def sso_finish(self, request: Request) -> None:
+        """The provider's redirect back: the person it vouches for signs in, if they have an account here (matched
+        by the provider's subject, else by verified email; or invited, when they came from an invitation link)."""
+        if self.oidc is None:
+            raise GatewayError(404, "Single sign-on is not configured (server.oidc)")
+        address = (request.scope.get("client") or ("unknown",))[0]
+        clear = self._sso_cookie(request, "", 0)
+        try:
+            signed = await self.oidc.finish(request.query(), self._cookie_value(request, SSO_COOKIE),
+                                            self._sso_redirect_uri(request))
+        except OidcError as error:
+            self.gateway.observability.denials.record("auth", "sso", "/signin/sso",
+                                                      f"dashboard single sign-on refused for {address}: {error}")
+            await self._page(request, "signin.html", None, status=401, next_page="/", email="", error=str(error),
+                             headers=[clear])
+            return
+        user = await self.people.sso_user(signed)
+        if user is None or user.disabled:
+            self.gateway.observability.denials.record("auth", "sso", "/signin/sso",
+                                                      f"dashboard single sign-on: no account for {address}")
+            problem = (f"{signed.email} has no account here: ask a workspace's owner or admin to invite you, then "
+                       "open the invitation link." if signed.email_verified or user is not None else
+                       f"The identity provider has not verified {signed.email}, so it cannot be matched to an "
+                       "account here.")
+            await self._page(request, "signin.html", None, status=403, next_page="/", email="", error=problem,
+                             headers=[clear])
+            return
+        await self._start_person_session(request, user, signed.next_page, [clear])
 
     async def sign_out(self, request: Request) -> None:
         session = await self._session(request)

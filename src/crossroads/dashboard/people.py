@@ -12,7 +12,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from crossroads.api.workspaces import check_role_grant, check_within, normal_email, parse_budget
 from crossroads.dashboard.access import local_path
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from crossroads.api.asgi import Request
     from crossroads.dashboard.access import Access
     from crossroads.dashboard.app import Dashboard
+    from crossroads.dashboard.oidc import SignedIn
 
 INVITATION_LIFETIME = timedelta(days=7)
 
@@ -127,7 +128,7 @@ class PeoplePages:
         now = datetime.now(UTC)
         await self.dashboard.sessions.db.add_invitation(InvitationRow(
             _invitation_id(token), workspace.id, email, role, limit, reset, now + INVITATION_LIFETIME, now))
-        link = f"{_origin(request)}/invite?{urlencode({'token': token})}"
+        link = f"{people_origin(request)}/invite?{urlencode({'token': token})}"
         await self.dashboard.sessions.set_flash(self.dashboard._token(request) or "", access.session, link)
         await self.dashboard._redirect(request, "/members")
 
@@ -335,6 +336,34 @@ class PeoplePages:
         await self.dashboard._redirect(request, "/", [self.dashboard._cookie(request, cookie)])
 
 
+    async def sso_user(self, signed: SignedIn) -> UserRow | None:
+        """The account the identity provider vouches for: the one it signed in before (its subject), else the one
+        with its verified email (which then remembers the subject). A person with no account yet who came from an
+        invitation link for that email gets one, with no password (they accept the invitation next)."""
+        await self.gateway.keys.reload_directory()
+        users = self.gateway.keys.directory.users.values()
+        email = signed.email.strip().lower()
+        user = next((u for u in users if u.oidc_subject == signed.subject), None)
+        if user is not None:
+            return user
+        if not signed.email_verified:
+            return None
+        store = DirectoryStore(self.gateway.store)
+        user = next((u for u in users if u.email == email), None)
+        if user is not None:
+            if user.oidc_subject is None:
+                user = await store.update(UserRow, user.id, {"oidc_subject": signed.subject}) or user
+            return user if user.oidc_subject == signed.subject else None  # another subject claims this account
+        token = parse_qs(urlsplit(signed.next_page).query).get("token", [""])[0] \
+            if signed.next_page.startswith("/invite?") else ""
+        invitation = await self.dashboard.sessions.db.invitation(_invitation_id(token)) if token else None
+        if invitation is None or invitation.email != email:
+            return None
+        user = await store.insert(UserRow(secrets.token_hex(8), email, None, oidc_subject=signed.subject))
+        await self._changed()
+        return user
+
+
 def _budget_fields(fields: dict[str, str]) -> tuple[float | None, str | None]:
     """The form's budget (`limit`, `limit_reset`), checked as the API checks `{limit, limit_reset}`."""
     raw = fields.get("limit", "").strip()
@@ -345,7 +374,7 @@ def _budget_fields(fields: dict[str, str]) -> tuple[float | None, str | None]:
     return parse_budget({"limit": limit, "limit_reset": fields.get("limit_reset") or None})
 
 
-def _origin(request: Request) -> str:
+def people_origin(request: Request) -> str:
     """This dashboard's origin as the browser sees it (for the invitation link)."""
     scheme = "https" if request.header("x-forwarded-proto") == "https" or request.scope.get("scheme") == "https" \
         else "http"
