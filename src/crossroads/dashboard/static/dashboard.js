@@ -23,3 +23,10 @@ document.addEventListener("change", (event) => {
     event.target.form.submit();
   }
 });
+// With this script running the switcher needs no button (it stays for no-script use).
+for (const select of document.querySelectorAll("[data-autosubmit]")) {
+  const button = select.form.querySelector("button");
+  if (button) {
+    button.hidden = true;
+  }
+}
