@@ -403,3 +403,46 @@ def test_openrouter_sdk_reads_workspaces(gw) -> None:
         first = client.workspaces.list(limit=1)
         assert len(first.result.data) == 1
     assert api(gw, "GET", "/workspaces?limit=0").status_code == 400
+
+
+def test_openrouter_sdk_manages_members_and_budgets(gw) -> None:
+    """The SDK's bulk member calls and per-interval budgets, on a workspace named by its slug."""
+    from openrouter import OpenRouter, errors
+
+    new_workspace(gw, "Bulk Team", envs=())
+    people = [ok(api(gw, "POST", "/workspaces/Bulk Team/members", json={"email": f"p{i}@bulk.test", "role": "viewer"}),
+                 201)["data"]["user_id"] for i in range(2)]
+    ok(api(gw, "DELETE", f"/workspaces/Bulk Team/members/{people[1]}"))
+    ok(api(gw, "POST", "/workspaces", json={"name": "bulk-other"}), 201)
+    ok(api(gw, "POST", "/workspaces/bulk-other/members", json={"email": "p9@bulk.test", "role": "member"}), 201)
+    stranger = next(m["user_id"] for m in ok(api(gw, "GET", "/workspaces/bulk-other/members"))["data"])
+    with OpenRouter(api_key=MASTER_KEY, server_url=gw.url + "/api/v1") as client:
+        added = client.workspaces.bulk_add_members(id="bulk-team", user_ids=[people[0], people[1], stranger])
+        assert added.added_count == 2 and {m.user_id for m in added.data} == {people[1], stranger}
+        listed = client.workspaces.list_members(id="bulk-team")
+        assert listed.result.total_count == 3 and {m.role for m in listed.result.data} == {"viewer", "member"}
+        with pytest.raises(errors.OpenRouterError) as unknown:
+            client.workspaces.bulk_add_members(id="bulk-team", user_ids=["no-such-user"])
+        assert unknown.value.status_code == 404
+        assert client.workspaces.bulk_remove_members(id="bulk-team", user_ids=[stranger, "nobody"]).removed_count == 1
+        assert client.workspaces.list_budgets(workspace_ref="bulk-team").data == []
+        made = client.workspaces.set_budget(workspace_ref="bulk-team", interval="monthly", limit_usd=25)
+        assert made.data.limit_usd == 25 and made.data.reset_interval == "monthly"
+        assert client.workspaces.get_budget(workspace_ref="bulk-team", interval="monthly").data.limit_usd == 25
+        with pytest.raises(errors.OpenRouterError) as second:  # one budget per workspace: not silently replaced
+            client.workspaces.set_budget(workspace_ref="bulk-team", interval="daily", limit_usd=5)
+        assert second.value.status_code == 409 and "one budget per workspace" in second.value.body
+        with pytest.raises(errors.OpenRouterError) as missing:
+            client.workspaces.get_budget(workspace_ref="bulk-team", interval="daily")
+        assert missing.value.status_code == 404
+        assert client.workspaces.delete_budget(workspace_ref="bulk-team", interval="monthly").DELETED is True
+        assert client.workspaces.list_budgets(workspace_ref="bulk-team").data == []
+    workspace = ok(api(gw, "GET", "/workspaces/bulk-team"))["data"]
+    assert workspace["budget"]["limit"] is None and workspace["members"] == 2
+    # A workspace's management key manages members, but its workspace's budget is the master key's.
+    admin, _ = new_key(gw, workspace="bulk-team", management=True)
+    assert api(gw, "PUT", "/workspaces/bulk-team/budgets/daily", admin, json={"limit_usd": 1}).status_code == 403
+    assert api(gw, "GET", "/workspaces/bulk-team/budgets", admin).status_code == 200
+    assert api(gw, "POST", "/workspaces/bulk-other/members/add", admin, json={"user_ids": people}).status_code == 404
+    assert api(gw, "PUT", "/workspaces/bulk-team/budgets/yearly", json={"limit_usd": 1}).status_code == 400
+    assert api(gw, "PUT", "/workspaces/bulk-team/budgets/daily", json={"limit_usd": 0}).status_code == 400

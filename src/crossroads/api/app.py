@@ -177,6 +177,12 @@ class Gateway:
                                                         "POST": workspaces.create_member}),
             ("/api/v1/workspaces/{workspace}/members/{member}", {"PATCH": workspaces.update_member,
                                                                  "DELETE": workspaces.delete_member}),
+            # OpenRouter's bulk member calls and per-interval budgets (its SDK's workspaces.* methods).
+            ("/api/v1/workspaces/{workspace}/members/add", {"POST": workspaces.add_members}),
+            ("/api/v1/workspaces/{workspace}/members/remove", {"POST": workspaces.remove_members}),
+            ("/api/v1/workspaces/{workspace}/budgets", {"GET": workspaces.list_budgets}),
+            ("/api/v1/workspaces/{workspace}/budgets/{interval}", {
+                "GET": workspaces.get_budget, "PUT": workspaces.set_budget, "DELETE": workspaces.delete_budget}),
         ):
             self.template_routes.append((tuple(template.split("/")), {
                 method: Endpoint(self._bind(workspaces.with_fresh_directory(handler)), True, openai_error, template)
@@ -426,7 +432,7 @@ class Gateway:
             endpoint = found[0]
             if endpoint.auth:
                 request.principal = self.auth.authenticate(request.headers)
-            if method in ("POST", "PATCH"):
+            if method in ("POST", "PATCH", "PUT"):
                 await request.read_body(self.config.server.max_body_bytes)
                 # A client that disconnects cancels its handler, which closes the upstream request. (Handlers do
                 # all their bookkeeping before the answer's last byte, so a cancel after it loses nothing.) The

@@ -27,7 +27,7 @@ from crossroads.api.asgi import Request, respond_json
 from crossroads.errors import GatewayError
 from crossroads.gate.auth import Principal, managed_workspace, require_master
 from crossroads.gate.credits import Spend
-from crossroads.gate.directory import DEFAULT, ROLES
+from crossroads.gate.directory import DEFAULT, ROLES, slug
 from crossroads.gate.passwords import MIN_LENGTH, hash_password_async
 from crossroads.store.directory import DirectoryStore
 from crossroads.store.rows import EnvironmentRow, MembershipRow, UserRow, WorkspaceRow
@@ -143,7 +143,7 @@ async def _workspace_payload(gateway: Gateway, workspace: WorkspaceRow) -> dict[
     environments = directory.environments_of(workspace.id)
     figures = await gateway.account_figures([f"ws:{workspace.id}", *(f"env:{e.id}" for e in environments)])
     return {
-        "id": workspace.id, "name": workspace.name, "slug": _slug(workspace.name),
+        "id": workspace.id, "name": workspace.name, "slug": slug(workspace.name),
         "budget": budget_payload(workspace.budget_limit, workspace.budget_reset, figures[f"ws:{workspace.id}"]),
         "environments": [_environment_payload(e, figures[f"env:{e.id}"]) for e in environments],
         "members": len(directory.members_of(workspace.id)),
@@ -160,10 +160,6 @@ _OPENROUTER_WORKSPACE_FIELDS: dict[str, Any] = {
     "io_logging_sampling_rate": 0.0, "is_data_discount_logging_enabled": False,
     "is_observability_broadcast_enabled": False, "is_observability_io_logging_enabled": False,
 }
-
-
-def _slug(name: str) -> str:
-    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split()) or "workspace"
 
 
 def _environment_payload(environment: EnvironmentRow, spend: Spend) -> dict[str, Any]:
@@ -188,6 +184,9 @@ async def list_workspaces(gateway: Gateway, request: Request) -> None:
     page = rows[offset:offset + limit]
     await respond_json(request, 200, {"data": [await _workspace_payload(gateway, w) for w in page],
                                       "total_count": len(rows)})
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _paging(request: Request) -> tuple[int, int]:
@@ -368,10 +367,123 @@ def normal_email(value: Any) -> str:
 
 async def list_members(gateway: Gateway, request: Request) -> None:
     workspace = _workspace(gateway, request)
-    members = _directory(gateway).members_of(workspace.id)
+    offset, limit = _paging(request)
+    every = sorted(_directory(gateway).members_of(workspace.id), key=lambda m: (m.created_at or _EPOCH, m.id))
+    members = every[offset:offset + limit]
     figures = await gateway.account_figures([f"mem:{m.workspace_id}:{m.user_id}" for m in members])
     await respond_json(request, 200, {"data": [
-        _member_payload(gateway, m, figures[f"mem:{m.workspace_id}:{m.user_id}"]) for m in members]})
+        _member_payload(gateway, m, figures[f"mem:{m.workspace_id}:{m.user_id}"]) for m in members],
+        "total_count": len(every)})
+
+
+def _user_ids(body: dict[str, Any]) -> list[str]:
+    ids = body.get("user_ids")
+    if not isinstance(ids, list) or not ids or len(ids) > 500 or not all(isinstance(i, str) and i for i in ids):
+        raise GatewayError(400, "Invalid request: 'user_ids' must be a list of 1 to 500 user ids",
+                           metadata={"field": "user_ids"})
+    return list(dict.fromkeys(ids))
+
+
+async def add_members(gateway: Gateway, request: Request) -> None:
+    """OpenRouter's bulk add (`{user_ids}`): existing people join as `member` (Crossroads has no organisation-wide
+    role to copy); those already in the workspace are left as they are. All or nothing: an unknown id adds nobody."""
+    workspace = _workspace(gateway, request)
+    directory = _directory(gateway)
+    ids = _user_ids(_body(request))
+    unknown = [i for i in ids if i not in directory.users]
+    if unknown:
+        raise GatewayError(404, f"User {unknown[0]!r} not found (people are made with POST .../members or "
+                                "`crossroads users create`)", metadata={"field": "user_ids"})
+    store = DirectoryStore(gateway.store)
+    added = [await store.insert(MembershipRow(secrets.token_hex(8), workspace.id, user_id, "member"))
+             for user_id in ids if (workspace.id, user_id) not in directory.memberships]
+    await _changed(gateway)
+    figures = await gateway.account_figures([f"mem:{workspace.id}:{m.user_id}" for m in added])
+    await respond_json(request, 200, {"added_count": len(added), "data": [
+        _member_payload(gateway, m, figures[f"mem:{workspace.id}:{m.user_id}"]) for m in added]})
+
+
+async def remove_members(gateway: Gateway, request: Request) -> None:
+    """OpenRouter's bulk remove (`{user_ids}`). All or nothing: a member who still owns keys here removes nobody
+    (409), as DELETE .../members/{member} refuses; ids that are not members are not counted."""
+    workspace = _workspace(gateway, request)
+    directory = _directory(gateway)
+    members = [m for i in _user_ids(_body(request)) if (m := directory.memberships.get((workspace.id, i)))]
+    store = DirectoryStore(gateway.store)
+    for m in members:
+        keys = await store.key_count(workspace_id=workspace.id, user_id=m.user_id)
+        if keys:
+            raise GatewayError(409, f"Member {m.user_id!r} still owns {keys} API key(s) in workspace "
+                                    f"{workspace.name!r}; delete them first (nobody was removed)")
+    removed = sum([await store.delete(MembershipRow, m.id) for m in members])
+    await _changed(gateway)
+    await respond_json(request, 200, {"removed_count": removed})
+
+
+# -- OpenRouter's per-interval workspace budgets -----------------------------------------------------------------------
+# OpenRouter keeps up to one budget per interval; a Crossroads workspace has one budget, whose reset is its interval
+# ("lifetime": it never resets). These endpoints show it that way and refuse, rather than silently replace, a second.
+def _interval(request: Request) -> str:
+    interval = request.path_params["interval"]
+    if interval not in ("daily", "weekly", "monthly", "lifetime"):
+        raise GatewayError(400, "Invalid request: the interval must be daily, weekly, monthly or lifetime",
+                           metadata={"field": "interval"})
+    return interval
+
+
+def _budget_object(workspace: WorkspaceRow) -> dict[str, Any]:
+    return {"id": f"{workspace.id}-{workspace.budget_reset or 'lifetime'}", "workspace_id": workspace.id,
+            "limit_usd": workspace.budget_limit, "reset_interval": workspace.budget_reset,
+            "created_at": _iso(workspace.updated_at), "updated_at": _iso(workspace.updated_at)}
+
+
+def _budget_at(workspace: WorkspaceRow, interval: str) -> dict[str, Any]:
+    if workspace.budget_limit is None or (workspace.budget_reset or "lifetime") != interval:
+        raise GatewayError(404, f"Workspace {workspace.name!r} has no {interval} budget")
+    return _budget_object(workspace)
+
+
+async def list_budgets(gateway: Gateway, request: Request) -> None:
+    workspace = _workspace(gateway, request)
+    data = [_budget_object(workspace)] if workspace.budget_limit is not None else []
+    await respond_json(request, 200, {"data": data, "include_byok_in_budgets": True})
+
+
+async def get_budget(gateway: Gateway, request: Request) -> None:
+    workspace = _workspace(gateway, request)
+    await respond_json(request, 200, {"data": _budget_at(workspace, _interval(request)),
+                                      "include_byok_in_budgets": True})
+
+
+async def set_budget(gateway: Gateway, request: Request) -> None:
+    workspace = _workspace(gateway, request)
+    require_master(request.principal, "Setting a workspace's budget")
+    interval = _interval(request)
+    limit = _body(request).get("limit_usd")
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit < 1e15:
+        raise GatewayError(400, "Invalid request: 'limit_usd' must be a number greater than 0",
+                           metadata={"field": "limit_usd"})
+    if workspace.budget_limit is not None and (workspace.budget_reset or "lifetime") != interval:
+        raise GatewayError(409, f"Workspace {workspace.name!r} has a {workspace.budget_reset or 'lifetime'} budget; "
+                                "Crossroads keeps one budget per workspace: delete that one first, or set it at its "
+                                "interval", metadata={"field": "interval"})
+    await gateway.check_limit_allowed({"limit": float(limit)})  # held by every process, or refused
+    updated = await DirectoryStore(gateway.store).update(WorkspaceRow, workspace.id, {
+        "budget_limit": float(limit), "budget_reset": None if interval == "lifetime" else interval})
+    if updated is None:
+        raise GatewayError(404, f"Workspace {workspace.name!r} not found")
+    await _changed(gateway)
+    await respond_json(request, 200, {"data": _budget_object(updated), "include_byok_in_budgets": True})
+
+
+async def delete_budget(gateway: Gateway, request: Request) -> None:
+    workspace = _workspace(gateway, request)
+    require_master(request.principal, "Deleting a workspace's budget")
+    _budget_at(workspace, _interval(request))
+    await DirectoryStore(gateway.store).update(WorkspaceRow, workspace.id, {"budget_limit": None,
+                                                                            "budget_reset": None})
+    await _changed(gateway)
+    await respond_json(request, 200, {"deleted": True})
 
 
 async def create_member(gateway: Gateway, request: Request) -> None:

@@ -69,8 +69,11 @@ class Directory:
 
     # -- look-ups ----------------------------------------------------------------------------------------------------
     def workspace(self, ref: str) -> WorkspaceRow | None:
-        """A workspace by id, else by name."""
-        return self.workspaces.get(ref) or self.workspace_names.get(ref)
+        """A workspace by id, else by name, else by its name's slug (how OpenRouter's SDK names one)."""
+        found = self.workspaces.get(ref) or self.workspace_names.get(ref)
+        if found is None:
+            found = next((w for w in self.workspaces.values() if slug(w.name) == ref), None)
+        return found
 
     def environment(self, workspace_id: str, ref: str) -> EnvironmentRow | None:
         """An environment of the workspace by id, else by name."""
@@ -137,3 +140,8 @@ class Directory:
                      if m.budget_limit is not None]
         accounts += [f"ws:{w.id}" for w in self.workspaces.values() if w.budget_limit is not None]
         return accounts
+
+
+def slug(name: str) -> str:
+    """A workspace name as OpenRouter's slug: lower-case words joined by "-"."""
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split()) or "workspace"
