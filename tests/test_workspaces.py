@@ -446,3 +446,30 @@ def test_openrouter_sdk_manages_members_and_budgets(gw) -> None:
     assert api(gw, "POST", "/workspaces/bulk-other/members/add", admin, json={"user_ids": people}).status_code == 404
     assert api(gw, "PUT", "/workspaces/bulk-team/budgets/yearly", json={"limit_usd": 1}).status_code == 400
     assert api(gw, "PUT", "/workspaces/bulk-team/budgets/daily", json={"limit_usd": 0}).status_code == 400
+
+
+def test_the_key_endpoint_lists_every_budget_above_the_key(gw) -> None:
+    """GET /key's `budgets` (OpenRouter's KeyBudget objects, read by its SDK): each level with a limit, with the
+    current period's spend, and the one with the least left as `effective_budget`."""
+    from openrouter import OpenRouter
+
+    new_workspace(gw, "layers", budget={"limit": 50, "limit_reset": "monthly"})
+    ok(api(gw, "PATCH", "/workspaces/layers/environments/dev", json={"budget": {"limit": 20, "limit_reset": "daily"}}))
+    ok(api(gw, "POST", "/workspaces/layers/members", json={"email": "lay@example.com", "role": "member",
+                                                            "budget": {"limit": 30, "limit_reset": "weekly"}}), 201)
+    key, data = new_key(gw, workspace="layers", environment="dev", member="lay@example.com", limit=10)
+    assert chat(gw, key).status_code == 200
+    with OpenRouter(api_key=key, server_url=gw.url + "/api/v1") as client:
+        shown = client.api_keys.get_current_key_metadata().data
+    by_scope = {b.scope: b for b in shown.budgets}
+    assert set(by_scope) == {"key_limit", "environment", "member", "workspace"}
+    assert [b.limit_usd for b in shown.budgets] == [10, 20, 30, 50]  # the order the chain checks them
+    assert by_scope["environment"].reset_interval == "daily" and by_scope["environment"].resets_at is not None
+    assert by_scope["key_limit"].reset_interval is None and by_scope["key_limit"].resets_at is None
+    spent = by_scope["key_limit"].spend_usd
+    assert spent > 0 and all(b.spend_usd == spent for b in shown.budgets)
+    assert by_scope["workspace"].budget_id is not None and by_scope["member"].budget_id is None
+    assert shown.effective_budget.scope == "key_limit" and shown.effective_budget.remaining_usd == 10 - spent
+    # The master key has no budget above it.
+    assert ok(api(gw, "GET", "/key"))["data"]["budgets"] == []
+    assert data["limit"] == 10

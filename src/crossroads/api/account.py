@@ -9,7 +9,7 @@ from crossroads.api.asgi import Request, respond_json
 from crossroads.api.workspaces import check_within
 from crossroads.errors import GatewayError
 from crossroads.gate.auth import Principal, managed_workspace, require_management
-from crossroads.gate.credits import Spend
+from crossroads.gate.credits import Spend, next_reset
 from crossroads.gate.directory import DEFAULT
 from crossroads.gate.keys import display_label, generate_key, hash_key
 from crossroads.gate.oauth import METHODS as OAUTH_METHODS
@@ -58,13 +58,40 @@ async def _current_key_payload(gateway: Gateway, request: Request) -> dict[str, 
         }
     else:
         base = await _payload(gateway, principal.key)
+    budgets = await _budgets_of(gateway, principal.key) if principal.key is not None else []
     base.update({
         "is_free_tier": False, "is_provisioning_key": base["is_management_key"],
         "rate_limit": _rate_limit(principal.key),
-        "allowed_data_regions": [], "budgets": [], "effective_budget": None,
+        "allowed_data_regions": [], "budgets": budgets,
+        # The layer with the least left: the one that refuses first.
+        "effective_budget": min(budgets, key=lambda b: b["remaining_usd"]) if budgets else None,
         "free_model_daily_requests": {"limit": 0, "remaining": 0, "used": 0}, "organization_id": None,
     })
     return base
+
+
+_SCOPES = {"key": "key_limit", "environment": "environment", "member": "member", "workspace": "workspace"}
+
+
+async def _budgets_of(gateway: Gateway, key: KeyRow) -> list[dict[str, Any]]:
+    """Every budget a request of `key` must fit (its chain: gate/directory.py), as OpenRouter's KeyBudget objects:
+    the spend of the current period as the whole fleet knows it (open reservations included)."""
+    limited = [b for b in gateway.keys.directory.chain(key) if b.limit is not None and b.account is not None]
+    figures = await gateway.account_figures([b.account for b in limited])  # type: ignore[misc]
+    now = datetime.now(UTC)
+    out = []
+    for budget in limited:
+        spend = figures[budget.account]  # type: ignore[index]
+        used = spend.in_period(budget.limit_reset) + spend.reserved
+        resets = next_reset(budget.limit_reset, now)
+        out.append({
+            "scope": _SCOPES[budget.level], "name": budget.name,
+            "budget_id": (f"{budget.account[3:]}-{budget.limit_reset or 'lifetime'}"  # type: ignore[index]
+                          if budget.level == "workspace" else None),
+            "guardrail_id": None, "include_byok": True, "limit_usd": budget.limit,
+            "spend_usd": round(used, 12), "remaining_usd": round(budget.limit - used, 12),  # type: ignore[operator]
+            "reset_interval": budget.limit_reset, "resets_at": _iso(resets)})
+    return out
 
 
 def _rate_limit(key: KeyRow | None) -> dict[str, Any]:

@@ -200,9 +200,7 @@ class PeoplePages:
 
             def level(kind: str, name: str, account: str, limit: float | None, reset: str | None,
                       target: str | None) -> dict[str, Any]:
-                spend = figures[account]
-                used = {"daily": spend.daily, "weekly": spend.weekly, "monthly": spend.monthly}.get(reset or "",
-                                                                                                     spend.total)
+                used = figures[account].in_period(reset)
                 return {"kind": kind, "name": name, "limit": limit, "reset": reset, "used": used,
                         "share": _share(used, limit), "target": target}
 

@@ -35,6 +35,18 @@ def period_starts(now: datetime) -> dict[str, datetime]:
     return {"daily": day, "weekly": day - timedelta(days=day.weekday()), "monthly": day.replace(day=1)}
 
 
+def next_reset(reset: str | None, now: datetime) -> datetime | None:
+    """When a budget with this reset starts its next period (None: lifetime, it never does)."""
+    if reset not in PERIODS:
+        return None
+    start = period_starts(now)[reset]  # type: ignore[index]
+    if reset == "daily":
+        return start + _DAY
+    if reset == "weekly":
+        return start + 7 * _DAY
+    return (start + 32 * _DAY).replace(day=1)
+
+
 @dataclass(slots=True)
 class Spend:
     total: float = 0.0
