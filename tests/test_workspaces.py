@@ -114,7 +114,7 @@ def test_a_management_key_manages_its_own_workspace_only(gw) -> None:
     a, b = new_workspace(gw, "team-a"), new_workspace(gw, "team-b")
     admin_a, admin_data = new_key(gw, workspace="team-a", management=True)
     assert admin_data["workspace_id"] == a["id"]
-    _, key_b = new_key(gw, workspace="team-b", environment="prod")
+    plain_b, key_b = new_key(gw, workspace="team-b", environment="prod")
     # It sees its workspace only; the other one does not exist for it.
     assert [w["id"] for w in ok(api(gw, "GET", "/workspaces", admin_a))["data"]] == [a["id"]]
     assert api(gw, "GET", f"/workspaces/{b['id']}", admin_a).status_code == 404
@@ -141,6 +141,13 @@ def test_a_management_key_manages_its_own_workspace_only(gw) -> None:
     # The master key filters by workspace.
     in_b = ok(api(gw, "GET", "/keys?workspace=team-b"))["data"]
     assert [k["hash"] for k in in_b] == [key_b["hash"]]
+    # /credits: the workspace's budget and spend for its management key, the gateway's for the master key.
+    key_a, _ = new_key(gw, admin_a)
+    assert chat(gw, key_a).status_code == 200 and chat(gw, plain_b).status_code == 200
+    ok(api(gw, "PATCH", "/workspaces/team-a", json={"budget": {"limit": 7}}))
+    mine = ok(api(gw, "GET", "/credits", admin_a))["data"]
+    everything = ok(api(gw, "GET", "/credits"))["data"]
+    assert mine["total_credits"] == 7 and 0 < mine["total_usage"] < everything["total_usage"]
 
 
 def test_a_management_key_cannot_raise_a_budget_above_the_ones_above_it(gw) -> None:

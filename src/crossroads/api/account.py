@@ -363,6 +363,13 @@ async def credits(gateway: Gateway, request: Request) -> None:
         key = principal.key
         total_credits = key.limit
         usage = (await gateway.key_figures([key]))[key.hash].in_period(key.limit_reset)
+    elif principal.can_manage and (scope := managed_workspace(principal)) is not None:
+        # A workspace's management key sees its workspace's budget and spend, not the whole gateway's.
+        await gateway.keys.reload_directory()
+        workspace = gateway.keys.directory.workspaces.get(scope)
+        total_credits = workspace.budget_limit or 0.0 if workspace is not None else 0.0
+        figures = await gateway.account_figures([f"ws:{scope}"])
+        usage = figures[f"ws:{scope}"].in_period(workspace.budget_reset if workspace is not None else None)
     else:
         total_credits = gateway.config.accounting.budget or 0.0
         usage = (await gateway.total_figures()).total
