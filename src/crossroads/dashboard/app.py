@@ -349,14 +349,15 @@ class Dashboard:
         await self._redirect(request, "/signin", [self._cookie(request, "", max_age=0)])
 
     # -- pages -----------------------------------------------------------------------------------------------------
-    async def _days(self, days: int, access: Access) -> tuple[list[dict[str, Any]], list[str]]:
-        """Usage rows (those `access` sees) of the last `days` days (UTC, today included) and those days' dates in
-        order."""
+    async def _days(self, days: int, access: Access | None) -> tuple[list[dict[str, Any]], list[str]]:
+        """Usage rows (those `access` sees; None: every one) of the last `days` days (UTC, today included) and those
+        days' dates in order."""
         today = datetime.now(UTC).date()
         first = today - timedelta(days=days - 1)
         dates = [(first + timedelta(days=i)).isoformat() for i in range(days)]
-        return await self.gateway.store.activity(first, today, None, workspace_id=access.workspace_id,
-                                                 user_id=access.own_only), dates
+        return await self.gateway.store.activity(
+            first, today, None, workspace_id=access.workspace_id if access is not None else None,
+            user_id=access.own_only if access is not None else None), dates
 
     async def _buckets(self, window: str, access: Access
                        ) -> tuple[list[dict[str, Any]], list[tuple[str, str]], datetime]:
@@ -433,7 +434,7 @@ class Dashboard:
         if not access.super_admin:
             raise GatewayError(403, "The gateway's credits are the master key's and admins' to see; a workspace's "
                                     "budgets are on the Budgets page")
-        rows, dates = await self._days(30, access)
+        rows, dates = await self._days(30, None)  # the gateway's credits: every workspace's spend
         per_day = dict.fromkeys(dates, 0.0)
         for row in rows:
             if row["date"] in per_day:
@@ -448,7 +449,7 @@ class Dashboard:
     async def keys_page(self, request: Request) -> None:
         if (access := await self._signed_in(request)) is None:
             return
-        new_key = await self.sessions.take_flash(self._token(request) or "", access.session)  # shown once
+        new_key = await self.sessions.take_flash(self._token(request) or "", access.session, "key")  # shown once
         await self._keys(request, access, new_key=new_key, error=None)
 
     async def _keys(self, request: Request, access: Access, *, new_key: str | None, error: str | None,
@@ -485,7 +486,7 @@ class Dashboard:
             await self._keys(request, access, new_key=None, error=error.message,
                              status=error.status if error.status < 500 else 400)
             return
-        await self.sessions.set_flash(self._token(request) or "", access.session, plaintext)
+        await self.sessions.set_flash(self._token(request) or "", access.session, "key", plaintext)
         await self._redirect(request, "/keys")
 
     def _changeable(self, access: Access, key_hash: str) -> KeyRow:

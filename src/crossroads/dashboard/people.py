@@ -73,7 +73,8 @@ class PeoplePages:
     async def members_page(self, request: Request) -> None:
         if (access := await self.dashboard._signed_in(request)) is None:
             return
-        link = await self.dashboard.sessions.take_flash(self.dashboard._token(request) or "", access.session)
+        link = await self.dashboard.sessions.take_flash(self.dashboard._token(request) or "", access.session,
+                                                        "invitation")
         await self._members(request, access, link=link, error=None)
 
     async def _members(self, request: Request, access: Access, *, link: str | None, error: str | None,
@@ -129,7 +130,8 @@ class PeoplePages:
         await self.dashboard.sessions.db.add_invitation(InvitationRow(
             _invitation_id(token), workspace.id, email, role, limit, reset, now + INVITATION_LIFETIME, now))
         link = f"{people_origin(request)}/invite?{urlencode({'token': token})}"
-        await self.dashboard.sessions.set_flash(self.dashboard._token(request) or "", access.session, link)
+        await self.dashboard.sessions.set_flash(self.dashboard._token(request) or "", access.session, "invitation",
+                                                link)
         await self.dashboard._redirect(request, "/members")
 
     async def update_member(self, request: Request) -> None:

@@ -85,14 +85,18 @@ class SessionStore:
         await self.db.set_session_workspace(session.id, workspace_id)
         session.workspace_id = workspace_id
 
-    async def set_flash(self, token: str, session: Session, secret: str) -> None:
-        """Keep `secret` (a key just created) for the session's next page, sealed for its token."""
-        await self.db.set_flash(session.id, seal(token, secret))
+    async def set_flash(self, token: str, session: Session, kind: str, secret: str) -> None:
+        """Keep `secret` (a key just created, an invitation link) for the session's next page, sealed for its
+        token; `kind` says which page shows it."""
+        await self.db.set_flash(session.id, seal(token, f"{kind} {secret}"))
 
-    async def take_flash(self, token: str, session: Session) -> str | None:
-        """The secret kept by `set_flash`, once."""
+    async def take_flash(self, token: str, session: Session, kind: str) -> str | None:
+        """The secret kept by `set_flash`, once, if it is of `kind` (a key never shows as a link, nor the reverse)."""
         sealed = await self.db.take_flash(session.id)
-        return unseal(token, sealed) if sealed is not None else None
+        if sealed is None:
+            return None
+        found_kind, _, secret = unseal(token, sealed).partition(" ")
+        return secret if found_kind == kind else None
 
 
 class SignInThrottle:
