@@ -265,3 +265,26 @@ def test_a_members_management_key_follows_the_members_role(company) -> None:
     ok(api(gw, "PATCH", "/workspaces/beta/members/bo@beta.test", json={"role": "admin"}))
     assert api(gw, "GET", "/keys", member_key).status_code == 200  # the role decides, as it is now
     ok(api(gw, "PATCH", "/workspaces/beta/members/bo@beta.test", json={"role": "member"}))
+
+
+def test_a_key_an_app_gets_through_oauth_belongs_to_the_person_who_approved_it(company) -> None:
+    gw, _ = company
+    callback = "http://localhost:3000/callback"
+    with person(gw, "mo@alpha.test") as client:
+        page = client.get("/auth", params={"callback_url": callback})
+        assert page.status_code == 200
+        approved = client.post("/auth", data={"csrf": csrf(client, "/"), "callback_url": callback,
+                                              "decision": "approve", "limit": "1"})
+        assert approved.status_code == 303, approved.text[:300]
+        code = approved.headers["location"].split("code=", 1)[1]
+    exchanged = httpx.post(gw.url + "/api/v1/auth/keys", json={"code": code}, timeout=15).json()
+    assert exchanged["user_id"].startswith("user-")
+    data = ok(api(gw, "GET", "/key", exchanged["key"]))["data"]
+    mo = next(m for m in ok(api(gw, "GET", "/workspaces/alpha/members"))["data"] if m["email"] == "mo@alpha.test")
+    alpha = ok(api(gw, "GET", "/workspaces/alpha"))["data"]["id"]
+    assert data["workspace_id"] == alpha and data["creator_user_id"] == mo["user_id"] and data["limit"] == 1
+    with person(gw, "vi@alpha.test") as viewer:
+        viewer.get("/auth", params={"callback_url": callback})
+        refused = viewer.post("/auth", data={"csrf": csrf(viewer, "/"), "callback_url": callback,
+                                             "decision": "approve"})
+        assert refused.status_code == 403 and "viewer" in refused.text
