@@ -567,3 +567,22 @@ async def test_key_and_stored_response_text_is_cleaned(store: Store, bad: str) -
         "h" * 64, [{"type": "message", "role": "user", "content": CLEANED}],
         {"id": f"resp_{CLEANED}", "output": [{"type": "output_text", "text": CLEANED}], CLEANED: CLEANED})
     assert await store.delete_response(f"resp_{bad}") is True
+
+
+async def test_migrations_build_the_schema_the_code_declares(fresh_url: str) -> None:
+    """Every table and column of store/schema.py exists, of the same type, after the migrations run (a column added
+    to the schema without a migration, or the reverse, fails here), on each backend."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from crossroads.store.schema import metadata
+
+    await asyncio.to_thread(migrate, fresh_url)
+    engine = create_engine(async_url(fresh_url), pool=False)
+    try:
+        async with engine.connect() as conn:
+            diffs = await conn.run_sync(lambda sync: compare_metadata(
+                MigrationContext.configure(sync, opts={"compare_type": True}), metadata))
+    finally:
+        await engine.dispose()
+    assert diffs == [], diffs
