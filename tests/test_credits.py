@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from crossroads.errors import GatewayError
-from crossroads.gate.credits import Budget, CreditLedger, Spend, period_starts
+from crossroads.gate.credits import Budget, CreditLedger, Spend, period_starts, usd_text
 from crossroads.gate.keys import display_label, generate_key, hash_key, model_allowed
 
 
@@ -62,7 +62,7 @@ def test_reserve_settle_and_402() -> None:
     with pytest.raises(GatewayError) as err:
         ledger.reserve(chain, 0.6, prompt_cost=0.0, completion_price=0.001)
     assert err.value.status == 402 and err.value.message == (
-        "Insufficient credit: this request may cost up to $0.600000 but the key has $0.400000 of its $1 limit left. "
+        "Insufficient credit: this request may cost up to $0.60 but the key has $0.40 of its $1.00 limit left. "
         "At most 400 max_tokens would fit.")
     assert err.value.metadata == {"limit": 1.0, "limit_remaining": pytest.approx(0.4), "reservation": 0.6,
                                   "level": "key"}
@@ -97,7 +97,7 @@ def test_a_chain_stops_at_its_tightest_budget() -> None:
     assert admitted == 10
     assert refused.status == 402 and refused.metadata["level"] == "workspace"
     assert refused.metadata["budget"] == "acme" and refused.metadata["limit"] == 2.5
-    assert "but the workspace 'acme' budget has $0.000000 of its $2.5 limit left." in refused.message
+    assert "but the workspace 'acme' budget has $0.00 of its $2.50 limit left." in refused.message
     # Every account of the chain holds every admitted reservation, the unlimited environment too.
     for account in ("k", "env:prod", "ws:acme"):
         assert ledger.figures(account).reserved == 2.5
@@ -109,8 +109,8 @@ def test_the_402_says_how_many_max_tokens_fit_the_budget() -> None:
     with pytest.raises(GatewayError) as refused:
         ledger.reserve(chain, 0.6, prompt_cost=0.1, completion_price=0.001)
     assert refused.value.message == (
-        "Insufficient credit: this request may cost up to $0.600000 but the member 'ann@example.com' budget has "
-        "$0.500000 of its $0.5 limit left. At most 400 max_tokens would fit.")
+        "Insufficient credit: this request may cost up to $0.60 but the member 'ann@example.com' budget has "
+        "$0.50 of its $0.50 limit left. At most 400 max_tokens would fit.")
     assert refused.value.metadata == {"limit": 0.5, "limit_remaining": 0.5, "reservation": 0.6, "level": "member",
                                       "budget": "ann@example.com"}
 
@@ -199,3 +199,10 @@ def test_model_globs() -> None:
     assert not model_allowed(["openai/*"], "anthropic/claude-sonnet-4")
     assert model_allowed(["*/claude-*", "x/y"], "anthropic/claude-sonnet-4")
     assert not model_allowed([], "openai/gpt-4o")
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (0, "$0.00"), (1, "$1.00"), (2.5, "$2.50"), (1234.5, "$1,234.50"), (0.6, "$0.60"), (0.05, "$0.05"),
+    (0.00001, "$0.00001"), (0.000019, "$0.000019"), (0.0000004, "<$0.000001")])
+def test_usd_text_in_messages(value: float, text: str) -> None:
+    assert usd_text(value) == text

@@ -337,7 +337,7 @@ async def test_a_chain_stops_at_the_workspace_budget_and_the_402_names_it(store)
     error = refusals[0]
     assert error.metadata["level"] == "workspace" and error.metadata["budget"] == team.name
     assert error.metadata["limit"] == 2.5 and error.metadata["limit_remaining"] == 0.0
-    assert f"but the workspace {team.name!r} budget has $0.000000 of its $2.5 limit left." in error.message
+    assert f"but the workspace {team.name!r} budget has $0.00 of its $2.50 limit left." in error.message
     assert admitted[0].accounts == (k.hash, team.account)
     figures = await book.spend_of([k.hash, team.account])
     assert figures[k.hash].reserved == 2.5 and figures[team.account].reserved == 2.5

@@ -211,6 +211,19 @@ def unenforceable(budget: Budget, reason: str) -> GatewayError:
     return GatewayError(503, f"{what} cannot be enforced: {reason}", metadata={"code": "credit_limit_unenforceable"})
 
 
+def usd_text(value: float) -> str:
+    """USD for a message: cents for a dollar or more, up to six decimals below (a request often costs a fraction of
+    a cent), and never "$0.000000" for an amount that is not zero."""
+    if value == 0:
+        return "$0.00"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    if abs(value) < 0.000001:
+        return "<$0.000001"
+    text = f"{value:.6f}".rstrip("0")
+    return "$" + (text + "0" if len(text.split(".")[1]) < 2 else text)
+
+
 def insufficient_credit(budget: Budget, left: float, amount: float, prompt_cost: float,
                         completion_price: float) -> GatewayError:
     """The 402 of a reservation that does not fit `budget` (which has `left` USD), saying how many max_tokens
@@ -228,6 +241,6 @@ def insufficient_credit(budget: Budget, left: float, amount: float, prompt_cost:
     if budget.level != "key":
         metadata["budget"] = budget.name
     return GatewayError(
-        402, f"Insufficient credit: this request may cost up to ${amount:.6f} but {holder} has "
-             f"${remaining:.6f} of its ${limit:g} limit left.{hint}",
+        402, f"Insufficient credit: this request may cost up to {usd_text(amount)} but {holder} has "
+             f"{usd_text(remaining)} of its {usd_text(limit)} limit left.{hint}",
         metadata=metadata)
