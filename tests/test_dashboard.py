@@ -298,7 +298,8 @@ def test_edit_a_key(gateway) -> None:
 
 
 def test_money_is_never_shown_as_zero_when_it_is_not() -> None:
-    from crossroads.dashboard.app import _usd
+    from crossroads.dashboard.app import _plain_number, _usd
 
     assert _usd(0) == "$0.00" and _usd(9.2e-11) == "<$0.000001" and _usd(2.5e-5) == "$0.000025"
-    assert _usd(1.5) == "$1.5000" and _usd(1234.5) == "$1,234.50" and _usd(None) == "—"
+    assert _usd(1.5) == "$1.50" and _usd(1.23456) == "$1.2346" and _usd(1234.5) == "$1,234.50" and _usd(None) == "—"
+    assert _usd(5) == "$5.00" and _usd(0.001) == "$0.001" and _plain_number(1e-05) == "0.00001" and _plain_number(5.0) == "5"

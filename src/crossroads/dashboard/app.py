@@ -85,6 +85,7 @@ class Dashboard:
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters["usd"] = _usd
         self.templates.filters["when"] = _when
+        self.templates.filters["plain"] = _plain_number
         self.static = {path.name: path.read_bytes() for path in (HERE / "static").iterdir() if path.is_file()}
 
     def routes(self) -> list[tuple[str, str, Any]]:
@@ -803,9 +804,16 @@ def _usd(value: float | None) -> str:
         return "$0.00"
     if abs(value) < 0.000001:
         return "<$0.000001"  # not "$0.000000", which reads as free
-    if abs(value) < 0.01:
-        return f"${value:.6f}"  # a single request often costs a fraction of a cent
-    return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
+    text = f"{value:,.6f}" if abs(value) < 0.01 else f"{value:,.4f}" if abs(value) < 100 else f"{value:,.2f}"
+    whole, _, fraction = text.partition(".")  # a single request often costs a fraction of a cent: keep its digits,
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"  # but not trailing zeros ($5.00, not $5.0000)
+
+
+def _plain_number(value: float | None) -> str:
+    """A number for a form field: never in exponent form ("0.00001", not "1e-05"), no trailing zeros."""
+    if value is None:
+        return ""
+    return f"{value:.10f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
 
 
 def _when(value: datetime | None) -> str:
