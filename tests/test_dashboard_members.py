@@ -81,7 +81,7 @@ def test_a_member_sees_only_their_own_keys_and_records_and_their_workspace_model
         assert "mo-key" in page and "alpha-ops" not in page and "bo-key" not in page
         assert "alpha / dev" in page and "mo@alpha.test" in page
         activity = client.get("/activity").text
-        assert generations["mo-key"] in activity
+        assert generations["mo-key"] in activity and "bo-key" not in activity and "alpha-ops" not in activity
         assert generations["alpha-ops"] not in activity and generations["bo-key"] not in activity
         csv_rows = client.get("/activity.csv").text
         assert keys["mo-key"]["hash"] in csv_rows and keys["bo-key"]["hash"] not in csv_rows

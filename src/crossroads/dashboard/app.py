@@ -410,7 +410,7 @@ class Dashboard:
         health = {"sampled": len(outcomes), "capped": len(outcomes) >= OUTCOME_SAMPLE,
                   "error_rate": (sum(1 for o in outcomes if o[1] >= 400) / len(outcomes) if outcomes else None),
                   "p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)}
-        names = {row.hash: row.name for row in await self.gateway.store.list_keys()}
+        names = {row.hash: row.name for row in await self.gateway.store.list_keys() if access.sees_key(row)}
         unit = "hour" if window == "24h" else "day"
 
         def series(name: str) -> list[tuple[str, float]]:
@@ -641,7 +641,8 @@ class Dashboard:
             page = 1
         filters = self._activity_filters(request)
         rows = await self._activity_rows(access, filters, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE)
-        names = {row.hash: row.name for row in await self.gateway.store.list_keys()}
+        # The key filter offers the keys the session sees: others' names are not for it to read.
+        names = {row.hash: row.name for row in await self.gateway.store.list_keys() if access.sees_key(row)}
         await self._page(request, "activity.html", access, rows=rows[:PAGE_SIZE], names=names, page=page,
                          more=len(rows) > PAGE_SIZE, filters=filters, filter_query=urlencode(filters))
 
