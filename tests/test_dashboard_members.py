@@ -251,20 +251,50 @@ def test_the_master_key_switches_between_all_workspaces(company) -> None:
 
 
 def test_a_members_management_key_follows_the_members_role(company) -> None:
-    gw, _ = company
+    """A management key made for a member manages what the member's role allows, as it is now: an owner's the
+    workspace; a member's its member's own keys (and reads the workspace); a viewer's reads only."""
+    gw, world = company
     ok(api(gw, "POST", "/workspaces/beta/members", json={"email": "owner@beta.test", "role": "owner"}), 201)
-    owner_key = ok(api(gw, "POST", "/keys", json={"name": "beta-owner-admin", "workspace": "beta",
-                                                  "member": "owner@beta.test", "is_management_key": True}),
-                   201)["key"]
-    member_key = ok(api(gw, "POST", "/keys", json={"name": "bo-admin", "workspace": "beta", "member": "bo@beta.test",
-                                                   "is_management_key": True}), 201)["key"]
-    assert ok(api(gw, "GET", "/keys", owner_key))["data"]
-    refused = api(gw, "GET", "/keys", member_key)
-    assert refused.status_code == 403 and "member" in refused.json()["error"]["message"]
-    assert api(gw, "POST", "/keys", member_key, json={"name": "x"}).status_code == 403
+    ok(api(gw, "POST", "/workspaces/beta/members", json={"email": "viewer@beta.test", "role": "viewer"}), 201)
+
+    def management_key(email: str) -> str:
+        return ok(api(gw, "POST", "/keys", json={"name": f"{email}-admin", "workspace": "beta", "member": email,
+                                                 "is_management_key": True}), 201)["key"]
+
+    owner_key, member_key, viewer_key = (management_key(e) for e in ("owner@beta.test", "bo@beta.test",
+                                                                     "viewer@beta.test"))
+    bo_hash = world["keys"]["bo-key"]["hash"]
+    assert len(ok(api(gw, "GET", "/keys", owner_key))["data"]) >= 4
+    # bo (a member): his own keys only, made as his, never a management key; other people's keys are not found.
+    own = {k["name"] for k in ok(api(gw, "GET", "/keys", member_key))["data"]}
+    assert "bo-key" in own and "owner@beta.test-admin" not in own and "viewer@beta.test-admin" not in own
+    made = ok(api(gw, "POST", "/keys", member_key, json={"name": "bo-script", "workspace": "beta"}), 201)["data"]
+    assert made["creator_user_id"] == ok(api(gw, "GET", f"/keys/{bo_hash}"))["data"]["creator_user_id"]
+    assert api(gw, "POST", "/keys", member_key, json={"name": "x", "is_management_key": True}).status_code == 403
+    owner_admin = next(k["hash"] for k in ok(api(gw, "GET", "/keys?workspace=beta"))["data"]
+                       if k["name"] == "owner@beta.test-admin")
+    assert api(gw, "GET", f"/keys/{owner_admin}", member_key).status_code == 404
+    assert api(gw, "PATCH", f"/keys/{owner_admin}", member_key, json={"disabled": True}).status_code == 404
+    assert api(gw, "PATCH", f"/keys/{made['hash']}", member_key, json={"disabled": True}).status_code == 200
+    assert ok(api(gw, "GET", "/workspaces/beta", member_key))["data"]["name"] == "beta"  # reads the workspace
+    refused = api(gw, "POST", "/workspaces/beta/members", member_key, json={"email": "z@beta.test", "role": "member"})
+    assert refused.status_code == 403 and "a member" in refused.json()["error"]["message"]
+    assert {r["key_hash"] for r in ok(api(gw, "GET", "/activity", member_key))["data"]} <= {bo_hash}
+    # The viewer's key reads the whole workspace and changes nothing.
+    every = {k["name"] for k in ok(api(gw, "GET", "/keys", viewer_key))["data"]}
+    assert {"bo-key", "owner@beta.test-admin"} <= every
+    assert api(gw, "POST", "/keys", viewer_key, json={"name": "x"}).status_code == 403
+    assert api(gw, "DELETE", f"/keys/{bo_hash}", viewer_key).status_code == 403
+    assert ok(api(gw, "GET", f"/generation?id={world['generations']['bo-key']}", viewer_key))["data"]
+    # Roles are read as they are now.
     ok(api(gw, "PATCH", "/workspaces/beta/members/bo@beta.test", json={"role": "admin"}))
-    assert api(gw, "GET", "/keys", member_key).status_code == 200  # the role decides, as it is now
+    assert "owner@beta.test-admin" in {k["name"] for k in ok(api(gw, "GET", "/keys", member_key))["data"]}
     ok(api(gw, "PATCH", "/workspaces/beta/members/bo@beta.test", json={"role": "member"}))
+    # Another workspace stays out of reach whatever the role.
+    alpha_gen = world["generations"]["alpha-ops"]
+    for key in (owner_key, member_key, viewer_key):
+        assert api(gw, "GET", f"/generation?id={alpha_gen}", key).status_code == 404
+        assert api(gw, "GET", "/workspaces/alpha", key).status_code == 404
 
 
 def test_a_key_an_app_gets_through_oauth_belongs_to_the_person_who_approved_it(company) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from crossroads.api.asgi import Request, respond_json
 from crossroads.api.workspaces import check_within
 from crossroads.errors import GatewayError
-from crossroads.gate.auth import Principal, managed_workspace, require_management
+from crossroads.gate.auth import Principal, managed_workspace, reading_scope, writing_scope
 from crossroads.gate.credits import Spend, next_reset
 from crossroads.gate.directory import DEFAULT
 from crossroads.gate.keys import display_label, generate_key, hash_key
@@ -224,10 +224,16 @@ def place_key(gateway: Gateway, principal: Principal, changes: dict[str, Any]) -
     budget above the key (400). A person (the dashboard) makes keys in the workspace they act in, as their own; a
     member may do nothing else."""
     directory = gateway.keys.directory
-    person = principal.kind == "user"
+    # A person in the dashboard, or a member's management key, makes keys of its own (its member's) only.
+    person = principal.kind == "user" or (principal.key is not None and principal.role == "member")
     if person and principal.role not in ("owner", "admin", "member"):
         raise GatewayError(403, "A viewer cannot create keys")
-    scope = principal.workspace_id if person else managed_workspace(principal)
+    if principal.kind == "user":
+        scope, acting = principal.workspace_id, principal.user_id
+    elif person:
+        scope, acting = principal.key.workspace_id, principal.key.user_id  # type: ignore[union-attr]
+    else:
+        scope, acting = managed_workspace(principal), None
     workspace_ref = changes.pop("workspace", None) or scope or DEFAULT
     workspace = directory.workspace(workspace_ref)
     if workspace is None:
@@ -243,7 +249,7 @@ def place_key(gateway: Gateway, principal: Principal, changes: dict[str, Any]) -
     membership = None
     member_ref = changes.pop("member", None)
     if person:
-        membership = directory.memberships.get((workspace.id, principal.user_id or ""))
+        membership = directory.memberships.get((workspace.id, acting or ""))
     elif member_ref is not None:
         user = directory.users.get(member_ref) or next(
             (u for u in directory.users.values() if u.email == member_ref.lower()), None)
@@ -251,7 +257,7 @@ def place_key(gateway: Gateway, principal: Principal, changes: dict[str, Any]) -
         if membership is None:
             raise GatewayError(404, f"Member {member_ref!r} not found in workspace {workspace.name!r}",
                                metadata={"field": "member"})
-    if person and principal.role == "member" and changes.get("is_management"):
+    if principal.role == "member" and changes.get("is_management"):
         raise GatewayError(403, "A member cannot create management keys")
     if changes.get("limit") is not None:
         check_within(principal, changes.get("limit"), workspace=workspace, environment=environment,
@@ -262,7 +268,7 @@ def place_key(gateway: Gateway, principal: Principal, changes: dict[str, Any]) -
 
 
 async def create_key(gateway: Gateway, request: Request) -> None:
-    require_management(request.principal)
+    writing_scope(request.principal)
     await gateway.keys.reload_directory()  # a workspace made through another worker a moment ago is found
     changes = place_key(gateway, request.principal, key_changes(request.json(), creating=True))
     plaintext, row = await add_key(gateway, changes)
@@ -287,38 +293,40 @@ async def exchange_auth_code(gateway: Gateway, request: Request) -> None:
 
 
 async def list_keys(gateway: Gateway, request: Request) -> None:
-    require_management(request.principal)
+    scope, member = reading_scope(request.principal)
     query = request.query()
     include_disabled = query.get("include_disabled", "true").lower() != "false"
     try:
         offset = int(query.get("offset", "0"))
     except ValueError:
         raise GatewayError(400, "Invalid request: 'offset' must be an integer", metadata={"field": "offset"}) from None
-    scope = managed_workspace(request.principal)
     if scope is None and query.get("workspace"):
         workspace = gateway.keys.directory.workspace(query["workspace"])
         if workspace is None:
             raise GatewayError(404, f"Workspace {query['workspace']!r} not found", metadata={"field": "workspace"})
         scope = workspace.id
     rows = await gateway.store.list_keys(offset=max(offset, 0))
-    rows = [r for r in rows if (include_disabled or not r.disabled) and (scope is None or r.workspace_id == scope)]
+    rows = [r for r in rows if (include_disabled or not r.disabled) and (scope is None or r.workspace_id == scope)
+            and (member is None or r.user_id == member)]
     figures = await gateway.key_figures(rows)
     data = [key_payload(r, figures[r.hash]) for r in rows]
     await respond_json(request, 200, {"data": data})
 
 
-async def _known_key(gateway: Gateway, request: Request) -> KeyRow:
-    """The path's key, if the caller manages it: another workspace's key is not found, as a missing one."""
-    scope = managed_workspace(request.principal)
+async def _known_key(gateway: Gateway, request: Request, *, write: bool = True) -> KeyRow:
+    """The path's key, if the caller may read (or `write`) it: another workspace's key (or, for a member, another
+    person's) is not found, as a missing one."""
+    scope, member = (writing_scope if write else reading_scope)(request.principal)
     key_hash = request.path_params["hash"]
     row = await gateway.store.get_key(key_hash)
-    if row is None or (scope is not None and row.workspace_id != scope):
+    if row is None or (scope is not None and row.workspace_id != scope) or (member is not None
+                                                                           and row.user_id != member):
         raise GatewayError(404, f"API key {key_hash!r} not found")
     return row
 
 
 async def get_key(gateway: Gateway, request: Request) -> None:
-    row = await _known_key(gateway, request)
+    row = await _known_key(gateway, request, write=False)
     await respond_json(request, 200, {"data": await _payload(gateway, row)})
 
 
@@ -414,11 +422,14 @@ async def generation(gateway: Gateway, request: Request) -> None:
     if not generation_id:
         raise GatewayError(400, "Invalid request: the 'id' query parameter is required", metadata={"field": "id"})
     row = gateway.recorder.pending(generation_id) or await gateway.store.get_generation(generation_id)
-    principal = request.principal
-    # A key sees only its own generations, a management key its workspace's; not-found and not-yours look the same.
-    key = principal.key
-    if row is None or key is not None and row.key_hash != key.hash and not (
-            key.is_management and row.workspace_id == key.workspace_id):
+    # A key sees only its own generations, a management key those it may read (reading_scope); not-found and
+    # not-yours look the same.
+    key = request.principal.key
+    if row is not None and key is not None and row.key_hash != key.hash:
+        scope, member = reading_scope(request.principal) if key.is_management else ("", "")
+        if row.workspace_id != scope or (member is not None and row.user_id != member):
+            row = None
+    if row is None:
         raise GatewayError(404, f"Generation {generation_id!r} not found")
     await respond_json(request, 200, {"data": generation_payload(row)})
 
@@ -443,11 +454,14 @@ async def activity(gateway: Gateway, request: Request) -> None:
         date_to = _date_param(query, "date_to", today)
         date_from = _date_param(query, "date_from", date_to - timedelta(days=29))
     principal = request.principal
-    # A key sees its own usage; a management key its workspace's (or one key of it, `api_key_hash`).
-    key_hash = principal.key_hash if not principal.can_manage else (
-        query.get("api_key_hash") or query.get("key_hash") or None)
-    workspace_id = principal.key.workspace_id if principal.key is not None and principal.can_manage else None
-    rows = await gateway.store.activity(date_from, date_to, key_hash, workspace_id=workspace_id)
+    # A key sees its own usage; a management key what it may read (its workspace's, a member's key its member's), or
+    # one key of it (`api_key_hash`).
+    if principal.is_master or (principal.key is not None and principal.key.is_management):
+        workspace_id, member = reading_scope(principal)
+        key_hash = query.get("api_key_hash") or query.get("key_hash") or None
+    else:
+        workspace_id, member, key_hash = None, None, principal.key_hash
+    rows = await gateway.store.activity(date_from, date_to, key_hash, workspace_id=workspace_id, user_id=member)
     data = [{
         "date": r["date"], "model": r["model"], "model_permaslug": r["model"], "endpoint_id": r["model"],
         "provider_name": r["provider_name"], "key_hash": r["key_hash"], "usage": round(r["cost"], 12),

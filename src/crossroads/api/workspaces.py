@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from crossroads.api.asgi import Request, respond_json
 from crossroads.errors import GatewayError
-from crossroads.gate.auth import Principal, managed_workspace, require_master
+from crossroads.gate.auth import Principal, managed_workspace, reading_scope, require_master
 from crossroads.gate.credits import Spend
 from crossroads.gate.directory import DEFAULT, ROLES, slug
 from crossroads.gate.passwords import MIN_LENGTH, hash_password_async
@@ -91,10 +91,11 @@ def _directory(gateway: Gateway) -> Directory:
     return gateway.keys.directory
 
 
-def _workspace(gateway: Gateway, request: Request) -> WorkspaceRow:
-    """The path's workspace, if the caller manages it (404 otherwise, as for one that does not exist)."""
+def _workspace(gateway: Gateway, request: Request, *, read: bool = False) -> WorkspaceRow:
+    """The path's workspace, if the caller manages it, or may `read` it (gate/auth.py `reading_scope`: a viewer's or
+    member's management key reads its workspace); 404 otherwise, as for one that does not exist."""
     ref = request.path_params["workspace"]
-    scope = managed_workspace(request.principal)
+    scope = reading_scope(request.principal)[0] if read else managed_workspace(request.principal)
     found = _directory(gateway).workspace(ref)
     if found is None or (scope is not None and found.id != scope):
         raise GatewayError(404, f"Workspace {ref!r} not found")
@@ -178,7 +179,7 @@ def _member_payload(gateway: Gateway, membership: MembershipRow, spend: Spend) -
 
 # -- workspaces --------------------------------------------------------------------------------------------------------
 async def list_workspaces(gateway: Gateway, request: Request) -> None:
-    scope = managed_workspace(request.principal)
+    scope = reading_scope(request.principal)[0]
     rows = [w for w in _directory(gateway).workspaces.values() if scope is None or w.id == scope]
     offset, limit = _paging(request)
     page = rows[offset:offset + limit]
@@ -220,7 +221,8 @@ async def create_workspace(gateway: Gateway, request: Request) -> None:
 
 
 async def get_workspace(gateway: Gateway, request: Request) -> None:
-    await respond_json(request, 200, {"data": await _workspace_payload(gateway, _workspace(gateway, request))})
+    await respond_json(request, 200, {"data": await _workspace_payload(gateway, _workspace(gateway, request,
+                                                                                            read=True))})
 
 
 async def update_workspace(gateway: Gateway, request: Request) -> None:
@@ -273,7 +275,7 @@ def _environment(gateway: Gateway, workspace: WorkspaceRow, ref: str) -> Environ
 
 
 async def list_environments(gateway: Gateway, request: Request) -> None:
-    workspace = _workspace(gateway, request)
+    workspace = _workspace(gateway, request, read=True)
     environments = _directory(gateway).environments_of(workspace.id)
     figures = await gateway.account_figures([f"env:{e.id}" for e in environments])
     await respond_json(request, 200, {"data": [_environment_payload(e, figures[f"env:{e.id}"])
@@ -366,7 +368,7 @@ def normal_email(value: Any) -> str:
 
 
 async def list_members(gateway: Gateway, request: Request) -> None:
-    workspace = _workspace(gateway, request)
+    workspace = _workspace(gateway, request, read=True)
     offset, limit = _paging(request)
     every = sorted(_directory(gateway).members_of(workspace.id), key=lambda m: (m.created_at or _EPOCH, m.id))
     members = every[offset:offset + limit]
@@ -444,13 +446,13 @@ def _budget_at(workspace: WorkspaceRow, interval: str) -> dict[str, Any]:
 
 
 async def list_budgets(gateway: Gateway, request: Request) -> None:
-    workspace = _workspace(gateway, request)
+    workspace = _workspace(gateway, request, read=True)
     data = [_budget_object(workspace)] if workspace.budget_limit is not None else []
     await respond_json(request, 200, {"data": data, "include_byok_in_budgets": True})
 
 
 async def get_budget(gateway: Gateway, request: Request) -> None:
-    workspace = _workspace(gateway, request)
+    workspace = _workspace(gateway, request, read=True)
     await respond_json(request, 200, {"data": _budget_at(workspace, _interval(request)),
                                       "include_byok_in_budgets": True})
 

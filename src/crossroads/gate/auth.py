@@ -146,6 +146,24 @@ def managed_workspace(principal: Principal) -> str | None:
     return None if principal.key is None else principal.key.workspace_id
 
 
+def reading_scope(principal: Principal) -> tuple[str | None, str | None]:
+    """Whose keys, records and workspace details a management caller may read, as (workspace id, member id), None
+    meaning all: the master key everything; a workspace's own management key, or an owner's or admin's, or a viewer's,
+    the whole workspace; a member's, that member's own keys and records in it. 403 for any other caller."""
+    key = principal.key
+    if principal.can_manage or key is None or not key.is_management or principal.role not in ("member", "viewer"):
+        return managed_workspace(principal), None
+    return key.workspace_id, (key.user_id if principal.role == "member" else None)
+
+
+def writing_scope(principal: Principal) -> tuple[str | None, str | None]:
+    """Whose keys a management caller may create, change and delete, as `reading_scope`: a member's management key
+    its member's own keys only; a viewer's none (403)."""
+    if principal.role == "viewer":
+        raise GatewayError(403, "This key's member is a viewer: viewers read, they do not change anything")
+    return reading_scope(principal)
+
+
 def require_master(principal: Principal, what: str) -> None:
     if not principal.is_master:
         raise GatewayError(403, f"{what} needs the master key (a management key manages its own workspace only)")
