@@ -318,3 +318,29 @@ def test_a_key_an_app_gets_through_oauth_belongs_to_the_person_who_approved_it(c
         refused = viewer.post("/auth", data={"csrf": csrf(viewer, "/"), "callback_url": callback,
                                              "decision": "approve"})
         assert refused.status_code == 403 and "viewer" in refused.text
+
+
+def test_workspaces_and_environments_are_made_in_the_dashboard(company) -> None:
+    gw, _ = company
+    with master(gw) as client:
+        assert "Create a workspace" in client.get("/budgets").text
+        assert post(client, "/workspaces/new", name="gamma", limit="12", limit_reset="monthly").status_code == 303
+        page = client.get("/budgets").text
+        assert "gamma · " not in page and 'selected>gamma</option>' in page  # now looking at it
+        assert "$12.00" in page and ">default<" in page
+        again = post(client, "/workspaces/new", name="gamma")
+        assert again.status_code == 409 and "exists already" in again.text
+    gamma = ok(api(gw, "GET", "/workspaces/gamma"))["data"]
+    assert gamma["budget"]["limit"] == 12 and [e["name"] for e in gamma["environments"]] == ["default"]
+    with person(gw, "ann@alpha.test") as owner:
+        assert "Create a workspace" not in owner.get("/budgets").text
+        assert post(owner, "/workspaces/new", name="mine").status_code == 403
+        assert post(owner, "/budgets/environment", name="staging", limit="1", limit_reset="daily").status_code == 303
+        assert "staging" in owner.get("/budgets").text
+        duplicate = post(owner, "/budgets/environment", name="staging")
+        assert duplicate.status_code == 409
+    with person(gw, "mo@alpha.test") as member:
+        assert "Add an environment" not in member.get("/budgets").text
+        assert post(member, "/budgets/environment", name="mine").status_code == 403
+    staging = next(e for e in ok(api(gw, "GET", "/workspaces/alpha"))["data"]["environments"] if e["name"] == "staging")
+    assert staging["budget"] == {"limit": 1.0, "limit_reset": "daily", "usage": 0.0, "limit_remaining": 1.0}

@@ -52,7 +52,7 @@ def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _name(body: dict[str, Any], *, required: bool) -> str | None:
+def parse_name(body: dict[str, Any], *, required: bool) -> str | None:
     if "name" not in body and not required:
         return None
     name = body.get("name")
@@ -204,11 +204,16 @@ def _paging(request: Request) -> tuple[int, int]:
 
 
 async def create_workspace(gateway: Gateway, request: Request) -> None:
-    require_master(request.principal, "Creating a workspace")
     body = _body(request)
-    name = _name(body, required=True)
-    assert name is not None
-    limit, reset = parse_budget(body.get("budget"))
+    workspace = await add_workspace(gateway, request.principal, parse_name(body, required=True) or "",
+                                    *parse_budget(body.get("budget")))
+    await respond_json(request, 201, {"data": await _workspace_payload(gateway, workspace)})
+
+
+async def add_workspace(gateway: Gateway, principal: Principal, name: str, limit: float | None,
+                        reset: str | None) -> WorkspaceRow:
+    """A new workspace (the API, the dashboard): the master key's (or an admin user's) to make."""
+    require_master(principal, "Creating a workspace")
     await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
     if _directory(gateway).workspace(name) is not None:
         raise GatewayError(409, f"A workspace named {name!r} exists already", metadata={"field": "name"})
@@ -217,7 +222,7 @@ async def create_workspace(gateway: Gateway, request: Request) -> None:
     # Every workspace starts with a `default` environment: keys made without naming one go there.
     await directory.insert(EnvironmentRow(str(uuid.uuid4()), workspace.id, DEFAULT))
     await _changed(gateway)
-    await respond_json(request, 201, {"data": await _workspace_payload(gateway, workspace)})
+    return workspace
 
 
 async def get_workspace(gateway: Gateway, request: Request) -> None:
@@ -229,7 +234,7 @@ async def update_workspace(gateway: Gateway, request: Request) -> None:
     workspace = _workspace(gateway, request)
     body = _body(request)
     changes: dict[str, Any] = {}
-    name = _name(body, required=False)
+    name = parse_name(body, required=False)
     if name is not None and name != workspace.name:
         if _directory(gateway).workspace(name) is not None:
             raise GatewayError(409, f"A workspace named {name!r} exists already", metadata={"field": "name"})
@@ -285,19 +290,24 @@ async def list_environments(gateway: Gateway, request: Request) -> None:
 async def create_environment(gateway: Gateway, request: Request) -> None:
     workspace = _workspace(gateway, request)
     body = _body(request)
-    name = _name(body, required=True)
-    assert name is not None
-    limit, reset = parse_budget(body.get("budget"))
+    environment = await add_environment(gateway, request.principal, workspace, parse_name(body, required=True) or "",
+                                        *parse_budget(body.get("budget")))
+    figures = await gateway.account_figures([f"env:{environment.id}"])
+    await respond_json(request, 201, {"data": _environment_payload(environment, figures[f"env:{environment.id}"])})
+
+
+async def add_environment(gateway: Gateway, principal: Principal, workspace: WorkspaceRow, name: str,
+                          limit: float | None, reset: str | None) -> EnvironmentRow:
+    """A new environment of a workspace the caller manages (the API, the dashboard)."""
     await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
-    check_within(request.principal, limit, workspace=workspace, what="an environment's budget")
+    check_within(principal, limit, workspace=workspace, what="an environment's budget")
     if _directory(gateway).environment(workspace.id, name) is not None:
         raise GatewayError(409, f"Workspace {workspace.name!r} has an environment named {name!r} already",
                            metadata={"field": "name"})
     environment = await DirectoryStore(gateway.store).insert(
         EnvironmentRow(str(uuid.uuid4()), workspace.id, name, limit, reset))
     await _changed(gateway)
-    figures = await gateway.account_figures([f"env:{environment.id}"])
-    await respond_json(request, 201, {"data": _environment_payload(environment, figures[f"env:{environment.id}"])})
+    return environment
 
 
 async def update_environment(gateway: Gateway, request: Request) -> None:
@@ -305,7 +315,7 @@ async def update_environment(gateway: Gateway, request: Request) -> None:
     environment = _environment(gateway, workspace, request.path_params["environment"])
     body = _body(request)
     changes: dict[str, Any] = {}
-    name = _name(body, required=False)
+    name = parse_name(body, required=False)
     if name is not None and name != environment.name:
         if _directory(gateway).environment(workspace.id, name) is not None:
             raise GatewayError(409, f"Workspace {workspace.name!r} has an environment named {name!r} already",

@@ -14,7 +14,15 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from crossroads.api.workspaces import check_role_grant, check_within, normal_email, parse_budget
+from crossroads.api.workspaces import (
+    add_environment,
+    add_workspace,
+    check_role_grant,
+    check_within,
+    normal_email,
+    parse_budget,
+    parse_name,
+)
 from crossroads.dashboard.access import local_path
 from crossroads.errors import GatewayError
 from crossroads.gate.directory import ROLES
@@ -49,6 +57,7 @@ class PeoplePages:
         return [("POST", "/workspace", self.switch), ("GET", "/members", self.members_page),
                 ("POST", "/members/invite", self.invite), ("POST", "/members/update", self.update_member),
                 ("GET", "/budgets", self.budgets_page), ("POST", "/budgets", self.set_budget),
+                ("POST", "/budgets/environment", self.new_environment), ("POST", "/workspaces/new", self.new_workspace),
                 ("GET", "/invite", self.invitation_page), ("POST", "/invite", self.accept)]
 
     async def _changed(self) -> None:
@@ -254,6 +263,33 @@ class PeoplePages:
             await self._budgets(request, access, error=error.message, status=error.status)
             return
         await self._changed()
+        await self.dashboard._redirect(request, "/budgets")
+
+    async def new_environment(self, request: Request) -> None:
+        if (access := await self.dashboard._signed_in(request)) is None:
+            return
+        fields = self.dashboard._form(request, access.session)
+        workspace = self._managed(access)
+        try:
+            await add_environment(self.gateway, access.principal, workspace, parse_name(fields, required=True) or "",
+                                  *_budget_fields(fields))
+        except GatewayError as error:
+            await self._budgets(request, access, error=error.message, status=error.status)
+            return
+        await self.dashboard._redirect(request, "/budgets")
+
+    async def new_workspace(self, request: Request) -> None:
+        """A super-admin makes a workspace (with its `default` environment) and looks at it next."""
+        if (access := await self.dashboard._signed_in(request)) is None:
+            return
+        fields = self.dashboard._form(request, access.session)
+        try:
+            workspace = await add_workspace(self.gateway, access.principal, parse_name(fields, required=True) or "",
+                                            *_budget_fields(fields))
+        except GatewayError as error:
+            await self._budgets(request, access, error=error.message, status=error.status)
+            return
+        await self.dashboard.sessions.look_at(access.session, workspace.id)
         await self.dashboard._redirect(request, "/budgets")
 
     # -- accepting an invitation -------------------------------------------------------------------------------------
