@@ -321,6 +321,22 @@ def test_users_cli_creates_an_administrator(gw) -> None:
         "SELECT password_hash FROM users WHERE email = 'root@example.com'").fetchone()[0]
     assert stored.startswith("$argon2id$")
 
+    def sign_in(client: httpx.Client, password: str) -> int:
+        return client.post("/signin", data={"email": "root@example.com", "password": password}).status_code
+
+    with httpx.Client(base_url=gw.url, timeout=15) as before, httpx.Client(base_url=gw.url, timeout=15) as after:
+        assert sign_in(before, "correct horse battery") == 303 and before.get("/").status_code == 200
+        changed = users("set-password", "--email", "root@example.com", password="a brand new password\n")
+        assert changed.returncode == 0 and "password set" in changed.stdout, changed.stderr
+        assert before.get("/").status_code == 303  # signed out: the password changed
+        assert sign_in(after, "correct horse battery") == 401 and sign_in(after, "a brand new password") == 303
+        assert users("disable", "--email", "root@example.com").returncode == 0
+        assert after.get("/").status_code == 303 and sign_in(after, "a brand new password") == 401
+        assert users("enable", "--email", "root@example.com").returncode == 0
+        assert sign_in(after, "a brand new password") == 303 and after.get("/").status_code == 200
+    missing = users("disable", "--email", "nobody@example.com")
+    assert missing.returncode != 0 and "no user" in missing.stderr
+
 
 def test_migration_moves_a_single_account_database_into_the_default_workspace(tmp_path: Path) -> None:
     """A database made before workspaces (revision 0005), with keys and records, upgrades with nothing lost."""

@@ -110,6 +110,13 @@ def add_user_commands(sub: Any) -> None:
     listing = actions.add_parser("list", help="list users and their memberships")
     add_config_option(listing)
     listing.add_argument("--json", action="store_true")
+    for action, help_text in (
+            ("set-password", "set a user's password (read from standard input, or asked for on a terminal)"),
+            ("disable", "stop a user from signing in (their sessions end at once; their keys keep working)"),
+            ("enable", "let a disabled user sign in again")):
+        change = actions.add_parser(action, help=help_text)
+        add_config_option(change)
+        change.add_argument("--email", required=True)
 
 
 def _read_password() -> str:
@@ -170,6 +177,21 @@ async def _run_users(args: argparse.Namespace, url: str) -> int:
                 for row in rows:
                     roles = ", ".join(f"{name}: {role}" for name, role in row["workspaces"].items()) or "-"
                     print(f"{row['email']:<40} {'admin' if row['admin'] else '':<6} {row['id']}  {roles}")
+            return 0
+        if args.action in ("set-password", "disable", "enable"):
+            user = await directory.user_by_email(normal_email(args.email))
+            if user is None:
+                raise GatewayError(404, f"no user {args.email}")
+            if args.action == "set-password":
+                changes: dict[str, object] = {"password_hash": await hash_password_async(_read_password())}
+            else:
+                changes = {"disabled": args.action == "disable"}
+            await directory.update(UserRow, user.id, changes)
+            if args.action != "enable":  # a new password or a disabled account ends the sessions signed in before
+                from crossroads.store.signins import SignInStore
+
+                await SignInStore(store).end_sessions_of_user(user.id)
+            print(f"{user.email}: {'password set' if args.action == 'set-password' else args.action + 'd'}")
             return 0
         return 2
     finally:
@@ -363,6 +385,21 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             if not await store.delete_key(row.hash):
                 raise GatewayError(404, f"no key with hash {row.hash}")
             print(f"deleted key {row.name!r}  hash={row.hash}")
+            return 0
+        if args.action in ("set-password", "disable", "enable"):
+            user = await directory.user_by_email(normal_email(args.email))
+            if user is None:
+                raise GatewayError(404, f"no user {args.email}")
+            if args.action == "set-password":
+                changes: dict[str, object] = {"password_hash": await hash_password_async(_read_password())}
+            else:
+                changes = {"disabled": args.action == "disable"}
+            await directory.update(UserRow, user.id, changes)
+            if args.action != "enable":  # a new password or a disabled account ends the sessions signed in before
+                from crossroads.store.signins import SignInStore
+
+                await SignInStore(store).end_sessions_of_user(user.id)
+            print(f"{user.email}: {'password set' if args.action == 'set-password' else args.action + 'd'}")
             return 0
         return 2
     finally:
