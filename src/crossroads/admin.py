@@ -386,21 +386,6 @@ async def _run(args: argparse.Namespace, url: str) -> int:
                 raise GatewayError(404, f"no key with hash {row.hash}")
             print(f"deleted key {row.name!r}  hash={row.hash}")
             return 0
-        if args.action in ("set-password", "disable", "enable"):
-            user = await directory.user_by_email(normal_email(args.email))
-            if user is None:
-                raise GatewayError(404, f"no user {args.email}")
-            if args.action == "set-password":
-                changes: dict[str, object] = {"password_hash": await hash_password_async(_read_password())}
-            else:
-                changes = {"disabled": args.action == "disable"}
-            await directory.update(UserRow, user.id, changes)
-            if args.action != "enable":  # a new password or a disabled account ends the sessions signed in before
-                from crossroads.store.signins import SignInStore
-
-                await SignInStore(store).end_sessions_of_user(user.id)
-            print(f"{user.email}: {'password set' if args.action == 'set-password' else args.action + 'd'}")
-            return 0
         return 2
     finally:
         await store.close()
