@@ -77,3 +77,13 @@ def build_team(gw: GatewayProcess) -> dict[str, Any]:
             break
         time.sleep(0.1)
     return world
+
+
+def start_company(fake_openai: Any, workdir: Path) -> tuple[GatewayProcess, dict[str, Any]]:
+    """A gateway with the company built in it (stop the process when done)."""
+    proc = GatewayProcess(team_config(fake_openai, workdir), workdir).start()
+    try:
+        return proc, build_team(proc)
+    except BaseException:
+        proc.stop()
+        raise

@@ -14,14 +14,12 @@ import httpx
 import pytest
 
 from tests.conftest import MASTER_KEY, GatewayProcess
-from tests.team import PASSWORD, api, build_team, ok, team_config
+from tests.team import PASSWORD, api, ok, start_company
 
 
 @pytest.fixture(scope="module")
 def company(fake_openai, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("company")
-    proc = GatewayProcess(team_config(fake_openai, workdir), workdir).start()
-    world = build_team(proc)
+    proc, world = start_company(fake_openai, tmp_path_factory.mktemp("company"))
     yield proc, world
     proc.stop()
 

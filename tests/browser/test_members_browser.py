@@ -12,14 +12,12 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot
 from tests.conftest import MASTER_KEY, GatewayProcess
-from tests.team import PASSWORD, build_team, team_config
+from tests.team import PASSWORD, start_company
 
 
 @pytest.fixture(scope="module")
 def company(fake_openai, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("company-browser")
-    proc = GatewayProcess(team_config(fake_openai, workdir), workdir).start()
-    world = build_team(proc)
+    proc, world = start_company(fake_openai, tmp_path_factory.mktemp("company-browser"))
     yield proc, world
     proc.stop()
 
