@@ -358,8 +358,8 @@ _SERVER_KEYS = {
 _CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "models", "catalog", "discover",
                     "data_collection", "rpm", "tpm", "responses_api", "workspace"}
 _MODEL_KEYS = {
-    "id", "upstream", "name", "created", "description", "context_length", "max_completion_tokens", "pricing",
-    "input_modalities", "output_modalities", "tokenizer", "reasoning", "supported_parameters",
+    "id", "upstream", "name", "created", "description", "context_length", "max_completion_tokens", "dimensions",
+    "pricing", "input_modalities", "output_modalities", "tokenizer", "reasoning", "supported_parameters",
 }
 
 
@@ -475,6 +475,7 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
         model_id = mr.get("id", str, required=True)
         for key in ("context_length", "max_completion_tokens", "created"):
             mr.get(key, int)
+        _optional_positive(mr, "dimensions")  # an embedding model's default vector size
         for key in ("input_modalities", "output_modalities", "supported_parameters"):
             mr.get(key, list)
         pricing = item.get("pricing")

@@ -213,3 +213,20 @@ def sse(data: Any, event: str | None = None) -> bytes:
     payload = data if isinstance(data, bytes) else orjson.dumps(data)
     head = f"event: {event}\n".encode() if event else b""
     return head + b"data: " + payload + b"\n\n"
+
+
+# -- embeddings ---------------------------------------------------------------------------------------------------------
+EMBEDDING_DIMENSIONS = 8  # the fakes' default vector size (a real model's is 768 to 3072: the shape is what matters)
+
+
+def fake_vector(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic unit-ish vector for `text`: the same text always embeds the same, different texts differ."""
+    import hashlib
+
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round((digest[i % len(digest)] - 128) / 128, 6) for i in range(dimensions)]
+
+
+def fake_token_count(text: str) -> int:
+    """What the fakes bill an input: one token per whitespace-separated word (a real tokenizer is close for English)."""
+    return max(len(text.split()), 1)

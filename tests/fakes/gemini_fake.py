@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeUpstream, Fault, Reply, split_text
+from tests.fakes.base import FakeUpstream, Fault, Reply, fake_vector, split_text
 
 FAKE_SIGNATURE = "CiQBvj72+ZmFrZS10aG91Z2h0LXNpZ25hdHVyZQ=="  # base64 like Google's, meaningless
 
@@ -76,6 +76,8 @@ class FakeGemini(FakeUpstream):
         if (denied := self._auth_error(request)) is not None:
             return denied
         model, _, method = request.match_info["tail"].rpartition(":")
+        if method == "batchEmbedContents" and model:
+            return await self.batch_embed(rec, model, fault)
         if method not in ("generateContent", "streamGenerateContent") or not model:
             body = google_error(404, f"models/{request.match_info['tail']} is not found for API version v1beta.")
             return web.json_response(body, status=404)
@@ -103,6 +105,29 @@ class FakeGemini(FakeUpstream):
         message = fault.message if fault else ""
         error = _sse(google_error(500, message))
         return await self.write_sse(request, [_sse(e) for e in events], fault, error)
+
+    async def batch_embed(self, rec: Any, model: str, fault: Any) -> web.Response:
+        """models/{model}:batchEmbedContents as the Gemini API answers it: `{"embeddings": [{"values": [...]}]}` in
+        request order, at most 100 requests a batch, each naming the same model."""
+        if fault and (fault.status != 200 or fault.body is not None):
+            return self.error_response(fault, orjson.dumps(google_error(fault.status, fault.message)))
+        if "embedding" not in model:
+            return web.json_response(google_error(400, f"models/{model} is not an embedding model."), status=400)
+        requests = (rec.json or {}).get("requests")
+        if not isinstance(requests, list) or not requests:
+            return web.json_response(google_error(400, "* BatchEmbedContentsRequest.requests: requests is not "
+                                                       "specified\n"), status=400)
+        if len(requests) > 100:
+            return web.json_response(google_error(400, "* BatchEmbedContentsRequest.requests: at most 100 requests "
+                                                       "can be in one batch\n"), status=400)
+        embeddings = []
+        for index, item in enumerate(requests):
+            if item.get("model") != f"models/{model}":
+                return web.json_response(google_error(400, f"* BatchEmbedContentsRequest.requests[{index}].model: "
+                                                           "the model must match the batch's model\n"), status=400)
+            text = "".join(part.get("text", "") for part in item["content"]["parts"])
+            embeddings.append({"values": fake_vector(text, item.get("outputDimensionality") or 8)})
+        return web.json_response({"embeddings": embeddings}, headers=fault.headers if fault else None)
 
     # -- rendering -------------------------------------------------------------------------------------------------
     @staticmethod

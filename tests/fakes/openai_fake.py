@@ -9,11 +9,23 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeUpstream, Fault, Recorded, Reply, split_text, sse
+from tests.fakes.base import (
+    FakeUpstream,
+    Fault,
+    Recorded,
+    Reply,
+    fake_token_count,
+    fake_vector,
+    split_text,
+    sse,
+)
 
 
 class FakeOpenAI(FakeUpstream):
     name = "openai"
+
+    # The models /v1/embeddings serves (as api.openai.com: a chat model there is a 400 "does not support embeddings").
+    EMBEDDING_MODELS = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
 
     def __init__(self, *, api_key: str | None = "sk-fake-openai-secret", models: list[str] | None = None) -> None:
         super().__init__()
@@ -23,7 +35,42 @@ class FakeOpenAI(FakeUpstream):
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.list_models)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """POST /v1/embeddings as api.openai.com answers it: float lists, or base64 float32 with
+        encoding_format=base64; `dimensions` shortens the vector."""
+        rec, fault, refusal = await self._admit(request, {"type": "server_error", "param": None, "code": None})
+        if refusal is not None:
+            return refusal
+        req = rec.json
+        model = req.get("model")
+        if model not in self.EMBEDDING_MODELS:
+            return web.json_response({"error": {"message": f"This model does not support embeddings: {model}",
+                                                "type": "invalid_request_error", "param": "model",
+                                                "code": None}}, status=400)
+        inputs = req.get("input")
+        inputs = [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else inputs
+        if not inputs:
+            return web.json_response({"error": {"message": "'$.input' is invalid.", "type": "invalid_request_error",
+                                                "param": None, "code": None}}, status=400)
+        dimensions = req.get("dimensions") or 8
+        data = []
+        tokens = 0
+        for index, item in enumerate(inputs):
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            tokens += fake_token_count(text) if isinstance(item, str) else len(item)
+            vector: Any = fake_vector(text, dimensions)
+            if req.get("encoding_format") == "base64":
+                import base64
+                import struct
+
+                vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": vector})
+        return web.json_response({"object": "list", "data": data, "model": model,
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                                 headers=fault.headers if fault else None)
 
     def _auth_error(self, request: web.Request) -> web.Response | None:
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":

@@ -23,6 +23,9 @@ IMAGE_TOKENS = 1000  # worst-case-ish prompt tokens an image or file part is res
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    inputs = body.get("input")
+    if isinstance(inputs, list) and "messages" not in body:  # an embeddings request (formats/embeddings.py)
+        return sum(len(item) if isinstance(item, list) else len(item) // CHARS_PER_TOKEN + 1 for item in inputs)
     chars = 0
     media = 0
     for message in body.get("messages") or ():
@@ -164,6 +167,9 @@ NOTHING_TO_HOLD = WorstCase(0.0, 0.0, 0.0)
 def worst_case_cost(body: dict[str, Any], targets: list[tuple[ModelSpec, dict[str, Any] | None]]) -> WorstCase:
     """The most a request may cost on any of the models that may serve it (what a credit reservation holds).
     `targets`: each candidate model with the parameter overrides its route applies (a route may set max_tokens)."""
+    inputs = body.get("input")
+    if isinstance(inputs, list) and "messages" not in body:
+        return _worst_embedding_cost(inputs, targets)
     prompt_bound = prompt_token_bound(body)
     worst = WorstCase(0.0, 0.0, 0.0)
     for model, overrides in targets:
@@ -177,6 +183,20 @@ def worst_case_cost(body: dict[str, Any], targets: list[tuple[ModelSpec, dict[st
         total = prompt_cost + output * pricing.completion
         if total >= worst.total:
             worst = WorstCase(total, prompt_cost, pricing.completion)
+    return worst
+
+
+def _worst_embedding_cost(inputs: list[Any], targets: list[tuple[ModelSpec, dict[str, Any] | None]]) -> WorstCase:
+    """An embeddings request bills its inputs only: each at most its UTF-8 bytes (or its token ids), and at most the
+    model's context (each input is embedded on its own, so the cap is per input, not for the whole batch)."""
+    bounds = [len(item) if isinstance(item, list) else len(item.encode("utf-8", "surrogatepass")) for item in inputs]
+    worst = NOTHING_TO_HOLD
+    for model, _ in targets:
+        context = model.context_length
+        tokens = sum(min(bound, context) for bound in bounds) if context else sum(bounds)
+        cost = tokens * model.pricing.prompt + model.pricing.request
+        if cost >= worst.total:
+            worst = WorstCase(cost, cost, 0.0)
     return worst
 
 

@@ -380,16 +380,21 @@ class Call:
             exchange.dropped = [*self.parsed.dropped, *cannot]
             if cannot:
                 body = without(body, cannot)
-        if model.context_length and wants_middle_out(body, model.context_length):
+        if model.context_length and not self.front.native_only and wants_middle_out(body, model.context_length):
             body = self._middle_out(body, model, connection.config.type)
         ctx = RequestContext(model=model, connection=connection.config, stream=self.stream,
                              media=self.gateway.media if connection.config.type != "openai" else None)
         # The front passes the client's own body through when the connection speaks its API (a route's parameter
         # overrides can only be applied to the canonical body).
-        translator = None if candidate.overrides else self.front.native_translator(connection, ctx, self.parsed)
-        self.passthrough = translator is not None
-        if translator is None:
-            translator = connection.adapter.translator(ctx)
+        front = self.front
+        if front.native_only:  # embeddings: the front's own translator for every connection, its renderer answers
+            translator = front.native_translator(connection, ctx, self.parsed)
+            self.passthrough = False
+        else:
+            translator = None if candidate.overrides else front.native_translator(connection, ctx, self.parsed)
+            self.passthrough = translator is not None
+            if translator is None:
+                translator = connection.adapter.translator(ctx)
         upstream = await translator.request(body)
         upstream.headers["X-Request-Id"] = self.request.request_id
         if self.request.trace is not None:

@@ -20,6 +20,20 @@ if TYPE_CHECKING:
     from crossroads.routing.routes import RouteTable
 
 
+# OpenRouter's `output_modalities` query parameter on GET /models: a comma-separated list of output modalities (a model
+# is listed when it outputs any of them) or "all"; absent (or empty), text-output models only, so embedding and other
+# non-text models appear only when asked for (https://openrouter.ai/docs/guides/overview/models#query-parameters).
+DEFAULT_OUTPUT_MODALITIES: frozenset[str] = frozenset({"text"})
+
+
+def output_modalities_filter(value: str | None) -> frozenset[str] | None:
+    """The `output_modalities` query parameter as the set of modalities to list (None: every model)."""
+    names = frozenset(part.strip().lower() for part in (value or "").split(",") if part.strip())
+    if not names:
+        return DEFAULT_OUTPUT_MODALITIES
+    return None if "all" in names else names
+
+
 def _modality(spec: ModelSpec) -> str:
     return "+".join(spec.input_modalities) + "->" + "+".join(spec.output_modalities)
 
@@ -33,7 +47,7 @@ def _pricing(spec: ModelSpec) -> dict[str, str]:
 
 
 def model_item(spec: ModelSpec) -> dict[str, Any]:
-    return {
+    item = {
         "id": spec.id,
         "canonical_slug": spec.id,
         "hugging_face_id": None,
@@ -58,6 +72,9 @@ def model_item(spec: ModelSpec) -> dict[str, Any]:
         "supported_voices": None,
         "links": {"details": f"/api/v1/models/{spec.id}/endpoints"},
     }
+    if spec.dimensions is not None:
+        item["dimensions"] = spec.dimensions  # an embedding model's default vector size (not in OpenRouter's shape)
+    return item
 
 
 def route_item(entry: dict[str, Any]) -> dict[str, Any]:
@@ -110,14 +127,18 @@ class ModelViews:
             items = [item for item in items if item["id"] not in named] + list(named.values())
         items.sort(key=lambda m: m["id"])
         self.items = items
+        # Every output modality some listed model has: a filter is narrowed to these before it keys the cache, so
+        # any number of distinct query values share the few bodies there can be.
+        self._modalities = frozenset(m for item in items for m in item["architecture"]["output_modalities"])
         # Who may see each model: the workspaces owning the connections that serve it, or the route (None: everyone).
         self.owners: dict[str, set[str | None]] = {
             model_id: {d.connection.config.workspace for d in deps} for model_id, deps in registry.models.items()}
         if routes is not None:
             for name, route in routes.routes.items():
                 self.owners[name] = {route.workspace}
-        self.models_body = self._render(items)
-        self._bodies_for: dict[tuple[str | None, tuple[str, ...] | None], bytes] = {}
+        # The plain GET /models body (no restriction, OpenRouter's default filter), rendered once.
+        self.models_body = self._render(self._listed(items, DEFAULT_OUTPUT_MODALITIES))
+        self._bodies_for: dict[tuple[str | None, tuple[str, ...] | None, frozenset[str] | None], bytes] = {}
         self.providers_body = orjson.dumps({"data": [
             {"name": conn.name, "slug": conn.name, "type": conn.config.type,
              "models": sum(1 for deps in registry.models.values() for d in deps if d.connection is conn),
@@ -128,19 +149,32 @@ class ModelViews:
     def _render(items: list[dict[str, Any]]) -> bytes:
         return orjson.dumps({"data": items, "total_count": len(items), "links": {"next": None}})
 
+    @staticmethod
+    def _listed(items: list[dict[str, Any]], output_modalities: frozenset[str] | None) -> list[dict[str, Any]]:
+        """The items that output any of `output_modalities` (None: all)."""
+        if output_modalities is None:
+            return items
+        return [item for item in items if not output_modalities.isdisjoint(item["architecture"]["output_modalities"])]
+
     def visible(self, model_id: str, workspace: str | None) -> bool:
         """Whether a key of `workspace` (a name) sees the model: one of its connections (or the route) is everyone's
         or that workspace's."""
         owners = self.owners.get(model_id, {None})
         return None in owners or workspace in owners
 
-    def models_body_for(self, allowed_models: list[str] | None, workspace: str | None = None) -> bytes:
-        """/models as a key restricted to `allowed_models` (None: all) of `workspace` sees it: only what it may use
-        (rendered once per distinct allow-list and workspace)."""
-        cache_key = (workspace, tuple(allowed_models) if allowed_models is not None else None)
+    def models_body_for(self, allowed_models: list[str] | None, workspace: str | None = None,
+                        output_modalities: frozenset[str] | None = DEFAULT_OUTPUT_MODALITIES) -> bytes:
+        """/models as a key restricted to `allowed_models` (None: all) of `workspace` sees it: only what it may use,
+        of the models that output any of `output_modalities` (None: all; see `output_modalities_filter`). Rendered
+        once per distinct allow-list, workspace and filter; the unrestricted default is the prebuilt `models_body`."""
+        if allowed_models is None and workspace is None and output_modalities == DEFAULT_OUTPUT_MODALITIES:
+            return self.models_body
+        if output_modalities is not None:
+            output_modalities = output_modalities & self._modalities
+        cache_key = (workspace, tuple(allowed_models) if allowed_models is not None else None, output_modalities)
         body = self._bodies_for.get(cache_key)
         if body is None:
-            body = self._render([item for item in self.items
+            body = self._render([item for item in self._listed(self.items, output_modalities)
                                  if (allowed_models is None or model_allowed(allowed_models, item["id"]))
                                  and self.visible(item["id"], workspace)])
             if len(self._bodies_for) < 1024:

@@ -54,6 +54,8 @@ class ModelSpec:
     description: str = ""
     context_length: int | None = None
     max_completion_tokens: int | None = None
+    # An embedding model's default output vector size (its `dimensions` when a request names none); None for others.
+    dimensions: int | None = None
     input_modalities: list[str] = field(default_factory=lambda: ["text"])
     output_modalities: list[str] = field(default_factory=lambda: ["text"])
     tokenizer: str = "Other"
@@ -112,7 +114,8 @@ def model_from_dict(raw: dict[str, Any], *, vendor_params: list[str], base: Mode
         for name in ModelSpec.__slots__:
             if name not in ("id", "upstream"):
                 setattr(spec, name, getattr(base, name))
-    for key in ("name", "created", "description", "context_length", "max_completion_tokens", "tokenizer", "reasoning"):
+    for key in ("name", "created", "description", "context_length", "max_completion_tokens", "dimensions", "tokenizer",
+                "reasoning"):
         if raw.get(key) is not None:
             setattr(spec, key, raw[key])
     for key in ("input_modalities", "output_modalities"):

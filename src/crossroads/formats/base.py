@@ -40,7 +40,10 @@ class Renderer(Protocol):
 
 
 class Front(Protocol):
-    api_type: str  # recorded in the generation record: chat | messages | responses | completions
+    api_type: str  # recorded in the generation record: chat | messages | responses | completions | embeddings
+    # True: every connection is reached through `native_translator` and every answer rendered by the renderer (the
+    # embeddings front: no chat translation to fall back to). False: a native translator is a pass-through.
+    native_only: bool
 
     async def parse(self, request: Any, gateway: Any) -> Parsed:
         """The client's request (an `api.asgi.Request`) as a canonical chat request. Async because a front may

@@ -102,8 +102,9 @@ def parse_chat_request(raw: bytes) -> dict[str, Any]:
     return check_chat_body(parse_json_object(raw))
 
 
-def check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
-    """Check (and normalise in place) the fields of a chat request the gateway and its adapters read."""
+def check_routing_fields(body: dict[str, Any]) -> None:
+    """Check `model` (the first of `models` when absent), `models` and the scalar fields every request kind shares
+    (`provider`, `user`, ...): what routing and the records read, for chat and embeddings alike."""
     model = body.get("model")
     if model is None and isinstance(body.get("models"), list) and body["models"]:
         model = body["model"] = body["models"][0]
@@ -122,6 +123,11 @@ def check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
         check = _SCALAR_CHECKS.get(field)
         if check is not None and _wrong_type(value, check):
             raise _fail(field, check[2], value)
+
+
+def check_chat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """Check (and normalise in place) the fields of a chat request the gateway and its adapters read."""
+    check_routing_fields(body)
     for field in ("max_tokens", "max_completion_tokens"):
         value = body.get(field)
         if value is not None and value < 1:
@@ -348,6 +354,7 @@ class ChatFront:
     """POST /chat/completions: the canonical format itself (the openai adapter is already a near pass-through)."""
 
     api_type = "chat"
+    native_only = False  # see Front.native_only
 
     async def parse(self, request: Any, gateway: Any) -> Parsed:
         return Parsed(parse_chat_request(request.body))

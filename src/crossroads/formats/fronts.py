@@ -44,6 +44,7 @@ def _suffix(generation_id: str) -> str:
 # -- Anthropic Messages ------------------------------------------------------------------------------------------
 class MessagesFront:
     api_type = "messages"
+    native_only = False  # see Front.native_only
 
     async def parse(self, request: Any, gateway: Any) -> Parsed:
         native = parse_json_object(request.body)
@@ -85,6 +86,7 @@ class MessagesRendererAdapter(MessagesRenderer):
 # -- OpenAI Responses --------------------------------------------------------------------------------------------
 class ResponsesFront:
     api_type = "responses"
+    native_only = False  # see Front.native_only
 
     async def parse(self, request: Any, gateway: Any) -> Parsed:
         native = parse_json_object(request.body)
@@ -163,6 +165,7 @@ class ResponsesRendererAdapter(ResponsesRenderer):
 # -- legacy Completions ------------------------------------------------------------------------------------------
 class CompletionsFront:
     api_type = "completions"
+    native_only = False  # see Front.native_only
 
     async def parse(self, request: Any, gateway: Any) -> Parsed:
         native = parse_json_object(request.body)

@@ -228,14 +228,19 @@ class GeminiAdapter:
     def translator(self, ctx: RequestContext) -> GeminiTranslator:
         return GeminiTranslator(self, ctx)
 
+    def embeddings_translator(self, ctx: RequestContext) -> GeminiEmbeddingsTranslator:
+        return GeminiEmbeddingsTranslator(self, ctx)
+
     def error_message(self, status: int, raw: bytes) -> str:
         return error_text(raw, status)
 
-    def url(self, upstream: str, stream: bool) -> str:
+    def url(self, upstream: str, stream: bool, method: str | None = None) -> str:
         model = upstream[7:] if upstream.startswith("models/") else upstream
         # One path segment, whatever the id holds: the id must never change the path or the query the gateway's
         # key is sent to (ids are checked where they enter too; this is the last line).
         model = quote(model, safe="")
+        if method is not None:
+            return f"{self.base_url}/models/{model}:{method}"
         if stream:
             return f"{self.base_url}/models/{model}:streamGenerateContent?alt=sse"
         return f"{self.base_url}/models/{model}:generateContent"
@@ -787,3 +792,66 @@ def _tool_config(choice: Any) -> dict[str, Any] | None:
         if isinstance(name, str) and name:
             return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
     return None
+
+
+# -- embeddings --------------------------------------------------------------------------------------------------------
+GEMINI_MAX_BATCH = 100  # inputs per batchEmbedContents request (the API refuses more)
+# Gemini's task types for OpenRouter's free-form `input_type` (anything else is not sent).
+_TASK_TYPES = {"query": "RETRIEVAL_QUERY", "search_query": "RETRIEVAL_QUERY", "document": "RETRIEVAL_DOCUMENT",
+               "search_document": "RETRIEVAL_DOCUMENT", "classification": "CLASSIFICATION",
+               "clustering": "CLUSTERING", "semantic_similarity": "SEMANTIC_SIMILARITY"}
+_EMBED_CHARS_PER_TOKEN = 4  # Gemini reports no token count for embeddings: what is billed is estimated
+
+
+class GeminiEmbeddingsTranslator:
+    """OpenAI's embeddings request as one batchEmbedContents call (`dimensions` -> `outputDimensionality`); the
+    vectors come back as floats in input order. Gemini embeds text only, at most GEMINI_MAX_BATCH inputs a call."""
+
+    __slots__ = ("adapter", "ctx", "usage", "upstream_model", "upstream_id", "_estimate")
+
+    def __init__(self, adapter: GeminiAdapter, ctx: RequestContext) -> None:
+        self.adapter = adapter
+        self.ctx = ctx
+        self.usage = Usage()
+        self.upstream_model: str | None = None
+        self.upstream_id: str | None = None
+        self._estimate = 0
+
+    async def request(self, body: dict[str, Any]) -> UpstreamRequest:
+        inputs = body["input"]
+        if not isinstance(inputs[0], str):
+            raise GatewayError(400, f"Invalid request: model {self.ctx.model.id!r} (Gemini) embeds text; token-id "
+                                    "inputs cannot be sent to it", metadata={"field": "input"})
+        if len(inputs) > GEMINI_MAX_BATCH:
+            raise GatewayError(400, f"Invalid request: 'input' has {len(inputs)} items; Gemini embeds at most "
+                                    f"{GEMINI_MAX_BATCH} per request: split them", metadata={"field": "input"})
+        upstream = self.ctx.model.upstream
+        name = upstream if upstream.startswith("models/") else f"models/{upstream}"
+        extra: dict[str, Any] = {}
+        if body.get("dimensions") is not None:
+            extra["outputDimensionality"] = body["dimensions"]
+        task = _TASK_TYPES.get(str(body.get("input_type") or "").lower())
+        if task is not None:
+            extra["taskType"] = task
+        requests = [{"model": name, "content": {"parts": [{"text": text}]}, **extra} for text in inputs]
+        self._estimate = sum(-(-len(text) // _EMBED_CHARS_PER_TOKEN) for text in inputs)
+        return UpstreamRequest(url=self.adapter.url(upstream, False, "batchEmbedContents"),
+                               body=orjson.dumps({"requests": requests}), headers=self.adapter.headers)
+
+    def response(self, raw: bytes) -> dict[str, Any]:
+        data = orjson.loads(raw)
+        items = data.get("embeddings") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("values"), list)
+                                                   for i in items):
+            raise ValueError("upstream response has no embeddings")
+        self.usage.seen = True
+        meta = data.get("usageMetadata")
+        counted = meta.get("promptTokenCount") if isinstance(meta, dict) else None
+        self.usage.prompt_tokens = int(counted) if isinstance(counted, int) else self._estimate
+        return {"data": [item["values"] for item in items], "model": self.ctx.model.upstream}
+
+    def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
+        raise ValueError("embeddings do not stream")
+
+    def finish(self) -> list[dict[str, Any]]:
+        return []

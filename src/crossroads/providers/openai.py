@@ -86,6 +86,9 @@ def _sniff_file_type(base64_data: str) -> str:
     return sniff_mime(first) or "application/pdf"
 
 
+_EMBEDDING_FIELDS = ("input", "dimensions", "encoding_format", "user")  # what every OpenAI-compatible server takes
+
+
 class OpenAIAdapter:
     type = "openai"
 
@@ -97,12 +100,16 @@ class OpenAIAdapter:
         dropped = set(conn.vendor.drop_params) if conn.vendor else set()
         dropped |= GATEWAY_FIELDS if self.is_openrouter else OPENROUTER_ONLY_FIELDS
         self.dropped = frozenset(dropped)
+        self.embeddings_url = conn.base_url + "/embeddings"
         self.headers = {"Content-Type": "application/json", **conn.headers}
         if conn.api_key:
             self.headers["Authorization"] = f"Bearer {conn.api_key}"
 
     def translator(self, ctx: RequestContext) -> OpenAITranslator:
         return OpenAITranslator(self, ctx)
+
+    def embeddings_translator(self, ctx: RequestContext) -> OpenAIEmbeddingsTranslator:
+        return OpenAIEmbeddingsTranslator(self, ctx)
 
     def error_message(self, status: int, raw: bytes) -> str:
         return error_text(raw, status)
@@ -192,6 +199,47 @@ class OpenAITranslator:
                 choice["native_finish_reason"] = choice.get("native_finish_reason") or finish
                 choice["finish_reason"] = normalise_finish_reason(finish)
         return [chunk]
+
+    def finish(self) -> list[dict[str, Any]]:
+        return []
+
+
+class OpenAIEmbeddingsTranslator:
+    """POST {base_url}/embeddings: the client's request goes up as it came (the model replaced; `input_type` only to
+    OpenRouter, which knows it), the vectors come back in input order, base64 strings left as the upstream made
+    them."""
+
+    __slots__ = ("adapter", "ctx", "usage", "upstream_model", "upstream_id")
+
+    def __init__(self, adapter: OpenAIAdapter, ctx: RequestContext) -> None:
+        self.adapter = adapter
+        self.ctx = ctx
+        self.usage = Usage()
+        self.upstream_model: str | None = None
+        self.upstream_id: str | None = None
+
+    async def request(self, body: dict[str, Any]) -> UpstreamRequest:
+        out: dict[str, Any] = {"model": self.ctx.model.upstream}
+        for field in (*_EMBEDDING_FIELDS, "input_type") if self.adapter.is_openrouter else _EMBEDDING_FIELDS:
+            if body.get(field) is not None:
+                out[field] = body[field]
+        return UpstreamRequest(url=self.adapter.embeddings_url, body=orjson.dumps(out), headers=self.adapter.headers)
+
+    def response(self, raw: bytes) -> dict[str, Any]:
+        data = orjson.loads(raw)
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, dict) and "embedding" in i for i in items):
+            raise ValueError("upstream response has no embeddings")
+        self.upstream_model = data.get("model")
+        self.upstream_id = data.get("id")
+        if isinstance(data.get("usage"), dict):
+            self.usage.seen = True
+            self.usage.prompt_tokens = int(data["usage"].get("prompt_tokens") or 0)
+        ordered = sorted(items, key=lambda item: item.get("index") or 0)
+        return {"data": [item["embedding"] for item in ordered], "model": self.upstream_model}
+
+    def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
+        raise ValueError("embeddings do not stream")
 
     def finish(self) -> list[dict[str, Any]]:
         return []
