@@ -22,6 +22,9 @@ LIMIT_RESETS = (None, "daily", "weekly", "monthly")
 PRIORITIES = ("high", "normal", "low")
 
 
+MAX_OFFSET = 2**31 - 1  # a page offset every database binds (beyond it, there is nothing to page to anyway)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
 
@@ -298,14 +301,17 @@ async def list_keys(gateway: Gateway, request: Request) -> None:
     include_disabled = query.get("include_disabled", "true").lower() != "false"
     try:
         offset = int(query.get("offset", "0"))
+        if not 0 <= offset <= MAX_OFFSET:
+            raise ValueError
     except ValueError:
-        raise GatewayError(400, "Invalid request: 'offset' must be an integer", metadata={"field": "offset"}) from None
+        raise GatewayError(400, f"Invalid request: 'offset' must be an integer from 0 to {MAX_OFFSET}",
+                           metadata={"field": "offset"}) from None
     if scope is None and query.get("workspace"):
         workspace = gateway.keys.directory.workspace(query["workspace"])
         if workspace is None:
             raise GatewayError(404, f"Workspace {query['workspace']!r} not found", metadata={"field": "workspace"})
         scope = workspace.id
-    rows = await gateway.store.list_keys(offset=max(offset, 0))
+    rows = await gateway.store.list_keys(offset=offset)
     rows = [r for r in rows if (include_disabled or not r.disabled) and (scope is None or r.workspace_id == scope)
             and (member is None or r.user_id == member)]
     figures = await gateway.key_figures(rows)
@@ -400,9 +406,9 @@ def generation_payload(row: GenerationRow) -> dict[str, Any]:
         "streamed": row.streamed, "cancelled": row.cancelled,
         "finish_reason": row.finish_reason, "native_finish_reason": row.native_finish_reason,
         "origin": row.http_referer or "", "http_referer": row.http_referer, "app_id": None, "app_title": row.app_title,
-        # OpenRouter's api_type names the API family (all of these are "completions"); which endpoint the client
-        # spoke (chat, messages, responses, completions) is `endpoint`.
-        "api_type": "completions", "endpoint": row.api_type, "events": row.events, "created_at": _iso(row.created_at), "data_region": "global",
+        # OpenRouter's api_type names the API family ("embeddings", or "completions" for every chat-like endpoint);
+        # which endpoint the client spoke (chat, messages, responses, completions, embeddings) is `endpoint`.
+        "api_type": "embeddings" if row.api_type == "embeddings" else "completions", "endpoint": row.api_type, "events": row.events, "created_at": _iso(row.created_at), "data_region": "global",
         "external_user": row.user, "user": row.user, "user_agent": row.user_agent,
         "num_fetches": 0, "num_input_audio_prompt": 0, "num_media_completion": 0, "num_media_prompt": 0,
         "num_search_results": 0, "preset_id": None, "router": None, "service_tier": None,

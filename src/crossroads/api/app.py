@@ -18,7 +18,7 @@ from urllib.parse import unquote
 from crossroads.accounting.exchange import Exchange
 from crossroads.accounting.recorder import GenerationRecorder, NotCommitted
 from crossroads.accounting.spool import Spool, merge_spend
-from crossroads.api import account, stored, workspaces
+from crossroads.api import account, openapi, stored, workspaces
 from crossroads.api.asgi import (
     ClientGone,
     OpenStreams,
@@ -31,11 +31,12 @@ from crossroads.api.asgi import (
     respond_json,
 )
 from crossroads.api.inference import serve
-from crossroads.api.models import ModelViews
+from crossroads.api.models import ModelViews, output_modalities_filter
 from crossroads.config import Config, ensure_master_key, load_config
 from crossroads.dashboard.app import Dashboard
 from crossroads.errors import GatewayError
 from crossroads.formats.chat import ChatFront
+from crossroads.formats.embeddings import EmbeddingsFront
 from crossroads.formats.fronts import CompletionsFront, MessagesFront, ResponsesFront
 from crossroads.gate.auth import Authenticator, Principal
 from crossroads.gate.credits import (
@@ -144,6 +145,7 @@ class Gateway:
                 ("POST", "/messages/count_tokens", self._bind(stored.count_tokens), anthropic_error),
                 ("POST", "/responses", serve(self, self.responses_front), self.responses_front.error_body),
                 ("POST", "/completions", serve(self, CompletionsFront()), openai_error),
+                ("POST", "/embeddings", serve(self, EmbeddingsFront()), openai_error),
                 ("GET", "/models", self._models, openai_error),
                 ("GET", "/providers", self._providers, openai_error),
                 ("GET", "/key", self._bind(account.current_key), openai_error),
@@ -206,6 +208,8 @@ class Gateway:
         for prefix in API_PREFIXES:  # OAuth PKCE's code exchange: the code is the credential, not an API key
             self.routes[("POST", prefix + "/auth/keys")] = Endpoint(self._bind(account.exchange_auth_code), False,
                                                                     openai_error)
+        for prefix in API_PREFIXES:  # the OpenAPI document (api/openapi.py): public, as /health is
+            self.routes[("GET", prefix + "/openapi.json")] = Endpoint(openapi.serve, False, openai_error)
         # The dashboard signs its users in itself (a session cookie, not an API key).
         self.dashboard = Dashboard(self)
         for method, path, handler in self.dashboard.routes():
@@ -635,10 +639,12 @@ class Gateway:
         assert self.views is not None
         key = request.principal.key
         workspace = self.workspace_name(key.workspace_id) if key is not None and self.scoped_resources else None
+        # OpenRouter's `output_modalities` (default: text-output models; "embeddings", "all", ...).
+        modalities = output_modalities_filter(request.query().get("output_modalities"))
         if key is not None and (key.allowed_models is not None or workspace is not None):
-            await respond(request, 200, self.views.models_body_for(key.allowed_models, workspace))
+            await respond(request, 200, self.views.models_body_for(key.allowed_models, workspace, modalities))
             return
-        await respond(request, 200, self.views.models_body)
+        await respond(request, 200, self.views.models_body_for(None, None, modalities))
 
     def _warn_unknown_owners(self) -> None:
         """A connection or route owned by a workspace that does not exist (yet) serves no key: say so once."""
