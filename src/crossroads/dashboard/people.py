@@ -98,7 +98,7 @@ class PeoplePages:
             figures = await self.gateway.account_figures([f"mem:{workspace.id}:{m.user_id}" for m in memberships])
             for m in memberships:
                 user = directory.users.get(m.user_id)
-                used = figures[f"mem:{workspace.id}:{m.user_id}"].total
+                used = figures[f"mem:{workspace.id}:{m.user_id}"].in_period(m.budget_reset)
                 members.append({"m": m, "email": user.email if user is not None else m.user_id, "used": used,
                                 "share": _share(used, m.budget_limit), "you": m.user_id == access.user_id})
             if access.manages:
@@ -110,7 +110,8 @@ class PeoplePages:
         if access.workspace is None:
             raise GatewayError(400, "Choose a workspace first (the switcher at the top)")
         if not access.manages:
-            raise GatewayError(403, f"Only a workspace's owners and admins manage its members; you are a {access.role}")
+            raise GatewayError(403, "Only a workspace's owners and admins manage its members, environments and "
+                                    f"budgets; you are a {access.role}")
         return access.workspace
 
     async def invite(self, request: Request) -> None:
@@ -191,10 +192,10 @@ class PeoplePages:
             raise GatewayError(409, "A workspace keeps at least one owner: make someone else owner first")
 
     # -- budgets -----------------------------------------------------------------------------------------------------
-    async def budgets_page(self, request: Request, *, error: str | None = None, status: int = 200) -> None:
+    async def budgets_page(self, request: Request) -> None:
         if (access := await self.dashboard._signed_in(request)) is None:
             return
-        await self._budgets(request, access, error=error, status=status)
+        await self._budgets(request, access, error=None)
 
     async def _budgets(self, request: Request, access: Access, *, error: str | None, status: int = 200) -> None:
         workspace = access.workspace
