@@ -23,7 +23,6 @@ from crossroads.api.account import add_key, change_key, check_key_limit, key_cha
 from crossroads.api.asgi import Request, respond
 from crossroads.dashboard.access import Access, local_path, resolve
 from crossroads.dashboard.charts import bar_chart
-from crossroads.dashboard.oidc import OidcError, OidcSettings, OidcSignIn
 from crossroads.dashboard.people import PeoplePages, people_origin
 from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
 from crossroads.errors import GatewayError
@@ -78,8 +77,11 @@ class Dashboard:
         self.throttle = SignInThrottle()
         self.grants = PendingGrants()
         sso = gateway.config.server.oidc
-        self.oidc = OidcSignIn(OidcSettings(sso.issuer, sso.client_id, sso.client_secret, tuple(sso.scopes))) \
-            if sso is not None else None  # dashboard single sign-on (server.oidc)
+        self.oidc: Any = None  # dashboard single sign-on (server.oidc)
+        if sso is not None:  # imported only then: its JOSE and crypto libraries weigh megabytes in every worker
+            from crossroads.dashboard.oidc import OidcSettings, OidcSignIn
+
+            self.oidc = OidcSignIn(OidcSettings(sso.issuer, sso.client_id, sso.client_secret, tuple(sso.scopes)))
         self.people = PeoplePages(self)
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
@@ -306,6 +308,8 @@ class Dashboard:
     async def sso_start(self, request: Request) -> None:
         if self.oidc is None:
             raise GatewayError(404, "Single sign-on is not configured (server.oidc)")
+        from crossroads.dashboard.oidc import OidcError
+
         next_page = local_path(request.query().get("next"))
         try:
             url, pending = await self.oidc.start(self._sso_redirect_uri(request), next_page)
@@ -319,6 +323,8 @@ class Dashboard:
         by the provider's subject, else by verified email; or invited, when they came from an invitation link)."""
         if self.oidc is None:
             raise GatewayError(404, "Single sign-on is not configured (server.oidc)")
+        from crossroads.dashboard.oidc import OidcError
+
         address = (request.scope.get("client") or ("unknown",))[0]
         clear = self._sso_cookie(request, "", 0)
         try:
