@@ -2,12 +2,13 @@
 
 `python bench/floor.py --port P --upstream http://127.0.0.1:U/v1` runs a bare ASGI app under uvicorn (uvloop +
 httptools, access log off, no server/date headers: the same options `crossroads serve` uses) that, for
-`POST .../chat/completions`:
+`POST /v1/<path>` (`/v1/chat/completions`, `/v1/embeddings`, ...):
 
 1. reads the request body,
 2. parses it with orjson (to see `stream`) and serialises it again (the gateway must rewrite the model, so it
    re-serialises too),
-3. posts it upstream with one pooled aiohttp `ClientSession` (created once, at start-up),
+3. posts it to the same path under the upstream base URL (`/v1/embeddings` -> `<upstream>/embeddings`) with one
+   pooled aiohttp `ClientSession` (created once, at start-up),
 4. writes the answer back: whole for a completion; for a stream, line by line as the upstream sends it, one ASGI send
    per SSE event (the lines up to and including the blank line that ends it), like the gateway.
 
@@ -28,7 +29,8 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 
 class Floor:
     def __init__(self, upstream: str) -> None:
-        self.url = upstream.rstrip("/") + "/chat/completions"
+        self.base = upstream.rstrip("/")
+        self.urls: dict[str, str] = {}  # request path -> upstream URL, built once per path
         self.headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
         self.session: aiohttp.ClientSession | None = None
 
@@ -52,6 +54,14 @@ class Floor:
             await send({"type": "http.response.start", "status": 200, "headers": JSON_HEADERS})
             await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
             return
+        path = scope["path"]
+        url = self.urls.get(path)
+        if url is None:
+            if scope["method"] != "POST" or not path.startswith("/v1/"):
+                await send({"type": "http.response.start", "status": 404, "headers": JSON_HEADERS})
+                await send({"type": "http.response.body", "body": b'{"error":{"message":"not found"}}'})
+                return
+            url = self.urls[path] = self.base + path[3:]
         chunks = []
         while True:
             message = await receive()
@@ -61,7 +71,7 @@ class Floor:
         body = orjson.loads(b"".join(chunks))
         stream = body.get("stream") is True
         assert self.session is not None
-        async with self.session.post(self.url, data=orjson.dumps(body), headers=self.headers) as resp:
+        async with self.session.post(url, data=orjson.dumps(body), headers=self.headers) as resp:
             if not stream:
                 raw = await resp.read()
                 await send({"type": "http.response.start", "status": resp.status,

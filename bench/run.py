@@ -4,16 +4,17 @@
 
 Starts, each as its own process on a free 127.0.0.1 port: the fake upstream (bench/upstream.py), the floor
 (bench/floor.py) and the gateway (`python -m crossroads serve --config <generated yaml>`). For each target (upstream
-direct, floor, gateway) x workload (plain completion, 40-chunk stream) x concurrency (1, 32) it drives load for
---duration seconds with wrk (or bench/loadgen.py when wrk is missing) and records requests/s, p50/p99 latency and the
-CPU milliseconds per request of the SERVER process (utime+stime from /proc/<pid>/stat before and after, divided by the
-completed requests). It also reads the gateway's resident memory at idle after start-up. It prints a markdown report
-and writes it to bench/RESULTS.md. See bench/README.md.
+direct, floor, gateway) x workload (plain completion, 40-chunk stream, embeddings) x concurrency (1, 32) it drives
+load for --duration seconds with wrk (or bench/loadgen.py when wrk is missing) and records requests/s, p50/p99 latency
+and the CPU milliseconds per request of the SERVER process (utime+stime from /proc/<pid>/stat before and after, divided
+by the completed requests). It also reads the gateway's resident memory at idle after start-up. It prints a markdown
+report and writes it to bench/RESULTS.md. See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -40,7 +41,11 @@ MODEL = "bench/model"
 STREAM_CONTENT_CHUNKS = 40
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONCURRENCIES = (1, 32)
-WORKLOADS = ("plain", "stream")
+WORKLOADS = ("plain", "stream", "embeddings")
+# The workloads the targets below judge: the chat ones. Embeddings are measured and reported against the floor the same
+# way, as an informational section (issue 14), without a pass/fail target of their own.
+JUDGED_WORKLOADS = ("plain", "stream")
+EMBEDDING_DIMENSIONS = 1536  # what bench/upstream.py answers (the size of OpenAI's text-embedding-3-small)
 
 # Targets (rows of the report): CPU per request at most 2x the floor's, added p50 at concurrency 1 at most 0.5 ms,
 # resident memory at idle under 100 MB, p99 at concurrency 1 at most 1.5x the floor's (issue 13).
@@ -60,6 +65,20 @@ def request_body(stream: bool) -> bytes:
         "temperature": 0.7,
         "stream": stream,
     }, separators=(",", ":")).encode()
+
+
+def embeddings_body() -> bytes:
+    # One input, asked for as base64: what the openai Python and Node SDKs send when the caller names no
+    # encoding_format (they decode the vector themselves), so what most embeddings traffic looks like.
+    return json.dumps({
+        "model": MODEL,
+        "input": "The quick brown fox jumps over the lazy dog.",
+        "encoding_format": "base64",
+    }, separators=(",", ":")).encode()
+
+
+def body_for(workload: str) -> bytes:
+    return embeddings_body() if workload == "embeddings" else request_body(workload == "stream")
 
 
 def free_port() -> int:
@@ -152,9 +171,12 @@ class Server:
 @dataclass
 class Target:
     name: str
-    url: str
+    base: str  # up to and including the API prefix: http://127.0.0.1:P/v1 or http://127.0.0.1:P/api/v1
     server: Server
     key: str | None = None
+
+    def url(self, workload: str) -> str:
+        return self.base + ("/embeddings" if workload == "embeddings" else "/chat/completions")
 
 
 @dataclass
@@ -220,9 +242,33 @@ def post(url: str, body: bytes, key: str | None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def check_target(target: Target) -> None:
-    """One request of each kind, checked, so a misconfigured target never produces fast-but-wrong numbers."""
-    status, raw = post(target.url, request_body(False), target.key)
+def check_target(target: Target, workloads: list[str]) -> None:
+    """One request of each kind, checked, so a misconfigured target never produces fast-but-wrong numbers (the chat
+    kinds always; embeddings when measured, so a --src tree that predates them can still measure chat)."""
+    check_chat(target)
+    if "embeddings" in workloads:
+        check_embeddings(target)
+
+
+def check_embeddings(target: Target) -> None:
+    url = target.url("embeddings")
+    status, raw = post(url, embeddings_body(), target.key)
+    if status != 200:
+        raise RuntimeError(f"{target.name}: embeddings got HTTP {status} from {url}: {raw[:500]!r}")
+    data = json.loads(raw)
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0].get("embedding"), str):
+        raise RuntimeError(f"{target.name}: embeddings answer has no base64 vector: {raw[:500]!r}")
+    size = len(base64.b64decode(items[0]["embedding"], validate=True))
+    if size != EMBEDDING_DIMENSIONS * 4:
+        raise RuntimeError(f"{target.name}: embedding has {size / 4:g} float32s, expected {EMBEDDING_DIMENSIONS}")
+    if target.name == "gateway" and not data.get("usage", {}).get("cost"):
+        raise RuntimeError(f"gateway: embeddings answer has no cost in usage: {raw[:300]!r}...")
+
+
+def check_chat(target: Target) -> None:
+    url = target.url("plain")
+    status, raw = post(url, request_body(False), target.key)
     if status != 200:
         raise RuntimeError(f"{target.name}: plain completion got HTTP {status}: {raw[:500]!r}")
     data = json.loads(raw)
@@ -230,7 +276,7 @@ def check_target(target: Target) -> None:
         raise RuntimeError(f"{target.name}: plain completion has no content: {raw[:500]!r}")
     if target.name == "gateway" and not data.get("usage", {}).get("cost"):
         raise RuntimeError(f"gateway: plain completion has no cost in usage: {raw[:500]!r}")
-    status, raw = post(target.url, request_body(True), target.key)
+    status, raw = post(url, request_body(True), target.key)
     if status != 200:
         raise RuntimeError(f"{target.name}: stream got HTTP {status}: {raw[:500]!r}")
     events = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
@@ -245,13 +291,14 @@ def check_target(target: Target) -> None:
         raise RuntimeError("gateway: stream has no usage chunk with a cost")
 
 
-def load(target: Target, body_file: Path, connections: int, duration: float) -> dict:
+def load(target: Target, workload: str, body_file: Path, connections: int, duration: float) -> dict:
     wrk = shutil.which("wrk")
+    url = target.url(workload)
     if wrk:
         argv = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s",
-                str(BENCH / "wrk.lua"), target.url, "--", str(body_file), target.key or ""]
+                str(BENCH / "wrk.lua"), url, "--", str(body_file), target.key or ""]
     else:
-        argv = [PYTHON, str(BENCH / "loadgen.py"), target.url, str(body_file), "--connections", str(connections),
+        argv = [PYTHON, str(BENCH / "loadgen.py"), url, str(body_file), "--connections", str(connections),
                 "--duration", str(duration)]
         if target.key:
             argv += ["--key", target.key]
@@ -274,7 +321,7 @@ def measure(target: Target, upstream: Server, workload: str, connections: int, d
     upstream_before = cpu_ticks(upstream.pid)
     busy_before, total_before = system_ticks()
     loadgen_before = children_cpu_s()
-    result = load(target, body_files[workload], connections, duration)
+    result = load(target, workload, body_files[workload], connections, duration)
     server_ticks = cpu_ticks(target.server.pid) - server_before
     upstream_ticks = cpu_ticks(upstream.pid) - upstream_before
     busy_after, total_after = system_ticks()
@@ -399,7 +446,8 @@ def report(cells: list[Cell], idle_rss: float, loaded_rss: float, info: dict[str
         f"{duration:g} s of load per cell"
         + (f", {rounds} rounds, each cell's median (req/s: mean rate)" if rounds > 1 else "")
         + ". Plain = one non-streaming chat completion; stream = 40 content chunks + "
-        "finish chunk + usage chunk + [DONE].",
+        f"finish chunk + usage chunk + [DONE]; embeddings = one input embedded into a {EMBEDDING_DIMENSIONS}-float "
+        "vector, asked for as base64 (the openai SDKs' default).",
         "",
         "## Results",
         "",
@@ -421,23 +469,25 @@ def report(cells: list[Cell], idle_rss: float, loaded_rss: float, info: dict[str
     lines += ["", "## Targets", ""]
 
     verdict: dict[str, bool] = {}
-    # 1. CPU per request, gateway / floor, every workload and concurrency.
+    # 1. CPU per request, gateway / floor, every chat workload and concurrency.
     ratios = []
-    for workload in WORKLOADS:
+    for workload in JUDGED_WORKLOADS:
         for conc in CONCURRENCIES:
             g, f = by.get(("gateway", workload, conc)), by.get(("floor", workload, conc))
             if g and f and f.server_cpu_ms:
                 ratios.append((workload, conc, g.server_cpu_ms, f.server_cpu_ms, g.server_cpu_ms / f.server_cpu_ms))
     ok = bool(ratios) and all(r[4] <= CPU_RATIO_TARGET for r in ratios)
-    verdict["cpu"] = ok
-    partial = {(w, c) for w, c, *_ in ratios} != {(w, c) for w in WORKLOADS for c in CONCURRENCIES}
-    lines.append(f"1. **Gateway CPU per request at most {CPU_RATIO_TARGET:g}x the floor's: "
-                 f"{'met' if ok else 'NOT MET'}{' (of the cells measured)' if partial else ''}**")
+    if ratios:
+        verdict["cpu"] = ok
+    partial = {(w, c) for w, c, *_ in ratios} != {(w, c) for w in JUDGED_WORKLOADS for c in CONCURRENCIES}
+    lines.append(f"1. **Gateway CPU per request at most {CPU_RATIO_TARGET:g}x the floor's (chat workloads): "
+                 f"{('met' if ok else 'NOT MET') if ratios else 'not measured'}"
+                 f"{' (of the cells measured)' if ratios and partial else ''}**")
     for workload, conc, g_ms, f_ms, ratio in ratios:
         lines.append(f"   - {workload}, concurrency {conc}: {fmt(g_ms)} ms vs {fmt(f_ms)} ms = {ratio:.2f}x")
     # 2. Added p50 latency at concurrency 1.
     added = []
-    for workload in WORKLOADS:
+    for workload in JUDGED_WORKLOADS:
         g, f, u = (by.get((t, workload, 1)) for t in ("gateway", "floor", "upstream"))
         if g and f and u:
             added.append((workload, g.p50_ms - u.p50_ms, g.p50_ms - f.p50_ms))
@@ -471,7 +521,7 @@ def report(cells: list[Cell], idle_rss: float, loaded_rss: float, info: dict[str
                                    f"CPU {fmt(st.server_cpu_ms)} vs {fmt(g.server_cpu_ms)} ms/req")
     # 5. What the access log and the metrics cost (gateway vs gw-quiet).
     quiet_rows, overheads = [], []
-    for workload in WORKLOADS:
+    for workload in JUDGED_WORKLOADS:
         for conc in CONCURRENCIES:
             g, q = by.get(("gateway", workload, conc)), by.get(("gw-quiet", workload, conc))
             if g and q and q.server_cpu_ms:
@@ -484,13 +534,14 @@ def report(cells: list[Cell], idle_rss: float, loaded_rss: float, info: dict[str
         ok = all(o <= OBSERVABILITY_CPU_TARGET for o in overheads)
         verdict["observability"] = ok
         lines += ["", f"4. **Logging and metrics on (the default) cost at most {OBSERVABILITY_CPU_TARGET:.0%} more "
-                      f"CPU per request than off (gateway vs gw-quiet): {'met' if ok else 'NOT MET'}**",
+                      f"CPU per request than off (gateway vs gw-quiet, chat workloads): "
+                      f"{'met' if ok else 'NOT MET'}**",
                   "   gw-quiet runs with `--log-level warning` (no access line) and `server.metrics.enabled: "
                   "false`; gateway writes one JSON access line per request to a file and keeps the Prometheus "
                   "metrics.", *quiet_rows]
     # 5. Tail latency at concurrency 1: gateway p99 / floor p99, every workload (issue 13).
     tails = []
-    for workload in WORKLOADS:
+    for workload in JUDGED_WORKLOADS:
         g, f = by.get(("gateway", workload, 1)), by.get(("floor", workload, 1))
         if g and f and f.p99_ms:
             tails.append((workload, g, f, g.p99_ms / f.p99_ms))
@@ -498,10 +549,11 @@ def report(cells: list[Cell], idle_rss: float, loaded_rss: float, info: dict[str
         ok = all(t[3] <= P99_RATIO_TARGET for t in tails)
         verdict["tail"] = ok
         lines += ["", f"5. **Gateway p99 latency at concurrency 1 at most {P99_RATIO_TARGET:g}x the floor's (every "
-                      f"workload): {'met' if ok else 'NOT MET'}**"]
+                      f"chat workload): {'met' if ok else 'NOT MET'}**"]
         for workload, g, f, ratio in tails:
             lines.append(f"   - {workload}: p99 {fmt(g.p99_ms)} vs {fmt(f.p99_ms)} ms = {ratio:.2f}x "
                          f"(p50 {fmt(g.p50_ms)} vs {fmt(f.p50_ms)} ms = {g.p50_ms / f.p50_ms:.2f}x)")
+    lines += embeddings_section(by)
     if strict_rows:
         lines += ["", "## Cost of `accounting.durability: strict` (gw-strict vs gateway; informational)", "",
                   "Each generation record is committed (SQLite, WAL) before the response completes, instead of "
@@ -510,7 +562,39 @@ def report(cells: list[Cell], idle_rss: float, loaded_rss: float, info: dict[str
     return "\n".join(lines), verdict
 
 
-def profile(target: Target, body_file: Path, duration: float, out: str) -> None:
+def embeddings_section(by: dict[tuple[str, str, int], Cell]) -> list[str]:
+    """Embeddings against the floor, as the chat workloads are judged, but informational (issue 14): throughput, latency
+    and CPU per request at each concurrency, the added latency at concurrency 1 and what logging and metrics cost."""
+    rows = []
+    for conc in CONCURRENCIES:
+        g, f = by.get(("gateway", "embeddings", conc)), by.get(("floor", "embeddings", conc))
+        if not (g and f and f.rps and f.server_cpu_ms and f.p50_ms and f.p99_ms):
+            continue
+        rows.append(f"   - concurrency {conc}: {g.rps:,.0f} vs {f.rps:,.0f} req/s ({g.rps / f.rps:.2f}x); "
+                    f"p50 {fmt(g.p50_ms)} vs {fmt(f.p50_ms)} ms ({g.p50_ms / f.p50_ms:.2f}x); "
+                    f"p99 {fmt(g.p99_ms)} vs {fmt(f.p99_ms)} ms ({g.p99_ms / f.p99_ms:.2f}x); "
+                    f"CPU {fmt(g.server_cpu_ms)} vs {fmt(f.server_cpu_ms)} ms/req = "
+                    f"**{g.server_cpu_ms / f.server_cpu_ms:.2f}x** (chat's target: {CPU_RATIO_TARGET:g}x)")
+    if not rows:
+        return []
+    g, f, u = (by.get((t, "embeddings", 1)) for t in ("gateway", "floor", "upstream"))
+    if g and f and u:
+        rows.append(f"   - added p50 at concurrency 1: +{fmt(g.p50_ms - u.p50_ms)} ms over upstream direct; "
+                    f"{'+' if g.p50_ms >= f.p50_ms else ''}{fmt(g.p50_ms - f.p50_ms)} ms over the floor")
+    for conc in CONCURRENCIES:
+        g, q = by.get(("gateway", "embeddings", conc)), by.get(("gw-quiet", "embeddings", conc))
+        if g and q and q.server_cpu_ms:
+            rows.append(f"   - logging and metrics, concurrency {conc}: {fmt(g.server_cpu_ms)} vs "
+                        f"{fmt(q.server_cpu_ms)} ms CPU per request ({g.server_cpu_ms / q.server_cpu_ms - 1:+.1%} "
+                        "over gw-quiet)")
+    return ["", "## Embeddings: gateway vs floor (informational, no target)", "",
+            f"`POST /api/v1/embeddings` against the floor's `/v1/embeddings`: one input, a "
+            f"{EMBEDDING_DIMENSIONS}-float vector as base64 (about 8 KB). The floor passes the upstream's bytes "
+            "through; the gateway parses them and renders its own answer (gen- id, provider, usage with the cost) and "
+            "records the generation.", "", *rows]
+
+
+def profile(target: Target, workload: str, body_file: Path, duration: float, out: str) -> None:
     spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
     if not os.path.exists(spy):
         print("py-spy not found; install it with `.venv/bin/pip install py-spy`", file=sys.stderr)
@@ -522,7 +606,7 @@ def profile(target: Target, body_file: Path, duration: float, out: str) -> None:
     try:
         time.sleep(1.0)  # let py-spy attach
         before = cpu_ticks(target.server.pid)
-        result = load(target, body_file, 32, duration + 2)
+        result = load(target, workload, body_file, 32, duration + 2)
         ticks = cpu_ticks(target.server.pid) - before
         print(f"{target.name} under py-spy: {result['requests'] / (result['duration_us'] / 1e6):,.0f} req/s, "
               f"{result['requests']} requests, {ticks / CLK_TCK * 1000 / max(result['requests'], 1):.3f} CPU ms/req "
@@ -555,7 +639,7 @@ def main() -> int:
                         help="measure only these concurrencies (default: 1 32); e.g. `--concurrency 1` for the "
                              "latency targets alone")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS),
-                        help="measure only these workloads (default: plain stream)")
+                        help="measure only these workloads (default: plain stream embeddings)")
     args = parser.parse_args()
     concurrencies = [c for c in CONCURRENCIES if c in args.concurrency]
     workloads = [w for w in WORKLOADS if w in args.workloads]
@@ -598,9 +682,9 @@ def main() -> int:
                     tmp / "gateway-strict.log")
     # Another source tree (--src) may predate accounting.durability: measure the strict variant of this one only.
     servers = [upstream, floor, gateway] if args.src else [upstream, floor, gateway, quiet, strict]
-    body_files = {"plain": tmp / "plain.json", "stream": tmp / "stream.json"}
-    body_files["plain"].write_bytes(request_body(False))
-    body_files["stream"].write_bytes(request_body(True))
+    body_files = {workload: tmp / f"{workload}.json" for workload in WORKLOADS}
+    for workload, path in body_files.items():
+        path.write_bytes(body_for(workload))
 
     def on_signal(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -616,18 +700,17 @@ def main() -> int:
         idle_rss = rss_mb(gateway.pid)
         print(f"gateway idle RSS: {idle_rss:.1f} MB", file=sys.stderr)
         targets = [
-            Target("upstream", f"http://127.0.0.1:{up_port}/v1/chat/completions", upstream),
-            Target("floor", f"http://127.0.0.1:{floor_port}/v1/chat/completions", floor),
-            Target("gateway", f"http://127.0.0.1:{gw_port}/api/v1/chat/completions", gateway, MASTER_KEY),
+            Target("upstream", f"http://127.0.0.1:{up_port}/v1", upstream),
+            Target("floor", f"http://127.0.0.1:{floor_port}/v1", floor),
+            Target("gateway", f"http://127.0.0.1:{gw_port}/api/v1", gateway, MASTER_KEY),
         ]
         if quiet in servers:
-            targets.append(Target("gw-quiet", f"http://127.0.0.1:{quiet_port}/api/v1/chat/completions", quiet,
-                                  MASTER_KEY))
+            targets.append(Target("gw-quiet", f"http://127.0.0.1:{quiet_port}/api/v1", quiet, MASTER_KEY))
         if strict in servers:
-            targets.append(Target("gw-strict", f"http://127.0.0.1:{strict_port}/api/v1/chat/completions", strict,
-                                  MASTER_KEY))
+            targets.append(Target("gw-strict", f"http://127.0.0.1:{strict_port}/api/v1", strict, MASTER_KEY))
+        checked = ([] if args.skip_sweep else workloads) + ([args.py_spy_workload] if args.py_spy else [])
         for target in targets:
-            check_target(target)
+            check_target(target, checked)
         cells: list[Cell] = []
         if not args.skip_sweep:
             rounds: dict[tuple[str, str, int], list[Cell]] = {}
@@ -638,12 +721,12 @@ def main() -> int:
                 # affects the floor and the gateway alike.
                 for workload in workloads:
                     for target in targets:
-                        load(target, body_files[workload], 32, warmup)  # warm-up, not recorded
+                        load(target, workload, body_files[workload], 32, warmup)  # warm-up, not recorded
                     for conc in concurrencies:
                         for target in targets:
                             cell = measure(target, upstream, workload, conc, duration, body_files)
                             rounds.setdefault((target.name, workload, conc), []).append(cell)
-                            print(f"{cell.target:9} {cell.workload:6} c={cell.concurrency:<3} {cell.rps:9,.0f} req/s"
+                            print(f"{cell.target:9} {cell.workload:10} c={cell.concurrency:<3} {cell.rps:9,.0f} req/s"
                                   f"  p50 {cell.p50_ms:7.3f} ms  p99 {cell.p99_ms:7.3f} ms  "
                                   f"cpu {cell.server_cpu_ms:.3f} ms/req  other {cell.other_cpu_pct:.0f}%  "
                                   f"errors {cell.error_count}", file=sys.stderr)
@@ -663,7 +746,7 @@ def main() -> int:
                 print(f"written to {BENCH / 'RESULTS.md'}", file=sys.stderr)
         if args.py_spy:
             target = next(t for t in targets if t.name == args.py_spy_target)
-            profile(target, body_files[args.py_spy_workload], max(duration, 5.0), args.py_spy)
+            profile(target, args.py_spy_workload, body_files[args.py_spy_workload], max(duration, 5.0), args.py_spy)
         return 0 if all(verdict.values()) else 1
     finally:
         for server in reversed(servers):

@@ -4,6 +4,10 @@
 
 - `POST /v1/chat/completions`: a static chat completion, or, when the request body has `"stream": true`, a static SSE
   stream of 40 content chunks, a finish chunk, a usage chunk and `data: [DONE]` (OpenAI's chunk shape);
+- `POST /v1/embeddings`: one 1536-dimension embedding (the size of OpenAI's text-embedding-3-small), whatever the
+  input: a base64 string of little-endian float32s when the request asks `"encoding_format": "base64"` (what the
+  openai Python and Node SDKs send by default), else a list of floats (OpenAI's default for a bare HTTP request);
+  `dimensions` is ignored;
 - `GET /v1/models` and `GET /health`: small static JSON;
 - `GET /stats`: how many connections it accepted and requests it answered (so a benchmark can see whether a proxy
   reuses its upstream connections).
@@ -17,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import random
 import re
 import signal
+import struct
 
 import orjson
 
@@ -63,6 +70,33 @@ def _stream_body() -> bytes:
 
 
 STREAM = _stream_body()
+
+EMBEDDING_DIMENSIONS = 1536
+EMBEDDING_PROMPT_TOKENS = 8
+
+
+def _vector() -> list[float]:
+    """A fixed unit vector of float32 values (an embedding model computes in float32, and answers so)."""
+    rng = random.Random(14)
+    raw = [rng.gauss(0.0, 1.0) for _ in range(EMBEDDING_DIMENSIONS)]
+    norm = sum(v * v for v in raw) ** 0.5
+    return list(struct.unpack(f"<{EMBEDDING_DIMENSIONS}f", struct.pack(f"<{EMBEDDING_DIMENSIONS}f",
+                                                                        *(v / norm for v in raw))))
+
+
+def _embeddings_body(embedding: list[float] | str) -> bytes:
+    return orjson.dumps({
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
+        "model": MODEL,
+        "usage": {"prompt_tokens": EMBEDDING_PROMPT_TOKENS, "total_tokens": EMBEDDING_PROMPT_TOKENS},
+    })
+
+
+VECTOR = _vector()
+EMBEDDINGS_FLOAT = _embeddings_body(VECTOR)
+EMBEDDINGS_BASE64 = _embeddings_body(
+    base64.b64encode(struct.pack(f"<{EMBEDDING_DIMENSIONS}f", *VECTOR)).decode("ascii"))
 MODELS = orjson.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "created": CREATED,
                                                     "owned_by": "bench"}]})
 HEALTH = b'{"status":"ok"}'
@@ -75,11 +109,14 @@ def _response(status: bytes, content_type: bytes, body: bytes) -> bytes:
 
 R_COMPLETION = _response(b"200 OK", b"application/json", COMPLETION)
 R_STREAM = _response(b"200 OK", b"text/event-stream", STREAM)
+R_EMBEDDINGS_FLOAT = _response(b"200 OK", b"application/json", EMBEDDINGS_FLOAT)
+R_EMBEDDINGS_BASE64 = _response(b"200 OK", b"application/json", EMBEDDINGS_BASE64)
 R_MODELS = _response(b"200 OK", b"application/json", MODELS)
 R_HEALTH = _response(b"200 OK", b"application/json", HEALTH)
 R_NOT_FOUND = _response(b"404 Not Found", b"application/json", b'{"error":{"message":"not found"}}')
 R_BAD = _response(b"400 Bad Request", b"application/json", b'{"error":{"message":"bad request"}}')
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_BASE64 = re.compile(rb'"encoding_format"\s*:\s*"base64"')
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 
@@ -121,6 +158,8 @@ class FakeUpstream(asyncio.Protocol):
             STATS["requests"] += 1
             if method == b"POST" and target.endswith(b"/chat/completions"):
                 out.append(R_STREAM if _STREAM_TRUE.search(body) else R_COMPLETION)
+            elif method == b"POST" and target.endswith(b"/embeddings"):
+                out.append(R_EMBEDDINGS_BASE64 if _BASE64.search(body) else R_EMBEDDINGS_FLOAT)
             elif method == b"GET" and target.endswith(b"/models"):
                 out.append(R_MODELS)
             elif method == b"GET" and target == b"/health":

@@ -1,4 +1,4 @@
--- wrk script for bench/run.py: POSTs a chat request and prints the summary as one JSON line.
+-- wrk script for bench/run.py: POSTs a request (chat or embeddings) and prints the summary as one JSON line.
 -- Arguments after `--`: <path of a file holding the request body> [<bearer key>]
 
 local body_path, key
