@@ -48,3 +48,21 @@ def test_errors_surface_as_sdk_errors(client) -> None:
     with pytest.raises(errors.OpenRouterError) as err:
         client.chat.send(model="no/such-model", messages=[{"role": "user", "content": "Hi"}])
     assert err.value.status_code == 404
+
+
+def test_provider_max_price_as_the_sdk_sends_it(client) -> None:
+    """The SDK takes and sends max_price values as decimal strings only (its schema's type; a number is silently left
+    out of the request): a limit the model fits serves it, one it does not is OpenRouter's 404 naming the field."""
+    import httpx
+
+    sent: list[bytes] = []
+    with OpenRouter(api_key=MASTER_KEY, server_url=client.sdk_configuration.server_url,
+                    client=httpx.Client(event_hooks={"request": [lambda r: sent.append(r.content)]})) as sdk:
+        ok = sdk.chat.send(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}],
+                           provider={"max_price": {"prompt": "100", "completion": "100"}})
+        assert ok.choices[0].message.content == "Hello from the fake upstream."
+        assert b'"max_price":{' in sent[-1] and b'"prompt":"100"' in sent[-1]  # strings, as its schema says
+        with pytest.raises(errors.OpenRouterError) as refused:
+            sdk.chat.send(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}],
+                          provider={"max_price": {"prompt": "0.000001"}})
+    assert refused.value.status_code == 404 and "provider.max_price.prompt" in refused.value.body

@@ -233,6 +233,10 @@ def price_registry() -> Registry:
     ({"prompt": 4.99}, {"cheap"}),
     ({"completion": 100}, {"cheap", "dear"}),
     ({"request": 0}, {"cheap", "dear"}),  # no per-request price configured
+    # As OpenRouter's document and both official SDKs send them: decimal strings.
+    ({"prompt": "2"}, {"cheap"}),
+    ({"prompt": "4.99", "completion": "100"}, {"cheap"}),
+    ({"prompt": " 5 ", "completion": "10.0"}, {"cheap", "dear"}),
 ])
 def test_max_price_in_usd_per_million_tokens(max_price: dict, expected: set[str]) -> None:
     assert set(names(run(price_registry(), body(provider={"max_price": max_price})))) == expected
@@ -635,6 +639,10 @@ def test_route_entries_for_the_models_list(routed: tuple[Registry, RouteTable]) 
     ({"sort": "speed"}, "provider.sort"),
     ({"max_price": 3}, "provider.max_price"),
     ({"max_price": {"prompt": -1}}, "provider.max_price.prompt"),
+    ({"max_price": {"prompt": "-1"}}, "provider.max_price.prompt"),
+    ({"max_price": {"prompt": "1e3"}}, "provider.max_price.prompt"),
+    ({"max_price": {"prompt": "cheap"}}, "provider.max_price.prompt"),
+    ({"max_price": {"prompt": "nan"}}, "provider.max_price.prompt"),
     ({"max_price": {"tokens": 1}}, "provider.max_price.tokens"),
 ])
 def test_malformed_provider_preferences_are_400(provider: Any, field_name: str) -> None:

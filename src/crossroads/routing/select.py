@@ -45,6 +45,7 @@ too; `Candidate.route` names the route for logs and headers.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -215,11 +216,22 @@ def _max_price(value: Any) -> tuple[tuple[str, float], ...]:
     for key, limit in value.items():
         if key not in _PRICE_LIMITS:
             raise _invalid(f"provider.max_price.{key}", "one of " + ", ".join(_PRICE_LIMITS) + " (not another key)")
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
-            raise _invalid(f"provider.max_price.{key}", "a non-negative number")
+        if isinstance(limit, str):  # how OpenRouter's document and both SDKs send prices: decimal strings
+            limit = _decimal(limit)
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit < float("inf"):
+            raise _invalid(f"provider.max_price.{key}", "a non-negative number (or a decimal string such as \"1.5\")")
         # Divided the way Pricing.from_per_million divides, plus a hair of slack, so an equal limit passes.
         limits.append((key, limit / _PRICE_LIMITS[key] * (1 + 1e-9)))
     return tuple(limits)
+
+
+_DECIMAL = re.compile(r"\d+(\.\d+)?|\.\d+")
+
+
+def _decimal(text: str) -> float | None:
+    """A price written as a plain decimal string ("1.5", "0", ".25"); None for anything else."""
+    text = text.strip()
+    return float(text) if _DECIMAL.fullmatch(text) else None
 
 
 def unit_price(dep: Deployment) -> float:
