@@ -121,6 +121,14 @@ def check_within(principal: Principal, limit: float | None, *, workspace: Worksp
                                metadata={"field": "limit", "level": level, "ceiling": ceiling})
 
 
+async def allow_budget(gateway: Gateway, principal: Principal, limit: float | None, *, workspace: WorkspaceRow,
+                       what: str) -> None:
+    """A budget below the workspace (an environment's, a member's) may be set: every process can hold it
+    (`check_limit_allowed`), and it is not above a budget above it (`check_within`)."""
+    await gateway.check_limit_allowed({"limit": limit})
+    check_within(principal, limit, workspace=workspace, what=what)
+
+
 def with_fresh_directory(handler: Callable[[Gateway, Request], Awaitable[None]]
                          ) -> Callable[[Gateway, Request], Awaitable[None]]:
     """Every handler here starts from the database's directory, not this process's last poll: a request may reach
@@ -299,8 +307,7 @@ async def create_environment(gateway: Gateway, request: Request) -> None:
 async def add_environment(gateway: Gateway, principal: Principal, workspace: WorkspaceRow, name: str,
                           limit: float | None, reset: str | None) -> EnvironmentRow:
     """A new environment of a workspace the caller manages (the API, the dashboard)."""
-    await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
-    check_within(principal, limit, workspace=workspace, what="an environment's budget")
+    await allow_budget(gateway, principal, limit, workspace=workspace, what="an environment's budget")
     if _directory(gateway).environment(workspace.id, name) is not None:
         raise GatewayError(409, f"Workspace {workspace.name!r} has an environment named {name!r} already",
                            metadata={"field": "name"})
@@ -323,8 +330,7 @@ async def update_environment(gateway: Gateway, request: Request) -> None:
         changes["name"] = name
     if "budget" in body:
         limit, reset = parse_budget(body["budget"])
-        await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
-        check_within(request.principal, limit, workspace=workspace, what="an environment's budget")
+        await allow_budget(gateway, request.principal, limit, workspace=workspace, what="an environment's budget")
         changes["budget_limit"], changes["budget_reset"] = limit, reset
     updated = await DirectoryStore(gateway.store).update(EnvironmentRow, environment.id, changes) \
         if changes else environment
@@ -507,8 +513,7 @@ async def create_member(gateway: Gateway, request: Request) -> None:
     assert role is not None
     check_role_grant(request.principal, role)
     limit, reset = parse_budget(body.get("budget"))
-    await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
-    check_within(request.principal, limit, workspace=workspace, what="a member's budget")
+    await allow_budget(gateway, request.principal, limit, workspace=workspace, what="a member's budget")
     password = body.get("password")
     if password is not None and (not isinstance(password, str) or len(password) < MIN_LENGTH):
         raise GatewayError(400, f"Invalid request: 'password' must be a string of at least {MIN_LENGTH} characters",
@@ -539,8 +544,7 @@ async def update_member(gateway: Gateway, request: Request) -> None:
         changes["role"] = role
     if "budget" in body:
         limit, reset = parse_budget(body["budget"])
-        await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
-        check_within(request.principal, limit, workspace=workspace, what="a member's budget")
+        await allow_budget(gateway, request.principal, limit, workspace=workspace, what="a member's budget")
         changes["budget_limit"], changes["budget_reset"] = limit, reset
     updated = await DirectoryStore(gateway.store).update(MembershipRow, membership.id, changes) \
         if changes else membership

@@ -98,7 +98,8 @@ def resolve(session: Session, directory: Directory, *, key: KeyRow | None, user:
 
 def local_path(value: str | None) -> str:
     """Where to go next (after signing in, switching workspace): a path on this site only (never another site, not
-    even by `//host`)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    even by `//host`), without control characters."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value \
+            or any(ord(c) < 32 for c in value):
         return "/"
     return value

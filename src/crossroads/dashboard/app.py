@@ -23,7 +23,7 @@ from crossroads.api.account import add_key, change_key, check_key_limit, key_cha
 from crossroads.api.asgi import Request, respond
 from crossroads.dashboard.access import Access, local_path, resolve
 from crossroads.dashboard.charts import bar_chart
-from crossroads.dashboard.people import PeoplePages, people_origin
+from crossroads.dashboard.people import PeoplePages, over_https, people_origin
 from crossroads.dashboard.sessions import Session, SessionStore, SignInThrottle
 from crossroads.errors import GatewayError
 from crossroads.gate.directory import DEFAULT
@@ -225,7 +225,7 @@ class Dashboard:
         return fields
 
     def _cookie(self, request: Request, value: str, max_age: int | None = None) -> tuple[bytes, bytes]:
-        secure = request.scope.get("scheme") == "https" or request.header("x-forwarded-proto") == "https"
+        secure = over_https(request)
         attributes = f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
         if max_age is not None:
             attributes += f"; Max-Age={max_age}"
@@ -301,7 +301,7 @@ class Dashboard:
 
     def _sso_cookie(self, request: Request, value: str, max_age: int) -> tuple[bytes, bytes]:
         # SameSite=Lax: the provider's redirect back is a cross-site top-level navigation, which Strict would strip.
-        secure = "; Secure" if people_origin(request).startswith("https:") else ""
+        secure = "; Secure" if over_https(request) else ""
         return (b"set-cookie", f"{SSO_COOKIE}={value}; Path=/signin/sso; HttpOnly; SameSite=Lax; "
                                f"Max-Age={max_age}{secure}".encode())
 

@@ -33,6 +33,8 @@ from joserfc import jws, jwt
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import KeySet
 
+from crossroads.dashboard.access import local_path
+
 HTTP_TIMEOUT = 10.0  # seconds, for each request to the provider
 DISCOVERY_TTL = 3600.0  # seconds the discovery document and the provider's keys are cached
 LEEWAY = 60  # seconds of clock skew allowed on the ID token's exp and iat
@@ -103,7 +105,7 @@ class OidcSignIn:
         """The URL to send the browser to, and the `pending` string to keep in its cookie until `finish`."""
         discovery = await self._discover()
         pending = _Pending(state=secrets.token_urlsafe(32), nonce=secrets.token_urlsafe(32),
-                           verifier=secrets.token_urlsafe(48), next_page=_local_page(next_page),
+                           verifier=secrets.token_urlsafe(48), next_page=local_path(next_page),
                            created=int(time.time()))
         challenge = _b64url(hashlib.sha256(pending.verifier.encode("ascii")).digest())
         params = {
@@ -309,13 +311,6 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _local_page(page: str) -> str:
-    """A path on this site to return to after signing in: anything else (another host, a scheme) becomes "/"."""
-    if not page.startswith("/") or page.startswith("//") or "\\" in page or any(ord(c) < 32 for c in page):
-        return "/"
-    return page
 
 
 def _token_text(value: object) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from crossroads.api.workspaces import (
     add_environment,
     add_workspace,
+    allow_budget,
     check_role_grant,
     check_within,
     normal_email,
@@ -127,8 +128,7 @@ class PeoplePages:
                 raise GatewayError(400, f"The role must be one of {', '.join(ROLES)}")
             check_role_grant(access.principal, role)
             limit, reset = _budget_fields(fields)
-            await self.gateway.check_limit_allowed({"limit": limit})
-            check_within(access.principal, limit, workspace=workspace, what="a member's budget")
+            await allow_budget(self.gateway, access.principal, limit, workspace=workspace, what="a member's budget")
             user = next((u for u in self.gateway.keys.directory.users.values() if u.email == email), None)
             if user is not None and (workspace.id, user.id) in self.gateway.keys.directory.memberships:
                 raise GatewayError(409, f"{email} is a member of this workspace already")
@@ -411,10 +411,13 @@ def _budget_fields(fields: dict[str, str]) -> tuple[float | None, str | None]:
     return parse_budget({"limit": limit, "limit_reset": fields.get("limit_reset") or None})
 
 
+def over_https(request: Request) -> bool:
+    """Whether the browser reached the dashboard over TLS (directly, or through a proxy that says so)."""
+    return request.scope.get("scheme") == "https" or request.header("x-forwarded-proto") == "https"
+
+
 def people_origin(request: Request) -> str:
-    """This dashboard's origin as the browser sees it (for the invitation link)."""
-    scheme = "https" if request.header("x-forwarded-proto") == "https" or request.scope.get("scheme") == "https" \
-        else "http"
-    return f"{scheme}://{request.header('host') or 'localhost'}"
+    """This dashboard's origin as the browser sees it (invitation links, the single sign-on redirect URI)."""
+    return f"{'https' if over_https(request) else 'http'}://{request.header('host') or 'localhost'}"
 
 
