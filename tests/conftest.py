@@ -19,13 +19,26 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from tests import secret_watch
+from tests.fakes import oidc_provider
 from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.base import FakeUpstream
 from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
 
 MASTER_KEY = "sk-or-v1-" + "7" * 64
+# What the suite's gateways are given and must never give back (tests/secret_watch.py); tests/team.py adds its password.
+secret_watch.watch(MASTER_KEY, FakeOpenAI().api_key or "", FakeAnthropic().api_key or "", FakeGemini().api_key or "",
+                   oidc_provider.CLIENT_SECRET)
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    secret_watch.install()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    secret_watch.report(session)
 
 
 def free_port() -> int:
@@ -92,6 +105,7 @@ class GatewayProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        secret_watch.check_log(self.log(), f"the gateway in {self.workdir}")
         return self.proc.returncode
 
 

@@ -13,9 +13,11 @@ from typing import Any
 
 import httpx
 
+from tests import secret_watch
 from tests.conftest import MASTER_KEY, GatewayProcess
 
 PASSWORD = "correct horse battery"
+secret_watch.watch(PASSWORD)
 PRICED = {"prompt": 1.0, "completion": 2.0}
 PEOPLE = {"ann@alpha.test": ("alpha", "owner"), "mo@alpha.test": ("alpha", "member"),
           "vi@alpha.test": ("alpha", "viewer"), "bo@beta.test": ("beta", "member")}
