@@ -288,6 +288,9 @@ def test_live_answers_match_the_document(served: GatewayProcess, fake_openai, fa
     # Models and providers.
     c.call("GET", f"{API}/models")
     c.call("GET", f"{API}/models", query={"output_modalities": "all"})
+    c.call("GET", f"{API}/models", query={"limit": "1", "offset": "1", "sort": "newest", "q": "o"})
+    c.call("GET", f"{API}/models", query={"limit": "0"}, expect=400)
+    c.call("GET", f"{API}/models/count", query={"output_modalities": "all"})
     c.call("GET", f"{API}/models/{{author}}/{{slug}}/endpoints")
     c.call("GET", f"{API}/models/{{author}}/{{slug}}/endpoints", params={"author": "nobody", "slug": "x"}, expect=404)
     c.call("GET", f"{API}/providers")

@@ -31,7 +31,7 @@ from crossroads.api.asgi import (
     respond_json,
 )
 from crossroads.api.inference import serve
-from crossroads.api.models import ModelViews, output_modalities_filter
+from crossroads.api.models import ModelViews, model_query
 from crossroads.config import Config, ensure_master_key, load_config
 from crossroads.dashboard.app import Dashboard
 from crossroads.errors import GatewayError
@@ -147,6 +147,7 @@ class Gateway:
                 ("POST", "/completions", serve(self, CompletionsFront()), openai_error),
                 ("POST", "/embeddings", serve(self, EmbeddingsFront()), openai_error),
                 ("GET", "/models", self._models, openai_error),
+                ("GET", "/models/count", self._models_count, openai_error),
                 ("GET", "/providers", self._providers, openai_error),
                 ("GET", "/key", self._bind(account.current_key), openai_error),
                 ("GET", "/auth/key", self._bind(account.current_key), openai_error),
@@ -639,12 +640,21 @@ class Gateway:
         assert self.views is not None
         key = request.principal.key
         workspace = self.workspace_name(key.workspace_id) if key is not None and self.scoped_resources else None
-        # OpenRouter's `output_modalities` (default: text-output models; "embeddings", "all", ...).
-        modalities = output_modalities_filter(request.query().get("output_modalities"))
-        if key is not None and (key.allowed_models is not None or workspace is not None):
-            await respond(request, 200, self.views.models_body_for(key.allowed_models, workspace, modalities))
+        allowed = key.allowed_models if key is not None else None
+        if not request.scope.get("query_string"):  # the common case: the prebuilt body (text-output models)
+            await respond(request, 200, self.views.models_body_for(allowed, workspace))
             return
-        await respond(request, 200, self.views.models_body_for(None, None, modalities))
+        # OpenRouter's query: output_modalities (default text), filters, sort, offset/limit (api/models.py).
+        params = request.query()
+        await respond(request, 200, self.views.models_page(allowed, workspace, model_query(params), params,
+                                                           request.path))
+
+    async def _models_count(self, request: Request) -> None:
+        assert self.views is not None
+        key = request.principal.key
+        workspace = self.workspace_name(key.workspace_id) if key is not None and self.scoped_resources else None
+        await respond(request, 200, self.views.count_body(key.allowed_models if key is not None else None, workspace,
+                                                          model_query(request.query())))
 
     def _warn_unknown_owners(self) -> None:
         """A connection or route owned by a workspace that does not exist (yet) serves no key: say so once."""

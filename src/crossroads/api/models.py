@@ -5,7 +5,11 @@ The bodies only change when the configuration does, so they are rendered once pe
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import orjson
 
@@ -32,6 +36,102 @@ def output_modalities_filter(value: str | None) -> frozenset[str] | None:
     if not names:
         return DEFAULT_OUTPUT_MODALITIES
     return None if "all" in names else names
+
+
+# -- GET /models query: OpenRouter's paging, filters and sorts ---------------------------------------------------------
+# The openrouter SDKs send offset=0&limit=500 on every models.list and ask for the next page while a page is full, so
+# paging must be real. Filters need data a gateway may not have (use-case category, benchmark indices, distillation,
+# data region): a model without the figure does not match, as OpenRouter places models without a score last and
+# excludes them from a range. Sorts without data keep the default order (every model is "without a score").
+MAX_PAGE = 1000
+SORTS = frozenset({"most-popular", "newest", "top-weekly", "pricing-low-to-high", "pricing-high-to-low",
+                   "context-high-to-low", "throughput-high-to-low", "latency-low-to-high", "intelligence-high-to-low",
+                   "coding-high-to-low", "agentic-high-to-low", "design-arena-elo-high-to-low"})
+_NO_DATA_FILTERS = ("category", "distillable", "region", "min_intelligence_index", "max_intelligence_index",
+                    "min_coding_index", "max_coding_index", "min_agentic_index", "max_agentic_index",
+                    "min_tool_success_rate", "max_tool_success_rate")
+_LIST_FILTERS = ("input_modalities", "supported_parameters", "model_authors", "providers")
+_PRICE_FILTERS = ("min_price", "max_price", "min_output_price", "max_output_price")
+_INT_FILTERS = ("context", "min_age_days", "max_age_days")
+
+
+@dataclass(frozen=True)
+class ModelQuery:
+    """GET /models' query parameters, checked. `filters` is hashable: it keys the cache of filtered lists."""
+
+    output_modalities: frozenset[str] | None = DEFAULT_OUTPUT_MODALITIES
+    filters: tuple[tuple[str, Any], ...] = ()
+    sort: str | None = None
+    offset: int = 0
+    limit: int | None = None  # None: every match (OpenRouter's answer when neither offset nor limit is given)
+
+    @property
+    def plain(self) -> bool:
+        return not self.filters and self.sort is None and self.offset == 0 and self.limit is None
+
+
+def _query_int(name: str, value: str, minimum: int, maximum: int | None = None) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise GatewayError(400, f"Invalid query parameter {name}: expected an integer, got {value[:40]!r}") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise GatewayError(400, f"Invalid query parameter {name}: must be {bound}, got {number}")
+    return number
+
+
+def _query_price(name: str, value: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise GatewayError(400, f"Invalid query parameter {name}: expected a number, got {value[:40]!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise GatewayError(400, f"Invalid query parameter {name}: must be a non-negative number")
+    return number
+
+
+def _names(value: str) -> frozenset[str]:
+    return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+
+
+def model_query(params: dict[str, str]) -> ModelQuery:
+    """The query of GET /models (or /models/count) as a `ModelQuery`; 400 naming the parameter that is wrong."""
+    filters: list[tuple[str, Any]] = []
+    for name in _LIST_FILTERS:
+        if names := _names(params.get(name, "")):
+            filters.append((name, names))
+    for name in _PRICE_FILTERS:
+        if params.get(name, "").strip():
+            filters.append((name, _query_price(name, params[name])))
+    for name in _INT_FILTERS:
+        if params.get(name, "").strip():
+            filters.append((name, _query_int(name, params[name], 0)))
+    if text := params.get("q", "").strip().lower():
+        filters.append(("q", text[:256]))
+    if arch := params.get("arch", "").strip().lower():
+        filters.append(("arch", arch[:64]))
+    zdr = params.get("zdr", "").strip().lower()
+    if zdr not in ("", "true", "false"):
+        raise GatewayError(400, f"Invalid query parameter zdr: expected true, got {zdr[:40]!r}")
+    if zdr == "true":
+        filters.append(("zdr", True))
+    for name in _NO_DATA_FILTERS:
+        if params.get(name, "").strip():
+            filters.append((name, params[name].strip()[:64]))
+    sort = params.get("sort", "").strip().lower() or None
+    if sort is not None and sort not in SORTS:
+        raise GatewayError(400, f"Invalid query parameter sort: {sort[:40]!r} is not one of {', '.join(sorted(SORTS))}")
+    offset_text, limit_text = params.get("offset", "").strip(), params.get("limit", "").strip()
+    return ModelQuery(
+        output_modalities=output_modalities_filter(params.get("output_modalities")), filters=tuple(filters),
+        sort=sort, offset=_query_int("offset", offset_text, 0) if offset_text else 0,
+        limit=_query_int("limit", limit_text, 1, MAX_PAGE) if limit_text else None)
+
+
+def _per_million(price: str) -> float | None:
+    value = float(price)
+    return None if value < 0 else value * 1_000_000  # "-1": a route's prices vary
 
 
 def _modality(spec: ModelSpec) -> str:
@@ -139,6 +239,7 @@ class ModelViews:
         # The plain GET /models body (no restriction, OpenRouter's default filter), rendered once.
         self.models_body = self._render(self._listed(items, DEFAULT_OUTPUT_MODALITIES))
         self._bodies_for: dict[tuple[str | None, tuple[str, ...] | None, frozenset[str] | None], bytes] = {}
+        self._selected: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         self.providers_body = orjson.dumps({"data": [
             {"name": conn.name, "slug": conn.name, "type": conn.config.type,
              "models": sum(1 for deps in registry.models.values() for d in deps if d.connection is conn),
@@ -180,6 +281,88 @@ class ModelViews:
             if len(self._bodies_for) < 1024:
                 self._bodies_for[cache_key] = body
         return body
+
+    def _matches(self, item: dict[str, Any], name: str, value: Any) -> bool:
+        """Whether a /models item passes one filter of a `ModelQuery`."""
+        if name == "input_modalities":
+            return value <= set(item["architecture"]["input_modalities"])
+        if name == "supported_parameters":
+            return value <= set(item["supported_parameters"])
+        if name == "model_authors":
+            return item["id"].split("/", 1)[0].lower() in value
+        if name in ("providers", "zdr"):
+            connections = [d.connection for d in self.registry.models.get(item["id"], ())]
+            if name == "zdr":
+                return any(c.config.data_collection == "deny" for c in connections)
+            return any(c.name.lower() in value or c.config.type in value for c in connections)
+        if name == "q":
+            return value in item["id"].lower() or value in (item["name"] or "").lower()
+        if name == "arch":
+            return (item["architecture"]["tokenizer"] or "").lower() == value
+        if name == "context":
+            return (item["context_length"] or 0) >= value
+        if name in ("min_age_days", "max_age_days"):
+            if not item["created"]:
+                return False
+            age = (time.time() - item["created"]) / 86400
+            return age >= value if name == "min_age_days" else age <= value
+        if name in _PRICE_FILTERS:
+            price = _per_million(item["pricing"]["completion" if "output" in name else "prompt"])
+            return price is not None and (price >= value if name.startswith("min") else price <= value)
+        return False  # a filter on data no model here has (category, benchmark indices, region, distillable)
+
+    @staticmethod
+    def _sorted(items: list[dict[str, Any]], sort: str | None) -> list[dict[str, Any]]:
+        if sort == "newest":
+            return sorted(items, key=lambda m: -(m["created"] or 0))
+        if sort == "context-high-to-low":
+            return sorted(items, key=lambda m: -(m["context_length"] or 0))
+        if sort in ("pricing-low-to-high", "pricing-high-to-low"):
+            def average(m: dict[str, Any]) -> float | None:
+                prompt, completion = _per_million(m["pricing"]["prompt"]), _per_million(m["pricing"]["completion"])
+                return None if prompt is None or completion is None else (prompt + completion) / 2
+            priced = [(average(m), m) for m in items]
+            known = sorted(((p, m) for p, m in priced if p is not None), key=lambda pm: pm[0],
+                           reverse=sort == "pricing-high-to-low")
+            return [m for _, m in known] + [m for p, m in priced if p is None]  # varying prices last
+        return items  # no figures for the other sorts: every model is "without a score", the order stays
+
+    def select(self, allowed_models: list[str] | None, workspace: str | None, query: ModelQuery
+               ) -> list[dict[str, Any]]:
+        """Every /models item a key (allow-list, workspace) sees that matches `query`'s filters, in its sort order.
+        Cached per distinct key scope and query (paging aside), like `models_body_for`."""
+        output_modalities = query.output_modalities
+        if output_modalities is not None:
+            output_modalities = output_modalities & self._modalities
+        cache_key = (workspace, tuple(allowed_models) if allowed_models is not None else None, output_modalities,
+                     query.filters, query.sort)
+        selected = self._selected.get(cache_key)
+        if selected is None:
+            selected = self._sorted([
+                item for item in self._listed(self.items, output_modalities)
+                if (allowed_models is None or model_allowed(allowed_models, item["id"]))
+                and self.visible(item["id"], workspace)
+                and all(self._matches(item, name, value) for name, value in query.filters)], query.sort)
+            if len(self._selected) < 1024:
+                self._selected[cache_key] = selected
+        return selected
+
+    def models_page(self, allowed_models: list[str] | None, workspace: str | None, query: ModelQuery,
+                    params: dict[str, str], path: str) -> bytes:
+        """GET /models with filters, a sort or paging: the page, the total that matched, and the next page's URL."""
+        if query.plain:
+            return self.models_body_for(allowed_models, workspace, query.output_modalities)
+        selected = self.select(allowed_models, workspace, query)
+        end = len(selected) if query.limit is None else query.offset + query.limit
+        page = selected[query.offset:end]
+        following = None
+        if end < len(selected):
+            following = path + "?" + urlencode({**params, "offset": str(end), "limit": str(query.limit)})
+        return orjson.dumps({"data": page, "total_count": len(selected), "links": {"next": following}})
+
+    def count_body(self, allowed_models: list[str] | None, workspace: str | None, query: ModelQuery) -> bytes:
+        """GET /models/count: how many models the same query lists (paging aside)."""
+        return orjson.dumps({"data": {"count": len(self.select(allowed_models, workspace, query))}})
 
     def endpoints_body(self, model_id: str, others: dict[tuple[str, str], list[dict]] | None = None, *,
                        workspace: str | None = None, scoped: bool = False) -> bytes:

@@ -18,6 +18,7 @@ import orjson
 
 from crossroads import __version__
 from crossroads.api.asgi import Request, respond
+from crossroads.api.models import MAX_PAGE, SORTS
 
 Schema = dict[str, Any]
 
@@ -239,7 +240,9 @@ MODELS: dict[str, Schema] = {
         per_request_limits=null(ANY_OBJECT), supported_parameters=arr(s()), default_parameters=null(ANY_OBJECT),
         supported_voices=null(arr(s())), links=obj(details=s()),
         dimensions=i("An embedding model's default vector size")),
-    "ModelList": obj(["data"], data=arr(ref("Model")), total_count=i(), links=obj(next=null(s()))),
+    "ModelList": obj(["data", "total_count", "links"], data=arr(ref("Model")), total_count=i(),
+                     links=obj(["next"], next=null(s("The next page's URL, null on the last page")))),
+    "ModelCount": obj(["data"], data=obj(["count"], count=i())),
     "ModelEndpoints": obj(["data"], data=obj(
         ["id", "name", "architecture", "endpoints"], id=s(), name=s(), created=i(), description=null(s()),
         architecture=ARCHITECTURE,
@@ -435,6 +438,24 @@ INTERVAL = {"name": "interval", "in": "path", "required": True, "description": "
 PAGING = [query("offset", i(minimum=0), "Skip this many"), query("limit", i(minimum=1, maximum=500), "At most this many "
                                                                                                    "(default 50)")]
 
+MODEL_QUERY = [
+    query("output_modalities", s(), "Comma-separated output modalities a listed model has any of, or `all` "
+          "(default: text)"),
+    query("input_modalities", s(), "Comma-separated input modalities a listed model has all of"),
+    query("supported_parameters", s(), "Comma-separated parameters a listed model supports all of"),
+    query("q", s(), "Text in the model's id or name"),
+    query("context", i(minimum=0), "Minimum context length"),
+    query("min_price", n(minimum=0), "Minimum prompt price, USD per million tokens"),
+    query("max_price", n(minimum=0), "Maximum prompt price, USD per million tokens"),
+    query("min_output_price", n(minimum=0), "Minimum completion price, USD per million tokens"),
+    query("max_output_price", n(minimum=0), "Maximum completion price, USD per million tokens"),
+    query("arch", s(), "The model family (its tokenizer: GPT, Claude, Gemini, ...)"),
+    query("model_authors", s(), "Comma-separated authors (the id's first part)"),
+    query("providers", s(), "Comma-separated connection names or provider types serving the model"),
+    query("zdr", s(enum=["true", "false"]), "true: only models with a connection that keeps no prompts"),
+    query("min_age_days", i(minimum=0), "Listed at least this many days ago (`created`)"),
+    query("max_age_days", i(minimum=0), "Listed at most this many days ago (`created`)"),
+]
 W = f"{PREFIX}/workspaces/{{workspace}}"
 PATHS: dict[str, dict[str, Schema]] = {
     f"{PREFIX}/chat/completions": {"post": op("Chat completions", "inference", "ChatCompletion", stream=True,
@@ -454,8 +475,14 @@ PATHS: dict[str, dict[str, Schema]] = {
     },
     f"{PREFIX}/embeddings": {"post": op("Embeddings", "inference", "Embeddings", body="EmbeddingsRequest")},
     f"{PREFIX}/models": {"get": op("The models this key may use, in OpenRouter's shape", "models", "ModelList",
-                                   params=[query("output_modalities", s(), "Comma-separated output modalities a "
-                                                 "listed model has any of, or `all` (default: text)")])},
+                                   params=MODEL_QUERY + [
+                                       query("sort", s(enum=sorted(SORTS)), "Order (default: by id); sorts without "
+                                             "figures here keep the default order"),
+                                       query("offset", i(minimum=0), "Skip this many"),
+                                       query("limit", i(minimum=1, maximum=MAX_PAGE), "At most this many (default: "
+                                             "all, when offset is absent too)")])},
+    f"{PREFIX}/models/count": {"get": op("How many models the same query lists", "models", "ModelCount",
+                                         params=MODEL_QUERY)},
     f"{PREFIX}/models/{{author}}/{{slug}}/endpoints": {"get": op(
         "The connections serving a model, with their live status", "models", "ModelEndpoints",
         params=[path_param("author", "The model id's first part"), path_param("slug", "The rest of the model id")])},
