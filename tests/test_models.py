@@ -80,6 +80,19 @@ def test_endpoints(gateway) -> None:
     assert missing.status_code == 404
 
 
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4", "google/gemini-2.5-flash"])
+def test_endpoints_through_the_openrouter_sdk(gateway, model: str) -> None:
+    # Both SDKs require fields the published document leaves optional (supports_tool_choice, native_tools, ...).
+    author, slug = model.split("/")
+    with OpenRouter(api_key=MASTER_KEY, server_url=gateway.url + "/api/v1") as client:
+        listing = client.endpoints.list(author=author, slug=slug).data
+    assert listing.id == model
+    [endpoint] = listing.endpoints
+    assert endpoint.model_id == model and endpoint.native_tools == {} and endpoint.service_tier is None
+    assert endpoint.supports_tool_choice.auto and endpoint.supports_tool_choice.function
+    assert endpoint.uptime_last_5m is None or 0 <= endpoint.uptime_last_5m <= 100
+
+
 def test_providers(gateway) -> None:
     data = httpx.get(gateway.url + "/api/v1/providers", headers=AUTH).json()["data"]
     by_name = {p["name"]: p for p in data}

@@ -196,7 +196,10 @@ def _endpoint_item(dep: Deployment, health: HealthBoard | None,
     # other process's (`others`, routing/fleet_health.py). `status` is the worst breaker state of the endpoint and
     # its connection (0 ok, -5 probing, -10 ejected) anywhere.
     live = health.endpoint_stats(conn.name, spec.upstream, (others or {}).get((conn.name, spec.upstream), ())) \
-        if health is not None else {"status": 0, "uptime_last_30m": None}
+        if health is not None else {"status": 0, "uptime_last_5m": None, "uptime_last_30m": None,
+                                    "uptime_last_1d": None, "latency_last_30m": None, "throughput_last_30m": None}
+    # Every provider type's adapter translates each tool_choice variant (auto, none, required, a named function).
+    tool_choice = "tool_choice" in spec.supported_parameters
     return {
         "name": f"{conn.name} | {spec.upstream}",
         "model_id": spec.id,
@@ -213,6 +216,13 @@ def _endpoint_item(dep: Deployment, health: HealthBoard | None,
         **live,
         "data_collection": conn.config.data_collection,
         "supports_implicit_caching": spec.pricing.input_cache_read > 0,
+        # Required by both OpenRouter SDKs' endpoint models (the published document marks fewer): a gateway endpoint
+        # runs no provider-native server tools, sells no special service tier and transcribes no audio.
+        "supports_tool_choice": {"auto": tool_choice, "none": tool_choice, "required": tool_choice,
+                                 "function": tool_choice},
+        "native_tools": {},
+        "service_tier": None,
+        "supports_diarization": False,
     }
 
 
