@@ -152,13 +152,20 @@ def serve(args: argparse.Namespace) -> int:
         print("crossroads: warning: no provider connections configured (set OPENAI_API_KEY, ANTHROPIC_API_KEY, ... or "
               "use --config)", file=sys.stderr)
 
+    import functools
+
     import uvicorn
+
+    from crossroads.api.protocol import SlowClientProtocol
 
     options = {
         "host": host, "port": port, "workers": args.workers, "lifespan": "on", "access_log": False,
         "log_config": None,  # uvicorn's lines go through the gateway's own format (observability/logs.py)
         "log_level": args.log_level, "timeout_graceful_shutdown": config.server.shutdown_grace,
-        "http": "httptools", "server_header": False, "date_header": False,
+        # httptools with a deadline for request heads (slowloris); a partial pickles, so workers get it too.
+        "http": functools.partial(SlowClientProtocol, header_timeout=config.server.header_timeout,
+                                  body_timeout=config.server.body_timeout),
+        "server_header": False, "date_header": False,
         # The gateway reads neither the client's address nor the scheme: no X-Forwarded-* rewriting per request.
         "proxy_headers": False,
     }

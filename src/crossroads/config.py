@@ -8,6 +8,7 @@ value of a secret: master key, API keys, header values), and which the CLI print
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -77,6 +78,10 @@ class ServerConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     keepalive_interval: float = 3.0  # seconds between ": PROCESSING" comments while a stream waits on its upstream
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
+    # Slow clients (slowloris) get 408 and are disconnected: seconds to send a request's whole head, and seconds
+    # a body may pause between two of its parts (it must also average api/app.BODY_MIN_RATE after that long).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     discovery_timeout: float = 3.0  # seconds a connection's GET /models may take at start-up
     database_url: str | None = None  # SQLAlchemy-style URL; None = SQLite file in data_dir
     media: MediaConfig = field(default_factory=MediaConfig)
@@ -93,6 +98,12 @@ class ConnectionConfig:
     api_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float = 600.0
+    # Seconds to open the TCP (and TLS) connection: a black-holed upstream fails fast instead of holding the request
+    # for the whole `timeout`.
+    connect_timeout: float = 10.0
+    # Bytes the gateway accepts in one upstream answer (a whole body; a stream's total): a runaway or broken
+    # upstream cannot fill the gateway's memory or stream without end.
+    max_response_bytes: int = 64 * 1024 * 1024
     models: list[ModelSpec] = field(default_factory=list)
     vendor: Vendor | None = None  # catalog vendor whose models and parameter rules apply
     discover: bool = False  # ask the upstream's GET /models at start-up
@@ -353,14 +364,23 @@ def _read_accounting(r: _Reader) -> AccountingConfig:
 
 _SERVER_KEYS = {
     "host", "port", "master_key", "data_dir", "max_body_bytes", "keepalive_interval", "shutdown_grace",
-    "discovery_timeout", "media", "database_url", "oauth", "metrics", "oidc",
+    "header_timeout", "body_timeout", "discovery_timeout", "media", "database_url", "oauth", "metrics", "oidc",
 }
-_CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "models", "catalog", "discover",
-                    "data_collection", "rpm", "tpm", "responses_api", "workspace"}
+_CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "connect_timeout",
+                    "max_response_bytes", "models", "catalog", "discover", "data_collection", "rpm", "tpm",
+                    "responses_api", "workspace"}
 _MODEL_KEYS = {
     "id", "upstream", "name", "created", "description", "context_length", "max_completion_tokens", "dimensions",
     "pricing", "input_modalities", "output_modalities", "tokenizer", "reasoning", "supported_parameters",
 }
+
+
+def _seconds(r: _Reader, name: str, default: float) -> float:
+    """A positive, finite number of seconds (NaN and infinity pass `positive` but would break aiohttp's timers)."""
+    value = r.positive(name, float, default)
+    if not math.isfinite(value):
+        raise r.error(name, f"must be a finite number of seconds, got {value!r}")
+    return value
 
 
 def _read_server(r: _Reader) -> ServerConfig:
@@ -377,6 +397,8 @@ def _read_server(r: _Reader) -> ServerConfig:
     server.max_body_bytes = r.positive("max_body_bytes", int, server.max_body_bytes)
     server.keepalive_interval = r.positive("keepalive_interval", float, server.keepalive_interval)
     server.shutdown_grace = r.positive("shutdown_grace", float, server.shutdown_grace)
+    server.header_timeout = _seconds(r, "header_timeout", server.header_timeout)
+    server.body_timeout = _seconds(r, "body_timeout", server.body_timeout)
     server.discovery_timeout = r.positive("discovery_timeout", float, server.discovery_timeout)
     server.database_url = r.get("database_url", str, None)
     media = _Reader(r.source, r.key("media"), r.data.get("media"), {"allow", "max_bytes", "timeout"})
@@ -466,6 +488,8 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
         api_key=r.get("api_key", str, None, secret=True),
         headers={str(k): str(v) for k, v in headers.items()},
         timeout=r.positive("timeout", float, 600.0),
+        connect_timeout=_seconds(r, "connect_timeout", 10.0),
+        max_response_bytes=r.positive("max_response_bytes", int, 64 * 1024 * 1024),
         vendor=vendor,
     )
     models_raw = r.get("models", list, [])

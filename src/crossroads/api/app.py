@@ -32,6 +32,7 @@ from crossroads.api.asgi import (
 )
 from crossroads.api.inference import serve
 from crossroads.api.models import ModelViews, model_query
+from crossroads.api.protocol import CUT_OFF
 from crossroads.config import Config, ensure_master_key, load_config
 from crossroads.dashboard.app import Dashboard
 from crossroads.errors import GatewayError
@@ -66,6 +67,8 @@ from crossroads.store.rows import RECORD_COST, KeyRow
 from crossroads.store.signins import SignInStore
 
 log = logging.getLogger("crossroads")
+# Bytes a second a request body must average once it has had server.body_timeout (Apache's mod_reqtimeout default).
+BODY_MIN_RATE = 500
 
 Handler = Callable[[Request], Awaitable[None]]
 
@@ -438,7 +441,7 @@ class Gateway:
             if endpoint.auth:
                 request.principal = self.auth.authenticate(request.headers)
             if method in ("POST", "PATCH", "PUT"):
-                await request.read_body(self.config.server.max_body_bytes)
+                await read_paced_body(request, self.config.server.max_body_bytes, self.config.server.body_timeout)
                 # A client that disconnects cancels its handler, which closes the upstream request. (Handlers do
                 # all their bookkeeping before the answer's last byte, so a cancel after it loses nothing.) The
                 # watch starts only once the handler has run for WATCH_AFTER: most answers are complete sooner, and
@@ -583,6 +586,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
+        CUT_OFF.flush()  # the slow-client cut-offs counted since the last warning line
         await self.observability.stop()
         for task in list(self._background):
             task.cancel()
@@ -800,6 +804,41 @@ def fold_accounts(by_place: dict[Any, dict[str, float]]) -> dict[str | None, dic
                 for period, value in figures.items():
                     into[period] = into.get(period, 0.0) + value
     return out
+
+
+async def read_paced_body(request: Request, limit: int, idle_timeout: float) -> None:
+    """Request.read_body, paced against slow clients (slowloris): each part of the body must come at most
+    `idle_timeout` seconds after the one before, and, once the body has had `idle_timeout` seconds, it must keep up
+    BODY_MIN_RATE on average (a byte every half second never pauses for long, yet would hold the connection for
+    days). Otherwise 408, in the endpoint's error shape like any GatewayError, and the connection is closed. One timer
+    per request, moved on as parts arrive; a body that came with its head is read at once."""
+    receive = request.receive
+    loop = asyncio.get_running_loop()
+    started = last_part = loop.time()
+    received = 0
+    try:
+        async with asyncio.timeout(idle_timeout) as clock:
+            async def next_part() -> dict[str, Any]:
+                nonlocal received, last_part
+                message = await receive()
+                received += len(message.get("body", b""))
+                last_part = loop.time()
+                clock.reschedule(min(last_part + idle_timeout, started + idle_timeout + received / BODY_MIN_RATE))
+                return message
+
+            request.receive = next_part
+            try:
+                await request.read_body(limit)
+            finally:
+                request.receive = receive
+    except TimeoutError:
+        if last_part <= started + received / BODY_MIN_RATE:  # the pause's deadline came first, not the rate's
+            problem = f"no part of the request body arrived for {idle_timeout:g} s"
+        else:
+            problem = f"the request body arrived slower than {BODY_MIN_RATE} bytes a second"
+        client = request.scope.get("client")
+        CUT_OFF.record("body", client[0] if client else "unknown", problem)
+        raise GatewayError(408, f"Request timeout: {problem}", headers={"Connection": "close"}) from None
 
 
 def _watch_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
