@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -742,7 +743,11 @@ def main() -> int:
             text, verdict = report(cells, idle_rss, loaded_rss, info, command, duration, args.rounds)
             print(text)
             if not args.no_write:
-                (BENCH / "RESULTS.md").write_text(text)
+                results = BENCH / "RESULTS.md"
+                # bench/soak.py's section (between its markers) is its own: kept as it was.
+                soak = re.search(r"<!-- soak:begin.*?<!-- soak:end -->\n?", results.read_text(), re.S) \
+                    if results.exists() else None
+                results.write_text(text + ("\n" + soak.group(0) if soak else ""))
                 print(f"written to {BENCH / 'RESULTS.md'}", file=sys.stderr)
         if args.py_spy:
             target = next(t for t in targets if t.name == args.py_spy_target)

@@ -10,7 +10,13 @@
   `dimensions` is ignored;
 - `GET /v1/models` and `GET /health`: small static JSON;
 - `GET /stats`: how many connections it accepted and requests it answered (so a benchmark can see whether a proxy
-  reuses its upstream connections).
+  reuses its upstream connections), and how many `bench-slow` streams were cut by the peer.
+
+Two upstream model names misbehave on purpose (for bench/soak.py): `bench-fail-NNN` (any three-digit status, e.g.
+`bench-fail-500`, `bench-fail-429`) answers chat completions with that status and an OpenAI-shaped error body, and
+`bench-slow` streams its 40 chunks `SLOW_CHUNK_DELAY` seconds apart (so that a client can cancel mid-stream); a
+`bench-slow` stream must be the last request on its connection until it ends (no pipelining behind it, which no
+HTTP client does).
 
 Everything it answers is precomputed bytes, and the HTTP/1.1 handling is a bare asyncio protocol on uvloop (keep-alive,
 Content-Length bodies, no chunked request bodies), so it costs a few microseconds per request and is never what limits
@@ -70,6 +76,7 @@ def _stream_body() -> bytes:
 
 
 STREAM = _stream_body()
+SLOW_CHUNK_DELAY = 0.02  # seconds between two events of a `bench-slow` stream
 
 EMBEDDING_DIMENSIONS = 1536
 EMBEDDING_PROMPT_TOKENS = 8
@@ -116,11 +123,26 @@ R_HEALTH = _response(b"200 OK", b"application/json", HEALTH)
 R_NOT_FOUND = _response(b"404 Not Found", b"application/json", b'{"error":{"message":"not found"}}')
 R_BAD = _response(b"400 Bad Request", b"application/json", b'{"error":{"message":"bad request"}}')
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_FAIL_MODEL = re.compile(rb'"model"\s*:\s*"bench-fail-(\d{3})"')
+_SLOW_MODEL = re.compile(rb'"model"\s*:\s*"bench-slow"')
+_REASONS = {429: b"Too Many Requests", 500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable"}
 _BASE64 = re.compile(rb'"encoding_format"\s*:\s*"base64"')
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 
-STATS = {"connections": 0, "requests": 0}
+STATS = {"connections": 0, "requests": 0, "slow_streams_cut": 0}  # cut: the peer left a bench-slow stream
+
+
+def _failure(status: bytes) -> bytes:
+    code = int(status)
+    kind = b"rate_limit_exceeded" if code == 429 else b"server_error"
+    body = b'{"error":{"message":"bench upstream failure","type":"' + kind + b'","code":null}}'
+    return _response(status + b" " + _REASONS.get(code, b"Error"), b"application/json", body)
+
+
+SLOW_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: " + str(len(STREAM)).encode()
+             + b"\r\nconnection: keep-alive\r\n\r\n")
+SLOW_EVENTS = [event + b"\n\n" for event in STREAM.split(b"\n\n") if event]
 
 
 class FakeUpstream(asyncio.Protocol):
@@ -157,7 +179,16 @@ class FakeUpstream(asyncio.Protocol):
             method, target = parts[0], parts[1].split(b"?", 1)[0]
             STATS["requests"] += 1
             if method == b"POST" and target.endswith(b"/chat/completions"):
-                out.append(R_STREAM if _STREAM_TRUE.search(body) else R_COMPLETION)
+                failing = _FAIL_MODEL.search(body)
+                if failing:
+                    out.append(_failure(failing.group(1)))
+                elif not _STREAM_TRUE.search(body):
+                    out.append(R_COMPLETION)
+                elif _SLOW_MODEL.search(body):
+                    out.append(SLOW_HEAD + SLOW_EVENTS[0])
+                    self._write_slowly(1)
+                else:
+                    out.append(R_STREAM)
             elif method == b"POST" and target.endswith(b"/embeddings"):
                 out.append(R_EMBEDDINGS_BASE64 if _BASE64.search(body) else R_EMBEDDINGS_FLOAT)
             elif method == b"GET" and target.endswith(b"/models"):
@@ -171,6 +202,18 @@ class FakeUpstream(asyncio.Protocol):
         self.buffer = buffer
         if out and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _write_slowly(self, index: int) -> None:
+        """The rest of a `bench-slow` stream, one event per SLOW_CHUNK_DELAY, until it ends or the peer goes."""
+        def send() -> None:
+            if self.transport is None or self.transport.is_closing():
+                STATS["slow_streams_cut"] += 1  # the client (the proxy) gave up on the stream
+                return
+            self.transport.write(SLOW_EVENTS[index])
+            if index + 1 < len(SLOW_EVENTS):
+                self._write_slowly(index + 1)
+
+        asyncio.get_running_loop().call_later(SLOW_CHUNK_DELAY, send)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
