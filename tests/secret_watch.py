@@ -6,6 +6,7 @@ Installed by tests/conftest.py's `pytest_configure`, so it covers every test of 
   the members' password) never appears in one. A gateway API key (`sk-or-v1-` + 64 hex) appears in at most one
   answer, the one that created it (a POST, or the dashboard page that shows a new key once); a second sighting is a
   leak. Streams read chunk by chunk are not bodies read here: their content is model output.
+- Every page the browser tests load (tests/browser/conftest.py hands each document over).
 - Every gateway log (`GatewayProcess.stop` hands it over): no configured secret and no full API key, ever.
 A leak fails the test that read it (the assertion is raised in its `read()`) and, in case that test swallowed it
 (a reader thread), the session too (`report`, from conftest's `pytest_sessionfinish`).
@@ -41,7 +42,13 @@ def _masked(secret: bytes) -> str:
 
 def check_body(response: httpx.Response, body: bytes) -> None:
     request = response.request
-    where = f"{request.method} {request.url.path} -> {response.status_code}"
+    check_answer(request.method, request.url.path, response.status_code, response.headers.get("content-type", ""),
+                 body)
+
+
+def check_answer(method: str, path: str, status: int, content_type: str, body: bytes) -> None:
+    """One answer a client read: `body` of `method path`, which came back with `status` and `content_type`."""
+    where = f"{method} {path} -> {status}"
     for secret in _configured:
         if secret in body:
             _leak(f"{_masked(secret)} in the body of {where}")
@@ -51,8 +58,7 @@ def check_body(response: httpx.Response, body: bytes) -> None:
         first = _first_seen.get(match)
         if first is not None:
             _leak(f"API key {_masked(match)} shown again by {where} (first shown by {first})")
-        is_page = response.headers.get("content-type", "").startswith("text/html")
-        if request.method != "POST" and not is_page:
+        if method != "POST" and not content_type.startswith("text/html"):
             _leak(f"API key {_masked(match)} in the body of {where}, which creates no key")
         _first_seen[match] = where
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -47,8 +48,35 @@ def page(browser) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(10_000)
+    documents = watch_documents(context)
     yield page
+    check_documents(documents)
     context.close()
+
+
+def watch_documents(context) -> list:
+    """Every document the context's pages load, for tests/secret_watch.py once the test is done."""
+    documents: list = []
+    context.on("response", lambda response: documents.append(response)
+               if response.request.resource_type == "document" else None)
+    return documents
+
+
+def check_documents(documents: list) -> None:
+    from playwright.sync_api import Error
+
+    from tests import secret_watch
+
+    for response in documents:
+        if 300 <= response.status < 400:
+            continue  # a redirect has no body
+        try:
+            body = response.body()
+        except Error:  # evicted from the browser's buffer by later loads: seen by the test when it was shown
+            continue
+        url = urlsplit(response.url)
+        secret_watch.check_answer(response.request.method, url.path, response.status,
+                                  response.headers.get("content-type", ""), body)
 
 
 def screenshot(page, name: str) -> None:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import check_documents, screenshot, watch_documents
 from tests.conftest import MASTER_KEY, GatewayProcess
 from tests.team import PASSWORD, start_company
 
@@ -28,8 +28,10 @@ def fresh_page(browser) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(10_000)
+    documents = watch_documents(context)
     try:
         yield page
+        check_documents(documents)
     finally:
         context.close()
 
