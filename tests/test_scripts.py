@@ -39,6 +39,7 @@ def make_checkout(tmp_path: Path, *, real_crossroads: bool = False) -> Path:
     root = tmp_path / "checkout"
     shutil.copytree(REPO / "scripts", root / "scripts")
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    shutil.copy(REPO / "requirements.lock", root / "requirements.lock")
     bindir = root / ".venv" / "bin"
     bindir.mkdir(parents=True)
     (bindir / "python").write_text(FAKE_PYTHON)
@@ -90,7 +91,13 @@ def test_serve_installs_only_when_pyproject_changed(tmp_path: Path) -> None:
         assert calls(root) == [f"crossroads serve (in {root})"]
     (root / "pyproject.toml").write_text((root / "pyproject.toml").read_text() + "\n# changed\n")
     changed = run(["./scripts/serve"], cwd=root)
-    assert "pyproject.toml changed" in changed.stderr
+    assert "pyproject.toml or requirements.lock changed" in changed.stderr
+    lines = calls(root)
+    # The server's dependencies come from the lock, checked against its hashes, before the package itself.
+    assert lines.index("python -m pip install --require-hashes -r requirements.lock") < \
+        lines.index("python -m pip install -e .")
+    (root / "requirements.lock").write_text((root / "requirements.lock").read_text() + "\n# changed\n")
+    assert "requirements.lock changed" in run(["./scripts/serve"], cwd=root).stderr
     assert pip_installs(calls(root)) == ["python -m pip install -e ."]
     # scripts/test needs the test dependencies too: it installs them once, after which serve is content as well.
     tested = run(["./scripts/test"], cwd=root, env={"CROSSROADS_TEST_SERVICES": "0"})
