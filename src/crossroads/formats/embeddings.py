@@ -133,7 +133,11 @@ class EmbeddingsRenderer:
         data = []
         for index, vector in enumerate(result["data"]):
             if self.encoding == "base64" and not isinstance(vector, str):
-                vector = as_base64(vector)
+                try:
+                    vector = as_base64(vector)
+                except (struct.error, OverflowError):  # numbers the upstream sent that are not float32s
+                    raise GatewayError(502, f"Upstream {self.provider} sent an embedding that is not a list of "
+                                            "float32 numbers", metadata={"provider_name": self.provider}) from None
             data.append({"object": "embedding", "index": index, "embedding": vector})
         return orjson.dumps({
             "id": self.generation_id, "object": "list", "data": data, "model": self.model_id,

@@ -25,7 +25,9 @@ from crossroads.providers.base import (
     Usage,
     choice_chunk,
     error_text,
+    string_or_none,
     text_of,
+    token_count,
 )
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -51,10 +53,24 @@ JSON_SCHEMA_INSTRUCTION = (
     "no explanation and no Markdown code fences.\nJSON schema:\n")
 
 
-def normalise_finish_reason(stop_reason: str | None) -> str | None:
+def normalise_finish_reason(stop_reason: Any) -> str | None:
     if stop_reason is None:
         return None
-    return _FINISH_REASONS.get(stop_reason, "stop")
+    return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def _text(value: Any) -> str:
+    """A text field of an upstream block or delta ("" when it is missing or not text)."""
+    return value if isinstance(value, str) else ""
+
+
+def _block_index(payload: dict[str, Any]) -> int:
+    """The content block a stream event is about: blocks are told apart by it, so an index that is not a number
+    makes the stream unreadable."""
+    index = payload.get("index", 0)
+    if not isinstance(index, int):
+        raise ValueError("upstream stream event's content block index is not a number")
+    return index
 
 
 def sanitise_tool_id(raw: Any) -> str:
@@ -565,13 +581,13 @@ class AnthropicTranslator:
         usage = self.usage
         usage.seen = True
         if "input_tokens" in raw:
-            self._input = int(raw.get("input_tokens") or 0)
+            self._input = token_count(raw.get("input_tokens"))
         if "cache_read_input_tokens" in raw:
-            self._cache_read = int(raw.get("cache_read_input_tokens") or 0)
+            self._cache_read = token_count(raw.get("cache_read_input_tokens"))
         if "cache_creation_input_tokens" in raw:
-            self._cache_write = int(raw.get("cache_creation_input_tokens") or 0)
+            self._cache_write = token_count(raw.get("cache_creation_input_tokens"))
         if "output_tokens" in raw:
-            usage.completion_tokens = int(raw.get("output_tokens") or 0)
+            usage.completion_tokens = token_count(raw.get("output_tokens"))
         usage.prompt_tokens = self._input + self._cache_read + self._cache_write
         usage.cached_tokens = self._cache_read
         usage.cache_write_tokens = self._cache_write
@@ -580,8 +596,8 @@ class AnthropicTranslator:
         data = orjson.loads(raw)
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
             raise ValueError("upstream response is not an Anthropic message")
-        self.upstream_model = data.get("model")
-        self.upstream_id = data.get("id")
+        self.upstream_model = string_or_none(data.get("model"))
+        self.upstream_id = string_or_none(data.get("id"))
         if isinstance(data.get("usage"), dict):
             self._read_usage(data["usage"])
         texts: list[str] = []
@@ -589,16 +605,18 @@ class AnthropicTranslator:
         details: list[dict[str, Any]] = []
         tool_calls: list[dict[str, Any]] = []
         for block in data["content"]:
+            if not isinstance(block, dict):
+                continue
             kind = block.get("type")
             if kind == "text":
-                texts.append(block.get("text") or "")
+                texts.append(_text(block.get("text")))
             elif kind == "tool_use":
                 arguments = orjson.dumps(block.get("input") or {}).decode()
                 tool_calls.append({"index": len(tool_calls), "id": block.get("id"), "type": "function",
                                    "function": {"name": block.get("name"), "arguments": arguments}})
             elif kind == "thinking" and not self.exclude_reasoning:
-                reasoning.append(block.get("thinking") or "")
-                details.append({"type": "reasoning.text", "text": block.get("thinking") or "",
+                reasoning.append(_text(block.get("thinking")))
+                details.append({"type": "reasoning.text", "text": _text(block.get("thinking")),
                                 "signature": block.get("signature"), "format": REASONING_FORMAT,
                                 "index": len(details)})
             elif kind == "redacted_thinking" and not self.exclude_reasoning:
@@ -614,7 +632,7 @@ class AnthropicTranslator:
         stop_reason = data.get("stop_reason")
         return {"choices": [{"index": 0, "message": message,
                              "finish_reason": normalise_finish_reason(stop_reason),
-                             "native_finish_reason": stop_reason}]}
+                             "native_finish_reason": string_or_none(stop_reason)}]}
 
     # -- stream ----------------------------------------------------------------------------------------------
     def _chunk(self, delta: dict[str, Any], finish: str | None = None,
@@ -634,19 +652,22 @@ class AnthropicTranslator:
         if kind == "content_block_start":
             return self._block_start(payload)
         if kind == "message_start":
-            message = payload.get("message") or {}
-            self.upstream_model = message.get("model")
-            self.upstream_id = message.get("id")
+            message = payload.get("message")
+            if not isinstance(message, dict):
+                return []
+            self.upstream_model = string_or_none(message.get("model"))
+            self.upstream_id = string_or_none(message.get("id"))
             if isinstance(message.get("usage"), dict):
                 self._read_usage(message["usage"])
             return []
         if kind == "message_delta":
             if isinstance(payload.get("usage"), dict):
                 self._read_usage(payload["usage"])
-            stop_reason = (payload.get("delta") or {}).get("stop_reason")
+            delta = payload.get("delta")
+            stop_reason = delta.get("stop_reason") if isinstance(delta, dict) else None
             if stop_reason is None:
                 return []
-            return [self._chunk({}, normalise_finish_reason(stop_reason), stop_reason)]
+            return [self._chunk({}, normalise_finish_reason(stop_reason), string_or_none(stop_reason))]
         if kind == "error":
             err = payload.get("error")
             err_type = err.get("type") if isinstance(err, dict) else None
@@ -657,12 +678,14 @@ class AnthropicTranslator:
         return []
 
     def _block_start(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        block = payload.get("content_block") or {}
-        index = payload.get("index", 0)
+        block = payload.get("content_block")
+        if not isinstance(block, dict):
+            return []
+        index = _block_index(payload)
         kind = block.get("type")
         if kind == "text":
             self._blocks[index] = ("text", 0)
-            text = block.get("text")
+            text = _text(block.get("text"))
             return [self._chunk({"content": text})] if text else []
         if kind == "tool_use":
             ordinal = self._tools
@@ -683,7 +706,7 @@ class AnthropicTranslator:
                 detail = {"type": "reasoning.encrypted", "data": block.get("data"),
                           "format": REASONING_FORMAT, "index": ordinal}
                 return [self._chunk({"reasoning_details": [detail]})]
-            text = block.get("thinking")
+            text = _text(block.get("thinking"))
             return [self._thinking_chunk(text, ordinal)] if text else []
         return []  # server tool blocks and the like have no chat-completions counterpart
 
@@ -692,14 +715,16 @@ class AnthropicTranslator:
             {"type": "reasoning.text", "text": text, "format": REASONING_FORMAT, "index": ordinal}]})
 
     def _block_delta(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        delta = payload.get("delta") or {}
+        delta = payload.get("delta")
+        if not isinstance(delta, dict):
+            return []
         kind = delta.get("type")
         if kind == "text_delta":
-            text = delta.get("text")
+            text = _text(delta.get("text"))
             return [self._chunk({"content": text})] if text else []
-        known = self._blocks.get(payload.get("index", 0))
+        known = self._blocks.get(_block_index(payload))
         if kind == "input_json_delta":
-            fragment = delta.get("partial_json")
+            fragment = _text(delta.get("partial_json"))
             if not fragment or known is None:
                 return []
             return [self._chunk({"tool_calls": [{"index": known[1], "function": {"arguments": fragment}}]})]
@@ -707,10 +732,10 @@ class AnthropicTranslator:
             return []
         ordinal = known[1] if known is not None else 0
         if kind == "thinking_delta":
-            text = delta.get("thinking")
+            text = _text(delta.get("thinking"))
             return [self._thinking_chunk(text, ordinal)] if text else []
         if kind == "signature_delta":
-            signature = delta.get("signature")
+            signature = _text(delta.get("signature"))
             if not signature:
                 return []
             return [self._chunk({"reasoning_details": [{"type": "reasoning.text", "signature": signature,

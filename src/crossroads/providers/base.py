@@ -16,8 +16,12 @@ Canonical choices always carry `finish_reason` (one of stop | length | tool_call
 and `native_finish_reason` (the upstream's own value). Translators never build ids, `model`, `provider` or usage chunks:
 the front format stamps those, so every provider behaves the same to clients.
 
-A translator raises `UpstreamStreamError` for an error the upstream reports inside a stream, and `GatewayError` for a
-request it cannot express (a bad image URL, say).
+A translator raises `UpstreamStreamError` for an error the upstream reports inside a stream, `GatewayError` for a
+request it cannot express (a bad image URL, say), and `ValueError` for an answer or stream event it cannot read (not
+JSON, or JSON of another shape: the gateway answers 502). Whatever else an upstream sends, what `response()` and
+`stream_event()` return has the canonical shape every front renders: `choices` a list of objects, each `message` /
+`delta` an object, finish reasons from FINISH_REASONS (or None), `usage` counts whole numbers, `upstream_model` and
+`upstream_id` strings (or None).
 """
 
 from __future__ import annotations
@@ -124,11 +128,40 @@ def upstream_model_problem(model: str) -> str | None:
     return None
 
 
+def token_count(value: Any) -> int:
+    """A token count from an upstream's usage: absent or null is 0, a negative count is 0 (it would credit the
+    account); anything but a number (or a numeric string) is a ValueError."""
+    if not value:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"upstream token count is not a number: {value!r:.50}")
+    return max(int(value), 0)
+
+
+def object_or_empty(value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one: for the optional parts of an upstream's answer (usage
+    details and the like), which a broken upstream may send as null or as another type."""
+    return value if isinstance(value, dict) else {}
+
+
+def string_or_none(value: Any) -> str | None:
+    """`value` when it is a string (an upstream's model name or response id, recorded as text), else None."""
+    return value if isinstance(value, str) else None
+
+
 def choice_chunk(delta: dict[str, Any], finish_reason: str | None = None,
                  native_finish_reason: str | None = None, index: int = 0) -> dict[str, Any]:
     """A canonical stream chunk with one choice."""
     return {"choices": [{"index": index, "delta": delta, "finish_reason": finish_reason,
                          "native_finish_reason": native_finish_reason}]}
+
+
+def sse_frame(event: str | None, data: bytes) -> bytes:
+    """An upstream's server-sent event framed again for the client, as it came (a pass-through). A value the upstream
+    sent on several `data:` lines (read joined by LF, per the SSE spec) goes out on as many `data:` lines."""
+    if b"\n" in data:
+        data = data.replace(b"\n", b"\ndata: ")
+    return b"event: %s\ndata: %s\n\n" % (event.encode(), data) if event else b"data: %s\n\n" % data
 
 
 def text_of(content: Any) -> str:
@@ -138,7 +171,8 @@ def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "".join(text for p in content if isinstance(p, dict) and p.get("type") == "text"
+                       and isinstance(text := p.get("text"), str))
     return str(content)
 
 

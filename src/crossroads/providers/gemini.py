@@ -37,7 +37,9 @@ from crossroads.providers.base import (
     Usage,
     choice_chunk,
     error_text,
+    string_or_none,
     text_of,
+    token_count,
 )
 
 REASONING_FORMAT = "google-gemini-v1"
@@ -78,10 +80,10 @@ _VERSION = re.compile(r"gemini-(\d+)(?:\.(\d+))?")
 _MAX_STOP_SEQUENCES = 5  # Gemini rejects more
 
 
-def normalise_finish_reason(value: str | None, has_tool_calls: bool = False) -> str | None:
+def normalise_finish_reason(value: Any, has_tool_calls: bool = False) -> str | None:
     if value is None:
         return None
-    mapped = _FINISH_REASONS.get(value, "error")
+    mapped = _FINISH_REASONS.get(value, "error") if isinstance(value, str) else "error"
     if mapped == "stop" and has_tool_calls:
         return "tool_calls"
     return mapped
@@ -100,12 +102,12 @@ def _name_from_generated_id(call_id: str) -> str | None:
 
 
 def read_gemini_usage(meta: dict[str, Any], usage: Usage) -> None:
-    thoughts = int(meta.get("thoughtsTokenCount") or 0)
+    thoughts = token_count(meta.get("thoughtsTokenCount"))
     usage.seen = True
-    usage.prompt_tokens = int(meta.get("promptTokenCount") or 0)
-    usage.completion_tokens = int(meta.get("candidatesTokenCount") or 0) + thoughts
+    usage.prompt_tokens = token_count(meta.get("promptTokenCount"))
+    usage.completion_tokens = token_count(meta.get("candidatesTokenCount")) + thoughts
     usage.reasoning_tokens = thoughts
-    usage.cached_tokens = int(meta.get("cachedContentTokenCount") or 0)
+    usage.cached_tokens = token_count(meta.get("cachedContentTokenCount"))
 
 
 # -- JSON Schema -------------------------------------------------------------------------------------------------------
@@ -458,9 +460,9 @@ class GeminiTranslator:
     def _event_deltas(self, event: dict[str, Any]) -> list[tuple[dict[str, Any], str | None, str | None]]:
         """(delta, finish_reason, native_finish_reason) per thing the event says, in order; the finish comes last."""
         if event.get("modelVersion"):
-            self.upstream_model = event["modelVersion"]
+            self.upstream_model = string_or_none(event["modelVersion"])
         if event.get("responseId"):
-            self.upstream_id = event["responseId"]
+            self.upstream_id = string_or_none(event["responseId"])
         meta = event.get("usageMetadata")
         if isinstance(meta, dict):
             read_gemini_usage(meta, self.usage)
@@ -469,18 +471,23 @@ class GeminiTranslator:
             feedback = event.get("promptFeedback")
             block = feedback.get("blockReason") if isinstance(feedback, dict) else None
             if block:
-                return [({"role": "assistant", "content": ""}, "content_filter", block)]
+                return [({"role": "assistant", "content": ""}, "content_filter", string_or_none(block))]
             return []
+        if not isinstance(candidates, list) or not isinstance(candidates[0], dict):
+            raise ValueError("upstream candidates are not a list of objects")
         candidate = candidates[0]
         out: list[tuple[dict[str, Any], str | None, str | None]] = []
         content = candidate.get("content")
         parts = content.get("parts") if isinstance(content, dict) else None
         if parts:
+            if not isinstance(parts, list):
+                raise ValueError("upstream content parts are not a list")
             for part in parts:
-                self._part_deltas(part, out)
+                if isinstance(part, dict):
+                    self._part_deltas(part, out)
         native = candidate.get("finishReason")
         if native:
-            out.append(({}, normalise_finish_reason(native, self._tool_count > 0), native))
+            out.append(({}, normalise_finish_reason(native, self._tool_count > 0), string_or_none(native)))
         return out
 
     def _part_deltas(self, part: dict[str, Any], out: list[tuple[dict[str, Any], str | None, str | None]]) -> None:
@@ -492,7 +499,7 @@ class GeminiTranslator:
             index = self._tool_count
             self._tool_count += 1
             call_id = call.get("id") or generated_tool_call_id(self.upstream_id, index, name)
-            if signature:
+            if isinstance(signature, str) and signature:
                 out.append((self._encrypted(signature, call_id), None, None))
             arguments = orjson.dumps(call.get("args") or {}).decode()
             out.append(({"tool_calls": [{"index": index, "id": call_id, "type": "function",
@@ -500,7 +507,7 @@ class GeminiTranslator:
             return
         text = part.get("text")
         if part.get("thought") is True:
-            if text:
+            if isinstance(text, str) and text:
                 if self._text_detail is None:
                     self._text_detail = self._detail_count
                     self._detail_count += 1
@@ -511,7 +518,7 @@ class GeminiTranslator:
             if text:
                 self._text_detail = None
                 out.append(({"content": text}, None, None))
-        if signature:
+        if isinstance(signature, str) and signature:
             self._text_detail = None
             out.append((self._encrypted(signature, None), None, None))
 
@@ -847,7 +854,7 @@ class GeminiEmbeddingsTranslator:
         self.usage.seen = True
         meta = data.get("usageMetadata")
         counted = meta.get("promptTokenCount") if isinstance(meta, dict) else None
-        self.usage.prompt_tokens = int(counted) if isinstance(counted, int) else self._estimate
+        self.usage.prompt_tokens = token_count(counted) if type(counted) is int else self._estimate
         return {"data": [item["values"] for item in items], "model": self.ctx.model.upstream}
 
     def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:

@@ -13,7 +13,16 @@ from typing import Any
 import orjson
 
 from crossroads.config import ConnectionConfig
-from crossroads.providers.base import RequestContext, UpstreamRequest, UpstreamStreamError, Usage, error_text
+from crossroads.providers.base import (
+    RequestContext,
+    UpstreamRequest,
+    UpstreamStreamError,
+    Usage,
+    error_text,
+    object_or_empty,
+    string_or_none,
+    token_count,
+)
 
 # Fields of OpenRouter's request schema that a plain OpenAI-compatible server does not know.
 OPENROUTER_ONLY_FIELDS = frozenset({
@@ -30,21 +39,53 @@ _FINISH_REASONS = {
 }
 
 
-def normalise_finish_reason(value: str | None) -> str | None:
+def normalise_finish_reason(value: Any) -> str | None:
     if value is None:
         return None
-    return _FINISH_REASONS.get(value, "stop")
+    return _FINISH_REASONS.get(value, "stop") if isinstance(value, str) else "stop"
+
+
+_TEXT_FIELDS = frozenset({"role", "reasoning", "reasoning_content", "refusal"})
+
+
+def _check_message(message: Any, where: str) -> None:
+    """ValueError unless a choice's message (or a stream chunk's delta) has the shape the gateway and every front
+    read: an object, text fields strings, tool calls objects (with a function object and a numeric index)."""
+    if not isinstance(message, dict):
+        raise ValueError(f"upstream {where} is not an object")
+    for field, value in message.items():  # a delta has a key or two: cheaper than looking each field up
+        if value is None:
+            continue
+        if field == "content":
+            readable = isinstance(value, str | list)
+        elif field == "tool_calls":
+            readable = isinstance(value, list) and all(map(_is_tool_call, value))
+        elif field in _TEXT_FIELDS:
+            readable = isinstance(value, str)
+        else:
+            continue
+        if not readable:
+            raise ValueError(f"upstream {where}.{field} is not of the type OpenAI's API gives it")
+
+
+def _is_tool_call(call: Any) -> bool:
+    if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
+        return False
+    function = call.get("function")
+    # Arguments are JSON text; some servers send the object itself, which the fronts take too.
+    return function is None or (isinstance(function, dict)
+                                and isinstance(function.get("arguments"), str | dict | None))
 
 
 def read_openai_usage(raw: dict[str, Any], usage: Usage) -> None:
     usage.seen = True
-    usage.prompt_tokens = int(raw.get("prompt_tokens") or 0)
-    usage.completion_tokens = int(raw.get("completion_tokens") or 0)
-    prompt_details = raw.get("prompt_tokens_details") or {}
-    completion_details = raw.get("completion_tokens_details") or {}
-    usage.cached_tokens = int(prompt_details.get("cached_tokens") or raw.get("prompt_cache_hit_tokens") or 0)
-    usage.cache_write_tokens = int(prompt_details.get("cache_write_tokens") or 0)
-    usage.reasoning_tokens = int(completion_details.get("reasoning_tokens") or 0)
+    usage.prompt_tokens = token_count(raw.get("prompt_tokens"))
+    usage.completion_tokens = token_count(raw.get("completion_tokens"))
+    prompt_details = object_or_empty(raw.get("prompt_tokens_details"))
+    completion_details = object_or_empty(raw.get("completion_tokens_details"))
+    usage.cached_tokens = token_count(prompt_details.get("cached_tokens") or raw.get("prompt_cache_hit_tokens"))
+    usage.cache_write_tokens = token_count(prompt_details.get("cache_write_tokens"))
+    usage.reasoning_tokens = token_count(completion_details.get("reasoning_tokens"))
 
 
 def with_file_data_urls(messages: list[Any]) -> list[Any]:
@@ -152,19 +193,22 @@ class OpenAITranslator:
         data = orjson.loads(raw)
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise ValueError("upstream response has no choices")
-        self.upstream_model = data.get("model")
-        self.upstream_id = data.get("id")
+        self.upstream_model = string_or_none(data.get("model"))
+        self.upstream_id = string_or_none(data.get("id"))
         if isinstance(data.get("usage"), dict):
             read_openai_usage(data["usage"], self.usage)
         for choice in data["choices"]:
-            message = choice.get("message") or {}
+            if not isinstance(choice, dict):
+                raise ValueError("upstream choice is not an object")
+            message = choice.setdefault("message", {})
+            _check_message(message, "message")
             if "reasoning_content" in message:
                 reasoning = message.pop("reasoning_content")
                 if reasoning and not message.get("reasoning"):
                     message["reasoning"] = reasoning
             native = choice.get("native_finish_reason") or choice.get("finish_reason")
             choice["finish_reason"] = normalise_finish_reason(choice.get("finish_reason"))
-            choice["native_finish_reason"] = native
+            choice["native_finish_reason"] = string_or_none(native)
         return data
 
     def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
@@ -178,25 +222,35 @@ class OpenAITranslator:
             message = err.get("message") if isinstance(err, dict) else str(err)
             raise UpstreamStreamError(message or "upstream stream error", raw=err)
         if self.upstream_model is None:
-            self.upstream_model = chunk.get("model")
-            self.upstream_id = chunk.get("id")
+            self.upstream_model = string_or_none(chunk.get("model"))
+            self.upstream_id = string_or_none(chunk.get("id"))
         usage = chunk.pop("usage", None)
         if isinstance(usage, dict):
             read_openai_usage(usage, self.usage)
         choices = chunk.get("choices")
         if not choices:
             return []
+        if not isinstance(choices, list):
+            raise ValueError("upstream chunk's choices is not a list")
         for choice in choices:
+            if not isinstance(choice, dict):
+                raise ValueError("upstream chunk's choice is not an object")
             delta = choice.get("delta")
+            # Nearly every chunk is {"content": "..."}: checked here without a call.
+            if delta is not None and not (delta.__class__ is dict and len(delta) == 1
+                                          and delta.get("content").__class__ is str):
+                _check_message(delta, "delta")
             if delta and "reasoning_content" in delta:
                 reasoning = delta.pop("reasoning_content")
                 if reasoning and not delta.get("reasoning"):
                     delta["reasoning"] = reasoning
             finish = choice.get("finish_reason")
             if finish is None:
-                choice.setdefault("native_finish_reason", None)
+                native = choice.setdefault("native_finish_reason", None)
+                if native is not None and not isinstance(native, str):
+                    choice["native_finish_reason"] = None
             else:
-                choice["native_finish_reason"] = choice.get("native_finish_reason") or finish
+                choice["native_finish_reason"] = string_or_none(choice.get("native_finish_reason") or finish)
                 choice["finish_reason"] = normalise_finish_reason(finish)
         return [chunk]
 
@@ -228,13 +282,15 @@ class OpenAIEmbeddingsTranslator:
     def response(self, raw: bytes) -> dict[str, Any]:
         data = orjson.loads(raw)
         items = data.get("data") if isinstance(data, dict) else None
-        if not isinstance(items, list) or not all(isinstance(i, dict) and "embedding" in i for i in items):
+        # A vector is a list of numbers, or base64 text when the upstream encoded it as asked; the index orders them.
+        if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("embedding"), list | str)
+                                                  and isinstance(i.get("index") or 0, int) for i in items):
             raise ValueError("upstream response has no embeddings")
-        self.upstream_model = data.get("model")
-        self.upstream_id = data.get("id")
+        self.upstream_model = string_or_none(data.get("model"))
+        self.upstream_id = string_or_none(data.get("id"))
         if isinstance(data.get("usage"), dict):
             self.usage.seen = True
-            self.usage.prompt_tokens = int(data["usage"].get("prompt_tokens") or 0)
+            self.usage.prompt_tokens = token_count(data["usage"].get("prompt_tokens"))
         ordered = sorted(items, key=lambda item: item.get("index") or 0)
         return {"data": [item["embedding"] for item in ordered], "model": self.upstream_model}
 

@@ -17,6 +17,9 @@ from crossroads.providers.base import (
     UpstreamStreamError,
     Usage,
     choice_chunk,
+    object_or_empty,
+    string_or_none,
+    token_count,
 )
 
 _FINISH = {"completed": "stop", "incomplete": "length", "failed": "error", "cancelled": "error"}
@@ -24,10 +27,10 @@ _FINISH = {"completed": "stop", "incomplete": "length", "failed": "error", "canc
 
 def read_responses_usage(raw: dict[str, Any], usage: Usage) -> None:
     usage.seen = True
-    usage.prompt_tokens = int(raw.get("input_tokens") or 0)
-    usage.completion_tokens = int(raw.get("output_tokens") or 0)
-    usage.cached_tokens = int((raw.get("input_tokens_details") or {}).get("cached_tokens") or 0)
-    usage.reasoning_tokens = int((raw.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
+    usage.prompt_tokens = token_count(raw.get("input_tokens"))
+    usage.completion_tokens = token_count(raw.get("output_tokens"))
+    usage.cached_tokens = token_count(object_or_empty(raw.get("input_tokens_details")).get("cached_tokens"))
+    usage.reasoning_tokens = token_count(object_or_empty(raw.get("output_tokens_details")).get("reasoning_tokens"))
 
 
 class ResponsesPassthrough:
@@ -49,15 +52,18 @@ class ResponsesPassthrough:
 
     def _finished(self, response: dict[str, Any]) -> dict[str, Any]:
         self.final_response = response
-        self.upstream_model = response.get("model")
-        self.upstream_id = response.get("id")
+        self.upstream_model = string_or_none(response.get("model"))
+        self.upstream_id = string_or_none(response.get("id"))
         if isinstance(response.get("usage"), dict):
             read_responses_usage(response["usage"], self.usage)
-        status = response.get("status")
-        reason = _FINISH.get(status, "stop")
-        if reason == "length" and (response.get("incomplete_details") or {}).get("reason") == "content_filter":
+        status = string_or_none(response.get("status"))
+        reason = _FINISH.get(status, "stop") if status is not None else "stop"
+        incomplete = object_or_empty(response.get("incomplete_details"))
+        if reason == "length" and incomplete.get("reason") == "content_filter":
             reason = "content_filter"
-        if reason == "stop" and any(item.get("type") == "function_call" for item in response.get("output") or ()):
+        output = response.get("output")
+        if reason == "stop" and isinstance(output, list) and any(
+                isinstance(item, dict) and item.get("type") == "function_call" for item in output):
             reason = "tool_calls"
         return {"finish_reason": reason, "native_finish_reason": status}
 
@@ -66,8 +72,10 @@ class ResponsesPassthrough:
         if not isinstance(data, dict) or not isinstance(data.get("output"), list):
             raise ValueError("upstream Responses body has no output")
         finish = self._finished(data)
-        text = "".join(part.get("text", "") for item in data["output"] if item.get("type") == "message"
-                       for part in item.get("content") or () if part.get("type") == "output_text")
+        messages = [item for item in data["output"] if isinstance(item, dict) and item.get("type") == "message"]
+        text = "".join(part["text"] for item in messages if isinstance(item.get("content"), list)
+                       for part in item["content"] if isinstance(part, dict) and part.get("type") == "output_text"
+                       and isinstance(part.get("text"), str))
         return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, **finish}]}
 
     def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
@@ -76,20 +84,23 @@ class ResponsesPassthrough:
                         "response.reasoning_summary_text.delta", "response.completed", "response.incomplete",
                         "response.failed", "error"):
             return []
-        payload = orjson.loads(data)
+        payload = object_or_empty(orjson.loads(data))
         if kind == "error":
             raise UpstreamStreamError(str(payload.get("message") or "upstream stream error"), raw=payload)
         if kind.endswith(".delta"):
-            delta = payload.get("delta") or ""
+            delta = payload.get("delta")
+            if not isinstance(delta, str):
+                return []
             if kind == "response.output_text.delta":
                 return [choice_chunk({"content": delta})]
             if kind == "response.reasoning_summary_text.delta":
                 return [choice_chunk({"reasoning": delta})]
-            return [choice_chunk({"tool_calls": [{"index": payload.get("output_index", 0),
+            index = payload.get("output_index")
+            return [choice_chunk({"tool_calls": [{"index": index if isinstance(index, int) else 0,
                                                   "function": {"arguments": delta}}]})]
-        finish = self._finished(payload.get("response") or {})
+        finish = self._finished(object_or_empty(payload.get("response")))
         if kind == "response.failed":
-            error = (self.final_response or {}).get("error") or {}
+            error = object_or_empty((self.final_response or {}).get("error"))
             raise UpstreamStreamError(str(error.get("message") or "upstream response failed"), raw=payload)
         return [choice_chunk({}, finish["finish_reason"], finish["native_finish_reason"])]
 
