@@ -29,8 +29,8 @@ from crossroads.gate.directory import chain_limited
 from crossroads.gate.ratelimit import Decision, Limit
 from crossroads.observability.logs import OncePer
 from crossroads.observability.metrics import count_redis_error
-from crossroads.providers.base import RequestContext, UpstreamStreamError
-from crossroads.providers.http import iter_sse
+from crossroads.providers.base import RequestContext, UpstreamStreamError, sse_frame
+from crossroads.providers.http import ResponseTooLarge, iter_sse, read_body
 from crossroads.routing.features import (
     ONLINE_SUFFIX,
     requested_features,
@@ -77,6 +77,10 @@ class AttemptFailed(Exception):
         self.connection_fault = connection_fault
 
 
+# What a translator raises on an upstream answer or event it cannot read: not JSON (ValueError), or JSON of another
+# shape than the adapter expects (a missing key, a list where an object belongs, a string where a list belongs...).
+UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+
 # aiohttp >= 3.10 raises this (a TimeoutError) when the connect phase times out, total timeout included.
 _CONNECT_TIMEOUT: Any = getattr(aiohttp, "ConnectionTimeoutError", ())
 
@@ -119,11 +123,21 @@ def _raw_excerpt(connection: Connection, raw: bytes) -> str:
 
 def transport_error(connection: Connection, exc: BaseException) -> GatewayError:
     metadata = {"provider_name": connection.name, "raw": None}
+    if isinstance(exc, _CONNECT_TIMEOUT):  # nothing answered: as unreachable as a refused connection
+        return GatewayError(502, f"Could not reach upstream {connection.name}: no connection within "
+                                 f"{connection.client.connect_timeout:g} s", metadata=metadata)
     if isinstance(exc, TimeoutError):
         return GatewayError(408, f"Upstream {connection.name} timed out after {connection.config.timeout:g} s",
                             metadata=metadata)
     detail = connection.redact(str(exc) or type(exc).__name__)
+    if isinstance(exc, aiohttp.ClientPayloadError):  # it answered, then its body broke off
+        return GatewayError(502, f"Upstream {connection.name} broke off its response: {detail}", metadata=metadata)
     return GatewayError(502, f"Could not reach upstream {connection.name}: {detail}", metadata=metadata)
+
+
+def too_large_error(connection: Connection, exc: ResponseTooLarge) -> GatewayError:
+    return GatewayError(502, f"Upstream {connection.name} sent more than its max_response_bytes "
+                             f"({exc.limit} bytes)", metadata={"provider_name": connection.name, "raw": None})
 
 
 def serve(gateway: Gateway, front: Front) -> Callable[[Request], Awaitable[None]]:
@@ -408,7 +422,7 @@ class Call:
             try:
                 async with client.session.post(upstream.url, data=upstream.body, headers=upstream.headers,
                                                timeout=client.unary_timeout) as resp:
-                    raw = await resp.read()
+                    raw = await read_body(resp, client.max_response_bytes)
                     exchange.upstream_ended = time.monotonic()
                     if resp.status != 200:
                         self._fail_attempt(connection, resp.status, raw, resp.headers)
@@ -417,9 +431,13 @@ class Call:
                 error = transport_error(connection, exc)
                 exchange.attempt(None, error.message)
                 raise AttemptFailed(error, None, connection_fault=_reached_nothing(exc)) from None
+            except ResponseTooLarge as exc:  # an upstream fault like an unreadable answer: retried, falls back
+                error = too_large_error(connection, exc)
+                exchange.attempt(200, error.message)
+                raise AttemptFailed(error, 502) from None
             try:
                 result = translator.response(raw)
-            except (ValueError, KeyError, TypeError) as exc:
+            except UNREADABLE as exc:
                 error = GatewayError(502, f"Upstream {connection.name} sent a response the gateway cannot read: "
                                           f"{connection.redact(str(exc))}",
                                      metadata={"provider_name": connection.name,
@@ -548,10 +566,15 @@ class Call:
                 return
             except (TimeoutError, aiohttp.ClientError) as exc:
                 error = transport_error(connection, exc)
-                await self._after_data_failure(candidate, error.status,
-                                               f"Upstream stream broke off: {error.message}", error.metadata, None)
+                message = error.message if isinstance(exc, aiohttp.ClientPayloadError) \
+                    else f"Upstream stream broke off: {error.message}"
+                await self._after_data_failure(candidate, error.status, message, error.metadata, None)
                 return
-            except (ValueError, KeyError, TypeError) as exc:
+            except ResponseTooLarge as exc:
+                error = too_large_error(connection, exc)
+                await self._after_data_failure(candidate, 502, error.message, error.metadata, 502)
+                return
+            except UNREADABLE as exc:
                 await self._after_data_failure(candidate, 502,
                                                f"Upstream {connection.name} sent an unreadable stream event: "
                                                f"{connection.redact(str(exc))}",
@@ -615,14 +638,13 @@ class Call:
         passthrough = self.passthrough
         finished = False
         try:
-            async for events in iter_sse(resp):
+            async for events in iter_sse(resp, exchange.connection.client.max_response_bytes):
                 out: list[bytes] = []
                 try:
                     for event, data in events:
                         chunks = translator.stream_event(event, data)
                         if passthrough:
-                            out.append(b"event: %s\ndata: %s\n\n" % (event.encode(), data) if event
-                                       else b"data: %s\n\n" % data)
+                            out.append(sse_frame(event, data))
                         for chunk in chunks:
                             finished = _observe(exchange, chunk) or finished
                             if not passthrough:

@@ -213,7 +213,8 @@ def connection_secrets(config: ConnectionConfig) -> tuple[str, ...]:
 def build_registry(config: Config) -> Registry:
     registry = Registry()
     for conn_config in config.providers:
-        connection = Connection(conn_config, make_adapter(conn_config), UpstreamClient(conn_config.timeout))
+        client = UpstreamClient(conn_config.timeout, conn_config.connect_timeout, conn_config.max_response_bytes)
+        connection = Connection(conn_config, make_adapter(conn_config), client)
         registry.connections[conn_config.name] = connection
         for model in models_for(conn_config, config.catalog):
             registry.add(model, connection)
