@@ -23,7 +23,7 @@ from crossroads.formats.responses import (
     ResponsesRenderer,
     input_items,
     items_for_history,
-    openai_error_body,
+    responses_error_body,
     responses_to_chat,
 )
 from crossroads.providers.base import Usage, choice_chunk
@@ -311,7 +311,7 @@ def renderer(request: dict[str, Any] | None = None) -> ResponsesRenderer:
 
 ECHO_DEFAULTS = {
     "instructions": None, "max_output_tokens": None, "max_tool_calls": None, "parallel_tool_calls": True,
-    "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
+    "presence_penalty": 0.0, "frequency_penalty": 0.0, "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
     "store": True, "temperature": None, "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
     "top_p": None, "truncation": "disabled", "user": None, "metadata": {},
 }
@@ -661,22 +661,19 @@ def test_history_round_trip_tool_call_result_and_follow_up() -> None:
 
 # ---------------------------------------------------------------------------------------------- error bodies
 
-@pytest.mark.parametrize(("status", "code", "expected"), [
-    (400, None, {"message": "bad", "type": "invalid_request_error", "param": None, "code": None}),
-    (401, "invalid_api_key", {"message": "bad", "type": "authentication_error", "param": None,
-                              "code": "invalid_api_key"}),
-    (402, None, {"message": "bad", "type": "insufficient_quota", "param": None, "code": None}),
-    (404, "model_not_found", {"message": "bad", "type": "invalid_request_error", "param": None,
-                              "code": "model_not_found"}),
-    (429, None, {"message": "bad", "type": "rate_limit_error", "param": None, "code": None}),
-    (502, None, {"message": "bad", "type": "server_error", "param": None, "code": None}),
+@pytest.mark.parametrize(("status", "metadata", "expected"), [
+    (400, {"field": "input"}, {"code": 400, "message": "bad", "metadata": {"field": "input"},
+                               "type": "invalid_request_error", "param": "input"}),
+    (401, None, {"code": 401, "message": "bad", "type": "authentication_error", "param": None}),
+    (402, None, {"code": 402, "message": "bad", "type": "insufficient_quota", "param": None}),
+    (404, {"code": "model_not_found"}, {"code": 404, "message": "bad", "metadata": {"code": "model_not_found"},
+                                        "type": "invalid_request_error", "param": None}),
+    (429, None, {"code": 429, "message": "bad", "type": "rate_limit_error", "param": None}),
+    (502, None, {"code": 502, "message": "bad", "type": "server_error", "param": None}),
 ])
-def test_openai_error_body(status: int, code: str | None, expected: dict[str, Any]) -> None:
-    assert openai_error_body(status, "bad", code) == {"error": expected}
-
-
-def test_openai_error_body_param() -> None:
-    assert openai_error_body(400, "bad", param="input")["error"]["param"] == "input"
+def test_responses_error_body(status: int, metadata: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+    """OpenRouter's shape (the HTTP status as error.code, the cause in metadata), with OpenAI's type and param."""
+    assert responses_error_body(GatewayError(status, "bad", metadata=metadata)) == {"error": expected}
 
 
 # --------------------------------------------------------------------- the same streams OpenAI itself sent

@@ -464,7 +464,8 @@ def native_end(scenario: str, stop_reason: str) -> list[tuple[str, dict[str, Any
 
 # The Response fields echoed from the request (OpenAI's defaults where the request left them out).
 RESPONSE_ECHO = {"instructions": SYSTEM, "max_output_tokens": None, "max_tool_calls": None,
-                 "parallel_tool_calls": True, "previous_response_id": None,
+                 "parallel_tool_calls": True, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                 "previous_response_id": None,
                  "reasoning": {"effort": None, "summary": None}, "safety_identifier": None, "store": True,
                  "temperature": None, "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
                  "top_p": None, "truncation": "disabled", "user": None, "metadata": {}}
@@ -669,7 +670,7 @@ RESPONSE: dict[str, dict[tuple[str, str], Any]] = {
             *[("response.function_call_arguments.delta", {"item_id": "fc_SUFFIX_0", "output_index": 0, "delta": piece})
               for piece in ARG_PIECES],
             ("response.function_call_arguments.done", {"item_id": "fc_SUFFIX_0", "output_index": 0,
-                                                       "arguments": ARGS}),
+                                                       "name": "get_weather", "arguments": ARGS}),
             ("response.output_item.done", {"output_index": 0, "item": call_item(call_id, ARGS)}),
             ("response.completed", {"response": response(p, "d", [call_item(call_id, ARGS)])}),
         ) for p, call_id in (("oai", "call_w1Lisbon"), ("ant", "toolu_01Lisbon"))},
@@ -684,7 +685,7 @@ RESPONSE: dict[str, dict[tuple[str, str], Any]] = {
             ("response.function_call_arguments.delta", {"item_id": "fc_SUFFIX_1", "output_index": 1,
                                                         "delta": ARGS}),
             ("response.function_call_arguments.done", {"item_id": "fc_SUFFIX_1", "output_index": 1,
-                                                       "arguments": ARGS}),
+                                                       "name": "get_weather", "arguments": ARGS}),
             ("response.output_item.done", {"output_index": 1, "item": call_item(GEM_CALL, ARGS, index=1)}),
             ("response.completed", {"response": response(
                 "gem", "d", [GEM_REASONING_ITEM, call_item(GEM_CALL, ARGS, index=1)])})),

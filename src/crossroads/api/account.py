@@ -23,6 +23,7 @@ PRIORITIES = ("high", "normal", "low")
 
 
 MAX_OFFSET = 2**31 - 1  # a page offset every database binds (beyond it, there is nothing to page to anyway)
+MAX_RATE = 2**31 - 1  # a key's rpm and tpm are 32-bit integer columns
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -117,10 +118,16 @@ def _parse_expiry(value: Any, field: str = "expires_at") -> datetime | None:
                            metadata={"field": field})
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise GatewayError(400, f"Invalid request: '{field}' is not an ISO-8601 date-time: {value!r}",
-                           metadata={"field": field}) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        # Stored and shown in UTC: a time whose offset moves it past year 1 or 9999 there is no date-time at all.
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise GatewayError(400, f"Invalid request: '{field}' is not an ISO-8601 date-time within years 1 to 9999 "
+                                f"in UTC: {value[:100]!r}", metadata={"field": field}) from None
+
+
+# Every key is kept in each process's memory and listed by GET /keys: its name and allow-list are bounded.
+KEY_NAME_MAX = 256
+ALLOWED_MODELS_MAX = 1000
 
 
 def key_changes(body: Any, *, creating: bool) -> dict[str, Any]:
@@ -130,8 +137,9 @@ def key_changes(body: Any, *, creating: bool) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if "name" in body or creating:
         name = body.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise GatewayError(400, "Invalid request: 'name' must be a non-empty string", metadata={"field": "name"})
+        if not isinstance(name, str) or not name.strip() or len(name.strip()) > KEY_NAME_MAX:
+            raise GatewayError(400, f"Invalid request: 'name' must be a non-empty string of at most {KEY_NAME_MAX} "
+                                    "characters", metadata={"field": "name"})
         changes["name"] = name.strip()
     if "limit" in body:
         limit = body["limit"]
@@ -148,8 +156,10 @@ def key_changes(body: Any, *, creating: bool) -> dict[str, Any]:
         changes["expires_at"] = _parse_expiry(body["expires_at"])
     if "allowed_models" in body:
         models = body["allowed_models"]
-        if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
-            raise GatewayError(400, "Invalid request: 'allowed_models' must be a list of model ids/patterns or null",
+        if models is not None and (not isinstance(models, list) or len(models) > ALLOWED_MODELS_MAX
+                                   or not all(isinstance(m, str) and 0 < len(m) <= 256 for m in models)):
+            raise GatewayError(400, "Invalid request: 'allowed_models' must be a list of at most "
+                                    f"{ALLOWED_MODELS_MAX} model ids/patterns (each 1 to 256 characters) or null",
                                metadata={"field": "allowed_models"})
         changes["allowed_models"] = models
     if "disabled" in body:
@@ -159,9 +169,10 @@ def key_changes(body: Any, *, creating: bool) -> dict[str, Any]:
     for field in ("rpm", "tpm"):
         if field in body:
             value = body[field]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise GatewayError(400, f"Invalid request: '{field}' must be a positive integer or null",
-                                   metadata={"field": field})
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 < value <= MAX_RATE):
+                raise GatewayError(400, f"Invalid request: '{field}' must be a positive integer up to {MAX_RATE} "
+                                        "or null", metadata={"field": field})
             changes[field] = value
     if "priority" in body:
         if body["priority"] not in PRIORITIES:
@@ -372,12 +383,11 @@ async def _payload(gateway: Gateway, key: KeyRow) -> dict[str, Any]:
 
 # -- credits, generations, activity --------------------------------------------------------------------------------
 async def credits(gateway: Gateway, request: Request) -> None:
-    principal = request.principal
-    if principal.key is not None and principal.key.limit is not None and not principal.can_manage:
-        key = principal.key
-        total_credits = key.limit
-        usage = (await gateway.key_figures([key]))[key.hash].in_period(key.limit_reset)
-    elif principal.can_manage and (scope := managed_workspace(principal)) is not None:
+    """OpenRouter's account credits, which need a management key there: the master key sees the gateway's budget and
+    spend, a workspace's management key its workspace's; any other key is refused (403), as on OpenRouter (a key's
+    own limit and use are on GET /key)."""
+    scope = managed_workspace(request.principal)  # 403 for a caller that manages nothing
+    if scope is not None:
         # A workspace's management key sees its workspace's budget and spend, not the whole gateway's.
         await gateway.keys.reload_directory()
         workspace = gateway.keys.directory.workspaces.get(scope)
@@ -440,15 +450,23 @@ async def generation(gateway: Gateway, request: Request) -> None:
     await respond_json(request, 200, {"data": generation_payload(row)})
 
 
+# The days /activity can be asked about: the default range (29 days back) and the store's end of day (one day on) are
+# computed from them, and neither may leave the calendar (year 1 to 9999); no generation predates 1970.
+ACTIVITY_DAYS = (date(1970, 1, 1), date.max - timedelta(days=1))
+
+
 def _date_param(query: dict[str, str], name: str, default: date) -> date:
     value = query.get(name)
     if not value:
         return default
     try:
-        return date.fromisoformat(value[:10])
+        day = date.fromisoformat(value[:10])
     except ValueError:
-        raise GatewayError(400, f"Invalid request: '{name}' must be a date (YYYY-MM-DD)",
-                           metadata={"field": name}) from None
+        day = None
+    if day is None or not ACTIVITY_DAYS[0] <= day <= ACTIVITY_DAYS[1]:
+        raise GatewayError(400, f"Invalid request: '{name}' must be a date (YYYY-MM-DD) from "
+                                f"{ACTIVITY_DAYS[0]} to {ACTIVITY_DAYS[1]}", metadata={"field": name})
+    return day
 
 
 async def activity(gateway: Gateway, request: Request) -> None:

@@ -87,8 +87,10 @@ ERRORS: dict[str, Schema] = {
                  error=obj(["code", "message"], code=i("The HTTP status"), message=s(), metadata=ANY_OBJECT)),
     "AnthropicError": obj(["type", "error"], "Anthropic's error shape (the Messages endpoints)",
                           type=s(const="error"), error=obj(["type", "message"], type=s(), message=s())),
-    "OpenAIError": obj(["error"], "OpenAI's error shape (the Responses endpoints)",
-                       error=obj(["message", "type"], message=s(), type=s(), param=null(s()), code=null(s()))),
+    "OpenAIError": obj(["error"], "The Responses endpoints' errors: OpenRouter's shape (`error.code` the HTTP status, as "
+                                  "both OpenRouter SDKs require) with OpenAI's `type` and `param` beside it",
+                       error=obj(["code", "message", "type"], code=i("The HTTP status"), message=s(), type=s(),
+                                 param=null(s()), metadata=ANY_OBJECT)),
 }
 
 
@@ -505,7 +507,8 @@ PATHS: dict[str, dict[str, Schema]] = {
     f"{PREFIX}/auth/keys": {"post": op(
         "OAuth PKCE: trade a code approved in the dashboard for a new key", "keys", "AuthKeysResponse",
         body="AuthKeysRequest", public=True, description="The code is the credential: no API key is needed.")},
-    f"{PREFIX}/credits": {"get": op("Credits and their use", "account", "Credits")},
+    f"{PREFIX}/credits": {"get": op("Credits and their use (master or management key; 403 for another key)",
+                                    "account", "Credits")},
     f"{PREFIX}/generation": {"get": op("One generation record", "account", "Generation", params=[
         query("id", s(minLength=1), "The generation id (gen-...)", required=True)])},
     f"{PREFIX}/activity": {"get": op("Usage by day, model and key", "account", "Activity", params=[

@@ -340,14 +340,31 @@ class ChatRenderer:
         return self.usage_chunk(usage, pricing) + b"data: [DONE]\n\n"
 
     def error_chunk(self, code: int | str, message: str, metadata: dict[str, Any] | None = None) -> bytes:
-        error: dict[str, Any] = {"code": code, "message": message}
-        if metadata:
-            error["metadata"] = metadata
+        # Both OpenRouter SDKs require error.metadata.error_type on this chunk: without it the chunk fails their
+        # validation and the stream aborts before the client sees the error.
+        error_type = (metadata or {}).get("error_type")
+        if not isinstance(error_type, str) or not error_type:
+            error_type = stream_error_type(code)
+        error = {"code": code, "message": message, "metadata": {**(metadata or {}), "error_type": error_type}}
         return b"data: " + orjson.dumps({
             **self._stamp, "error": error,
             "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error",
                          "native_finish_reason": "error"}],
         }) + b"\n\n"
+
+
+# OpenRouter's canonical error types (its SDKs' APIErrorType) for the statuses a stream can fail with.
+_STREAM_ERROR_TYPES = {400: "invalid_request", 401: "authentication", 402: "payment_required", 403: "permission_denied",
+                       404: "not_found", 408: "timeout", 413: "payload_too_large", 422: "unprocessable",
+                       429: "rate_limit_exceeded", 502: "provider_unavailable", 503: "provider_unavailable",
+                       504: "timeout", 524: "timeout", 529: "provider_overloaded"}
+
+
+def stream_error_type(status: int | str) -> str:
+    """The `error.metadata.error_type` of a mid-stream error with this status ("unmapped" when none fits)."""
+    if not isinstance(status, int):
+        return "unmapped"
+    return _STREAM_ERROR_TYPES.get(status, "server" if status >= 500 else "unmapped")
 
 
 class ChatFront:

@@ -23,7 +23,7 @@ from crossroads.formats.responses import (
     ResponsesRenderer,
     input_items,
     items_for_history,
-    openai_error_body,
+    responses_error_body,
     responses_to_chat,
 )
 from crossroads.providers.anthropic import AnthropicNativeTranslator
@@ -123,9 +123,7 @@ class ResponsesFront:
         return ResponsesPassthrough(connection.adapter, ctx, native)
 
     def error_body(self, error: GatewayError) -> bytes:
-        code = error.metadata.get("code") if isinstance(error.metadata, dict) else None
-        return orjson.dumps(openai_error_body(error.status, error.message, code if isinstance(code, str) else None,
-                                              param=(error.metadata or {}).get("field")))
+        return orjson.dumps(responses_error_body(error))
 
 
 class ResponsesRendererAdapter(ResponsesRenderer):

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from crossroads.errors import GatewayError
+from crossroads.observability.logs import REQUEST_ID
 from crossroads.providers.base import Usage, text_of
 
 REASONING_FORMAT = "anthropic-claude-v1"
@@ -260,8 +261,10 @@ def _content_parts(block: dict[str, Any], kind: str, field: str, dropped: list[s
         return _document_parts(block, field, dropped)
     if kind == "search_result":
         # The model should still read the result; its citation metadata has no canonical form.
-        texts = [_string(b, "text", f"{field}.content")
-                 for b in block.get("content") or () if isinstance(b, dict)]
+        content = block.get("content") or []
+        if not isinstance(content, list):
+            raise _invalid(f"{field}.content", "must be an array of text blocks")
+        texts = [_string(b, "text", f"{field}.content") for b in content if isinstance(b, dict)]
         header = "\n".join(v for v in (block.get("title"), block.get("source")) if isinstance(v, str) and v)
         text = "\n\n".join(t for t in (header, *texts) if t)
         return [_with_cache({"type": "text", "text": text}, block)]
@@ -500,12 +503,17 @@ def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
-    """Anthropic's error body for an HTTP status."""
+    """Anthropic's error body for an HTTP status, with the request's id (its X-Request-Id) as Anthropic's top-level
+    `request_id`, which the anthropic SDKs read (it is set for every request the gateway serves: api/app.py)."""
     error_type = _ERROR_TYPES.get(status) if isinstance(status, int) else None
     if error_type is None:
         client_side = isinstance(status, int) and 400 <= status < 500
         error_type = "invalid_request_error" if client_side else "api_error"
-    return {"type": "error", "error": {"type": error_type, "message": message}}
+    body: dict[str, Any] = {"type": "error", "error": {"type": error_type, "message": message}}
+    request_id = REQUEST_ID.get()
+    if request_id:
+        body["request_id"] = request_id
+    return body
 
 
 def stop_reason(finish_reason: str | None, native: str | None) -> str | None:

@@ -509,11 +509,18 @@ def _unpack(encrypted: str, where: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------- responses
 
 
-def openai_error_body(status: int, message: str, code: str | None = None, *,
-                      param: str | None = None) -> dict[str, Any]:
-    """An error body in OpenAI's shape, which the openai SDKs read for their exception messages."""
-    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+def responses_error_body(error: GatewayError) -> dict[str, Any]:
+    """An error body of the Responses endpoints: OpenRouter's shape (`error.code` the HTTP status, an integer, as both
+    OpenRouter SDKs require: anything else fails their validation instead of raising their typed error), with OpenAI's
+    `type` and `param` beside it for the openai SDKs, which show them on their exceptions (and pick the exception class
+    by the HTTP status alone, so the integer code does not bother them). A cause's identifier, OpenAI's string `code`,
+    is `error.metadata.code`, as in every OpenRouter error."""
+    body = error.payload()
+    status = error.status
+    field_name = (error.metadata or {}).get("field")
+    body["error"]["type"] = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body["error"]["param"] = field_name if isinstance(field_name, str) else None
+    return body
 
 
 def _merge_details(into: list[dict[str, Any]], details: Any) -> None:
@@ -802,7 +809,7 @@ class ResponsesRenderer:
             item = self._output[entry.index]
             arguments = "".join(entry.pieces)
             out.append(self._event("response.function_call_arguments.done", **self._where(entry),
-                                   arguments=arguments))
+                                   name=item["name"], arguments=arguments))
             out.append(self._item_done(entry, _call_item(item["id"], item["call_id"], item["name"], arguments,
                                                          status)))
         self._open_calls = []
@@ -852,6 +859,8 @@ class ResponsesRenderer:
 
     def _response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None, *,
                   reason: str | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+        # `usage` is null only while nothing is counted yet (response.created, response.in_progress) and in a
+        # stream's response.failed, as OpenAI sends them: both OpenRouter SDKs type it as nullable there.
         return {
             "id": self.response_id, "object": "response", "created_at": self.created_at, "status": status,
             "background": False, "completed_at": int(time.time()) if status == "completed" else None,
@@ -869,6 +878,10 @@ def _echoed_fields(request: dict[str, Any]) -> dict[str, Any]:
             return None
         return value if isinstance(value, kinds) else None
 
+    def penalty(name: str) -> float:
+        value = typed(name, (int, float))
+        return 0.0 if value is None else value
+
     tools = [t for t in request.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
     choice = request.get("tool_choice")
     if not (choice in ("auto", "required", "none") or (isinstance(choice, dict) and choice.get("type") == "function")):
@@ -885,6 +898,9 @@ def _echoed_fields(request: dict[str, Any]) -> dict[str, Any]:
         "max_output_tokens": typed("max_output_tokens", (int,)),
         "max_tool_calls": None,
         "parallel_tool_calls": True if parallel is None else parallel,
+        # Required by both OpenRouter SDKs (OpenAI sends them too): the request's, else the default, 0 (as OpenAI).
+        "presence_penalty": penalty("presence_penalty"),
+        "frequency_penalty": penalty("frequency_penalty"),
         "previous_response_id": typed("previous_response_id", (str,)),
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "safety_identifier": typed("safety_identifier", (str,)),
