@@ -4,6 +4,8 @@ at random)."""
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import orjson
 import pytest
@@ -172,3 +174,157 @@ def test_management_api_bounds_nesting_too(gateway) -> None:
                       content=f'{{"name":"deep","metadata":{nested(400)}}}'.encode())
     assert resp.status_code == 400, resp.text[:300]
     assert "nested more than" in resp.json()["error"]["message"]
+
+
+# -- found by tests/test_fuzz.py's account, key and header cases ---------------------------------------------------
+
+MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
+
+
+def account_error(resp: httpx.Response, status: int = 400) -> dict:
+    assert resp.status_code == status, resp.text[:500]
+    problem = error_shape_problem("account", resp.status_code, resp.json())
+    assert problem is None, problem
+    return resp.json()["error"]
+
+
+@pytest.mark.parametrize("query", ["date_to=0001-01-29", "date_to=0001-01-01", "date=9999-12-31",
+                                   "date_from=9999-12-31&date_to=9999-12-31", "date_from=0001-01-01",
+                                   "date_to=1969-12-31"])
+def test_activity_dates_at_the_ends_of_the_calendar_are_a_client_error(gateway, query) -> None:
+    """The default range (29 days before date_to) and the store's end of day (date_to + 1) left the calendar: 500."""
+    resp = httpx.get(f"{gateway.url}/api/v1/activity?{query}", headers=MASTER, timeout=15)
+    assert "must be a date" in account_error(resp)["message"]
+    ok = httpx.get(f"{gateway.url}/api/v1/activity?date_from=1970-01-01&date_to=9999-12-30", headers=MASTER,
+                   timeout=15)
+    assert ok.status_code == 200, ok.text[:300]
+
+
+@pytest.mark.parametrize("expires_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_an_expiry_outside_the_calendar_in_utc_is_a_client_error(gateway, expires_at) -> None:
+    """Valid ISO-8601 with an offset that moves it before year 1 or after 9999 in UTC: the store's conversion raised."""
+    resp = httpx.post(gateway.url + "/api/v1/keys", headers=MASTER, timeout=15,
+                      json={"name": "hostile-expiry", "expires_at": expires_at})
+    assert account_error(resp)["metadata"]["field"] == "expires_at"
+    made = httpx.post(gateway.url + "/api/v1/keys", headers=MASTER, timeout=15,
+                      json={"name": "hostile-expiry", "expires_at": "9999-12-31T23:59:59Z"})
+    assert made.status_code == 201, made.text[:300]
+    key_hash = made.json()["data"]["hash"]
+    resp = httpx.patch(f"{gateway.url}/api/v1/keys/{key_hash}", headers=MASTER, timeout=15,
+                       json={"expires_at": expires_at})
+    assert account_error(resp)["metadata"]["field"] == "expires_at"
+    assert httpx.delete(f"{gateway.url}/api/v1/keys/{key_hash}", headers=MASTER, timeout=15).status_code == 200
+
+
+@pytest.mark.parametrize("field", ["rpm", "tpm"])
+@pytest.mark.parametrize("value", [2**31, 2**63 - 1])
+def test_rate_limits_beyond_the_column_are_a_client_error(gateway, field, value) -> None:
+    """An integer orjson reads but a 32-bit column cannot hold: the database driver's OverflowError was a 500."""
+    resp = httpx.post(gateway.url + "/api/v1/keys", headers=MASTER, timeout=15,
+                      json={"name": "hostile-rate", field: value})
+    assert account_error(resp)["metadata"]["field"] == field
+    made = httpx.post(gateway.url + "/api/v1/keys", headers=MASTER, timeout=15,
+                      json={"name": "hostile-rate", field: 2**31 - 1})
+    assert made.status_code == 201 and made.json()["data"][field] == 2**31 - 1, made.text[:300]
+    key_hash = made.json()["data"]["hash"]
+    resp = httpx.patch(f"{gateway.url}/api/v1/keys/{key_hash}", headers=MASTER, timeout=15, json={field: value})
+    assert account_error(resp)["metadata"]["field"] == field
+    assert httpx.delete(f"{gateway.url}/api/v1/keys/{key_hash}", headers=MASTER, timeout=15).status_code == 200
+
+
+def test_names_with_control_characters_are_refused(gateway) -> None:
+    """A NUL is stored as U+FFFD: the check for an existing name compared the name as sent, so a second such name
+    passed it and then hit the database's unique constraint (500)."""
+    for _ in range(2):
+        resp = httpx.post(gateway.url + "/api/v1/workspaces", headers=MASTER, timeout=15, json={"name": "\x00"})
+        assert account_error(resp)["metadata"]["field"] == "name"
+    resp = httpx.post(gateway.url + "/api/v1/workspaces/default/environments", headers=MASTER, timeout=15,
+                      json={"name": "env\x00"})
+    assert account_error(resp)["metadata"]["field"] == "name"
+    resp = httpx.post(gateway.url + "/api/v1/workspaces/default/members", headers=MASTER, timeout=15,
+                      json={"email": "a\x00@example.test", "role": "member"})
+    assert account_error(resp)["metadata"]["field"] == "email"
+
+
+def test_a_search_result_whose_content_is_not_a_list_is_a_client_error(gateway, fake_anthropic) -> None:
+    """In an assistant turn the converter iterated `content` whatever it was: an integer was a TypeError (500)."""
+    for content in (5, {"type": "text"}, "text"):
+        messages = [{"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": [{"type": "search_result", "source": "s", "title": "t",
+                                                       "content": content}]},
+                    {"role": "user", "content": "go on"}]
+        resp = post(gateway, "messages", orjson.dumps({"model": "anthropic/claude-sonnet-4", "max_tokens": 5,
+                                                       "messages": messages}))
+        assert "'messages[1].content[0].content'" in assert_client_error("messages", resp)["message"]
+    untouched(fake_anthropic)
+
+
+def raw_answer(gateway, head: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    """Send `head` (and nothing more) and read the answer until the server closes: (status, headers, body)."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
+        try:
+            sock.sendall(head)
+        except OSError:  # refused part-way: the answer is still there to read
+            pass
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:  # closed with our bytes unread: what was answered before is kept
+            pass
+    status_line, _, rest = received.partition(b"\r\n")
+    raw_headers, _, body = rest.partition(b"\r\n\r\n")
+    headers = dict(line.split(b": ", 1) for line in raw_headers.split(b"\r\n"))
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("extra", [b"X-Title: " + b"x" * 100_000 + b"\r\n",
+                                   b"".join(b"X-H%d: v\r\n" % i for i in range(10_000)),
+                                   b"X-Title: " + b"x" * (32 << 20) + b"\r\n"])
+def test_a_request_head_over_64_kib_is_answered_431(gateway, extra) -> None:
+    """httptools joins a header's pieces by copying them: a 32 MB header took seconds of the event loop (and a 64 MB
+    one ~5 s, every other request waiting) before it was answered at all."""
+    start = b"GET /api/v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + MASTER_KEY.encode() + b"\r\n"
+    status, headers, body = raw_answer(gateway, start + extra + b"\r\n")
+    assert status == 431 and headers[b"connection"] == b"close"
+    assert error_shape_problem("account", 431, orjson.loads(body)) is None, body
+    assert httpx.get(gateway.url + "/health", timeout=5).status_code == 200
+    # Just under the bound, the same request is served.
+    status, _, _ = raw_answer(gateway, start + b"Connection: close\r\nX-Title: " + b"x" * 60_000 + b"\r\n\r\n")
+    assert status == 200
+
+
+def test_ad_hoc_model_names_do_not_grow_the_health_board_without_end() -> None:
+    """Each `<connection>/<any name>` a client sends made an endpoint entry for good (~5 KB: 20,000 names grew the
+    process by 100 MB); past the bound the oldest idle one is forgotten, never one whose breaker is open."""
+    from crossroads.routing.health import MAX_ENDPOINTS_PER_CONNECTION, OPEN, BreakerPolicy, HealthBoard
+
+    board = HealthBoard(BreakerPolicy(failure_threshold=1))
+    board.record_failure("local", "broken", status=503)
+    assert board.state("local", "broken") == OPEN
+    for n in range(MAX_ENDPOINTS_PER_CONNECTION * 3):
+        board.record_success("local", f"model-{n}", ttft=0.1, output_tokens=5, duration=0.2)
+    assert len(board.export()) <= MAX_ENDPOINTS_PER_CONNECTION
+    assert board.state("local", "broken") == OPEN
+    assert board.latency("local", f"model-{MAX_ENDPOINTS_PER_CONNECTION * 3 - 1}") is not None
+
+
+def test_a_refused_head_on_the_messages_api_is_in_anthropics_shape(gateway) -> None:
+    start = b"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: " + MASTER_KEY.encode() + b"\r\n"
+    status, _, body = raw_answer(gateway, start + b"X-Title: " + b"x" * 100_000 + b"\r\n\r\n")
+    assert status == 431
+    assert error_shape_problem("messages", 431, orjson.loads(body)) is None, body
+    status, _, body = raw_answer(gateway, start + b"X-Title: a\x00b\r\n\r\n")
+    assert status == 400
+    assert error_shape_problem("messages", 400, orjson.loads(body)) is None, body
+
+
+@pytest.mark.parametrize("fields", [{"name": "k" * 257}, {"name": "ok", "allowed_models": ["m"] * 1001},
+                                    {"name": "ok", "allowed_models": ["m" * 257]},
+                                    {"name": "ok", "allowed_models": [""]}])
+def test_key_names_and_allow_lists_are_bounded(gateway, fields) -> None:
+    # Every key lives in each process's memory and in every GET /keys answer.
+    resp = httpx.post(gateway.url + "/api/v1/keys", json=fields,
+                      headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["metadata"]["field"] in ("name", "allowed_models")

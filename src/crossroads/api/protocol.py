@@ -14,6 +14,10 @@ A client that sent part of a head when its time is up gets 408 in OpenRouter's e
 closed; one that sent nothing is closed without an answer (it is not waiting for one, and an unrequested 408 on an
 idle connection could be read as the answer to the request it sends next). The body of a request the application
 reads has its own idle timeout there (api/app.py), where the 408 can take the endpoint's error shape.
+
+A head (request line and headers) larger than MAX_HEAD_BYTES is answered 431 and the connection closed, whether it is
+complete (measured when its headers are) or still arriving (counted per chunk read): httptools joins a header's pieces
+by copying them, so a head of many megabytes would otherwise cost seconds of the event loop and its size in memory.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("crossroads.server")
 CUT_OFF_WINDOW = 60.0  # seconds over which repeated cut-offs of one kind are summarised in one line
+MAX_HEAD_BYTES = 64 * 1024  # a request line and headers larger than this get 431 (real clients send a few KB)
+
+
+class HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head over MAX_HEAD_BYTES (uvicorn then answers the request
+    through `send_400_response`)."""
 
 
 class SlowClientProtocol(HttpToolsProtocol):
@@ -41,6 +51,8 @@ class SlowClientProtocol(HttpToolsProtocol):
         self.deadline: asyncio.TimerHandle | None = None
         self.reading_head = False  # part of a request's head has arrived, not all of it
         self.reading_message = False  # a request has begun and its body has not all arrived
+        self.head_bytes = 0  # bytes read while the current head was incomplete
+        self.head_too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -52,6 +64,11 @@ class SlowClientProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.reading_head and not self.transport.is_closing():
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.refuse_head()
+                return
         # Checked once per chunk read from the socket, after the parser has seen it: a head that is still incomplete
         # starts its clock now (unless it has one: a new connection's, which started at connect).
         if self.reading_head and self.deadline is None and not self.transport.is_closing():
@@ -60,10 +77,14 @@ class SlowClientProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.reading_head = self.reading_message = True
+        self.head_bytes = 0
 
     def on_headers_complete(self) -> None:
         self.reading_head = False
         self.stop_clock()
+        if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEAD_BYTES:
+            self.head_too_large = True
+            raise HeadTooLarge
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -83,10 +104,26 @@ class SlowClientProtocol(HttpToolsProtocol):
         # What uvicorn answers a request its parser refuses (a NUL or CR in a header, a malformed request line): the
         # same 400 and close, with a JSON error body instead of plain text.
         # The path is known when the fault is in a header, so the Messages API's clients get Anthropic's shape.
+        if self.head_too_large:
+            self.refuse_head()
+            return
         self.stop_clock()
-        anthropic = b"/messages" in getattr(self, "url", b"").split(b"?", 1)[0]
         self.transport.write(closing_error(400, b"Bad Request", "Invalid HTTP request: the request could not be "
-                                                                "parsed", anthropic=anthropic))
+                                                                "parsed", anthropic=self.for_messages_api()))
+        self.transport.close()
+
+    def for_messages_api(self) -> bool:
+        """Whether the request's path, when it is known (the fault is past the request line), is the Messages API's:
+        its clients read Anthropic's error shape."""
+        return b"/messages" in getattr(self, "url", b"")[:4096].split(b"?", 1)[0]
+
+    def refuse_head(self) -> None:
+        self.stop_clock()
+        log.debug("refused a request head of over %d bytes from %s", MAX_HEAD_BYTES,
+                  self.client[0] if self.client else "unknown")
+        self.transport.write(closing_error(431, b"Request Header Fields Too Large", "Request header fields too large: "
+                                           f"the request line and headers are over {MAX_HEAD_BYTES} bytes",
+                                           anthropic=self.for_messages_api()))
         self.transport.close()
 
     def stop_clock(self) -> None:

@@ -56,10 +56,17 @@ def parse_name(body: dict[str, Any], *, required: bool) -> str | None:
     if "name" not in body and not required:
         return None
     name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name.strip()) > NAME_MAX or "/" in name:
+    # No control characters either: the store turns a NUL into U+FFFD, and a name that is not stored as given would
+    # pass the check for an existing one and then collide with it in the database.
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > NAME_MAX or "/" in name \
+            or _has_control(name.strip()):
         raise GatewayError(400, f"Invalid request: 'name' must be a non-empty string of at most {NAME_MAX} characters "
-                                "without '/'", metadata={"field": "name"})
+                                "without '/' or control characters", metadata={"field": "name"})
     return name.strip()
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
 def parse_budget(value: Any, field: str = "budget") -> tuple[float | None, str | None]:
@@ -378,7 +385,8 @@ def check_role_grant(principal: Principal, role: str) -> None:
 
 
 def normal_email(value: Any) -> str:
-    if not isinstance(value, str) or "@" not in value or len(value) > 320 or any(c.isspace() for c in value.strip()):
+    if not isinstance(value, str) or "@" not in value or len(value) > 320 or any(c.isspace() for c in value.strip()) \
+            or _has_control(value.strip()):
         raise GatewayError(400, "Invalid request: 'email' must be an email address", metadata={"field": "email"})
     return value.strip().lower()
 

@@ -81,6 +81,10 @@ NONE, CAPACITY, ENDPOINT, CONNECTION = "none", "capacity", "endpoint", "connecti
 
 # Statuses that say the connection itself (its account) is unusable, whichever model was asked for.
 _CONNECTION_STATUSES = frozenset({401, 402, 403})
+# Endpoints one connection keeps figures for. Ad-hoc `<connection>/<model>` ids come from clients, so without a bound
+# every new name would add one for good (a few KB each); past it, the oldest endpoint with nothing to remember (its
+# breaker closed, not cooling) is forgotten: its figures start over should it come back.
+MAX_ENDPOINTS_PER_CONNECTION = 2048
 _PERCENTILES = (50, 75, 90, 99)
 
 
@@ -437,6 +441,11 @@ class HealthBoard:
             models = self._endpoints[connection] = {}
         endpoint = models.get(model)
         if endpoint is None:
+            if len(models) >= MAX_ENDPOINTS_PER_CONNECTION:
+                idle = next((name for name, known in models.items()
+                             if known.state == CLOSED and not known.cool_until), None)
+                if idle is not None:
+                    del models[idle]
             endpoint = models[model] = _Endpoint(self.window, self._max_samples,
                                                  f"endpoint {connection} model {model}")
         return endpoint
