@@ -114,19 +114,27 @@ def chat_sender(gw: GatewayProcess) -> Callable[[str], httpx.Response]:
     return send
 
 
+def outage(load: Load, proxy: TcpProxy, *, before: float, away: float, after: float) -> tuple[float, float]:
+    """Cut the proxy off `away` seconds while `load` runs (for `before` seconds first and `after` them after);
+    when it went down and came back."""
+    time.sleep(before)
+    proxy.down()
+    went_down = time.monotonic()
+    time.sleep(away)
+    proxy.up()
+    came_back = time.monotonic()
+    time.sleep(after)
+    load.finish()
+    return went_down, came_back
+
+
 def test_postgres_away_for_20_s_under_load_loses_no_record(upstream, tmp_path, postgres_database) -> None:
     proxy, via_proxy = proxy_to(postgres_database)
     gw = GatewayProcess(config(upstream, tmp_path / "data"), tmp_path,
                         env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
     try:
         load = Load(chat_sender(gw), [MASTER_KEY]).start(per_key=4)
-        time.sleep(1.0)
-        proxy.down()
-        went_down = time.monotonic()
-        time.sleep(20.0)
-        proxy.up()
-        time.sleep(1.0)
-        load.finish()
+        went_down, _ = outage(load, proxy, before=1.0, away=20.0, after=1.0)
         answers = load.answers[MASTER_KEY]
         during = [a for a in answers if went_down + 0.5 < a.at < went_down + 19.5]
         assert len(during) > 100, "the load did not keep going while the database was away"
@@ -148,14 +156,7 @@ def test_postgres_away_under_load_with_strict_durability(upstream, tmp_path, pos
                         env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
     try:
         load = Load(chat_sender(gw), [MASTER_KEY]).start(per_key=4)
-        time.sleep(1.0)
-        proxy.down()
-        went_down = time.monotonic()
-        time.sleep(5.0)
-        proxy.up()
-        came_back = time.monotonic()
-        time.sleep(3.0)
-        load.finish()
+        went_down, came_back = outage(load, proxy, before=1.0, away=5.0, after=3.0)
         answers = load.answers[MASTER_KEY]
         refused = [a for a in answers if a.status != 200]
         assert refused, "nothing was refused while records could not be written"
@@ -183,14 +184,7 @@ def test_redis_away_under_load_refuses_limited_keys_and_serves_the_rest(upstream
         limited, rated, free = key(limit=100.0), key(rpm=100000), key()
         time.sleep(1.2)  # key changes reach the request path within a second
         load = Load(chat_sender(gw), [limited, rated, free]).start()
-        time.sleep(1.5)
-        proxy.down()
-        went_down = time.monotonic()
-        time.sleep(4.0)
-        proxy.up()
-        came_back = time.monotonic()
-        time.sleep(4.0)
-        load.finish()
+        went_down, came_back = outage(load, proxy, before=1.5, away=4.0, after=4.0)
         by_key = load.answers
         assert {a.status for a in by_key[free]} == {200}, "a key without limits needs no Redis"
         for limited_key, code in ((limited, "credit_ledger_unavailable"), (rated, "rate_limit_store_unavailable")):
