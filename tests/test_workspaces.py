@@ -496,3 +496,20 @@ def test_the_key_endpoint_lists_every_budget_above_the_key(gw) -> None:
     # The master key has no budget above it.
     assert ok(api(gw, "GET", "/key"))["data"]["budgets"] == []
     assert data["limit"] == 10
+
+
+def test_concurrent_creates_of_one_name_get_one_201_and_409s(gw) -> None:
+    """Between the in-memory name check and the insert another request may take the name: the database's unique
+    index decides, and the loser gets the same 409 as a late request (it was a 500)."""
+    import concurrent.futures
+
+    def create(path: str, name: str) -> int:
+        return httpx.post(gw.url + path, headers=AUTH, json={"name": name}, timeout=30).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        for round_ in range(3):
+            statuses = list(pool.map(lambda _: create("/api/v1/workspaces", f"race-{round_}"), range(12)))
+            assert sorted(set(statuses)) in ([201], [201, 409]) and statuses.count(201) == 1, statuses
+            statuses = list(pool.map(lambda _: create(f"/api/v1/workspaces/race-{round_}/environments", "staging"),
+                                     range(12)))
+            assert sorted(set(statuses)) in ([201], [201, 409]) and statuses.count(201) == 1, statuses

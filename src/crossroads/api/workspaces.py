@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import IntegrityError
 
 from crossroads.api.asgi import Request, respond_json
 from crossroads.errors import GatewayError
@@ -63,6 +66,16 @@ def parse_name(body: dict[str, Any], *, required: bool) -> str | None:
         raise GatewayError(400, f"Invalid request: 'name' must be a non-empty string of at most {NAME_MAX} characters "
                                 "without '/' or control characters", metadata={"field": "name"})
     return name.strip()
+
+
+@contextmanager
+def _unique(message: str) -> Iterator[None]:
+    """A name taken by a concurrent request between the in-memory check and the insert (the database's unique index
+    decides): the same 409 as the check's, not a 500."""
+    try:
+        yield
+    except IntegrityError:
+        raise GatewayError(409, message, metadata={"field": "name"}) from None
 
 
 def _has_control(text: str) -> bool:
@@ -233,7 +246,8 @@ async def add_workspace(gateway: Gateway, principal: Principal, name: str, limit
     if _directory(gateway).workspace(name) is not None:
         raise GatewayError(409, f"A workspace named {name!r} exists already", metadata={"field": "name"})
     directory = DirectoryStore(gateway.store)
-    workspace = await directory.insert(WorkspaceRow(str(uuid.uuid4()), name, limit, reset))
+    with _unique(f"A workspace named {name!r} exists already"):
+        workspace = await directory.insert(WorkspaceRow(str(uuid.uuid4()), name, limit, reset))
     # Every workspace starts with a `default` environment: keys made without naming one go there.
     await directory.insert(EnvironmentRow(str(uuid.uuid4()), workspace.id, DEFAULT))
     await _changed(gateway)
@@ -258,7 +272,9 @@ async def update_workspace(gateway: Gateway, request: Request) -> None:
         require_master(request.principal, "Setting a workspace's budget")
         changes["budget_limit"], changes["budget_reset"] = parse_budget(body["budget"])
         await gateway.check_limit_allowed({"limit": changes["budget_limit"]})
-    updated = await DirectoryStore(gateway.store).update(WorkspaceRow, workspace.id, changes) if changes else workspace
+    with _unique(f"A workspace named {changes.get('name')!r} exists already"):
+        updated = await DirectoryStore(gateway.store).update(WorkspaceRow, workspace.id, changes) \
+            if changes else workspace
     if updated is None:
         raise GatewayError(404, f"Workspace {workspace.name!r} not found")
     await _changed(gateway)
@@ -318,8 +334,9 @@ async def add_environment(gateway: Gateway, principal: Principal, workspace: Wor
     if _directory(gateway).environment(workspace.id, name) is not None:
         raise GatewayError(409, f"Workspace {workspace.name!r} has an environment named {name!r} already",
                            metadata={"field": "name"})
-    environment = await DirectoryStore(gateway.store).insert(
-        EnvironmentRow(str(uuid.uuid4()), workspace.id, name, limit, reset))
+    with _unique(f"Workspace {workspace.name!r} has an environment named {name!r} already"):
+        environment = await DirectoryStore(gateway.store).insert(
+            EnvironmentRow(str(uuid.uuid4()), workspace.id, name, limit, reset))
     await _changed(gateway)
     return environment
 
@@ -339,8 +356,9 @@ async def update_environment(gateway: Gateway, request: Request) -> None:
         limit, reset = parse_budget(body["budget"])
         await allow_budget(gateway, request.principal, limit, workspace=workspace, what="an environment's budget")
         changes["budget_limit"], changes["budget_reset"] = limit, reset
-    updated = await DirectoryStore(gateway.store).update(EnvironmentRow, environment.id, changes) \
-        if changes else environment
+    with _unique(f"Workspace {workspace.name!r} has an environment named {changes.get('name')!r} already"):
+        updated = await DirectoryStore(gateway.store).update(EnvironmentRow, environment.id, changes) \
+            if changes else environment
     if updated is None:
         raise GatewayError(404, f"Environment {environment.name!r} not found")
     await _changed(gateway)
