@@ -810,35 +810,41 @@ async def read_paced_body(request: Request, limit: int, idle_timeout: float) -> 
     """Request.read_body, paced against slow clients (slowloris): each part of the body must come at most
     `idle_timeout` seconds after the one before, and, once the body has had `idle_timeout` seconds, it must keep up
     BODY_MIN_RATE on average (a byte every half second never pauses for long, yet would hold the connection for
-    days). Otherwise 408, in the endpoint's error shape like any GatewayError, and the connection is closed. One timer
-    per request, moved on as parts arrive; a body that came with its head is read at once."""
-    receive = request.receive
-    loop = asyncio.get_running_loop()
-    started = last_part = loop.time()
-    received = 0
-    try:
-        async with asyncio.timeout(idle_timeout) as clock:
-            async def next_part() -> dict[str, Any]:
-                nonlocal received, last_part
-                message = await receive()
-                received += len(message.get("body", b""))
-                last_part = loop.time()
-                clock.reschedule(min(last_part + idle_timeout, started + idle_timeout + received / BODY_MIN_RATE))
-                return message
+    days). Otherwise 408, in the endpoint's error shape like any GatewayError, and the connection is closed.
 
-            request.receive = next_part
-            try:
-                await request.read_body(limit)
-            finally:
-                request.receive = receive
-    except TimeoutError:
-        if last_part <= started + received / BODY_MIN_RATE:  # the pause's deadline came first, not the rate's
-            problem = f"no part of the request body arrived for {idle_timeout:g} s"
-        else:
-            problem = f"the request body arrived slower than {BODY_MIN_RATE} bytes a second"
+    Cheap for the body that comes with its head (nearly all): one timer, armed and cancelled. It is not moved as parts
+    arrive: `read_body` notes each part's time and the size so far in `progress`, and the timer, when it fires,
+    re-arms itself for the later deadline while the body keeps pace."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    started = loop.time()
+    progress = [started, 0]  # when the last part came, bytes so far
+    late: list[str] = []
+
+    def check() -> None:
+        nonlocal timer
+        last_part, received = progress
+        pause_ends = last_part + idle_timeout
+        rate_ends = started + idle_timeout + received / BODY_MIN_RATE
+        if loop.time() < min(pause_ends, rate_ends):
+            timer = loop.call_at(min(pause_ends, rate_ends), check)
+            return
+        late.append(f"no part of the request body arrived for {idle_timeout:g} s" if pause_ends <= rate_ends
+                    else f"the request body arrived slower than {BODY_MIN_RATE} bytes a second")
+        task.cancel()
+
+    timer = loop.call_at(started + idle_timeout, check)
+    try:
+        await request.read_body(limit, progress)
+    except asyncio.CancelledError:
+        if not late or task.uncancel() > 0:  # not this timer's cancel, or cancelled by someone else as well
+            raise
         client = request.scope.get("client")
-        CUT_OFF.record("body", client[0] if client else "unknown", problem)
-        raise GatewayError(408, f"Request timeout: {problem}", headers={"Connection": "close"}) from None
+        CUT_OFF.record("body", client[0] if client else "unknown", late[0])
+        raise GatewayError(408, f"Request timeout: {late[0]}", headers={"Connection": "close"}) from None
+    finally:
+        timer.cancel()
 
 
 def _watch_disconnect(request: Request, task: asyncio.Task[Any]) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -72,7 +73,9 @@ class Request:
 
         return dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
 
-    async def read_body(self, limit: int) -> bytes:
+    async def read_body(self, limit: int, progress: list[Any] | None = None) -> bytes:
+        """The whole body, 413 past `limit` bytes. `progress`, when given, is kept at [when the last part came
+        (the loop's clock), bytes so far] for a pace check (api/app.read_paced_body)."""
         length = self.headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise GatewayError(413, f"Request body too large: {int(length)} bytes, the limit is {limit} bytes")
@@ -88,6 +91,9 @@ class Request:
                 if size > limit:
                     raise GatewayError(413, f"Request body too large: over {limit} bytes")
                 chunks.append(chunk)
+                if progress is not None:
+                    progress[0] = asyncio.get_running_loop().time()
+                    progress[1] = size
             if not message.get("more_body"):
                 break
         self.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -52,6 +52,7 @@ class SlowClientProtocol(HttpToolsProtocol):
         self.reading_head = False  # part of a request's head has arrived, not all of it
         self.reading_message = False  # a request has begun and its body has not all arrived
         self.head_bytes = 0  # bytes read while the current head was incomplete
+        self.chunk_bytes = 0  # bytes of the chunk being parsed
         self.head_too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -63,6 +64,7 @@ class SlowClientProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self.chunk_bytes = len(data)
         super().data_received(data)
         if self.reading_head and not self.transport.is_closing():
             self.head_bytes += len(data)
@@ -81,8 +83,12 @@ class SlowClientProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.reading_head = False
-        self.stop_clock()
-        if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEAD_BYTES:
+        if self.deadline is not None:
+            self.stop_clock()
+        # A head is no larger than the bytes read for it (its earlier chunks, and this one): only a head that may be
+        # over the bound is measured, so the common request pays one comparison.
+        if self.head_bytes + self.chunk_bytes > MAX_HEAD_BYTES and \
+                len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEAD_BYTES:
             self.head_too_large = True
             raise HeadTooLarge
         super().on_headers_complete()
