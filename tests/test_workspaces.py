@@ -508,8 +508,8 @@ def test_concurrent_creates_of_one_name_get_one_201_and_409s(gw) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         for round_ in range(3):
-            statuses = list(pool.map(lambda _: create("/api/v1/workspaces", f"race-{round_}"), range(12)))
+            statuses = list(pool.map(create, ["/api/v1/workspaces"] * 12, [f"race-{round_}"] * 12))
             assert sorted(set(statuses)) in ([201], [201, 409]) and statuses.count(201) == 1, statuses
-            statuses = list(pool.map(lambda _: create(f"/api/v1/workspaces/race-{round_}/environments", "staging"),
-                                     range(12)))
+            statuses = list(pool.map(create, [f"/api/v1/workspaces/race-{round_}/environments"] * 12,
+                                     ["staging"] * 12))
             assert sorted(set(statuses)) in ([201], [201, 409]) and statuses.count(201) == 1, statuses
