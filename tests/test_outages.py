@@ -27,10 +27,8 @@ import pytest
 from tests.conftest import MASTER_KEY, GatewayProcess, redis_test_url
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.tcpproxy import TcpProxy
-from tests.test_durability import postgres_ids
-
-AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
-MODEL = "openai/gpt-4o-mini"
+from tests.test_durability import AUTH, MODEL, postgres_ids
+from tests.test_durability import config as durability_config
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +39,8 @@ def upstream() -> Iterator[FakeOpenAI]:
 
 
 def config(upstream: FakeOpenAI, data_dir: Path, **accounting: object) -> dict:
-    return {
-        "server": {"host": "127.0.0.1", "master_key": MASTER_KEY, "data_dir": str(data_dir), "shutdown_grace": 10},
-        "accounting": {"flush_interval": 0.2, **accounting},
-        "routing": {"retries": 0},
-        "providers": [{"name": "oai", "type": "openai", "base_url": upstream.base_url + "/v1",
-                       "api_key": upstream.api_key, "timeout": 10,
-                       "models": [{"id": MODEL, "upstream": "gpt-4o-mini",
-                                   "pricing": {"prompt": 1.0, "completion": 2.0}}]}],
-    }
+    """tests/test_durability.py's gateway, its records flushed every 0.2 s."""
+    return durability_config(upstream, data_dir, **{"flush_interval": 0.2, **accounting})
 
 
 def proxy_to(url: str) -> tuple[TcpProxy, str]:

@@ -28,6 +28,8 @@ import struct
 import threading
 from typing import Literal
 
+from tests.fakes.tcpproxy import _close
+
 Mode = Literal["refuse", "blackhole", "reset", "silence", "cut", "trickle", "slow_close"]
 _HEAD_END = b"\r\n\r\n"
 
@@ -221,11 +223,4 @@ def _wait_until_gone(sock: socket.socket, timeout: float | None) -> None:
     except OSError:  # the timeout (TimeoutError is an OSError) or a reset
         pass
 
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
