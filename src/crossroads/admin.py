@@ -167,10 +167,11 @@ async def _run_users(args: argparse.Namespace, url: str) -> int:
         if args.action == "list":
             workspaces = {w.id: w.name for w in await directory.workspaces()}
             memberships = await directory.memberships()
-            rows = [{"id": u.id, "email": u.email, "admin": u.is_admin, "disabled": u.disabled,
-                     "workspaces": {workspaces.get(m.workspace_id, m.workspace_id): m.role
-                                    for m in memberships if m.user_id == u.id}}
-                    for u in await directory.users()]
+            rows: list[dict[str, Any]] = [
+                {"id": u.id, "email": u.email, "admin": u.is_admin, "disabled": u.disabled,
+                 "workspaces": {workspaces.get(m.workspace_id, m.workspace_id): m.role
+                                for m in memberships if m.user_id == u.id}}
+                for u in await directory.users()]
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
@@ -179,19 +180,19 @@ async def _run_users(args: argparse.Namespace, url: str) -> int:
                     print(f"{row['email']:<40} {'admin' if row['admin'] else '':<6} {row['id']}  {roles}")
             return 0
         if args.action in ("set-password", "disable", "enable"):
-            user = await directory.user_by_email(normal_email(args.email))
-            if user is None:
+            found = await directory.user_by_email(normal_email(args.email))
+            if found is None:
                 raise GatewayError(404, f"no user {args.email}")
             if args.action == "set-password":
                 changes: dict[str, object] = {"password_hash": await hash_password_async(_read_password())}
             else:
                 changes = {"disabled": args.action == "disable"}
-            await directory.update(UserRow, user.id, changes)
+            await directory.update(UserRow, found.id, changes)
             if args.action != "enable":  # a new password or a disabled account ends the sessions signed in before
                 from crossroads.store.signins import SignInStore
 
-                await SignInStore(store).end_sessions_of_user(user.id)
-            print(f"{user.email}: {'password set' if args.action == 'set-password' else args.action + 'd'}")
+                await SignInStore(store).end_sessions_of_user(found.id)
+            print(f"{found.email}: {'password set' if args.action == 'set-password' else args.action + 'd'}")
             return 0
         return 2
     finally:
@@ -305,9 +306,9 @@ def _changes(args: argparse.Namespace, *, creating: bool) -> dict[str, Any]:
     try:
         changes = key_changes(body, creating=creating)
     except GatewayError as exc:
-        field = (exc.metadata or {}).get("field")
+        refused = (exc.metadata or {}).get("field")
         message = exc.message.removeprefix("Invalid request: ").replace(" or null", " or none")
-        raise GatewayError(exc.status, f"{_FLAGS[field]}: {message}" if field in _FLAGS else message) from None
+        raise GatewayError(exc.status, f"{_FLAGS[refused]}: {message}" if refused in _FLAGS else message) from None
     expires = changes.get("expires_at")
     if expires is not None and expires <= datetime.now(UTC):
         raise GatewayError(400, f"--expires: {args.expires} is in the past")

@@ -9,9 +9,13 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossroads import __version__
+
+if TYPE_CHECKING:  # imported lazily at run time: `crossroads --help` and the subcommands load only what they use
+    from crossroads.config import Config
+    from crossroads.store import Store
 
 CONFIG_HELP = "YAML configuration file (default: $CROSSROADS_CONFIG, else the environment)"
 
@@ -286,7 +290,7 @@ def probe_connections(config: Any, timeout: float) -> threading.Thread | None:
     return thread
 
 
-def prepare_store(config: object, workers: int) -> str | None:
+def prepare_store(config: Config, workers: int) -> str | None:
     """Migrate the database once, before any worker starts; refuse a setup whose limits could not hold: several
     workers keeping limits in process memory, or a second live instance on this database where either instance keeps
     them there (crossroads/instances.py). Registers this instance and passes its id to the workers in
@@ -296,14 +300,14 @@ def prepare_store(config: object, workers: int) -> str | None:
     from crossroads.gate.credits import shared_credit_store
     from crossroads.store import Store, StoreUnavailable, database_url, migrate
 
-    url = database_url(config.server)  # type: ignore[attr-defined]
+    url = database_url(config.server)
     redis = bool(os.environ.get("CROSSROADS_REDIS_URL"))  # rate-limit counters (and credits) in a shared Redis
     shared_credits = shared_credit_store(os.environ.get("CROSSROADS_REDIS_URL"), url) is not None
     try:
         migrate(url)
         credit, rate = asyncio.run(_limited_keys(Store, url))
-        rate_limited = [f"connection {c.name}" for c in config.providers if c.rpm or c.tpm]  # type: ignore[attr-defined]
-        rate_limited += [f"route {r.name}" for r in config.routes if r.rpm or r.tpm]  # type: ignore[attr-defined]
+        rate_limited = [f"connection {c.name}" for c in config.providers if c.rpm or c.tpm]
+        rate_limited += [f"route {r.name}" for r in config.routes if r.rpm or r.tpm]
         if rate:
             rate_limited.append(f"{rate} API key(s)")
         if workers > 1:
@@ -334,18 +338,18 @@ def prepare_store(config: object, workers: int) -> str | None:
     return None
 
 
-async def _claim_instance(store_cls: type, url: str, workers: int, shared: bool) -> tuple[str, str | None]:
+async def _claim_instance(store_cls: type[Store], url: str, workers: int, shared: bool) -> tuple[str, str | None]:
     """crossroads.instances.claim on a store of its own."""
     from crossroads.instances import claim
 
-    store = await store_cls.open(url)  # type: ignore[attr-defined]
+    store = await store_cls.open(url)
     try:
         return await claim(store, workers=workers, shared=shared)
     finally:
         await store.close()
 
 
-def _record_serving(config: object, workers: int, *, only_if: int | None = None, instance_id: str | None = None
+def _record_serving(config: Config, workers: int, *, only_if: int | None = None, instance_id: str | None = None
                     ) -> None:
     """Tell the key CLI (another process) how many workers serve this store, so it applies the rule the running
     gateway's API applies (gate/keys.multiprocess_policy_problem). 0 when the gateway stops. Advisory: each worker
@@ -358,7 +362,7 @@ def _record_serving(config: object, workers: int, *, only_if: int | None = None,
     from crossroads.store import Store, StoreUnavailable, database_url
 
     async def write() -> None:
-        store = await Store.open(database_url(config.server))  # type: ignore[attr-defined]
+        store = await Store.open(database_url(config.server))
         try:
             if instance_id:
                 await store.unregister_instance(instance_id)
@@ -377,9 +381,9 @@ def _record_serving(config: object, workers: int, *, only_if: int | None = None,
               f"{exc}", file=sys.stderr)
 
 
-async def _limited_keys(store_cls: type, url: str) -> tuple[int, int]:
+async def _limited_keys(store_cls: type[Store], url: str) -> tuple[int, int]:
     """How many keys have a credit limit, and how many a rate limit."""
-    store = await store_cls.open(url)  # type: ignore[attr-defined]
+    store = await store_cls.open(url)
     try:
         rows = await store.list_keys()
         return (sum(1 for row in rows if row.limit is not None),

@@ -5,6 +5,7 @@ Every failure a client can see becomes ``{"error": {"code": <status>, "message":
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -43,7 +44,7 @@ class GatewayError(Exception):
 _SECRET_PATTERNS = None
 
 
-def redact(text: str, secrets: list[str | None]) -> str:
+def redact(text: str, secrets: Iterable[str | None]) -> str:
     """Remove known secrets and anything shaped like an API key from text that may reach a client or a log."""
     import re
 

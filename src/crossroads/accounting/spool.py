@@ -135,7 +135,7 @@ class Spool:
         starts[name]}): spend the database does not know of yet, for the credit ledger at start-up. Files held by
         another process are counted too (a record counted twice only makes a limit stricter)."""
         since = {name: start.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") for name, start in starts.items()}
-        out: dict[str | None, dict[str, float]] = {}
+        out: dict[tuple[Any, ...], dict[str, float]] = {}
         for path in self.files():
             try:
                 with open(path, "rb") as file:

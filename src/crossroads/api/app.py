@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from urllib.parse import unquote
 
 from crossroads.accounting.exchange import Exchange
@@ -310,8 +310,9 @@ class Gateway:
         record = exchange.to_record()
         reservation = exchange.reservation
         if reservation is not None:
-            if reservation.__class__ is SharedReservation:
-                self.fleet_credits.settle_later(reservation, record[RECORD_COST])  # type: ignore[union-attr]
+            if isinstance(reservation, SharedReservation):
+                assert self.fleet_credits is not None  # a shared reservation comes from the fleet's ledger
+                self.fleet_credits.settle_later(reservation, record[RECORD_COST])
                 # This process's share of every level's figures (the shared ledger holds the limited ones).
                 self.ledger.settle(Reservation(tuple(b.account for b in exchange.chain), 0.0), record[RECORD_COST])
             else:
@@ -446,8 +447,9 @@ class Gateway:
                 # all their bookkeeping before the answer's last byte, so a cancel after it loses nothing.) The
                 # watch starts only once the handler has run for WATCH_AFTER: most answers are complete sooner, and
                 # a timer costs far less than a watching task per request.
+                # current_task() is never None here: this runs in the request's task
                 arming = asyncio.get_running_loop().call_later(WATCH_AFTER, _watch_disconnect, request,
-                                                               asyncio.current_task())
+                                                               cast("asyncio.Task[Any]", asyncio.current_task()))
             await endpoint.handler(request)
         except GatewayError as error:
             failure = error
@@ -821,6 +823,7 @@ async def read_paced_body(request: Request, limit: int, idle_timeout: float) -> 
     started = loop.time()
     progress = [started, 0]  # when the last part came, bytes so far
     late: list[str] = []
+    timer: asyncio.TimerHandle  # set below, before check can run
 
     def check() -> None:
         nonlocal timer

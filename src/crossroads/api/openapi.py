@@ -21,6 +21,11 @@ from crossroads.api.asgi import Request, respond
 from crossroads.api.models import MAX_PAGE, SORTS
 
 Schema = dict[str, Any]
+# Property schemas spread into obj(**...): typed Any, as to mypy a dict[str, Schema] spread could fill obj's
+# `required` or `doc`.
+Properties = dict[str, Any]
+# A path item: its methods' operations, and "parameters" (a list).
+PathItem = dict[str, Any]
 
 PREFIX = "/api/v1"
 # Paths served under /api/v1 only (api/app.py registers the workspaces API under that prefix alone); every other
@@ -265,9 +270,10 @@ MODELS: dict[str, Schema] = {
 
 
 # -- components: keys, credits, generations, activity ------------------------------------------------------------------
-USAGE_FIELDS = {name: n() for name in ("usage", "usage_daily", "usage_weekly", "usage_monthly", "byok_usage",
-                                       "byok_usage_daily", "byok_usage_weekly", "byok_usage_monthly")}
-KEY_BODY_FIELDS: dict[str, Schema] = {
+USAGE_FIELDS: Properties = {name: n() for name in ("usage", "usage_daily", "usage_weekly", "usage_monthly",
+                                                   "byok_usage", "byok_usage_daily", "byok_usage_weekly",
+                                                   "byok_usage_monthly")}
+KEY_BODY_FIELDS: Properties = {
     "limit": null(n("Credit limit in USD", minimum=0)), "limit_reset": RESET,
     "expires_at": null(s("ISO-8601 date-time", format="date-time")),
     "allowed_models": null(arr(s(), description="Model ids or patterns this key may use (null: all)")),
@@ -334,7 +340,7 @@ ACCOUNT: dict[str, Schema] = {
 
 
 # -- components: workspaces --------------------------------------------------------------------------------------------
-PAGED = {"total_count": i()}
+PAGED: Properties = {"total_count": i()}
 WORKSPACES: dict[str, Schema] = {
     "Budget": obj(["limit", "limit_reset", "usage", "limit_remaining"], limit=null(n()), limit_reset=RESET,
                   usage=n("This period's spend"), limit_remaining=null(n())),
@@ -459,7 +465,7 @@ MODEL_QUERY = [
     query("max_age_days", i(minimum=0), "Listed at most this many days ago (`created`)"),
 ]
 W = f"{PREFIX}/workspaces/{{workspace}}"
-PATHS: dict[str, dict[str, Schema]] = {
+PATHS: dict[str, PathItem] = {
     f"{PREFIX}/chat/completions": {"post": op("Chat completions", "inference", "ChatCompletion", stream=True,
                                               body="ChatCompletionRequest")},
     f"{PREFIX}/completions": {"post": op("Legacy completions", "inference", "Completion", stream=True,
@@ -590,7 +596,7 @@ for suffix, (source, summary) in {
                                                         "environment (403 otherwise)."}}
 
 
-def _with_operation_ids(paths: dict[str, dict[str, Schema]]) -> dict[str, dict[str, Schema]]:
+def _with_operation_ids(paths: dict[str, PathItem]) -> dict[str, PathItem]:
     """Each operation with its id, from its method and path (post_api_v1_chat_completions): unique, for clients
     generated from the document."""
     def operation_id(method: str, path: str) -> str:

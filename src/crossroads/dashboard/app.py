@@ -723,8 +723,12 @@ class Dashboard:
         place = place_key(self.gateway, access.principal, {"workspace": access.workspace_id or DEFAULT,
                                                            "limit": limit})
         session = access.session
-        user_id = ("master" if session.key_hash is None and session.user_id is None
-                   else f"user-{session.user_id}" if session.user_id is not None else f"key-{session.key_hash[:16]}")
+        if session.user_id is not None:
+            user_id = f"user-{session.user_id}"
+        elif session.key_hash is not None:
+            user_id = f"key-{session.key_hash[:16]}"
+        else:
+            user_id = "master"
         code = await self.grants.issue(name=host, limit=limit, user_id=user_id, challenge=challenge, method=method,
                                        place=place)
         await self._redirect(request, _with_query(callback, {"code": code}))

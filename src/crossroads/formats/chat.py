@@ -10,7 +10,7 @@ import os
 import re
 import string
 import time
-from typing import Any
+from typing import Any, final
 
 import orjson
 
@@ -227,6 +227,7 @@ def _check_messages(messages: Any) -> None:
 _ID_TABLE = bytes(ord(_ALPHABET[b % 62]) for b in range(256))
 
 
+@final  # no subclass: register_at_fork below calls this instance's own __init__
 class _RandomText:
     """Random letters and digits from the OS's CSPRNG, fetched 4 KiB at a time: one getrandom() per ~200 ids instead
     of one per request (the system call is a measurable share of a request's CPU on some virtual machines)."""

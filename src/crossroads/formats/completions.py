@@ -87,7 +87,7 @@ def _checked(name: str, value: Any) -> Any:
     kinds, expected = _PASSTHROUGH[name]
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         raise _invalid(name, f"must be {expected}")
-    if name == "max_tokens" and value < 1:
+    if name == "max_tokens" and isinstance(value, int) and value < 1:  # an int: checked above
         raise _invalid(name, f"must be at least 1, got {value}")
     if name == "stop" and isinstance(value, list) and not all(isinstance(s, str) for s in value):
         raise _invalid(name, f"must be {expected}")

@@ -640,7 +640,8 @@ class ResponsesRenderer:
         output: list[dict[str, Any]] = []
         details: list[dict[str, Any]] = []
         _merge_details(details, message.get("reasoning_details"))
-        summary = message.get("reasoning") if isinstance(message.get("reasoning"), str) else _detail_text(details)
+        reasoning = message.get("reasoning")
+        summary = reasoning if isinstance(reasoning, str) else _detail_text(details)
         if summary or _carries_state(details):
             output.append(_reasoning_item(self._item_id("rs", 0), summary, details))
         text = text_of(message.get("content"))
@@ -886,8 +887,12 @@ def _echoed_fields(request: dict[str, Any]) -> dict[str, Any]:
     choice = request.get("tool_choice")
     if not (choice in ("auto", "required", "none") or (isinstance(choice, dict) and choice.get("type") == "function")):
         choice = "auto"
-    reasoning = request.get("reasoning") if isinstance(request.get("reasoning"), dict) else {}
-    text = request.get("text") if isinstance(request.get("text"), dict) else {}
+    reasoning = request.get("reasoning")
+    if not isinstance(reasoning, dict):
+        reasoning = {}
+    text = request.get("text")
+    if not isinstance(text, dict):
+        text = {}
     text_config = {"format": text.get("format") or {"type": "text"}}
     if text.get("verbosity") is not None:
         text_config["verbosity"] = text["verbosity"]

@@ -77,15 +77,16 @@ class Authenticator:
         if hmac.compare_digest(presented, self._master):
             return MASTER
         # Lookup by hash: a dict probe on a digest reveals nothing about the key through timing.
-        row = self.keys.get(hash_key(presented)) if self.keys is not None else None
-        if row is None:
+        keys = self.keys
+        row = keys.get(hash_key(presented)) if keys is not None else None
+        if row is None or keys is None:  # (keys None: row None too; spelt out for the type checker)
             raise GatewayError(401, "Invalid API key")
         if row.disabled:
             raise GatewayError(401, "API key is disabled")
         if is_expired(row, datetime.now(UTC)):
             raise GatewayError(401, "API key has expired")
         if row.is_management and row.user_id is not None:  # a member's key manages what the member may
-            role = self.keys.directory.role(row.workspace_id, row.user_id) or "removed"  # type: ignore[union-attr]
+            role = keys.directory.role(row.workspace_id, row.user_id) or "removed"
             return Principal(kind="key", key=row, role=role)
         return Principal(kind="key", key=row)
 

@@ -39,7 +39,7 @@ def next_reset(reset: str | None, now: datetime) -> datetime | None:
     """When a budget with this reset starts its next period (None: lifetime, it never does)."""
     if reset not in PERIODS:
         return None
-    start = period_starts(now)[reset]  # type: ignore[index]
+    start = period_starts(now)[reset]
     if reset == "daily":
         return start + _DAY
     if reset == "weekly":

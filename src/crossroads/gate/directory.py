@@ -100,6 +100,7 @@ class Directory:
         """Every budget a request must fit, key first then environment, member and workspace: those of `key`'s place,
         or (the master key, `key` None) of the workspace path it was sent on. Levels without a budget are in the
         chain too (limit None): the ledger tracks their spend."""
+        cache_key: tuple[str | None, str | None, str | None]
         if key is not None:
             cache_key = (key.hash, key.workspace_id, key.environment_id)
         else:

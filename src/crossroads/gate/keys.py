@@ -72,7 +72,8 @@ class KeyCache:
         # This process's own writes made while the load is under way (`put`, `drop`) are applied on top of what it
         # read: the rows may have been read before them, and replacing the cache with those would hide a key just
         # created here until the next poll.
-        self._during_load = during = []
+        during: list[tuple[Any, bool]] = []
+        self._during_load = during
         try:
             version = await self.store.keys_version()
             await self.reload_directory()

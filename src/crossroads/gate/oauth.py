@@ -70,7 +70,7 @@ class PendingGrants:
     can redeem a code another approved. `db` is set at start-up."""
 
     def __init__(self) -> None:
-        self.db: SignInStore = None  # type: ignore[assignment]
+        self.db: SignInStore = None  # type: ignore[assignment]  # set at start-up, before any request
 
     @staticmethod
     def _id(code: str) -> str:

@@ -37,7 +37,7 @@ import os
 import re
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
@@ -223,7 +223,7 @@ class Metrics:
         def histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram:
             return Histogram(PREFIX + name, doc, labels, registry=registry, buckets=buckets)
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...], mode: str) -> Gauge:
+        def gauge(name: str, doc: str, labels: tuple[str, ...], mode: Literal["livemax", "livesum"]) -> Gauge:
             return Gauge(PREFIX + name, doc, labels, registry=registry, multiprocess_mode=mode)
 
         self.requests = counter("requests_total", "Requests answered, by route, model and connection that served, "

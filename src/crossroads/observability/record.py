@@ -7,7 +7,7 @@ import itertools
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from crossroads.formats.chat import random_text
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
+@final  # no subclass: register_at_fork below calls this instance's own __init__
 class _RequestIds:
     """New request ids: "req-", 16 random letters and digits drawn once per process, and a counter in hex. Unique
     across processes and restarts without a random draw per request (a request id is a name, not a secret)."""

@@ -302,10 +302,10 @@ class HealthBoard:
         endpoint_probes = endpoint is not None and not self._refuses(endpoint, now)
         if not force and ((link is not None and not link_probes) or (endpoint is not None and not endpoint_probes)):
             return False
-        if link_probes:
+        if link is not None and link_probes:
             link.state = HALF_OPEN
             link.probe_started = now
-        if endpoint_probes:
+        if endpoint is not None and endpoint_probes:
             endpoint.state = HALF_OPEN
             endpoint.probe_started = now
         return True

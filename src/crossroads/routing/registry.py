@@ -150,9 +150,9 @@ class Registry:
                 for dep in deployments:
                     index.setdefault((dep.connection.name, dep.model.id), dep)
                     index.setdefault((dep.connection.name, dep.model.upstream), dep)
-        dep = index.get((connection, model))
-        if dep is not None:
-            return dep
+        found = index.get((connection, model))
+        if found is not None:
+            return found
         conn = self.connections.get(connection)
         if conn is None:
             return None

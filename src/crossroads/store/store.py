@@ -228,9 +228,9 @@ class Store:
         """The database's current UTC time plus `offset_s` seconds, as a UTCDateTime expression."""
         if self._dialect == "sqlite":
             # Stored as UTCDateTime stores naive UTC text, "YYYY-MM-DD HH:MM:SS.ffffff" (SQLite's clock has ms).
-            now = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", f"{float(offset_s)!r} seconds", type_=sa.String)
-            return sa.type_coerce(now.concat("000"), UTCDateTime)
-        now = sa.func.statement_timestamp(type_=sa.DateTime(timezone=True))
+            stamp = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", f"{float(offset_s)!r} seconds", type_=sa.String)
+            return sa.type_coerce(stamp.concat("000"), UTCDateTime)
+        now: sa.ColumnElement[Any] = sa.func.statement_timestamp(type_=sa.DateTime(timezone=True))
         if offset_s:
             now = now + sa.literal(timedelta(seconds=offset_s), sa.Interval)
         return sa.type_coerce(now, UTCDateTime)
