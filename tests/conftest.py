@@ -30,11 +30,18 @@ MASTER_KEY = "sk-or-v1-" + "7" * 64
 # What the suite's gateways are given and must never give back (tests/secret_watch.py); tests/team.py adds its password.
 secret_watch.watch(MASTER_KEY, FakeOpenAI().api_key or "", FakeAnthropic().api_key or "", FakeGemini().api_key or "",
                    oidc_provider.CLIENT_SECRET)
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# The recorded provider traffic beside the project (../shared/reference; CROSSROADS_REFERENCE names another place).
+# Without it the replay tests skip on a developer's machine; under CI (where shared/ is laid beside the clone) its
+# absence fails the run instead of quietly skipping them.
+REFERENCE = Path(os.environ.get("CROSSROADS_REFERENCE") or Path(__file__).resolve().parents[2] / "shared" / "reference")
+RECORDED = REFERENCE / "recorded"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     secret_watch.install()
+    if os.environ.get("CI") and not RECORDED.is_dir():
+        raise pytest.UsageError(f"the recorded provider traffic is missing ({RECORDED}): the replay tests would skip; "
+                                "lay shared/ beside the project or set CROSSROADS_REFERENCE to its reference folder")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

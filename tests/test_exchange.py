@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from crossroads.accounting.exchange import Exchange
+from crossroads.canonical import Usage
 from crossroads.catalog import ModelSpec, Pricing
 from crossroads.config import ConnectionConfig
 from crossroads.gate.auth import Principal
-from crossroads.providers import make_adapter
-from crossroads.providers.base import Usage
 from crossroads.providers.http import UpstreamClient
+from crossroads.providers.registry import make_adapter
 from crossroads.routing.registry import Connection
 from crossroads.store.rows import GENERATION_COLUMNS, GenerationRow, KeyRow, from_record, to_record, utc_text
 

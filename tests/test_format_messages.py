@@ -22,15 +22,15 @@ from crossroads.formats.messages import (
     messages_to_chat,
     stop_reason,
 )
-from crossroads.providers.anthropic import AnthropicAdapter, AnthropicTranslator
+from crossroads.providers.anthropic.adapter import AnthropicAdapter, AnthropicTranslator
 from crossroads.providers.base import RequestContext, Usage, choice_chunk
+from tests.conftest import RECORDED
 
 try:  # recent SDKs run on the httpx2 fork and refuse httpx clients
     import httpx2 as sdk_httpx
 except ImportError:  # pragma: no cover - older SDKs
     import httpx as sdk_httpx  # type: ignore[no-redef]
 
-RECORDED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "recorded"
 FMT = "anthropic-claude-v1"
 GEMINI_FMT = "google-gemini-v1"
 EVENTS = TypeAdapter(RawMessageStreamEvent)

@@ -7,7 +7,6 @@ replayed through the SDK's own stream accumulator; final Responses are validated
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +26,7 @@ from crossroads.formats.responses import (
     responses_to_chat,
 )
 from crossroads.providers.base import Usage, choice_chunk
+from tests.conftest import RECORDED
 
 EVENTS = TypeAdapter(ResponseStreamEvent)
 CREATED = 1_760_000_000
@@ -679,7 +679,6 @@ def test_responses_error_body(status: int, metadata: dict[str, Any] | None, expe
 # --------------------------------------------------------------------- the same streams OpenAI itself sent
 
 # Real OpenAI traffic, when the shared reference folder sits next to the repository (read, never copied).
-RECORDED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "recorded"
 
 
 def recorded_events(path: str) -> list[dict[str, Any]]:

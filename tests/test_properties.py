@@ -58,12 +58,12 @@ from crossroads.formats.base import Parsed
 from crossroads.formats.chat import ChatFront
 from crossroads.formats.embeddings import EmbeddingsFront
 from crossroads.formats.fronts import CompletionsFront, MessagesFront, ResponsesFront
-from crossroads.providers.anthropic import AnthropicAdapter, AnthropicNativeTranslator
+from crossroads.providers.anthropic.adapter import AnthropicAdapter, AnthropicNativeTranslator
 from crossroads.providers.base import FINISH_REASONS, RequestContext, UpstreamStreamError, Usage, sse_frame
-from crossroads.providers.gemini import GeminiAdapter
+from crossroads.providers.gemini.adapter import GeminiAdapter
 from crossroads.providers.http import iter_sse
-from crossroads.providers.openai import OPENROUTER_ONLY_FIELDS, OpenAIAdapter
-from crossroads.providers.openai_responses import ResponsesPassthrough
+from crossroads.providers.openai.adapter import OPENROUTER_ONLY_FIELDS, OpenAIAdapter
+from crossroads.providers.openai.responses import ResponsesPassthrough
 from crossroads.store import Store, migrate
 from crossroads.store.engine import async_url, create_engine
 from tests.conftest import MASTER_KEY, GatewayProcess
@@ -1421,9 +1421,11 @@ async def request_everywhere(front: str, body: dict[str, Any]) -> None:
     for provider in PROVIDERS:
         adapter = ADAPTERS[provider]
         if front == "embeddings":
-            if not hasattr(adapter, "embeddings_translator"):
+            embedder = adapter.native_translator("embeddings", context(provider, stream=False, model=EMBEDDING_MODEL),
+                                                 body, {})
+            if embedder is None:
                 continue
-            upstream = adapter.embeddings_translator(context(provider, stream=False, model=EMBEDDING_MODEL))
+            upstream = embedder
         else:
             upstream = translator(provider, stream=body.get("stream") is True)
         try:
@@ -1467,7 +1469,8 @@ TRANSLATORS = (*PROVIDERS, "responses", "openai-embeddings", "gemini-embeddings"
 def any_translator(name: str, *, stream: bool = False) -> Any:
     if name.endswith("-embeddings"):
         provider = name.removesuffix("-embeddings")
-        return ADAPTERS[provider].embeddings_translator(context(provider, stream=False, model=EMBEDDING_MODEL))
+        return ADAPTERS[provider].native_translator("embeddings", context(provider, stream=False,
+                                                                         model=EMBEDDING_MODEL), {}, {})
     return translator(name, stream=stream)
 
 

@@ -15,8 +15,8 @@ import pytest
 from crossroads.catalog import ModelSpec, Pricing
 from crossroads.config import ConnectionConfig, load_config
 from crossroads.errors import GatewayError
-from crossroads.providers import make_adapter
 from crossroads.providers.http import UpstreamClient
+from crossroads.providers.registry import make_adapter
 from crossroads.routing.registry import Connection, Registry, build_registry
 from crossroads.routing.routes import RouteTable
 from crossroads.routing.select import AUTO_MODELS, RoutePlan, plan

@@ -23,6 +23,7 @@ import pytest
 
 from crossroads.observability import tracing
 from crossroads.observability.tracing import parse_traceparent, parse_tracestate, tracer_from_environment
+from crossroads.providers.registry import spec_for
 from tests.conftest import MASTER_KEY, GatewayProcess
 from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.base import Fault, Reply
@@ -421,9 +422,10 @@ def fake_info(exchange: object, *, status: int = 200, duration: float = 2.0) -> 
 
 
 def fake_exchange(**fields: object) -> SimpleNamespace:
-    from crossroads.providers.base import Usage
+    from crossroads.canonical import Usage
 
-    connection = SimpleNamespace(name="oai", config=SimpleNamespace(type="openai", base_url="https://u:pw@api.x/v1"))
+    connection = SimpleNamespace(name="oai", config=SimpleNamespace(type="openai", base_url="https://u:pw@api.x/v1"),
+                                 spec=spec_for("openai"))
     model = SimpleNamespace(id="openai/gpt-4o-mini", upstream="gpt-4o-mini")
     values = dict(api_type="chat", requested_model="openai/gpt-4o-mini", model_id=model.id, upstream_model=None,
                   upstream_id=None, generation_id="gen-1", connection=connection, model=model, stream=False,

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from crossroads.accounting.exchange import estimate_prompt_tokens as estimate
-from crossroads.formats.transforms import ANTHROPIC_MAX_MESSAGES, ELISION, middle_out, wants_middle_out
+from crossroads.formats.transforms import ELISION, middle_out, wants_middle_out
+from crossroads.providers.anthropic import MAX_MESSAGES as ANTHROPIC_MAX_MESSAGES
 
 Body = dict[str, Any]
 

@@ -14,7 +14,7 @@ import yaml
 from crossroads.catalog import ModelSpec
 from crossroads.config import ConnectionConfig
 from crossroads.errors import GatewayError
-from crossroads.providers.anthropic import (
+from crossroads.providers.anthropic.adapter import (
     JSON_OBJECT_INSTRUCTION,
     JSON_SCHEMA_INSTRUCTION,
     AnthropicAdapter,
@@ -22,10 +22,10 @@ from crossroads.providers.anthropic import (
     sanitise_tool_id,
 )
 from crossroads.providers.base import RequestContext, UpstreamStreamError
+from tests.conftest import RECORDED
 from tests.fakes.anthropic_fake import FAKE_SIGNATURE, FakeAnthropic
 from tests.fakes.base import Fault, Reply, ToolCall
 
-RECORDED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "recorded"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00fake-png-body"
 PDF = b"%PDF-1.4\nfake pdf\n%%EOF"
 B64_PNG = base64.b64encode(PNG).decode()

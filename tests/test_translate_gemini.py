@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,18 +18,18 @@ from crossroads.config import ConnectionConfig
 from crossroads.errors import GatewayError
 from crossroads.net.fetch import MediaFetcher
 from crossroads.providers.base import RequestContext, UpstreamStreamError
-from crossroads.providers.gemini import (
+from crossroads.providers.gemini.adapter import (
     GeminiAdapter,
     GeminiTranslator,
     generated_tool_call_id,
     sanitise_schema,
 )
 from crossroads.providers.http import iter_sse
+from tests.conftest import RECORDED
 from tests.fakes.base import Fault, Reply, ToolCall
 from tests.fakes.gemini_fake import FAKE_SIGNATURE, FakeGemini
 from tests.fakes.serve import serving
 
-RECORDED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "recorded"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00fake-png-body"
 PDF = b"%PDF-1.4\nfake pdf\n%%EOF"
 B64_PNG = base64.b64encode(PNG).decode()

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from crossroads.catalog import PROVIDER_TYPES, Catalog, ModelSpec, Vendor, load_catalog, model_from_dict
-from crossroads.providers.base import upstream_model_problem
+from crossroads.catalog import Catalog, ModelSpec, Vendor, load_catalog, model_from_dict
+from crossroads.providers.base import ProviderSpec, upstream_model_problem
+from crossroads.providers.registry import SPECS
 
-DEFAULT_BASE_URLS = {"anthropic": "https://api.anthropic.com/v1", "gemini": "https://generativelanguage.googleapis.com/v1beta"}
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -114,6 +114,8 @@ class ConnectionConfig:
     rpm: int | None = None  # capacity: requests per minute this connection may take (None = unlimited)
     tpm: int | None = None  # capacity: tokens per minute
     workspace: str | None = None  # the name of the workspace that owns it (only its keys see it); None: everyone's
+    # The keys only its provider type takes (ProviderSpec.connection_fields: a region, an API version...).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -335,7 +337,7 @@ def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> C
     accounting = _read_accounting(_Reader(source, "accounting", top.data.get("accounting"),
                                           {"durability", "flush_interval", "max_pending", "budget",
                                            "reservation_lease", "reconcile_interval"}))
-    providers = _read_named(source, "providers", "connection", top.get("providers", list, []), _CONNECTION_KEYS,
+    providers = _read_named(source, "providers", "connection", top.get("providers", list, []), _connection_keys(),
                             lambda r: _read_connection(r, catalog))
     seen = {conn.name for conn in providers}
     routing = _read_routing(_Reader(source, "routing", top.data.get("routing"),
@@ -366,9 +368,15 @@ _SERVER_KEYS = {
     "host", "port", "master_key", "data_dir", "max_body_bytes", "keepalive_interval", "shutdown_grace",
     "header_timeout", "body_timeout", "discovery_timeout", "media", "database_url", "oauth", "metrics", "oidc",
 }
-_CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "connect_timeout",
-                    "max_response_bytes", "models", "catalog", "discover", "data_collection", "rpm", "tpm",
-                    "responses_api", "workspace"}
+_COMMON_CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "connect_timeout",
+                           "max_response_bytes", "models", "catalog", "discover", "data_collection", "rpm", "tpm",
+                           "responses_api", "workspace"}
+
+
+def _connection_keys() -> set[str]:
+    """Every key a connection may have: the common ones and those some provider type takes (checked against the
+    connection's own type in _read_connection)."""
+    return _COMMON_CONNECTION_KEYS | {key for spec in SPECS.values() for key in spec.connection_fields}
 _MODEL_KEYS = {
     "id", "upstream", "name", "created", "description", "context_length", "max_completion_tokens", "dimensions",
     "pricing", "input_modalities", "output_modalities", "tokenizer", "reasoning", "supported_parameters",
@@ -439,22 +447,18 @@ def _read_server(r: _Reader) -> ServerConfig:
     return server
 
 
-# The API version path each native API lives under, and the ones a base_url may already end with.
-_API_VERSIONS = {"anthropic": ("/v1", ("/v1",)), "gemini": ("/v1beta", ("/v1", "/v1beta", "/v1alpha"))}
-
-
 def versioned_base_url(kind: str, base_url: str) -> str:
-    """`base_url` with the API version path its SDKs add themselves: `https://api.anthropic.com` (the Anthropic SDK's
-    base URL) means `https://api.anthropic.com/v1`, `https://generativelanguage.googleapis.com` means `.../v1beta`;
-    a base URL that already ends with a version path is kept. OpenAI-compatible servers vary (`/v1`, `/openai/v1`,
-    `/api/v1`...): theirs is taken as written."""
-    version = _API_VERSIONS.get(kind)
-    if version is None:
+    """`base_url` with the API version path its SDKs add themselves (ProviderSpec.api_version):
+    `https://api.anthropic.com` (the Anthropic SDK's base URL) means `https://api.anthropic.com/v1`,
+    `https://generativelanguage.googleapis.com` means `.../v1beta`; a base URL that already ends with a version path
+    is kept. A type without a version path (OpenAI-compatible servers vary: `/v1`, `/openai/v1`, `/api/v1`...) has
+    its base URL taken as written."""
+    spec = SPECS[kind]
+    if spec.api_version is None:
         return base_url
-    default, accepted = version
     path = base_url.split("://", 1)[-1].partition("/")[2]
     path = "/" + path.split("?", 1)[0] if path else ""
-    return base_url if path.endswith(accepted) else base_url + default
+    return base_url if path.endswith(spec.accepted_versions) else base_url + spec.api_version
 
 
 def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
@@ -462,21 +466,26 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
     if not _NAME_PATTERN.match(name):
         raise r.error("name", f"{name!r} may hold only letters, digits, '.', '_' and '-' (no '/')")
     kind = r.get("type", str, required=True)
-    if kind not in PROVIDER_TYPES:
-        raise r.error("type", f"{kind!r} is not one of {', '.join(PROVIDER_TYPES)}")
+    if kind not in SPECS:
+        raise r.error("type", f"{kind!r} is not one of {', '.join(SPECS)}")
+    provider = SPECS[kind]
+    for key in r.data:
+        if key not in _COMMON_CONNECTION_KEYS and key not in provider.connection_fields:
+            takers = ", ".join(s.type for s in SPECS.values() if key in s.connection_fields)
+            raise r.error(key, f"is a key of {takers} connections only, not of {kind} ones")
     vendor_key = r.get("catalog", str, None)
     if vendor_key is not None and vendor_key not in catalog.vendors:
         raise r.error("catalog", f"unknown catalog vendor {vendor_key!r} (known: {', '.join(catalog.vendors)})")
     base_url = r.get("base_url", str, None)
     if base_url is None:
         vendor_guess = catalog.vendors.get(vendor_key or name)
-        base_url = DEFAULT_BASE_URLS.get(kind) or (vendor_guess.base_url if vendor_guess else None)
+        base_url = provider.default_base_url or (vendor_guess.base_url if vendor_guess else None)
         if base_url is None:
-            raise r.error("base_url", "is required for an openai-type connection that is not a known vendor")
+            raise r.error("base_url", f"is required for a {kind}-type connection that is not a known vendor")
     if not base_url.startswith(("http://", "https://")):
         raise r.error("base_url", f"must be an http(s) URL, got {_without_password(base_url)!r}")
     base_url = versioned_base_url(kind, base_url.rstrip("/"))
-    vendor = _pick_vendor(catalog, vendor_key, name, kind, base_url)
+    vendor = _pick_vendor(catalog, vendor_key, name, provider, base_url)
     headers = r.get("headers", dict, {}, secret=True)
     for key, value in headers.items():
         if not isinstance(value, str):
@@ -493,7 +502,7 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
         vendor=vendor,
     )
     models_raw = r.get("models", list, [])
-    params = vendor.supported_parameters if vendor else _DEFAULT_PARAMS[kind]
+    params = vendor.supported_parameters if vendor else list(provider.default_parameters)
     for index, item in enumerate(models_raw):
         mr = _Reader(r.source, r.key(f"models[{index}]"), item, _MODEL_KEYS)
         model_id = mr.get("id", str, required=True)
@@ -523,11 +532,14 @@ def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
             raise mr.error("upstream" if "upstream" in item else "id",
                            f"{spec.upstream!r} cannot be sent upstream as a model id: {problem}")
         conn.models.append(spec)
-    conn.discover = r.get("discover", bool, kind == "openai" and not conn.models and not (vendor and vendor.models)
-                          and not (vendor and vendor.key == "openrouter"))
+    conn.discover = r.get("discover", bool, provider.discover_models and not conn.models
+                          and not (vendor and vendor.models) and not (vendor and vendor.key == "openrouter"))
     conn.data_collection = r.get("data_collection", str, "allow")
-    conn.responses_api = r.get("responses_api", bool,
-                               kind == "openai" and conn.vendor is not None and conn.vendor.key == "openai")
+    conn.responses_api = r.get("responses_api", bool, vendor is not None and vendor.responses_api)
+    for key, option in provider.connection_fields.items():
+        value = r.get(key, option.kind, option.default, required=option.required, secret=option.secret)
+        if value is not None:
+            conn.options[key] = value
     if conn.data_collection not in ("allow", "deny"):
         raise r.error("data_collection", f"must be allow or deny, got {conn.data_collection!r}")
     conn.rpm = _optional_positive(r, "rpm")
@@ -763,28 +775,20 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool))
 
 
-_DEFAULT_PARAMS = {
-    "openai": ["max_tokens", "temperature", "top_p", "stop", "frequency_penalty", "presence_penalty", "seed",
-               "tools", "tool_choice", "response_format"],
-    "anthropic": ["max_tokens", "temperature", "top_p", "top_k", "stop", "tools", "tool_choice", "reasoning"],
-    "gemini": ["max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "tools", "tool_choice",
-               "response_format", "reasoning"],
-}
-
-
-def _pick_vendor(catalog: Catalog, key: str | None, name: str, kind: str, base_url: str) -> Vendor | None:
+def _pick_vendor(catalog: Catalog, key: str | None, name: str, spec: ProviderSpec, base_url: str) -> Vendor | None:
+    """The catalog vendor whose models and parameter rules a connection gets: the one its `catalog:` key names, else
+    the one its base URL belongs to, else (for an API only one vendor speaks) that vendor."""
     if key is not None:
         return catalog.vendors[key]
     by_url = catalog.vendor_for_url(base_url)
-    if by_url is not None and by_url.type == kind:
+    if by_url is not None and by_url.type == spec.type:
         return by_url
+    if not spec.single_vendor:
+        return None
     named = catalog.vendors.get(name)
-    if named is not None and named.type == kind and kind != "openai":
+    if named is not None and named.type == spec.type:
         return named
-    for vendor in catalog.vendors.values():
-        if vendor.type == kind and kind != "openai":
-            return vendor
-    return None
+    return next((vendor for vendor in catalog.vendors.values() if vendor.type == spec.type), None)
 
 
 def _config_from_environment(catalog: Catalog) -> Config:
@@ -800,15 +804,16 @@ def _config_from_environment(catalog: Catalog) -> Config:
         value = next((os.environ[v] for v in vendor.env if os.environ.get(v)), None)
         if not value:
             continue
-        base_url, api_key = vendor.base_url, value
-        if vendor.env_is_base_url:
+        base_url: str = vendor.base_url
+        api_key: str | None = value
+        if vendor.env_is_base_url:  # the variable holds the server's URL, and the server takes no key
             base_url, api_key = value.rstrip("/"), None
             if not base_url.endswith("/v1"):
                 base_url += "/v1"
         providers.append(ConnectionConfig(
             name=vendor.key, type=vendor.type, base_url=base_url, api_key=api_key, vendor=vendor,
-            discover=vendor.type == "openai" and not vendor.models and vendor.key != "openrouter",
-            responses_api=vendor.key == "openai",
+            discover=SPECS[vendor.type].discover_models and not vendor.models and vendor.key != "openrouter",
+            responses_api=vendor.responses_api,
         ))
     return Config(source="environment", server=server, providers=providers, catalog=catalog)
 

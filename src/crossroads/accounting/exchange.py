@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from crossroads.accounting.pricing import request_cost
-from crossroads.providers.base import Usage
+from crossroads.canonical import Usage
 from crossroads.store.rows import GenerationRecord, utc_text
 
 if TYPE_CHECKING:

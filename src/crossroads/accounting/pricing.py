@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from crossroads.canonical import Usage
 from crossroads.catalog import Pricing
-from crossroads.providers.base import Usage
 
 
 def prompt_cost(usage: Usage, pricing: Pricing) -> float:

@@ -23,14 +23,14 @@ from crossroads.accounting.exchange import NOTHING_TO_HOLD, Exchange, estimate_p
 from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, OpenStreams, Request, respond
 from crossroads.errors import GatewayError
 from crossroads.formats.chat import new_generation_id
-from crossroads.formats.transforms import ANTHROPIC_MAX_MESSAGES, middle_out, wants_middle_out
+from crossroads.formats.transforms import middle_out, wants_middle_out
 from crossroads.gate.auth import allowed_for_inference, priced_for_limit
 from crossroads.gate.directory import chain_limited
 from crossroads.gate.ratelimit import Decision, Limit
 from crossroads.observability.logs import OncePer
 from crossroads.observability.metrics import count_redis_error
-from crossroads.providers.base import RequestContext, UpstreamStreamError, sse_frame
-from crossroads.providers.http import ResponseTooLarge, iter_sse, read_body
+from crossroads.providers.base import RequestContext, Translator, UpstreamStreamError, sse_frame
+from crossroads.providers.http import ResponseTooLarge, read_body
 from crossroads.routing.features import (
     ONLINE_SUFFIX,
     requested_features,
@@ -54,14 +54,7 @@ PROCESSING = b": PROCESSING\n\n"
 # X-RateLimit-* always mean the gateway's own limits for the calling key (or its route), in OpenRouter's units (reset
 # in epoch milliseconds). The upstream account's request limits, in whatever units the upstream uses ("6ms",
 # an RFC 3339 time...), are passed on as X-Upstream-RateLimit-*.
-_UPSTREAM_LIMIT_HEADERS = (
-    (b"x-upstream-ratelimit-limit", ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit",
-                                     "x-ratelimit-limit")),
-    (b"x-upstream-ratelimit-remaining", ("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining",
-                                         "x-ratelimit-remaining")),
-    (b"x-upstream-ratelimit-reset", ("x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset",
-                                     "x-ratelimit-reset")),
-)
+# Each provider names its headers (ProviderSpec.rate_limit_headers).
 
 
 class AttemptFailed(Exception):
@@ -95,7 +88,8 @@ def _reached_nothing(exc: BaseException) -> bool:
 
 
 def upstream_error(connection: Connection, status: int, raw: bytes, headers: Any = None) -> GatewayError:
-    """Map an upstream's HTTP error to the status the client sees, keeping its body (secrets removed)."""
+    """Map an upstream's HTTP error to the status the client sees, keeping its body (secrets removed). `status` is
+    what the adapter classified the error as (Adapter.error_status)."""
     message = connection.redact(connection.adapter.error_message(status, raw))
     metadata = {"provider_name": connection.name, "raw": _raw_excerpt(connection, raw)}
     if status == 429:
@@ -395,14 +389,17 @@ class Call:
             if cannot:
                 body = without(body, cannot)
         if model.context_length and not self.front.native_only and wants_middle_out(body, model.context_length):
-            body = self._middle_out(body, model, connection.config.type)
+            body = self._middle_out(body, model, connection.spec.max_messages)
         ctx = RequestContext(model=model, connection=connection.config, stream=self.stream,
-                             media=self.gateway.media if connection.config.type != "openai" else None)
+                             media=self.gateway.media if connection.spec.fetches_media else None)
         # The front passes the client's own body through when the connection speaks its API (a route's parameter
         # overrides can only be applied to the canonical body).
         front = self.front
+        translator: Translator | None
         if front.native_only:  # embeddings: the front's own translator for every connection, its renderer answers
             translator = front.native_translator(connection, ctx, self.parsed)
+            if translator is None:
+                raise GatewayError(400, f"Connection {connection.name!r} cannot serve this endpoint")
             self.passthrough = False
         else:
             translator = None if candidate.overrides else front.native_translator(connection, ctx, self.parsed)
@@ -410,9 +407,14 @@ class Call:
             if translator is None:
                 translator = connection.adapter.translator(ctx)
         upstream = await translator.request(body)
-        upstream.headers["X-Request-Id"] = self.request.request_id
+        # A copy: translators may hand out their adapter's shared headers, and this request's id and trace context
+        # must not reach another request's upstream call.
+        headers = {**upstream.headers, "X-Request-Id": self.request.request_id}
         if self.request.trace is not None:
-            upstream.headers.update(self.request.trace.upstream_headers())
+            headers.update(self.request.trace.upstream_headers())
+        upstream.headers = headers
+        if connection.adapter.sign is not None:
+            await connection.adapter.sign(upstream)
         self.renderer = self.front.renderer(generation_id=exchange.generation_id, model_id=candidate.model_id,
                                             provider=connection.name, parsed=self.parsed, usage=translator.usage)
         exchange.upstream_started = time.monotonic()
@@ -460,7 +462,7 @@ class Call:
             return
         await self._stream(candidate, upstream, translator)
 
-    def _middle_out(self, body: dict[str, Any], model: Any, provider_type: str) -> dict[str, Any]:
+    def _middle_out(self, body: dict[str, Any], model: Any, max_messages: int | None) -> dict[str, Any]:
         """OpenRouter's middle-out: drop or shorten messages from the middle until the prompt fits the context."""
         requested = body.get("max_tokens") or body.get("max_completion_tokens")
         # Without max_tokens, room for a modest answer (the model's whole max output would crowd out the prompt).
@@ -468,7 +470,7 @@ class Call:
                                                                       model.context_length // 4)
         new_body, changed = middle_out(body, model.context_length, max_output=max_output,
                                        estimate=estimate_prompt_tokens,
-                                       max_messages=ANTHROPIC_MAX_MESSAGES if provider_type == "anthropic" else None)
+                                       max_messages=max_messages)
         if changed:
             self.exchange.events.append({"type": "transform", "name": "middle-out", "messages": changed,
                                          "connection": self.exchange.connection.name})
@@ -481,6 +483,7 @@ class Call:
             await hook(self.gateway, self.request.principal, translator)
 
     def _fail_attempt(self, connection: Connection, status: int, raw: bytes, headers: Any) -> None:
+        status = connection.adapter.error_status(status, raw)
         error = upstream_error(connection, status, raw, headers)
         self.exchange.attempt(status, error.message)
         raise AttemptFailed(error, status, headers.get("Retry-After") if headers is not None else None)
@@ -513,7 +516,10 @@ class Call:
         if self.limit_headers:
             out.extend((k.lower().encode(), v.encode()) for k, v in self.limit_headers.items())
         if upstream_headers is not None:
-            for name, sources in _UPSTREAM_LIMIT_HEADERS:
+            names = connection.spec.rate_limit_headers
+            for name, sources in ((b"x-upstream-ratelimit-limit", names.limit),
+                                  (b"x-upstream-ratelimit-remaining", names.remaining),
+                                  (b"x-upstream-ratelimit-reset", names.reset)):
                 for source in sources:
                     value = upstream_headers.get(source)
                     if value:
@@ -523,9 +529,9 @@ class Call:
         if isinstance(metadata, dict):
             for key, value in list(metadata.items())[:16]:
                 if isinstance(key, str) and isinstance(value, str | int | float | bool):
-                    name = "".join(c for c in key.lower() if c.isalnum() or c in "-_")[:64]
-                    if name:
-                        out.append((b"x-crossroads-metadata-" + name.encode(), _header_value(str(value))))
+                    label = "".join(c for c in key.lower() if c.isalnum() or c in "-_")[:64]
+                    if label:
+                        out.append((b"x-crossroads-metadata-" + label.encode(), _header_value(str(value))))
         return out
 
     # -- streams --------------------------------------------------------------------------------------------------
@@ -638,7 +644,8 @@ class Call:
         passthrough = self.passthrough
         finished = False
         try:
-            async for events in iter_sse(resp, exchange.connection.client.max_response_bytes):
+            connection = exchange.connection
+            async for events in connection.adapter.events(resp, connection.client.max_response_bytes):
                 out: list[bytes] = []
                 try:
                     for event, data in events:

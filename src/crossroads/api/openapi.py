@@ -396,7 +396,8 @@ OPERATIONS_SCHEMAS: dict[str, Schema] = {
 
 
 # -- paths -------------------------------------------------------------------------------------------------------------
-ERROR_REFS = {"openrouter": "Error", "anthropic": "AnthropicError", "openai": "OpenAIError"}
+# The error shape of each client API family: OpenRouter's, Anthropic Messages', OpenAI Responses'.
+ERROR_REFS = {"openrouter": "Error", "messages": "AnthropicError", "responses": "OpenAIError"}
 
 
 def _body(schema: str) -> Schema:
@@ -471,15 +472,15 @@ PATHS: dict[str, PathItem] = {
     f"{PREFIX}/completions": {"post": op("Legacy completions", "inference", "Completion", stream=True,
                                          body="CompletionRequest")},
     f"{PREFIX}/messages": {"post": op("Anthropic Messages", "inference", "Message", stream=True,
-                                      body="MessagesRequest", errors="anthropic")},
+                                      body="MessagesRequest", errors="messages")},
     f"{PREFIX}/messages/count_tokens": {"post": op("Count a Messages request's input tokens", "inference",
-                                                   "TokenCount", body="CountTokensRequest", errors="anthropic")},
+                                                   "TokenCount", body="CountTokensRequest", errors="messages")},
     f"{PREFIX}/responses": {"post": op("OpenAI Responses", "inference", "Response", stream=True,
-                                       body="ResponsesRequest", errors="openai")},
+                                       body="ResponsesRequest", errors="responses")},
     f"{PREFIX}/responses/{{id}}": {
         "parameters": [path_param("id", "A stored response's id")],
-        "get": op("A stored response (the calling key's)", "inference", "Response", errors="openai"),
-        "delete": op("Delete a stored response", "inference", "ResponseDeleted", errors="openai"),
+        "get": op("A stored response (the calling key's)", "inference", "Response", errors="responses"),
+        "delete": op("Delete a stored response", "inference", "ResponseDeleted", errors="responses"),
     },
     f"{PREFIX}/embeddings": {"post": op("Embeddings", "inference", "Embeddings", body="EmbeddingsRequest")},
     f"{PREFIX}/models": {"get": op("The models this key may use, in OpenRouter's shape", "models", "ModelList",

@@ -12,7 +12,6 @@ from typing import Any
 
 import yaml
 
-PROVIDER_TYPES = ("openai", "anthropic", "gemini")
 PRICE_FIELDS = ("prompt", "completion", "request", "image", "input_cache_read", "input_cache_write")
 # Prices per request/image are already per unit; token prices are published per 1M tokens.
 _PER_UNIT_FIELDS = ("request", "image")
@@ -78,6 +77,7 @@ class Vendor:
     drop_params: frozenset[str]
     supported_parameters: list[str]
     models: list[ModelSpec]
+    responses_api: bool = False  # also serves OpenAI's Responses API (POST /responses): Responses pass through
 
 
 @dataclass  # not slots: `by_id` is a cached_property, which needs an instance __dict__
@@ -160,5 +160,6 @@ def load_catalog() -> Catalog:
             drop_params=frozenset(data.get("drop_params") or ()),
             supported_parameters=params,
             models=[model_from_dict(m, vendor_params=params) for m in data.get("models") or []],
+            responses_api=bool(data.get("responses_api")),
         )
     return Catalog(date=str(raw["date"]), vendors=vendors)

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from crossroads.canonical import Usage
     from crossroads.catalog import Pricing
     from crossroads.errors import GatewayError
-    from crossroads.providers.base import RequestContext, Translator, Usage
+    from crossroads.providers.base import RequestContext, Translator
     from crossroads.routing.registry import Connection
 
 

@@ -15,11 +15,11 @@ from typing import Any, final
 import orjson
 
 from crossroads.accounting.pricing import completion_cost, prompt_cost
+from crossroads.canonical import Usage
 from crossroads.catalog import Pricing
 from crossroads.errors import GatewayError
 from crossroads.formats.base import Parsed
 from crossroads.formats.json_input import loads_bounded
-from crossroads.providers.base import Usage
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _NUMBER = (int, float)

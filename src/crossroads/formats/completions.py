@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
+from crossroads.canonical import Usage, text_of
 from crossroads.errors import GatewayError
-from crossroads.providers.base import Usage, text_of
 
 # Parameters with the same meaning in the canonical chat request -> (accepted types, description for errors).
 _PASSTHROUGH: dict[str, tuple[tuple[type, ...], str]] = {

@@ -25,8 +25,9 @@ from crossroads.formats.base import Parsed
 from crossroads.formats.chat import check_routing_fields, parse_json_object
 
 if TYPE_CHECKING:
+    from crossroads.canonical import Usage
     from crossroads.catalog import Pricing
-    from crossroads.providers.base import RequestContext, Translator, Usage
+    from crossroads.providers.base import RequestContext, Translator
     from crossroads.routing.registry import Connection
 
 MAX_INPUTS = 2048  # OpenAI's cap on inputs per request (Gemini's batch is smaller: its translator says so)
@@ -108,11 +109,11 @@ class EmbeddingsFront:
         return EmbeddingsRenderer(generation_id, model_id, provider, parsed.body.get("encoding_format") or "float")
 
     def native_translator(self, connection: Connection, ctx: RequestContext, parsed: Parsed) -> Translator:
-        make = getattr(connection.adapter, "embeddings_translator", None)
-        if make is None:
+        translator = connection.adapter.native_translator(self.api_type, ctx, parsed.body, parsed.extra)
+        if translator is None:
             raise GatewayError(400, f"Connection {connection.name!r} ({connection.config.type}) has no embeddings "
                                     f"API: model {ctx.model.id!r} cannot embed", metadata={"code": "no_embeddings"})
-        return make(ctx)
+        return translator
 
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()

@@ -26,14 +26,13 @@ from crossroads.formats.responses import (
     responses_error_body,
     responses_to_chat,
 )
-from crossroads.providers.anthropic import AnthropicNativeTranslator
-from crossroads.providers.openai_responses import ResponsesPassthrough
 
 log = logging.getLogger("crossroads.formats")
 
 if TYPE_CHECKING:
+    from crossroads.canonical import Usage
     from crossroads.catalog import Pricing
-    from crossroads.providers.base import RequestContext, Usage
+    from crossroads.providers.base import RequestContext, Translator
     from crossroads.routing.registry import Connection
 
 
@@ -60,11 +59,10 @@ class MessagesFront:
         # The live usage: message_start reports the input tokens known when the stream opens.
         return MessagesRendererAdapter(f"msg_{_suffix(generation_id)}", model_id, usage=usage)
 
-    def native_translator(self, connection: Connection, ctx: RequestContext,
-                          parsed: Parsed) -> AnthropicNativeTranslator | None:
-        if connection.config.type != "anthropic" or parsed.native is None:
+    def native_translator(self, connection: Connection, ctx: RequestContext, parsed: Parsed) -> Translator | None:
+        if parsed.native is None:
             return None
-        return AnthropicNativeTranslator(connection.adapter, ctx, parsed.native, parsed.extra.get("anthropic-beta"))
+        return connection.adapter.native_translator(self.api_type, ctx, parsed.native, parsed.extra)
 
     def error_body(self, error: GatewayError) -> bytes:
         return orjson.dumps(anthropic_error_body(error.status, error.message))
@@ -113,14 +111,13 @@ class ResponsesFront:
         return ResponsesRendererAdapter(f"resp_{_suffix(generation_id)}", model_id, parsed.native or {},
                                         int(time.time()), parsed)
 
-    def native_translator(self, connection: Connection, ctx: RequestContext,
-                          parsed: Parsed) -> ResponsesPassthrough | None:
+    def native_translator(self, connection: Connection, ctx: RequestContext, parsed: Parsed) -> Translator | None:
         # A previous_response_id names a response kept by the gateway, which the upstream does not know: such a
         # request goes through the translation, history included.
         native = parsed.native
-        if (not connection.config.responses_api or native is None or native.get("previous_response_id")):
+        if native is None or native.get("previous_response_id"):
             return None
-        return ResponsesPassthrough(connection.adapter, ctx, native)
+        return connection.adapter.native_translator(self.api_type, ctx, native, parsed.extra)
 
     def error_body(self, error: GatewayError) -> bytes:
         return orjson.dumps(responses_error_body(error))

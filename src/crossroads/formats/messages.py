@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 
+from crossroads.canonical import Usage, text_of
 from crossroads.errors import GatewayError
 from crossroads.observability.logs import REQUEST_ID
-from crossroads.providers.base import Usage, text_of
 
 REASONING_FORMAT = "anthropic-claude-v1"
 DEFAULT_FILENAME = "document.pdf"

@@ -29,8 +29,8 @@ from typing import Any
 
 import orjson
 
+from crossroads.canonical import Usage, text_of
 from crossroads.errors import GatewayError
-from crossroads.providers.base import Usage, text_of
 
 # Top-level request fields this module converts, or that the caller acts on (store, previous_response_id, metadata).
 _CONSUMED = frozenset({

@@ -20,8 +20,6 @@ MIDDLE_OUT = "middle-out"
 CONTEXT_COMPRESSION = "context-compression"
 # Models with at most this much context get middle-out unless the request says otherwise (OpenRouter's default).
 DEFAULT_ON_MAX_CONTEXT = 8192
-# Anthropic's documented cap on messages per request; pass as `max_messages` for such upstreams.
-ANTHROPIC_MAX_MESSAGES = 1000
 # What replaces the cut-out middle of a truncated text.
 ELISION = "\n…\n"
 

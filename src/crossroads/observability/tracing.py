@@ -53,8 +53,6 @@ UNTRACED_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metric
 
 # gen_ai.operation.name by the front the client spoke (Exchange.api_type).
 OPERATIONS = {"chat": "chat", "messages": "chat", "responses": "chat", "completions": "text_completion"}
-# gen_ai.provider.name by connection type (the semantic conventions' well-known values).
-PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini"}
 
 # W3C Trace Context: version-traceid-parentid-flags, lower-case hex; a later version may append fields after a "-".
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
@@ -383,7 +381,7 @@ class Tracer:
         host, port = self._server_of(connection)
         span.set_attributes({name: value for name, value in {
             "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": PROVIDERS.get(connection.config.type, connection.config.type),
+            "gen_ai.provider.name": connection.spec.provider_name,
             "gen_ai.request.model": model.upstream, "crossroads.model": model.id,
             "crossroads.connection": connection.name, "crossroads.attempt": number,
             "http.request.method": "POST", "server.address": host, "server.port": port, **attributes,
@@ -420,10 +418,9 @@ class Tracer:
 
 def _gen_ai_attributes(exchange: Exchange, operation: str) -> dict[str, Any]:
     """What the request and its serving attempt share: operation, provider, usage, finish reason."""
-    connection_type = exchange.connection.config.type
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": operation,
-        "gen_ai.provider.name": PROVIDERS.get(connection_type, connection_type),
+        "gen_ai.provider.name": exchange.connection.spec.provider_name,
     }
     if exchange.usage.seen or exchange.streamed_chars:
         usage = exchange.billed_usage()

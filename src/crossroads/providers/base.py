@@ -1,13 +1,18 @@
-"""The provider adapter interface.
+"""The provider contract: what every upstream API's package (`providers/<type>/`) declares and implements.
 
-A *connection* (one upstream account) has one `ProviderAdapter`: mostly data — base URL, auth headers, which request
-parameters the upstream accepts — plus a factory for `Translator`s. A `Translator` lives for one request and converts
-in both directions between the canonical shape (OpenAI Chat Completions, extended the way OpenRouter extends it) and
-the upstream's native API:
+A provider is mostly data, a `ProviderSpec` registered in `providers/registry.py`: its connection defaults (base URL,
+API version path, parameters its models take), what the rest of the gateway must know of it (whether media must be
+fetched as bytes, the upstream's rate-limit header names, its name in telemetry, what clients call it) and the
+connection fields only it takes. Its `Adapter` (one per connection) holds the hooks: translators, URL building,
+per-request signing, stream framing and error classification, each with a default that suits an HTTPS + JSON + SSE
+API, so a provider overrides only where its upstream differs.
+
+A `Translator` lives for one request and converts in both directions between the canonical shape (OpenAI Chat
+Completions, extended the way OpenRouter extends it: `crossroads.canonical`) and the upstream's native API:
 
 - `request(body)`        canonical chat request dict  -> `UpstreamRequest` (URL, headers, bytes)
 - `response(raw)`        upstream non-stream body     -> canonical completion dict (`choices` and nothing else needed)
-- `stream_event(e, d)`   one upstream SSE event       -> list of canonical chunk dicts (`{"choices": [...]}`)
+- `stream_event(e, d)`   one upstream stream event    -> list of canonical chunk dicts (`{"choices": [...]}`)
 - `finish()`             upstream stream ended        -> list of canonical chunk dicts still owed
 - `usage`                token usage seen so far (updated by `response` and `stream_event`)
 - `upstream_model`, `upstream_id`  what the upstream said it ran, when it said so
@@ -26,33 +31,21 @@ JSON, or JSON of another shape: the gateway answers 502). Whatever else an upstr
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from crossroads.canonical import FINISH_REASONS, Usage, text_of
+from crossroads.providers.http import iter_sse
+
 if TYPE_CHECKING:
+    import aiohttp
+
     from crossroads.catalog import ModelSpec
     from crossroads.config import ConnectionConfig
     from crossroads.net.fetch import MediaFetcher
 
-# Finish reasons a client may see (OpenRouter's normalised set).
-FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "error")
-
-
-@dataclass(slots=True)
-class Usage:
-    """Token usage in OpenAI's accounting: prompt_tokens includes cached reads and cache writes;
-    completion_tokens includes reasoning tokens."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens read from the cache
-    cache_write_tokens: int = 0  # prompt tokens written to the cache
-    seen: bool = False  # whether the upstream reported usage at all
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+__all__ = ["FINISH_REASONS", "Usage", "text_of"]  # re-exported: what every translator reads and fills
 
 
 @dataclass(slots=True)
@@ -96,14 +89,106 @@ class Translator(Protocol):
     def finish(self) -> list[dict[str, Any]]: ...
 
 
-class ProviderAdapter(Protocol):
-    type: str
+@dataclass(frozen=True, slots=True)
+class RateLimitHeaders:
+    """Where an upstream states its account's request limits: the first header of each tuple it sent is passed on to
+    the client as X-Upstream-RateLimit-Limit / -Remaining / -Reset (in the upstream's own units)."""
 
-    def translator(self, ctx: RequestContext) -> Translator: ...
+    limit: tuple[str, ...] = ("x-ratelimit-limit-requests", "x-ratelimit-limit")
+    remaining: tuple[str, ...] = ("x-ratelimit-remaining-requests", "x-ratelimit-remaining")
+    reset: tuple[str, ...] = ("x-ratelimit-reset-requests", "x-ratelimit-reset")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionField:
+    """A connection key only this provider takes (a cloud region, an API version...), read from the config file into
+    `ConnectionConfig.options[name]`."""
+
+    kind: type  # str, int, float or bool
+    default: Any = None
+    required: bool = False
+    secret: bool = False  # never echoed in a configuration error
+    help: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """What the rest of the gateway knows about one upstream API. Declared by `providers/<type>/__init__.py`, listed
+    once in `providers/registry.py`; nothing outside `providers/` names a provider type."""
+
+    type: str  # a connection's `type:` in the config file
+    adapter: Callable[[ConnectionConfig], Adapter]  # builds the adapter of one connection
+    # Connection defaults: the base URL when none is given, and the API version path its SDKs add themselves
+    # (`api_version`, appended unless the base URL already ends with one of `accepted_versions`).
+    default_base_url: str | None = None
+    api_version: str | None = None
+    accepted_versions: tuple[str, ...] = ()
+    # The request parameters a model of this type takes when neither the catalog nor the config says.
+    default_parameters: tuple[str, ...] = ()
+    # True: only one vendor speaks this API, so its catalog entry applies to every connection of this type. False
+    # (an API many servers speak): a connection gets a vendor's catalog by its name, base URL or `catalog:` key.
+    single_vendor: bool = False
+    discover_models: bool = False  # ask the upstream's GET /models at start-up when no model is declared
+    fetches_media: bool = False  # the upstream needs http(s) media as bytes: the gateway fetches it (SSRF-guarded)
+    max_messages: int | None = None  # messages one request may hold (middle-out trims to it)
+    rate_limit_headers: RateLimitHeaders = RateLimitHeaders()
+    aliases: tuple[str, ...] = ()  # other names clients use for this type (in `provider.only`, `order`...)
+    telemetry_name: str = ""  # OpenTelemetry's gen_ai.provider.name ("" = the type)
+    connection_fields: Mapping[str, ConnectionField] = field(default_factory=dict)
+
+    @property
+    def provider_name(self) -> str:
+        return self.telemetry_name or self.type
+
+
+# One upstream stream event: (event name or None, data bytes), whatever the framing on the wire.
+StreamEvents = AsyncIterator[list[tuple[str | None, bytes]]]
+
+
+class Adapter:
+    """One connection's adapter: its translators plus the hooks the transport calls. Every hook has a default for an
+    HTTPS + JSON + server-sent events API; a provider overrides what its upstream does differently."""
+
+    # Per-request authentication (AWS SigV4 over the body, a refreshed OAuth token...): awaited on each
+    # UpstreamRequest after the gateway's own headers are set, before it is sent. None (the default, static
+    # credentials in `headers`) costs the request path nothing.
+    sign: Callable[[UpstreamRequest], Awaitable[None]] | None = None
+
+    def __init__(self, conn: ConnectionConfig) -> None:
+        self.conn = conn
+        self.base_url = conn.base_url
+
+    def translator(self, ctx: RequestContext) -> Translator:
+        """The translator of one canonical (chat) request."""
+        raise NotImplementedError
+
+    def native_translator(self, api: str, ctx: RequestContext, native: dict[str, Any],
+                          extra: dict[str, Any]) -> Translator | None:
+        """A translator that passes a client's own `api` body through ("messages", "responses", "embeddings"),
+        when this connection speaks that API; None to go through the canonical translation."""
+        return None
+
+    def url(self, path: str) -> str:
+        """The URL of one upstream operation (`path` as the API names it: "chat/completions", "messages"...).
+        Override for URLs the model or a connection field decides (Azure deployments and api-version, Gemini)."""
+        return f"{self.base_url}/{path}"
+
+    def events(self, resp: aiohttp.ClientResponse, max_bytes: int) -> StreamEvents:
+        """A streamed answer's events, in batches. Server-sent events by default; override for another framing
+        (AWS's binary event stream, newline-delimited JSON)."""
+        return iter_sse(resp, max_bytes)
+
+    def error_status(self, status: int, raw: bytes) -> int:
+        """The HTTP status an upstream error counts as, for retries, breakers and the client: the status itself
+        unless the upstream says more in its body (a throttling error sent as 400, an overload sent as 500)."""
+        return status
 
     def error_message(self, status: int, raw: bytes) -> str:
         """The human message inside an upstream error body (falls back to the status)."""
-        ...
+        return error_text(raw, status)
+
+
+ProviderAdapter = Adapter  # the name the routing registry and older code use
 
 
 # An upstream model id goes into a URL path (Gemini's /models/{id}:generateContent) or a JSON body; it must never be
@@ -162,18 +247,6 @@ def sse_frame(event: str | None, data: bytes) -> bytes:
     if b"\n" in data:
         data = data.replace(b"\n", b"\ndata: ")
     return b"event: %s\ndata: %s\n\n" % (event.encode(), data) if event else b"data: %s\n\n" % data
-
-
-def text_of(content: Any) -> str:
-    """The text of a chat message's content (a string, or a list of parts of which the text parts count)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(text for p in content if isinstance(p, dict) and p.get("type") == "text"
-                       and isinstance(text := p.get("text"), str))
-    return str(content)
 
 
 def error_text(raw: bytes, status: int) -> str:

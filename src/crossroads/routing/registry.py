@@ -17,9 +17,9 @@ import orjson
 from crossroads.catalog import Catalog, ModelSpec
 from crossroads.config import Config, ConnectionConfig
 from crossroads.errors import GatewayError, redact
-from crossroads.providers import make_adapter
-from crossroads.providers.base import ProviderAdapter, upstream_model_problem
+from crossroads.providers.base import ProviderAdapter, ProviderSpec, upstream_model_problem
 from crossroads.providers.http import UpstreamClient
+from crossroads.providers.registry import make_adapter, spec_for
 
 log = logging.getLogger("crossroads.routing")
 
@@ -32,6 +32,7 @@ class Connection:
     adapter: ProviderAdapter
     client: UpstreamClient
     name: str = field(init=False)  # config.name, read on every request (a plain attribute, not a property)
+    spec: ProviderSpec = field(init=False)  # what its provider type declares (providers/<type>/)
     # Every credential the operator configured for this connection: the API key, each extra header's value, and a
     # password in base_url. An upstream may echo any of them (an error that quotes the request, a
     # proxy's diagnostic page), so none may reach a client, a log or a record.
@@ -39,6 +40,7 @@ class Connection:
 
     def __post_init__(self) -> None:
         self.name = self.config.name
+        self.spec = spec_for(self.config.type)
         self.secrets = connection_secrets(self.config)
 
     def redact(self, text: str) -> str:

@@ -66,7 +66,6 @@ AUTO_UNKNOWN_CONTEXT = 8192  # tokens assumed for a model whose context length n
 SORTS = ("price", "throughput", "latency")
 _SUFFIX_SORTS = ((":nitro", "throughput"), (":floor", "price"))
 _PRICE_LIMITS = {"prompt": 1_000_000, "completion": 1_000_000, "request": 1, "image": 1}  # per-M -> per-token
-_TYPE_ALIASES = {"gemini": "google"}  # what clients call a provider type in the vendor header
 _SHOWN_NAMES = 5  # connections named per requirement in a 503 message
 
 # Request parameters `require_parameters` checks, with the names under which a model may list support for each.
@@ -260,12 +259,21 @@ def auto_needs(body: dict[str, Any], prompt_tokens: int) -> list[Need]:
     if body.get("tools"):
         needs.append(("tool calling (the request sends tools)", lambda spec: "tools" in spec.supported_parameters))
     for modality in sorted(_media_kinds(body.get("messages"))):
-        needs.append((f"{modality} input", lambda spec, m=modality: m in spec.input_modalities))
+        needs.append((f"{modality} input", _takes_input(modality)))
     output = body.get("max_tokens") or body.get("max_completion_tokens") or 0
     context = prompt_tokens + (output if isinstance(output, int) else 0)
-    needs.append((f"a context of at least {context} tokens",
-                  lambda spec: (spec.context_length or AUTO_UNKNOWN_CONTEXT) >= context))
+    def fits(spec: ModelSpec) -> bool:
+        return (spec.context_length or AUTO_UNKNOWN_CONTEXT) >= context
+
+    needs.append((f"a context of at least {context} tokens", fits))
     return needs
+
+
+def _takes_input(modality: str) -> Callable[[ModelSpec], bool]:
+    def takes(spec: ModelSpec) -> bool:
+        return modality in spec.input_modalities
+
+    return takes
 
 
 def _media_kinds(messages: Any) -> set[str]:
@@ -274,7 +282,8 @@ def _media_kinds(messages: Any) -> set[str]:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             for part in content:
-                kind = _PART_MODALITIES.get(part.get("type")) if isinstance(part, dict) else None
+                kind_name = part.get("type") if isinstance(part, dict) else None
+                kind = _PART_MODALITIES.get(kind_name) if isinstance(kind_name, str) else None
                 if kind is not None:
                     kinds.add(kind)
     return kinds
@@ -397,7 +406,7 @@ class _Planner:
         """The requirement this deployment fails, or None."""
         config = dep.connection.config
         name = config.name.lower()
-        if self.pin is not None and self.pin not in (name, config.type, _TYPE_ALIASES.get(config.type),
+        if self.pin is not None and self.pin not in (name, config.type, *dep.connection.spec.aliases,
                                                      config.vendor.key if config.vendor else None):
             return f"the vendor header ({self.pin!r})"
         prefs = self.prefs

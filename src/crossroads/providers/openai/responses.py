@@ -47,7 +47,7 @@ class ResponsesPassthrough:
 
     async def request(self, body: dict[str, Any]) -> UpstreamRequest:
         out = {**self.native, "model": self.ctx.model.upstream}
-        return UpstreamRequest(url=self.adapter.conn.base_url + "/responses", body=orjson.dumps(out),
+        return UpstreamRequest(url=self.adapter.responses_url, body=orjson.dumps(out),
                                headers=self.adapter.headers)
 
     def _finished(self, response: dict[str, Any]) -> dict[str, Any]:

@@ -21,26 +21,28 @@ import asyncio
 import base64
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
 
-from crossroads.config import ConnectionConfig
 from crossroads.errors import GatewayError
 from crossroads.formats.json_input import too_deep_text
 from crossroads.net.fetch import FetchError, parse_data_url
 from crossroads.providers.base import (
+    Adapter,
     RequestContext,
     UpstreamRequest,
     UpstreamStreamError,
     Usage,
     choice_chunk,
-    error_text,
     string_or_none,
     text_of,
     token_count,
 )
+
+if TYPE_CHECKING:
+    from crossroads.config import ConnectionConfig
 
 REASONING_FORMAT = "google-gemini-v1"
 
@@ -217,11 +219,9 @@ def _budget_range(upstream: str) -> tuple[int, int, bool]:
 
 # -- adapter -----------------------------------------------------------------------------------------------------------
 
-class GeminiAdapter:
-    type = "gemini"
-
+class GeminiAdapter(Adapter):
     def __init__(self, conn: ConnectionConfig) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self.base_url = conn.base_url.rstrip("/")
         self.headers = {"Content-Type": "application/json", **conn.headers}
         if conn.api_key:
@@ -230,13 +230,11 @@ class GeminiAdapter:
     def translator(self, ctx: RequestContext) -> GeminiTranslator:
         return GeminiTranslator(self, ctx)
 
-    def embeddings_translator(self, ctx: RequestContext) -> GeminiEmbeddingsTranslator:
-        return GeminiEmbeddingsTranslator(self, ctx)
+    def native_translator(self, api: str, ctx: RequestContext, native: dict[str, Any],
+                          extra: dict[str, Any]) -> GeminiEmbeddingsTranslator | None:
+        return GeminiEmbeddingsTranslator(self, ctx) if api == "embeddings" else None
 
-    def error_message(self, status: int, raw: bytes) -> str:
-        return error_text(raw, status)
-
-    def url(self, upstream: str, stream: bool, method: str | None = None) -> str:
+    def model_url(self, upstream: str, stream: bool, method: str | None = None) -> str:
         model = upstream[7:] if upstream.startswith("models/") else upstream
         # One path segment, whatever the id holds: the id must never change the path or the query the gateway's
         # key is sent to (ids are checked where they enter too; this is the last line).
@@ -287,7 +285,7 @@ class GeminiTranslator:
             tool_config = _tool_config(body.get("tool_choice"))
             if tool_config:
                 out["toolConfig"] = tool_config
-        url = self.adapter.url(self.ctx.model.upstream, self.ctx.stream)
+        url = self.adapter.model_url(self.ctx.model.upstream, self.ctx.stream)
         return UpstreamRequest(url=url, body=orjson.dumps(out), headers=self.adapter.headers)
 
     def _generation_config(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -842,7 +840,7 @@ class GeminiEmbeddingsTranslator:
             extra["taskType"] = task
         requests = [{"model": name, "content": {"parts": [{"text": text}]}, **extra} for text in inputs]
         self._estimate = sum(-(-len(text) // _EMBED_CHARS_PER_TOKEN) for text in inputs)
-        return UpstreamRequest(url=self.adapter.url(upstream, False, "batchEmbedContents"),
+        return UpstreamRequest(url=self.adapter.model_url(upstream, False, "batchEmbedContents"),
                                body=orjson.dumps({"requests": requests}), headers=self.adapter.headers)
 
     def response(self, raw: bytes) -> dict[str, Any]:

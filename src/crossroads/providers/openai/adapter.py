@@ -8,21 +8,24 @@ dropped. Responses get finish reasons normalised and `reasoning_content` (DeepSe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from crossroads.config import ConnectionConfig
 from crossroads.providers.base import (
+    Adapter,
     RequestContext,
+    Translator,
     UpstreamRequest,
     UpstreamStreamError,
     Usage,
-    error_text,
     object_or_empty,
     string_or_none,
     token_count,
 )
+
+if TYPE_CHECKING:
+    from crossroads.config import ConnectionConfig
 
 # Fields of OpenRouter's request schema that a plain OpenAI-compatible server does not know.
 OPENROUTER_ONLY_FIELDS = frozenset({
@@ -108,6 +111,7 @@ def with_file_data_urls(messages: list[Any]) -> list[Any]:
             if out[i] is message:
                 content = list(content)
                 out[i] = {**message, "content": content}
+            assert isinstance(file, dict)  # data was read from it
             content[j] = {**part, "file": {**file, "file_data": f"data:{_sniff_file_type(data)};base64,{data}"}}
     return out
 
@@ -130,18 +134,17 @@ def _sniff_file_type(base64_data: str) -> str:
 _EMBEDDING_FIELDS = ("input", "dimensions", "encoding_format", "user")  # what every OpenAI-compatible server takes
 
 
-class OpenAIAdapter:
-    type = "openai"
-
+class OpenAIAdapter(Adapter):
     def __init__(self, conn: ConnectionConfig) -> None:
-        self.conn = conn
-        self.url = conn.base_url + "/chat/completions"
+        super().__init__(conn)
+        self.chat_url = self.url("chat/completions")
         self.is_openrouter = conn.vendor is not None and conn.vendor.key == "openrouter"
         self.is_openai = conn.vendor is not None and conn.vendor.key == "openai"
         dropped = set(conn.vendor.drop_params) if conn.vendor else set()
         dropped |= GATEWAY_FIELDS if self.is_openrouter else OPENROUTER_ONLY_FIELDS
         self.dropped = frozenset(dropped)
-        self.embeddings_url = conn.base_url + "/embeddings"
+        self.embeddings_url = self.url("embeddings")
+        self.responses_url = self.url("responses")
         self.headers = {"Content-Type": "application/json", **conn.headers}
         if conn.api_key:
             self.headers["Authorization"] = f"Bearer {conn.api_key}"
@@ -149,11 +152,15 @@ class OpenAIAdapter:
     def translator(self, ctx: RequestContext) -> OpenAITranslator:
         return OpenAITranslator(self, ctx)
 
-    def embeddings_translator(self, ctx: RequestContext) -> OpenAIEmbeddingsTranslator:
-        return OpenAIEmbeddingsTranslator(self, ctx)
+    def native_translator(self, api: str, ctx: RequestContext, native: dict[str, Any],
+                          extra: dict[str, Any]) -> Translator | None:
+        if api == "embeddings":
+            return OpenAIEmbeddingsTranslator(self, ctx)
+        if api == "responses" and self.conn.responses_api:
+            from crossroads.providers.openai.responses import ResponsesPassthrough
 
-    def error_message(self, status: int, raw: bytes) -> str:
-        return error_text(raw, status)
+            return ResponsesPassthrough(self, ctx, native)
+        return None
 
 
 class OpenAITranslator:
@@ -187,7 +194,7 @@ class OpenAITranslator:
             out["stream_options"] = options
         else:
             out.pop("stream_options", None)
-        return UpstreamRequest(url=adapter.url, body=orjson.dumps(out), headers=adapter.headers)
+        return UpstreamRequest(url=adapter.chat_url, body=orjson.dumps(out), headers=adapter.headers)
 
     def response(self, raw: bytes) -> dict[str, Any]:
         data = orjson.loads(raw)

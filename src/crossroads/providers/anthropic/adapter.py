@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from crossroads.config import ConnectionConfig
 from crossroads.errors import GatewayError
 from crossroads.formats.json_input import too_deep, too_deep_text
 from crossroads.providers.base import (
+    Adapter,
     RequestContext,
     UpstreamRequest,
     UpstreamStreamError,
     Usage,
     choice_chunk,
-    error_text,
     string_or_none,
     text_of,
     token_count,
 )
+
+if TYPE_CHECKING:
+    from crossroads.config import ConnectionConfig
 
 ANTHROPIC_VERSION = "2023-06-01"
 REASONING_FORMAT = "anthropic-claude-v1"
@@ -88,14 +90,13 @@ def sanitise_tool_id(raw: Any) -> str:
     return f"{cleaned}_{digest}" if cleaned else f"toolu_{digest}"
 
 
-class AnthropicAdapter:
-    type = "anthropic"
-
+class AnthropicAdapter(Adapter):
     def __init__(self, conn: ConnectionConfig) -> None:
-        self.conn = conn
-        self.url = conn.base_url + "/messages"
+        super().__init__(conn)
+        self.messages_url = self.url("messages")
         # Operator headers (an anthropic-beta flag, say) may override the defaults; the key is set last.
-        headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION, **conn.headers}
+        version = conn.options.get("api_version") or ANTHROPIC_VERSION
+        headers = {"content-type": "application/json", "anthropic-version": version, **conn.headers}
         if conn.api_key:
             headers["x-api-key"] = conn.api_key
         self.headers = headers
@@ -103,9 +104,12 @@ class AnthropicAdapter:
     def translator(self, ctx: RequestContext) -> AnthropicTranslator:
         return AnthropicTranslator(self, ctx)
 
-    def error_message(self, status: int, raw: bytes) -> str:
-        # {"type":"error","error":{"type":...,"message":...}}: error_text finds error.message.
-        return error_text(raw, status)
+    def native_translator(self, api: str, ctx: RequestContext, native: dict[str, Any],
+                          extra: dict[str, Any]) -> AnthropicNativeTranslator | None:
+        # A Messages request goes up as the client sent it (anthropic-beta included), but for the model.
+        if api != "messages":
+            return None
+        return AnthropicNativeTranslator(self, ctx, native, extra.get("anthropic-beta"))
 
 
 # -- request helpers -----------------------------------------------------------------------------------------
@@ -167,8 +171,8 @@ def _image_block(part: dict[str, Any]) -> dict[str, Any]:
 
 
 def _file_block(part: dict[str, Any]) -> dict[str, Any]:
-    file = part.get("file") if isinstance(part.get("file"), dict) else {}
-    data = file.get("file_data")
+    file = part.get("file")
+    data = file.get("file_data") if isinstance(file, dict) else None
     if not isinstance(data, str) or not data:
         raise GatewayError(400, "file parts need file_data (base64 or a data: URL); file_id is not supported")
     if data[:5].lower() == "data:":
@@ -343,7 +347,7 @@ class AnthropicTranslator:
 
     # -- request ---------------------------------------------------------------------------------------------
     async def request(self, body: dict[str, Any]) -> UpstreamRequest:
-        return UpstreamRequest(url=self.adapter.url, body=orjson.dumps(self.build(body)),
+        return UpstreamRequest(url=self.adapter.messages_url, body=orjson.dumps(self.build(body)),
                                headers=self.adapter.headers)
 
     def build(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -555,7 +559,8 @@ class AnthropicTranslator:
         if explicit is not None:
             budget = explicit
         else:
-            budget = int(max_tokens * EFFORT_SHARE.get(effort, EFFORT_SHARE["medium"]))
+            share = EFFORT_SHARE.get(effort, EFFORT_SHARE["medium"]) if isinstance(effort, str) else EFFORT_SHARE["medium"]
+            budget = int(max_tokens * share)
         return max(budget, MIN_THINKING_BUDGET)
 
     @staticmethod
@@ -760,5 +765,5 @@ class AnthropicNativeTranslator(AnthropicTranslator):
 
     async def request(self, body: dict[str, Any]) -> UpstreamRequest:
         headers = self.adapter.headers if not self.beta else {**self.adapter.headers, "anthropic-beta": self.beta}
-        body = orjson.dumps({**self.native, "model": self.ctx.model.upstream})
-        return UpstreamRequest(url=self.adapter.url, body=body, headers=headers)
+        raw = orjson.dumps({**self.native, "model": self.ctx.model.upstream})
+        return UpstreamRequest(url=self.adapter.messages_url, body=raw, headers=headers)
