@@ -20,6 +20,7 @@ from crossroads.catalog import Pricing
 from crossroads.errors import GatewayError
 from crossroads.formats.base import Parsed
 from crossroads.formats.json_input import loads_bounded
+from crossroads.reasoning import wants_reasoning
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _NUMBER = (int, float)
@@ -273,13 +274,6 @@ def usage_payload(usage: Usage, pricing: Pricing) -> dict[str, Any]:
                          "upstream_inference_completions_cost": round(c_cost, 12)},
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
-
-
-def wants_reasoning(body: dict[str, Any]) -> bool:
-    reasoning = body.get("reasoning")
-    if isinstance(reasoning, dict) and reasoning.get("exclude"):
-        return False
-    return body.get("include_reasoning") is not False
 
 
 class ChatRenderer:

@@ -14,19 +14,17 @@ format and id, and are unwrapped when the client sends them back.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import orjson
 
-from crossroads.canonical import Usage, text_of
+from crossroads import reasoning as rsn
+from crossroads.canonical import ReasoningDetail, Usage, text_of
 from crossroads.errors import GatewayError
 from crossroads.observability.logs import REQUEST_ID
 
-REASONING_FORMAT = "anthropic-claude-v1"
+REASONING_FORMAT = rsn.ANTHROPIC_FORMAT
 DEFAULT_FILENAME = "document.pdf"
-_WRAP_PREFIX = "crossroads.v1."  # marks a signature/data string carrying another vendor's reasoning detail
 
 # Anthropic's own stop reasons: when the upstream was Anthropic, its value is passed on as is.
 ANTHROPIC_STOP_REASONS = frozenset({"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn",
@@ -83,22 +81,17 @@ def _wrap(value: str, fmt: Any, detail_id: Any = None) -> str:
     foreign = isinstance(fmt, str) and fmt and fmt != REASONING_FORMAT
     if not foreign and not isinstance(detail_id, str):
         return value
-    payload = orjson.dumps({"format": fmt, "id": detail_id, "data": value})
-    return _WRAP_PREFIX + base64.urlsafe_b64encode(payload).decode("ascii")
+    return rsn.seal({"format": fmt, "id": detail_id, "data": value})
 
 
 def _unwrap(value: str) -> tuple[str, str, str | None]:
     """(data, format, id) of a signature/data string a client sent back."""
-    if value.startswith(_WRAP_PREFIX):
-        try:
-            payload = orjson.loads(base64.urlsafe_b64decode(value[len(_WRAP_PREFIX):]))
-        except (binascii.Error, ValueError):
-            payload = None
-        if isinstance(payload, dict) and isinstance(payload.get("data"), str):
-            fmt = payload.get("format")
-            detail_id = payload.get("id")
-            return (payload["data"], fmt if isinstance(fmt, str) and fmt else REASONING_FORMAT,
-                    detail_id if isinstance(detail_id, str) else None)
+    payload = rsn.unseal(value)
+    if isinstance(payload, dict) and isinstance(payload.get("data"), str):
+        fmt = payload.get("format")
+        detail_id = payload.get("id")
+        return (payload["data"], fmt if isinstance(fmt, str) and fmt else REASONING_FORMAT,
+                detail_id if isinstance(detail_id, str) else None)
     return value, REASONING_FORMAT, None
 
 
@@ -332,7 +325,7 @@ def _document_parts(block: dict[str, Any], field: str, dropped: list[str]) -> li
 def _assistant_message(content: list[Any], where: str, dropped: list[str]) -> dict[str, Any] | None:
     parts: list[dict[str, Any]] = []
     tool_calls: list[dict[str, Any]] = []
-    details: list[dict[str, Any]] = []
+    details: list[ReasoningDetail] = []
     thoughts: list[str] = []
     cache_control: Any = None
     for j, block in enumerate(content):
@@ -352,14 +345,13 @@ def _assistant_message(content: list[Any], where: str, dropped: list[str]) -> di
             text = _string(block, "thinking", field)
             signature, fmt, detail_id = _unwrap(_string(block, "signature", field))
             thoughts.append(text)
-            detail = {"type": "reasoning.text", "text": text, "signature": signature, "format": fmt,
-                      "index": len(details)}
+            detail = rsn.detail(rsn.TEXT, fmt, len(details), text=text, signature=signature)
             if detail_id is not None:
                 detail["id"] = detail_id
             details.append(detail)
         elif kind == "redacted_thinking":
             data, fmt, detail_id = _unwrap(_string(block, "data", field))
-            detail = {"type": "reasoning.encrypted", "data": data, "format": fmt, "index": len(details)}
+            detail = rsn.detail(rsn.ENCRYPTED, fmt, len(details), data=data)
             if detail_id is not None:
                 detail["id"] = detail_id
             details.append(detail)
@@ -372,10 +364,7 @@ def _assistant_message(content: list[Any], where: str, dropped: list[str]) -> di
     message: dict[str, Any] = {"role": "assistant", "content": parts or None}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    if thoughts:
-        message["reasoning"] = "".join(thoughts)
-    if details:
-        message["reasoning_details"] = details
+    rsn.add_to_message(message, thoughts, details)
     if cache_control is not None:
         message["cache_control"] = cache_control
     return message
@@ -535,42 +524,18 @@ def anthropic_usage(usage: Usage) -> dict[str, int]:
     }
 
 
-def _merged_details(details: Any) -> list[dict[str, Any]]:
-    """reasoning_details with fragments of one entry (same type and index) merged."""
-    out: list[dict[str, Any]] = []
-    by_key: dict[tuple[Any, Any], dict[str, Any]] = {}
-    for item in details if isinstance(details, list) else ():
-        if not isinstance(item, dict):
-            continue
-        key = (item.get("type"), item.get("index"))
-        entry = by_key.get(key) if key[1] is not None else None
-        if entry is None:
-            entry = dict(item)
-            out.append(entry)
-            if key[1] is not None:
-                by_key[key] = entry
-            continue
-        for field in ("text", "summary"):
-            if isinstance(item.get(field), str):
-                entry[field] = (entry.get(field) or "") + item[field]
-        for field in ("signature", "data", "id", "format"):
-            if item.get(field):
-                entry[field] = item[field]
-    return out
-
-
 def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    for item in _merged_details(message.get("reasoning_details")):
+    for item in rsn.merge_details(message.get("reasoning_details")):
         kind = item.get("type")
         fmt = item.get("format")
-        if kind == "reasoning.text":
+        if kind == rsn.TEXT:
             signature = item.get("signature")
             blocks.append({"type": "thinking", "thinking": item.get("text") or "",
                            "signature": _wrap(signature, fmt, item.get("id")) if signature else ""})
-        elif kind == "reasoning.summary":
+        elif kind == rsn.SUMMARY:
             blocks.append({"type": "thinking", "thinking": item.get("summary") or "", "signature": ""})
-        elif kind == "reasoning.encrypted" and isinstance(item.get("data"), str):
+        elif kind == rsn.ENCRYPTED and isinstance(item.get("data"), str):
             blocks.append({"type": "redacted_thinking", "data": _wrap(item["data"], fmt, item.get("id"))})
     reasoning = message.get("reasoning")
     if isinstance(reasoning, str) and reasoning and not any(b.get("thinking") for b in blocks):
@@ -740,15 +705,15 @@ class MessagesRenderer:
         has_text = isinstance(reasoning, str) and bool(reasoning)
         if has_text:
             # Translators send the same text in `reasoning` and in a reasoning.text entry: render it once.
-            key = next((d.get("index") for d in details if d.get("type") == "reasoning.text"), None)
+            key = next((d.get("index") for d in details if d.get("type") == rsn.TEXT), None)
             self._thinking_block(out, key)
             self._delta(out, self._open, {"type": "thinking_delta", "thinking": reasoning})
         for detail in details:
             kind = detail.get("type")
             key = detail.get("index")
-            if kind in ("reasoning.text", "reasoning.summary"):
-                text = detail.get("text") if kind == "reasoning.text" else detail.get("summary")
-                if isinstance(text, str) and text and not has_text:
+            if kind in (rsn.TEXT, rsn.SUMMARY):
+                text = rsn.detail_text(detail)
+                if text and not has_text:
                     self._thinking_block(out, key)
                     self._delta(out, self._open, {"type": "thinking_delta", "thinking": text})
                 signature = detail.get("signature")
@@ -756,7 +721,7 @@ class MessagesRenderer:
                     self._thinking_block(out, key)
                     self._delta(out, self._open, {"type": "signature_delta", "signature": _wrap(
                         signature, detail.get("format"), detail.get("id"))})
-            elif kind == "reasoning.encrypted" and isinstance(detail.get("data"), str):
+            elif kind == rsn.ENCRYPTED and isinstance(detail.get("data"), str):
                 self._start(out, {"type": "redacted_thinking",
                                   "data": _wrap(detail["data"], detail.get("format"), detail.get("id"))})
                 self._close(out)

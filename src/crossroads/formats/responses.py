@@ -20,8 +20,6 @@ itself, say) is passed on as a `reasoning.encrypted` entry.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import time
 from dataclasses import dataclass, field
@@ -29,7 +27,8 @@ from typing import Any
 
 import orjson
 
-from crossroads.canonical import Usage, text_of
+from crossroads import reasoning as rsn
+from crossroads.canonical import ReasoningDetail, Usage, text_of
 from crossroads.errors import GatewayError
 
 # Top-level request fields this module converts, or that the caller acts on (store, previous_response_id, metadata).
@@ -51,7 +50,6 @@ _UNSUPPORTED = {
 _INCLUDE_HONOURED = frozenset({"reasoning.encrypted_content"})  # always present when there is any
 _REASONING_KEYS = ("effort", "max_tokens", "exclude", "enabled")  # OpenRouter's reasoning object
 _IMAGE_DETAIL = frozenset({"auto", "low", "high"})
-_ENVELOPE = "crossroads.v1."
 
 # finish_reason -> (Response status, incomplete_details.reason)
 _OUTCOMES: dict[str | None, tuple[str, str | None]] = {
@@ -313,7 +311,7 @@ class _MessageBuilder:
     dropped: list[str]
     messages: list[dict[str, Any]] = field(default_factory=list)
     turn: dict[str, Any] | None = None  # the assistant message being assembled
-    held: list[dict[str, Any]] = field(default_factory=list)  # reasoning_details not yet placed
+    held: list[ReasoningDetail] = field(default_factory=list)  # reasoning_details not yet placed
 
     def add(self, item: Any, where: str) -> None:
         if not isinstance(item, dict):
@@ -477,30 +475,23 @@ def _file_part(part: dict[str, Any], where: str, dropped: list[str]) -> dict[str
     raise _invalid(f"{where}.file_data", "is required (base64 data, a data: URL or file_url)")
 
 
-def _details_from_item(item: dict[str, Any], where: str) -> list[dict[str, Any]]:
+def _details_from_item(item: dict[str, Any], where: str) -> list[ReasoningDetail]:
     encrypted = item.get("encrypted_content")
-    if isinstance(encrypted, str) and encrypted.startswith(_ENVELOPE):
+    if isinstance(encrypted, str) and encrypted.startswith(rsn.ENVELOPE):
         return _unpack(encrypted, f"{where}.encrypted_content")  # already holds the text entries too
     summary = _expect(item.get("summary"), list, f"{where}.summary", "an array") or []
-    details: list[dict[str, Any]] = []
+    details: list[ReasoningDetail] = []
     for j, part in enumerate(summary):
         if not isinstance(part, dict) or not isinstance(part.get("text"), str):
             raise _invalid(f"{where}.summary[{j}].text", "must be a string")
-        details.append({"type": "reasoning.summary", "summary": part["text"]})
+        details.append(rsn.detail(rsn.SUMMARY, summary=part["text"]))
     if isinstance(encrypted, str) and encrypted:
-        details.append({"type": "reasoning.encrypted", "data": encrypted, "id": item.get("id")})
+        details.append(rsn.detail(rsn.ENCRYPTED, data=encrypted, id=item.get("id")))
     return details
 
 
-def _pack(details: list[dict[str, Any]]) -> str:
-    return _ENVELOPE + base64.urlsafe_b64encode(orjson.dumps(details)).decode("ascii")
-
-
-def _unpack(encrypted: str, where: str) -> list[dict[str, Any]]:
-    try:
-        details = orjson.loads(base64.urlsafe_b64decode(encrypted[len(_ENVELOPE):]))
-    except (binascii.Error, ValueError):
-        details = None
+def _unpack(encrypted: str, where: str) -> list[ReasoningDetail]:
+    details = rsn.unseal(encrypted)
     if not isinstance(details, list) or not all(isinstance(d, dict) for d in details):
         raise _invalid(where, "is not reasoning state this gateway produced (it was altered or truncated)")
     return details
@@ -523,46 +514,8 @@ def responses_error_body(error: GatewayError) -> dict[str, Any]:
     return body
 
 
-def _merge_details(into: list[dict[str, Any]], details: Any) -> None:
-    """Add reasoning_details entries, joining stream fragments (same type and index) into one entry each."""
-    if not isinstance(details, list):
-        return
-    for detail in details:
-        if not isinstance(detail, dict):
-            continue
-        entry = _same_entry(into, detail)
-        if entry is None:
-            into.append(dict(detail))
-            continue
-        for key, value in detail.items():
-            if value is None:
-                continue
-            if key in ("text", "summary") and isinstance(value, str):
-                entry[key] = (entry.get(key) or "") + value
-            elif key in ("signature", "data") or entry.get(key) is None:
-                entry[key] = value
-
-
-def _same_entry(entries: list[dict[str, Any]], detail: dict[str, Any]) -> dict[str, Any] | None:
-    index = detail.get("index")
-    if index is None:
-        return None
-    return next((e for e in entries if e.get("index") == index and e.get("type") == detail.get("type")), None)
-
-
-def _carries_state(details: list[dict[str, Any]]) -> bool:
+def _carries_state(details: list[ReasoningDetail]) -> bool:
     return any(d.get("signature") or d.get("data") for d in details)
-
-
-def _detail_text(details: Any) -> str:
-    """Reasoning text carried only in reasoning_details (no plain `reasoning` string alongside)."""
-    texts = []
-    for d in details if isinstance(details, list) else ():
-        if isinstance(d, dict):
-            value = d.get("text") if d.get("type") == "reasoning.text" else d.get("summary")
-            if isinstance(value, str) and d.get("type") in ("reasoning.text", "reasoning.summary"):
-                texts.append(value)
-    return "".join(texts)
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
@@ -589,11 +542,11 @@ def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: st
             "name": name}
 
 
-def _reasoning_item(item_id: str, summary: str, details: list[dict[str, Any]]) -> dict[str, Any]:
+def _reasoning_item(item_id: str, summary: str, details: list[ReasoningDetail]) -> dict[str, Any]:
     item: dict[str, Any] = {"id": item_id, "type": "reasoning",
                             "summary": [{"type": "summary_text", "text": summary}] if summary else []}
     if _carries_state(details):
-        item["encrypted_content"] = _pack(details)
+        item["encrypted_content"] = rsn.seal(details)
     return item
 
 
@@ -603,7 +556,7 @@ class _OpenItem:
 
     index: int  # output_index
     pieces: list[str] = field(default_factory=list)  # text, summary or argument fragments so far
-    details: list[dict[str, Any]] = field(default_factory=list)  # reasoning items only
+    details: list[ReasoningDetail] = field(default_factory=list)  # reasoning items only
 
 
 class ResponsesRenderer:
@@ -628,7 +581,7 @@ class ResponsesRenderer:
         self._reasoning: _OpenItem | None = None
         self._calls: dict[int, _OpenItem] = {}  # canonical tool-call index -> its item
         self._open_calls: list[int] = []
-        self._details: list[dict[str, Any]] = []  # reasoning_details not yet given to a reasoning item
+        self._details: list[ReasoningDetail] = []  # reasoning_details not yet given to a reasoning item
         self._finish_reason: str | None = None
 
     # ---- whole responses
@@ -638,10 +591,9 @@ class ResponsesRenderer:
         message = choices[0].get("message") or {}
         status, reason = _OUTCOMES.get(choices[0].get("finish_reason"), ("completed", None))
         output: list[dict[str, Any]] = []
-        details: list[dict[str, Any]] = []
-        _merge_details(details, message.get("reasoning_details"))
+        details = rsn.merge_details(message.get("reasoning_details"))
         reasoning = message.get("reasoning")
-        summary = reasoning if isinstance(reasoning, str) else _detail_text(details)
+        summary = reasoning if isinstance(reasoning, str) else rsn.details_text(details)
         if summary or _carries_state(details):
             output.append(_reasoning_item(self._item_id("rs", 0), summary, details))
         text = text_of(message.get("content"))
@@ -667,10 +619,10 @@ class ResponsesRenderer:
             return b"".join(out)
         delta = choice.get("delta") or {}
         details = delta.get("reasoning_details")
-        _merge_details(self._details, details)
+        rsn.merge_details(details, self._details)
         reasoning = delta.get("reasoning")
         if not isinstance(reasoning, str):
-            reasoning = _detail_text(details)
+            reasoning = rsn.details_text(details)
         if reasoning:
             out += self._reasoning_delta(reasoning)
         content = delta.get("content")

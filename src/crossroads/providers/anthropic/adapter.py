@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from crossroads import reasoning as rsn
+from crossroads.canonical import ReasoningDetail
 from crossroads.errors import GatewayError
 from crossroads.formats.json_input import too_deep, too_deep_text
 from crossroads.providers.base import (
@@ -33,11 +35,9 @@ if TYPE_CHECKING:
     from crossroads.config import ConnectionConfig
 
 ANTHROPIC_VERSION = "2023-06-01"
-REASONING_FORMAT = "anthropic-claude-v1"
+REASONING_FORMAT = rsn.ANTHROPIC_FORMAT
 DEFAULT_MAX_TOKENS = 4096
 MIN_THINKING_BUDGET = 1024  # Anthropic rejects smaller budgets
-# Share of max_tokens given to thinking per OpenRouter effort level.
-EFFORT_SHARE = {"high": 0.8, "medium": 0.5, "low": 0.2, "minimal": 0.1}
 
 _FINISH_REASONS = {
     "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
@@ -239,50 +239,26 @@ def _content_blocks(content: Any, name: str | None, *, allow_media: bool) -> lis
     return blocks
 
 
-def _merged_details(details: Any) -> list[dict[str, Any]]:
-    """reasoning_details with streamed fragments (same index) merged back into one entry each.
-
-    Clients that accumulate stream deltas naively send one entry per chunk; Anthropic needs one thinking block
-    with the whole text and its signature.
-    """
-    if not isinstance(details, list):
-        return []
-    out: list[dict[str, Any]] = []
-    by_index: dict[Any, dict[str, Any]] = {}
-    for item in details:
-        if not isinstance(item, dict):
-            continue
-        fmt = item.get("format")
-        if isinstance(fmt, str) and fmt and not fmt.startswith("anthropic"):
-            continue  # another vendor's signature would be rejected by Anthropic
-        index = item.get("index")
-        if not isinstance(index, (int, str)):
-            index = None  # a client's odd index merges nothing rather than failing the request
-        kind = item.get("type")
-        key = (kind if isinstance(kind, str) else None, index)
-        if index is not None and key in by_index:
-            entry = by_index[key]
-            if item.get("text"):
-                entry["text"] = (entry.get("text") or "") + item["text"]
-            for field in ("signature", "data"):
-                if item.get(field):
-                    entry[field] = item[field]
-            continue
-        entry = dict(item)
-        out.append(entry)
-        if index is not None:
-            by_index[key] = entry
-    return out
+def _own_details(details: Any) -> list[dict[str, Any]]:
+    """The reasoning_details entries that may be Anthropic's (unlabelled or anthropic-*): another vendor's signature
+    would be rejected."""
+    own = []
+    for item in details if isinstance(details, list) else ():
+        if isinstance(item, dict):
+            fmt = item.get("format")
+            if not isinstance(fmt, str) or not fmt or fmt.startswith("anthropic"):
+                own.append(item)
+    return own
 
 
 def _thinking_blocks(details: Any) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    for item in _merged_details(details):
+    for item in rsn.merge_details(_own_details(details)):
         kind = item.get("type")
-        if kind == "reasoning.text" and item.get("signature"):
+        if kind == rsn.TEXT and item.get("signature"):
             blocks.append({"type": "thinking", "thinking": item.get("text") or "",
                            "signature": item["signature"]})
-        elif kind == "reasoning.encrypted" and item.get("data"):
+        elif kind == rsn.ENCRYPTED and item.get("data"):
             blocks.append({"type": "redacted_thinking", "data": item["data"]})
         # Unsigned text and summaries cannot be verified by Anthropic, so they are not sent back.
     return blocks
@@ -456,7 +432,7 @@ class AnthropicTranslator:
             out["tool_choice"] = tool_choice
 
         reasoning = body.get("reasoning")
-        if isinstance(reasoning, dict) and reasoning.get("exclude") is True:
+        if rsn.excluded(reasoning):
             self.exclude_reasoning = True
         budget = self._thinking_budget(reasoning, max_tokens)
         if budget is not None and not self._thinking_allowed(turns, tool_choice, prefill):
@@ -551,16 +527,15 @@ class AnthropicTranslator:
             return None
         effort = reasoning.get("effort")
         explicit = _positive_int(reasoning.get("max_tokens"))
-        enabled = reasoning.get("enabled")
-        if enabled is False or effort == "none":
+        if rsn.switched_off(reasoning):
             return None
-        if enabled is not True and effort is None and explicit is None:
+        if reasoning.get("enabled") is not True and effort is None and explicit is None:
             return None  # OpenRouter infers "enabled" from effort or max_tokens
         if explicit is not None:
             budget = explicit
         else:
-            share = EFFORT_SHARE.get(effort, EFFORT_SHARE["medium"]) if isinstance(effort, str) else EFFORT_SHARE["medium"]
-            budget = int(max_tokens * share)
+            # xhigh gets medium's share here, as it always has (this adapter's table had no xhigh; Gemini's has 0.9).
+            budget = rsn.effort_budget("medium" if effort == "xhigh" else effort, max_tokens)
         return max(budget, MIN_THINKING_BUDGET)
 
     @staticmethod
@@ -607,7 +582,7 @@ class AnthropicTranslator:
             self._read_usage(data["usage"])
         texts: list[str] = []
         reasoning: list[str] = []
-        details: list[dict[str, Any]] = []
+        details: list[ReasoningDetail] = []
         tool_calls: list[dict[str, Any]] = []
         for block in data["content"]:
             if not isinstance(block, dict):
@@ -621,19 +596,14 @@ class AnthropicTranslator:
                                    "function": {"name": block.get("name"), "arguments": arguments}})
             elif kind == "thinking" and not self.exclude_reasoning:
                 reasoning.append(_text(block.get("thinking")))
-                details.append({"type": "reasoning.text", "text": _text(block.get("thinking")),
-                                "signature": block.get("signature"), "format": REASONING_FORMAT,
-                                "index": len(details)})
+                details.append(rsn.detail(rsn.TEXT, REASONING_FORMAT, len(details), text=_text(block.get("thinking")),
+                                          signature=block.get("signature")))
             elif kind == "redacted_thinking" and not self.exclude_reasoning:
-                details.append({"type": "reasoning.encrypted", "data": block.get("data"),
-                                "format": REASONING_FORMAT, "index": len(details)})
+                details.append(rsn.detail(rsn.ENCRYPTED, REASONING_FORMAT, len(details), data=block.get("data")))
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
         if tool_calls:
             message["tool_calls"] = tool_calls
-        if reasoning:
-            message["reasoning"] = "".join(reasoning)
-        if details:
-            message["reasoning_details"] = details
+        rsn.add_to_message(message, reasoning, details)
         stop_reason = data.get("stop_reason")
         return {"choices": [{"index": 0, "message": message,
                              "finish_reason": normalise_finish_reason(stop_reason),
@@ -708,16 +678,15 @@ class AnthropicTranslator:
             if self.exclude_reasoning:
                 return []
             if kind == "redacted_thinking":
-                detail = {"type": "reasoning.encrypted", "data": block.get("data"),
-                          "format": REASONING_FORMAT, "index": ordinal}
+                detail = rsn.detail(rsn.ENCRYPTED, REASONING_FORMAT, ordinal, data=block.get("data"))
                 return [self._chunk({"reasoning_details": [detail]})]
             text = _text(block.get("thinking"))
             return [self._thinking_chunk(text, ordinal)] if text else []
         return []  # server tool blocks and the like have no chat-completions counterpart
 
     def _thinking_chunk(self, text: str, ordinal: int) -> dict[str, Any]:
-        return self._chunk({"reasoning": text, "reasoning_details": [
-            {"type": "reasoning.text", "text": text, "format": REASONING_FORMAT, "index": ordinal}]})
+        return self._chunk({"reasoning": text,
+                            "reasoning_details": [rsn.detail(rsn.TEXT, REASONING_FORMAT, ordinal, text=text)]})
 
     def _block_delta(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         delta = payload.get("delta")
@@ -743,8 +712,8 @@ class AnthropicTranslator:
             signature = _text(delta.get("signature"))
             if not signature:
                 return []
-            return [self._chunk({"reasoning_details": [{"type": "reasoning.text", "signature": signature,
-                                                        "format": REASONING_FORMAT, "index": ordinal}]})]
+            detail = rsn.detail(rsn.TEXT, REASONING_FORMAT, ordinal, signature=signature)
+            return [self._chunk({"reasoning_details": [detail]})]
         return []  # citations_delta and future delta types
 
     def finish(self) -> list[dict[str, Any]]:

@@ -26,6 +26,8 @@ from urllib.parse import quote
 
 import orjson
 
+from crossroads import reasoning as rsn
+from crossroads.canonical import ReasoningDetail
 from crossroads.errors import GatewayError
 from crossroads.formats.json_input import too_deep_text
 from crossroads.net.fetch import FetchError, parse_data_url
@@ -68,11 +70,10 @@ _FINISH_REASONS = {
 
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY", "any": "ANY"}
 
-# Thinking budgets per reasoning effort when the client gives no explicit reasoning.max_tokens.
+# Thinking budgets per reasoning effort when the client gives no explicit reasoning.max_tokens; where the fixed
+# budget would not leave room for an answer (Gemini counts thoughts against the same output allowance), the effort's
+# share of maxOutputTokens instead.
 _EFFORT_BUDGETS = {"xhigh": 32768, "high": 24576, "medium": 8192, "low": 1024, "minimal": 512, "none": 0}
-# Share of maxOutputTokens an effort may spend on thinking when the fixed budget would not leave room for an answer
-# (Gemini counts thoughts against the same output allowance).
-_EFFORT_SHARES = {"xhigh": 0.9, "high": 0.8, "medium": 0.5, "low": 0.2, "minimal": 0.1}
 
 # Our generated tool-call ids: tool_<position>_<name>[_<16 hex digest of the response id>].
 _GENERATED_ID = re.compile(r"^tool_(\d+)_(.+?)(?:_([0-9a-f]{16}))?$")
@@ -344,9 +345,8 @@ class GeminiTranslator:
             return None
         effort = reasoning.get("effort")
         budget = reasoning.get("max_tokens")
-        enabled = reasoning.get("enabled")
-        disabled = enabled is False or effort == "none"
-        thinking: dict[str, Any] = {"includeThoughts": not (reasoning.get("exclude") is True or disabled)}
+        disabled = rsn.switched_off(reasoning)
+        thinking: dict[str, Any] = {"includeThoughts": not (rsn.excluded(reasoning) or disabled)}
         if version is not None and version >= (3, 0) and not isinstance(budget, int):
             # Gemini 3 takes levels (the enum names, as Google's own SDK sends them); MINIMAL and MEDIUM are not
             # accepted by every 3.x model, so Pro models only get the levels all of them take.
@@ -366,7 +366,7 @@ class GeminiTranslator:
         elif effort in _EFFORT_BUDGETS:
             value = _EFFORT_BUDGETS[effort]
             if max_output and value >= max_output:
-                value = int(max_output * _EFFORT_SHARES.get(effort, 0.5))
+                value = rsn.effort_budget(effort, max_output)
         else:
             return thinking  # thinking on, the model's dynamic budget
         if value <= 0 and may_disable:
@@ -382,7 +382,7 @@ class GeminiTranslator:
         events = data if isinstance(data, list) else [data]
         content: list[str] = []
         reasoning: list[str] = []
-        details: dict[int, dict[str, Any]] = {}
+        details: list[ReasoningDetail] = []
         tool_calls: list[dict[str, Any]] = []
         finish: str | None = None
         native: str | None = None
@@ -399,12 +399,7 @@ class GeminiTranslator:
                     content.append(text)
                 if delta.get("reasoning"):
                     reasoning.append(delta["reasoning"])
-                for detail in delta.get("reasoning_details") or ():
-                    known = details.get(detail["index"])
-                    if known is not None and detail["type"] == "reasoning.text":
-                        known["text"] += detail["text"]
-                    else:
-                        details[detail["index"]] = dict(detail)
+                rsn.merge_details(delta.get("reasoning_details"), details)
                 for call in delta.get("tool_calls") or ():
                     tool_calls.append({"id": call["id"], "type": "function", "function": call["function"]})
         if finish == "stop" and tool_calls:
@@ -413,10 +408,7 @@ class GeminiTranslator:
                                    "content": "".join(content) if content or not tool_calls else None}
         if tool_calls:
             message["tool_calls"] = tool_calls
-        if reasoning:
-            message["reasoning"] = "".join(reasoning)
-        if details:
-            message["reasoning_details"] = [details[i] for i in sorted(details)]
+        rsn.add_to_message(message, reasoning, details)
         return {"choices": [{"index": 0, "message": message, "finish_reason": finish,
                              "native_finish_reason": native}]}
 
@@ -509,8 +501,7 @@ class GeminiTranslator:
                 if self._text_detail is None:
                     self._text_detail = self._detail_count
                     self._detail_count += 1
-                detail = {"type": "reasoning.text", "text": text, "format": REASONING_FORMAT,
-                          "index": self._text_detail}
+                detail = rsn.detail(rsn.TEXT, REASONING_FORMAT, self._text_detail, text=text)
                 out.append(({"reasoning": text, "reasoning_details": [detail]}, None, None))
         elif isinstance(text, str):
             if text:
@@ -523,8 +514,7 @@ class GeminiTranslator:
     def _encrypted(self, signature: str, call_id: str | None) -> dict[str, Any]:
         index = self._detail_count
         self._detail_count += 1
-        return {"reasoning_details": [{"type": "reasoning.encrypted", "data": signature, "id": call_id,
-                                       "format": REASONING_FORMAT, "index": index}]}
+        return {"reasoning_details": [rsn.detail(rsn.ENCRYPTED, REASONING_FORMAT, index, data=signature, id=call_id)]}
 
 
 def _error_message(err: Any) -> str:
@@ -690,7 +680,7 @@ class _ContentsBuilder:
         details = msg.get("reasoning_details")
         if isinstance(details, list) and parts:
             for detail in details:
-                if not isinstance(detail, dict) or detail.get("type") != "reasoning.encrypted":
+                if not isinstance(detail, dict) or detail.get("type") != rsn.ENCRYPTED:
                     continue
                 if detail.get("format") not in (REASONING_FORMAT, None) or not isinstance(detail.get("data"), str):
                     continue  # another vendor's signature would be refused by Gemini

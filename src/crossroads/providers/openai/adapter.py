@@ -71,6 +71,13 @@ def _check_message(message: Any, where: str) -> None:
             raise ValueError(f"upstream {where}.{field} is not of the type OpenAI's API gives it")
 
 
+def _rename_reasoning_content(fields: dict[str, Any]) -> None:
+    """A message's or delta's `reasoning_content` (DeepSeek's and vLLM's name) as `reasoning`, unless that is set."""
+    reasoning = fields.pop("reasoning_content")
+    if reasoning and not fields.get("reasoning"):
+        fields["reasoning"] = reasoning
+
+
 def _is_tool_call(call: Any) -> bool:
     if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
         return False
@@ -210,9 +217,7 @@ class OpenAITranslator:
             message = choice.setdefault("message", {})
             _check_message(message, "message")
             if "reasoning_content" in message:
-                reasoning = message.pop("reasoning_content")
-                if reasoning and not message.get("reasoning"):
-                    message["reasoning"] = reasoning
+                _rename_reasoning_content(message)
             native = choice.get("native_finish_reason") or choice.get("finish_reason")
             choice["finish_reason"] = normalise_finish_reason(choice.get("finish_reason"))
             choice["native_finish_reason"] = string_or_none(native)
@@ -248,9 +253,7 @@ class OpenAITranslator:
                                           and delta.get("content").__class__ is str):
                 _check_message(delta, "delta")
             if delta and "reasoning_content" in delta:
-                reasoning = delta.pop("reasoning_content")
-                if reasoning and not delta.get("reasoning"):
-                    delta["reasoning"] = reasoning
+                _rename_reasoning_content(delta)
             finish = choice.get("finish_reason")
             if finish is None:
                 native = choice.setdefault("native_finish_reason", None)
