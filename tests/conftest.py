@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,9 @@ from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.base import FakeUpstream
 from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.harness import FakeClock, GatewayServer, free_port
+
+__all__ = ["FakeClock", "GatewayProcess", "GatewayServer", "free_port"]
 
 MASTER_KEY = "sk-or-v1-" + "7" * 64
 # What the suite's gateways are given and must never give back (tests/secret_watch.py); tests/team.py adds its password.
@@ -48,14 +50,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     secret_watch.report(session)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class GatewayProcess:
-    """`crossroads serve` in a subprocess, with its output captured to a file for assertions."""
+    """`crossroads serve` in a subprocess, with its output captured to a file for assertions: for what needs a process
+    (signals, `--workers N`, a crash, the CLI's output and exit codes, several instances on one database). A test
+    that needs a configured server only uses tests/harness.py's GatewayServer, the same interface in this process."""
 
     def __init__(self, config: dict, workdir: Path, *, args: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
@@ -217,9 +215,9 @@ def gateway_config(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, fake_
 
 @pytest.fixture(scope="session")
 def gateway(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, fake_gemini: FakeGemini, fake_local: FakeOpenAI,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     workdir = tmp_path_factory.mktemp("gateway")
-    proc = GatewayProcess(gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, workdir / "data"),
+    proc = GatewayServer(gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, workdir / "data"),
                           workdir).start()
     yield proc
     proc.stop()

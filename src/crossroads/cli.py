@@ -156,29 +156,9 @@ def serve(args: argparse.Namespace) -> int:
         print("crossroads: warning: no provider connections configured (set OPENAI_API_KEY, ANTHROPIC_API_KEY, ... or "
               "use --config)", file=sys.stderr)
 
-    import functools
-
     import uvicorn
 
-    from crossroads.api.protocol import SlowClientProtocol
-
-    options = {
-        "host": host, "port": port, "workers": args.workers, "lifespan": "on", "access_log": False,
-        "log_config": None,  # uvicorn's lines go through the gateway's own format (observability/logs.py)
-        "log_level": args.log_level, "timeout_graceful_shutdown": config.server.shutdown_grace,
-        # httptools with a deadline for request heads (slowloris); a partial pickles, so workers get it too.
-        "http": functools.partial(SlowClientProtocol, header_timeout=config.server.header_timeout,
-                                  body_timeout=config.server.body_timeout),
-        "server_header": False, "date_header": False,
-        # The gateway reads neither the client's address nor the scheme: no X-Forwarded-* rewriting per request.
-        "proxy_headers": False,
-    }
-    try:
-        import uvloop  # noqa: F401
-
-        options["loop"] = "uvloop"
-    except ImportError:
-        options["loop"] = "asyncio"
+    options = uvicorn_options(config, host=host, port=port, workers=args.workers, log_level=args.log_level)
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die of it (exit status -15/143);
     # a requested stop is a clean exit (0). Until uvicorn installs its own handler, SIGTERM exits at once.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -202,6 +182,32 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         _record_serving(config, 0, only_if=args.workers, instance_id=instance_id)
     return 0
+
+
+def uvicorn_options(config: Config, *, host: str, port: int, workers: int, log_level: str) -> dict[str, Any]:
+    """uvicorn's settings for `serve` (tests/harness.py serves its in-process gateways with them too)."""
+    import functools
+
+    from crossroads.api.protocol import SlowClientProtocol
+
+    options: dict[str, Any] = {
+        "host": host, "port": port, "workers": workers, "lifespan": "on", "access_log": False,
+        "log_config": None,  # uvicorn's lines go through the gateway's own format (observability/logs.py)
+        "log_level": log_level, "timeout_graceful_shutdown": config.server.shutdown_grace,
+        # httptools with a deadline for request heads (slowloris); a partial pickles, so workers get it too.
+        "http": functools.partial(SlowClientProtocol, header_timeout=config.server.header_timeout,
+                                  body_timeout=config.server.body_timeout),
+        "server_header": False, "date_header": False,
+        # The gateway reads neither the client's address nor the scheme: no X-Forwarded-* rewriting per request.
+        "proxy_headers": False,
+    }
+    try:
+        import uvloop  # noqa: F401
+
+        options["loop"] = "uvloop"
+    except ImportError:
+        options["loop"] = "asyncio"
+    return options
 
 
 MULTIPROC_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")

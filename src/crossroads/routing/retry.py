@@ -6,18 +6,40 @@ and ``min(cap, base * 2**(attempt-1))``): spreading retries uniformly stops many
 hammering the upstream again in lock-step. An upstream's ``Retry-After`` is a lower bound on the wait; when it asks
 for longer than the caller is willing to hold a client, ``retry_delay`` says so (None) and the caller falls back
 instead of sleeping.
+
+Time is read, and retry waits are made, through a `Clock`: the real one unless a test gives the gateway another.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 # 2**62 already dwarfs any cap; clamping the exponent keeps the float arithmetic finite for absurd attempt numbers.
 _MAX_EXPONENT = 62
+
+
+class Clock:
+    """Where routing reads the time and waits: ``now()``, monotonic seconds (the breakers' cool-downs, probe timeouts
+    and rolling windows: routing/health.py), and ``await sleep(seconds)`` (the backoff before a retry). Plain
+    attributes holding the functions, called directly (no layer of its own on the hot path); the default is
+    time.monotonic and asyncio.sleep. Tests give a gateway one they move forward by hand instead of sleeping through
+    cool-downs and backoffs (tests/harness.py FakeClock)."""
+
+    __slots__ = ("now", "sleep")
+
+    def __init__(self, now: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.now = now
+        self.sleep = sleep
+
+
+REAL_CLOCK = Clock()
 
 
 def is_retryable(status: int | None) -> bool:
