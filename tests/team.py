@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from tests import secret_watch
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 
 PASSWORD = "correct horse battery"
 secret_watch.watch(PASSWORD)
@@ -40,7 +40,7 @@ def team_config(fake_openai: Any, workdir: Path) -> dict:
     }
 
 
-def api(gw: GatewayProcess, method: str, path: str, key: str = MASTER_KEY, **kwargs: Any) -> httpx.Response:
+def api(gw: GatewayServer, method: str, path: str, key: str = MASTER_KEY, **kwargs: Any) -> httpx.Response:
     return httpx.request(method, gw.url + "/api/v1" + path, headers={"Authorization": f"Bearer {key}"}, timeout=20,
                          **kwargs)
 
@@ -50,7 +50,7 @@ def ok(resp: httpx.Response, status: int = 200) -> dict:
     return resp.json()
 
 
-def build_team(gw: GatewayProcess) -> dict[str, Any]:
+def build_team(gw: GatewayServer) -> dict[str, Any]:
     """Make the company through the management API; return its keys (plaintext and hash) and one generation id per
     key."""
     for workspace in ("alpha", "beta"):
@@ -81,9 +81,9 @@ def build_team(gw: GatewayProcess) -> dict[str, Any]:
     return world
 
 
-def start_company(fake_openai: Any, workdir: Path) -> tuple[GatewayProcess, dict[str, Any]]:
+def start_company(fake_openai: Any, workdir: Path) -> tuple[GatewayServer, dict[str, Any]]:
     """A gateway with the company built in it (stop the process when done)."""
-    proc = GatewayProcess(team_config(fake_openai, workdir), workdir).start()
+    proc = GatewayServer(team_config(fake_openai, workdir), workdir).start()
     try:
         return proc, build_team(proc)
     except BaseException:

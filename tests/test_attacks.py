@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from tests import secret_watch
-from tests.conftest import MASTER_KEY, PRICING, GatewayProcess, free_port
+from tests.conftest import MASTER_KEY, PRICING, GatewayServer, free_port
 from tests.fakes.base import Reply
 from tests.fakes.gemini_fake import FakeGemini
 from tests.test_fuzz import error_shape_problem
@@ -122,7 +122,7 @@ class ImageHost(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def media_gateway(fake_gemini: FakeGemini, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def media_gateway(fake_gemini: FakeGemini, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     # Only 127.0.0.2 is allowed as a media host: every other loopback notation must be refused.
     workdir = tmp_path_factory.mktemp("attacks")
     config = {
@@ -134,7 +134,7 @@ def media_gateway(fake_gemini: FakeGemini, tmp_path_factory: pytest.TempPathFact
                        "models": [{"id": "google/gemini-2.5-flash", "upstream": "gemini-2.5-flash",
                                    "pricing": PRICING}]}],
     }
-    gw = GatewayProcess(config, workdir).start()
+    gw = GatewayServer(config, workdir).start()
     yield gw
     gw.stop()
 
@@ -158,7 +158,7 @@ def image_host() -> Iterator[str]:
     server.server_close()
 
 
-def ask_with_image(gw: GatewayProcess, url: str) -> httpx.Response:
+def ask_with_image(gw: GatewayServer, url: str) -> httpx.Response:
     body = {"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": url}}]}]}
     return httpx.post(gw.url + "/api/v1/chat/completions", headers=AUTH, json=body, timeout=15)
@@ -240,7 +240,7 @@ RAW_AUTHORIZATION = [b"Bearer ", b"Bearer    ", b"Bearer\t" + MASTER_KEY.encode(
 BODY = {"model": "openai/gpt-4o-mini", "input": "hi", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def raw_request(gateway: GatewayProcess, method: str, path: str, authorization: bytes) -> httpx.Response:
+def raw_request(gateway: GatewayServer, method: str, path: str, authorization: bytes) -> httpx.Response:
     """One request written byte by byte: httpx refuses header values such as `Bearer ` (trailing space) or CR/LF."""
     body = orjson.dumps(BODY) if method == "POST" else b""
     head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
@@ -284,13 +284,13 @@ def test_a_hostile_x_api_key_on_messages_is_refused(gateway, fake_anthropic) -> 
     assert fake_anthropic.requests == []
 
 
-def new_key(gateway: GatewayProcess, **fields: object) -> tuple[str, str]:
+def new_key(gateway: GatewayServer, **fields: object) -> tuple[str, str]:
     resp = httpx.post(gateway.url + "/api/v1/keys", headers=AUTH, json={"name": "attacks", **fields})
     assert resp.status_code == 201, resp.text
     return resp.json()["key"], resp.json()["data"]["hash"]
 
 
-def chat_with(gateway: GatewayProcess, key: str) -> httpx.Response:
+def chat_with(gateway: GatewayServer, key: str) -> httpx.Response:
     return httpx.post(gateway.url + "/api/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=10,
                       json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 

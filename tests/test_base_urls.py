@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from crossroads.config import versioned_base_url
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 
@@ -39,7 +39,7 @@ def test_sdk_style_base_urls_work(fake_anthropic, fake_gemini, tmp_path, suffixe
                    "base_url": fake_gemini.base_url + ("/v1beta/" if suffixed else "/"),
                    "models": [{"id": "google/gemini-2.5-flash", "upstream": "gemini-2.5-flash", "pricing": pricing}]},
               ]}
-    gw = GatewayProcess(config, tmp_path).start()
+    gw = GatewayServer(config, tmp_path).start()
     try:
         for model in ("anthropic/claude-sonnet-4", "google/gemini-2.5-flash"):
             resp = httpx.post(gw.url + "/api/v1/chat/completions", headers=AUTH,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 from tests.fakes.base import Fault
 from tests.fakes.openai_fake import FakeOpenAI
 
@@ -47,7 +47,7 @@ def model(model_id: str, upstream: str, **extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def gw(fakes, tmp_path_factory) -> Iterator[GatewayProcess]:
+def gw(fakes, tmp_path_factory) -> Iterator[GatewayServer]:
     long = {"context_length": 200000}  # only these fit the auto test's max_tokens
     config = {
         "server": {"host": "127.0.0.1", "master_key": MASTER_KEY, "data_dir": str(tmp_path_factory.mktemp("data")),
@@ -70,22 +70,22 @@ def gw(fakes, tmp_path_factory) -> Iterator[GatewayProcess]:
             {**connection("slow", fakes["slow"], [model("test/s1", "s1"), model("test/s2", "s2")]), "timeout": 0.5},
         ],
     }
-    proc = GatewayProcess(config, tmp_path_factory.mktemp("breaker")).start()
+    proc = GatewayServer(config, tmp_path_factory.mktemp("breaker")).start()
     yield proc
     proc.stop()
 
 
-def post(gw: GatewayProcess, body: dict) -> httpx.Response:
+def post(gw: GatewayServer, body: dict) -> httpx.Response:
     return httpx.post(gw.url + CHAT, json={"messages": HELLO, **body}, headers=AUTH, timeout=30)
 
 
-def attempts(gw: GatewayProcess, resp: httpx.Response) -> list[tuple[str, int | None]]:
+def attempts(gw: GatewayServer, resp: httpx.Response) -> list[tuple[str, int | None]]:
     data = httpx.get(gw.url + "/api/v1/generation", params={"id": resp.headers["x-generation-id"]},
                      headers=AUTH).json()["data"]
     return [(a["provider_name"], a["status"]) for a in data["provider_responses"]]
 
 
-def status(gw: GatewayProcess, model_id: str) -> dict[str, int]:
+def status(gw: GatewayServer, model_id: str) -> dict[str, int]:
     """Each endpoint's live status for a model, by connection (0 ok, -5 probing, -10 ejected)."""
     endpoints = httpx.get(f"{gw.url}/api/v1/models/{model_id}/endpoints", headers=AUTH).json()["data"]["endpoints"]
     return {e["provider_name"]: e["status"] for e in endpoints}

@@ -14,7 +14,7 @@ from crossroads.api.models import DEFAULT_OUTPUT_MODALITIES, ModelViews, output_
 from crossroads.catalog import load_catalog
 from crossroads.config import ConfigError, load_config
 from crossroads.routing.registry import build_registry
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 
@@ -170,7 +170,7 @@ def embedding_gateway(tmp_path_factory: pytest.TempPathFactory):
                  "pricing": "free"}]},
         ],
     }
-    proc = GatewayProcess(config, workdir).start()
+    proc = GatewayServer(config, workdir).start()
     yield proc
     proc.stop()
 

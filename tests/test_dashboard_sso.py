@@ -11,7 +11,7 @@ from html import unescape
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 from tests.fakes.oidc_provider import CLIENT_ID, CLIENT_SECRET, FakeOidcProvider
 from tests.team import api, ok
 
@@ -29,7 +29,7 @@ def sso_gateway(provider, tmp_path_factory):
                          "oidc": {"issuer": provider.issuer, "client_id": CLIENT_ID,
                                   "client_secret": CLIENT_SECRET}},
               "providers": []}
-    proc = GatewayProcess(config, workdir).start()
+    proc = GatewayServer(config, workdir).start()
     provider.redirect_uris.add(proc.url + "/signin/sso/callback")
     ok(api(proc, "POST", "/workspaces", json={"name": "research"}), 201)
     ok(api(proc, "POST", "/workspaces/research/members", json={"email": "ada@example.com", "role": "admin"}), 201)

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 from tests.fakes.base import Fault, fake_vector
 
 EMBED_PRICE = {"prompt": 0.02, "completion": 0}  # USD per 1M tokens
@@ -47,16 +47,16 @@ def gw(fake_openai, fake_anthropic, fake_gemini, tmp_path_factory):
                          "pricing": {"prompt": 3, "completion": 15}}]},
         ],
     }
-    proc = GatewayProcess(config, workdir).start()
+    proc = GatewayServer(config, workdir).start()
     yield proc
     proc.stop()
 
 
-def client(gw: GatewayProcess, key: str = MASTER_KEY) -> openai.OpenAI:
+def client(gw: GatewayServer, key: str = MASTER_KEY) -> openai.OpenAI:
     return openai.OpenAI(api_key=key, base_url=gw.url + "/api/v1", max_retries=0)
 
 
-def embed(gw: GatewayProcess, key: str = MASTER_KEY, **body) -> httpx.Response:
+def embed(gw: GatewayServer, key: str = MASTER_KEY, **body) -> httpx.Response:
     return httpx.post(gw.url + "/api/v1/embeddings", headers={"Authorization": f"Bearer {key}"}, json=body,
                       timeout=20)
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from openrouter import OpenRouter, errors
 
-from tests.conftest import MASTER_KEY, GatewayProcess, gateway_config
+from tests.conftest import MASTER_KEY, GatewayServer, gateway_config
 from tests.fakes.base import Fault
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -23,13 +23,13 @@ HELLO = [{"role": "user", "content": "Hi"}]
 MODEL = "openai/gpt-4o-mini"
 
 
-def new_key(gateway: GatewayProcess, **policy) -> str:
+def new_key(gateway: GatewayServer, **policy) -> str:
     resp = httpx.post(gateway.url + "/api/v1/keys", headers=AUTH, json={"name": "sdk-errors", **policy})
     assert resp.status_code in (200, 201), resp.text
     return resp.json()["key"]
 
 
-def send(gateway: GatewayProcess, key: str = MASTER_KEY, **body) -> None:
+def send(gateway: GatewayServer, key: str = MASTER_KEY, **body) -> None:
     # No SDK retries (its default retries 5xx): the first answer is the one under test.
     with OpenRouter(api_key=key, server_url=gateway.url + "/api/v1", timeout_ms=20_000, retry_config=None) as sdk:
         sdk.chat.send(**{"model": MODEL, "messages": HELLO, **body})
@@ -105,7 +105,7 @@ def test_sdk_gets_its_typed_error_for_503(fake_openai, fake_anthropic, fake_gemi
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = sock.getsockname()[1]
-    gw = GatewayProcess(gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data"),
+    gw = GatewayServer(gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data"),
                         tmp_path, env={"CROSSROADS_REDIS_URL": f"redis://127.0.0.1:{closed}/0"}).start()
     try:
         key = new_key(gw, rpm=100)

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 HELLO = [{"role": "user", "content": "hi"}]
@@ -31,18 +31,18 @@ def gw(fake_openai, fake_local, tmp_path_factory):
         ],
         "routes": [{"name": "support-bot", "targets": [{"connection": "oai", "model": "gpt-4o-mini"}]}],
     }
-    proc = GatewayProcess(config, workdir).start()
+    proc = GatewayServer(config, workdir).start()
     yield proc
     proc.stop()
 
 
-def key(gw: GatewayProcess, **policy) -> str:
+def key(gw: GatewayServer, **policy) -> str:
     resp = httpx.post(gw.url + "/api/v1/keys", headers=AUTH, json={"name": "policy", **policy})
     assert resp.status_code in (200, 201), resp.text
     return resp.json()["key"]
 
 
-def chat(gw: GatewayProcess, api_key: str, model: str) -> httpx.Response:
+def chat(gw: GatewayServer, api_key: str, model: str) -> httpx.Response:
     return httpx.post(gw.url + "/api/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
                       json={"model": model, "messages": HELLO}, timeout=20)
 

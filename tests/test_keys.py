@@ -15,16 +15,16 @@ import openai
 import pytest
 from openrouter import OpenRouter
 
-from tests.conftest import MASTER_KEY, PRICING, GatewayProcess, gateway_config
+from tests.conftest import MASTER_KEY, PRICING, GatewayServer, gateway_config
 from tests.fakes.base import Fault, Reply
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def gw(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path_factory) -> GatewayProcess:
+def gw(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path_factory) -> GatewayServer:
     workdir = tmp_path_factory.mktemp("keys-gateway")
-    proc = GatewayProcess(gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, workdir / "data"),
+    proc = GatewayServer(gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, workdir / "data"),
                           workdir, args=["--log-level", "debug"]).start()
     yield proc
     proc.stop()
@@ -36,14 +36,14 @@ def sdk(gw):
         yield client
 
 
-def create_key(gw: GatewayProcess, **body) -> tuple[str, dict]:
+def create_key(gw: GatewayServer, **body) -> tuple[str, dict]:
     resp = httpx.post(gw.url + "/api/v1/keys", headers=AUTH, json={"name": "test", **body})
     assert resp.status_code == 201, resp.text
     payload = resp.json()
     return payload["key"], payload["data"]
 
 
-def chat(gw: GatewayProcess, key: str, model: str = "openai/gpt-4o-mini", **extra) -> httpx.Response:
+def chat(gw: GatewayServer, key: str, model: str = "openai/gpt-4o-mini", **extra) -> httpx.Response:
     return httpx.post(gw.url + "/api/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=30,
                       json={"model": model, "messages": [{"role": "user", "content": "hi"}], **extra})
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from openrouter import OpenRouter
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.openai_fake import FakeOpenAI
 
@@ -30,7 +30,7 @@ def model(model_id: str, prompt: float, completion: float, context: int, age_day
 
 
 @pytest.fixture(scope="module")
-def gw(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, tmp_path_factory) -> Iterator[GatewayProcess]:
+def gw(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, tmp_path_factory) -> Iterator[GatewayServer]:
     workdir = tmp_path_factory.mktemp("models-query")
     config = {
         "server": {"host": "127.0.0.1", "master_key": MASTER_KEY, "data_dir": str(workdir / "data")},
@@ -47,12 +47,12 @@ def gw(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, tmp_path_factory)
                  model("anthropic/claude-sonnet-4", 3.0, 15.0, 200000, 100, tokenizer="Claude")]},
         ],
     }
-    proc = GatewayProcess(config, workdir).start()
+    proc = GatewayServer(config, workdir).start()
     yield proc
     proc.stop()
 
 
-def ids(gw: GatewayProcess, **params: object) -> list[str]:
+def ids(gw: GatewayServer, **params: object) -> list[str]:
     resp = httpx.get(gw.url + "/api/v1/models", headers=AUTH, params=params)
     assert resp.status_code == 200, resp.text
     body = resp.json()

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 from tests.fakes.base import Reply, ToolCall
 from tests.fakes.openai_fake import FakeOpenAI
 
@@ -25,7 +25,7 @@ def upstream() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module")
-def gw(upstream, tmp_path_factory) -> Iterator[GatewayProcess]:
+def gw(upstream, tmp_path_factory) -> Iterator[GatewayServer]:
     workdir = tmp_path_factory.mktemp("responses-passthrough")
     config = {
         "server": {"host": "127.0.0.1", "master_key": MASTER_KEY, "data_dir": str(workdir / "data")},
@@ -36,7 +36,7 @@ def gw(upstream, tmp_path_factory) -> Iterator[GatewayProcess]:
              "models": [{"id": "local/compat", "upstream": "gpt-y", "pricing": PRICE}]},
         ],
     }
-    proc = GatewayProcess(config, workdir).start()
+    proc = GatewayServer(config, workdir).start()
     yield proc
     proc.stop()
 
@@ -46,7 +46,7 @@ def _clean(upstream) -> None:
     upstream.reset()
 
 
-def client(gw: GatewayProcess) -> openai.OpenAI:
+def client(gw: GatewayServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/api/v1", api_key=MASTER_KEY, max_retries=0)
 
 

@@ -34,7 +34,7 @@ from openrouter.types import UnrecognizedStr
 from openrouter.utils.serializers import unmarshal_json
 from pydantic import BaseModel
 
-from tests.conftest import MASTER_KEY, PROVIDERS, GatewayProcess, gateway_config
+from tests.conftest import MASTER_KEY, PROVIDERS, GatewayServer, gateway_config
 from tests.fakes.base import Fault, Reply, ToolCall
 
 CONFORMANCE_DIR = Path(__file__).parent / "conformance"
@@ -196,7 +196,7 @@ class Conformance:
 # -- fixtures ----------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def gw(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path_factory) -> Iterator[GatewayProcess]:
+def gw(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path_factory) -> Iterator[GatewayServer]:
     """A gateway of this module's own: its tests create keys with limits, and it serves an embeddings model."""
     workdir = tmp_path_factory.mktemp("conformance")
     config = gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, workdir / "data")
@@ -204,7 +204,7 @@ def gw(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path_factory) -
     config["providers"][0]["models"].append(
         {"id": EMBEDDING_MODEL, "upstream": "text-embedding-3-small", "context_length": 8191,
          "pricing": {"prompt": 0.02, "completion": 0}, "output_modalities": ["embeddings"]})
-    proc = GatewayProcess(config, workdir).start()
+    proc = GatewayServer(config, workdir).start()
     yield proc
     proc.stop()
 
@@ -225,7 +225,7 @@ def conform(ts_validator: TypeScriptValidator | None) -> Conformance:
 
 
 @pytest.fixture
-def sdk(gw: GatewayProcess) -> Iterator[OpenRouter]:
+def sdk(gw: GatewayServer) -> Iterator[OpenRouter]:
     with OpenRouter(api_key=MASTER_KEY, server_url=gw.url + API) as client:
         yield client
 
@@ -247,11 +247,11 @@ def auth(key: str = MASTER_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def post(gw: GatewayProcess, path: str, body: dict[str, Any], key: str = MASTER_KEY) -> httpx.Response:
+def post(gw: GatewayServer, path: str, body: dict[str, Any], key: str = MASTER_KEY) -> httpx.Response:
     return httpx.post(gw.url + API + path, headers=auth(key), json=body, timeout=30)
 
 
-def get(gw: GatewayProcess, path: str, key: str = MASTER_KEY, **params: Any) -> httpx.Response:
+def get(gw: GatewayServer, path: str, key: str = MASTER_KEY, **params: Any) -> httpx.Response:
     return httpx.get(gw.url + API + path, headers=auth(key), params=params, timeout=30)
 
 
@@ -260,7 +260,7 @@ def ok(resp: httpx.Response) -> Any:
     return resp.json()
 
 
-def stream_events(gw: GatewayProcess, path: str, body: dict[str, Any], key: str = MASTER_KEY) -> list[Any]:
+def stream_events(gw: GatewayServer, path: str, body: dict[str, Any], key: str = MASTER_KEY) -> list[Any]:
     """The JSON of every `data:` line of a streamed answer (comments and [DONE] left out)."""
     with httpx.stream("POST", gw.url + API + path, headers=auth(key), json={**body, "stream": True},
                       timeout=30) as resp:
@@ -274,7 +274,7 @@ def stream_events(gw: GatewayProcess, path: str, body: dict[str, Any], key: str 
     return events
 
 
-def create_key(gw: GatewayProcess, **fields: Any) -> tuple[str, str]:
+def create_key(gw: GatewayServer, **fields: Any) -> tuple[str, str]:
     """A new API key (its secret, its hash)."""
     resp = httpx.post(gw.url + API + "/keys", headers=auth(), json={"name": "conformance", **fields}, timeout=30)
     assert resp.status_code == 201, resp.text
@@ -380,7 +380,7 @@ def test_embeddings(gw, conform) -> None:
 
 # -- errors ------------------------------------------------------------------------------------------------------------
 
-def error_requests(gw: GatewayProcess) -> dict[int, Callable[[str, dict[str, Any]], httpx.Response]]:
+def error_requests(gw: GatewayServer) -> dict[int, Callable[[str, dict[str, Any]], httpx.Response]]:
     """One way to each error status, for a path and a valid body of that path."""
     poor, _ = create_key(gw, limit=1e-10)  # less than any request's worst-case cost: 402
 
@@ -556,7 +556,7 @@ def test_sdk_mid_stream_error(sdk, fake_openai) -> None:
 
 # -- the TypeScript SDK, end to end ------------------------------------------------------------------------------------
 
-def ts_call(gw: GatewayProcess, call: str, key: str = MASTER_KEY, **args: Any) -> Any:
+def ts_call(gw: GatewayServer, call: str, key: str = MASTER_KEY, **args: Any) -> Any:
     """tests/conformance/ts_calls.mjs: one call through the TypeScript SDK, its outcome as JSON."""
     missing = typescript_missing()
     if missing is not None:

@@ -18,7 +18,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 HELLO = [{"role": "user", "content": "hi"}]
@@ -47,12 +47,12 @@ def gw(fake_openai, fake_anthropic, tmp_path_factory):
         "routes": [{"name": "owners-route", "workspace": "owners",
                     "targets": [{"connection": "oai", "model": "gpt-4o-mini"}]}],
     }
-    proc = GatewayProcess(config, workdir).start()
+    proc = GatewayServer(config, workdir).start()
     yield proc
     proc.stop()
 
 
-def api(gw: GatewayProcess, method: str, path: str, key: str = MASTER_KEY, **kwargs) -> httpx.Response:
+def api(gw: GatewayServer, method: str, path: str, key: str = MASTER_KEY, **kwargs) -> httpx.Response:
     return httpx.request(method, gw.url + "/api/v1" + path, headers={"Authorization": f"Bearer {key}"}, timeout=20,
                          **kwargs)
 
@@ -62,7 +62,7 @@ def ok(resp: httpx.Response, status: int = 200) -> dict:
     return resp.json()
 
 
-def new_workspace(gw: GatewayProcess, name: str, budget: dict | None = None, envs: tuple[str, ...] = ("dev", "prod")
+def new_workspace(gw: GatewayServer, name: str, budget: dict | None = None, envs: tuple[str, ...] = ("dev", "prod")
                   ) -> dict:
     workspace = ok(api(gw, "POST", "/workspaces", json={"name": name, "budget": budget}), 201)["data"]
     for env in envs:
@@ -70,12 +70,12 @@ def new_workspace(gw: GatewayProcess, name: str, budget: dict | None = None, env
     return ok(api(gw, "GET", f"/workspaces/{workspace['id']}"))["data"]
 
 
-def new_key(gw: GatewayProcess, key: str = MASTER_KEY, **fields) -> tuple[str, dict]:
+def new_key(gw: GatewayServer, key: str = MASTER_KEY, **fields) -> tuple[str, dict]:
     body = ok(api(gw, "POST", "/keys", key, json={"name": "k", **fields}), 201)
     return body["key"], body["data"]
 
 
-def chat(gw: GatewayProcess, key: str, path: str = "/api/v1/chat/completions", **extra) -> httpx.Response:
+def chat(gw: GatewayServer, key: str, path: str = "/api/v1/chat/completions", **extra) -> httpx.Response:
     return httpx.post(gw.url + path, headers={"Authorization": f"Bearer {key}"},
                       json={"model": MODEL, "messages": HELLO, "max_tokens": 10, **extra}, timeout=20)
 
