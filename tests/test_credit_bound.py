@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from crossroads.accounting.exchange import prompt_token_bound
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayProcess, GatewayServer
 from tests.fakes.base import Reply
 from tests.fakes.openai_fake import FakeOpenAI
 
@@ -103,7 +103,7 @@ def gw(upstream, tmp_path_factory):
                              "api_key": upstream.api_key, "timeout": 10,
                              "models": [{"id": MODEL, "upstream": "gpt-4o-mini", "context_length": 128000,
                                          "pricing": {"prompt": PRICE, "completion": PRICE}}]}]}
-    proc = GatewayProcess(config, workdir).start()
+    proc = GatewayServer(config, workdir).start()
     yield proc
     proc.stop()
 

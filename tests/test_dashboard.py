@@ -13,13 +13,13 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess, gateway_config
+from tests.conftest import MASTER_KEY, GatewayServer, gateway_config
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 
 
 @contextmanager
-def signed_in(gateway: GatewayProcess, key: str = MASTER_KEY) -> Iterator[httpx.Client]:
+def signed_in(gateway: GatewayServer, key: str = MASTER_KEY) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=15) as client:
         resp = client.post("/signin", data={"key": key})
         assert resp.status_code == 303 and resp.headers["location"] == "/", resp.text[:300]
@@ -88,7 +88,7 @@ def test_failed_sign_ins_are_throttled_per_address(fake_openai, fake_anthropic, 
                                                    tmp_path) -> None:
     """On a gateway of its own: the throttle is per process, and this test leaves 127.0.0.1 throttled."""
     config = gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data")
-    proc = GatewayProcess(config, tmp_path).start()
+    proc = GatewayServer(config, tmp_path).start()
     try:
         statuses = [httpx.post(proc.url + "/signin", data={"key": "sk-cr-wrong"}).status_code for _ in range(6)]
         assert statuses == [401] * 5 + [429], statuses
@@ -110,7 +110,7 @@ def test_connections_show_capacity_use_and_route_conditions(fake_openai, fake_an
         "fallback": ["google/gemini-2.5-flash"],
         "conditions": [{"when": {"prompt_tokens": {"gt": 1000}}, "target": "big"},
                        {"when": {"header": {"x-team": "<b>ops</b>"}}, "action": "block", "message": "not you"}]}]
-    proc = GatewayProcess(config, tmp_path).start()
+    proc = GatewayServer(config, tmp_path).start()
     try:
         for model in ("openai/gpt-4o-mini", "openai/gpt-4o-mini", "support-bot"):
             resp = httpx.post(proc.url + "/api/v1/chat/completions", headers=AUTH,

@@ -25,7 +25,7 @@ from crossroads.observability.metrics import (
     scrape_refusal,
     status_class,
 )
-from tests.conftest import MASTER_KEY, GatewayProcess, free_port
+from tests.conftest import MASTER_KEY, GatewayProcess, GatewayServer, free_port
 from tests.fakes.base import Fault, Reply
 from tests.fakes.openai_fake import FakeOpenAI
 
@@ -71,7 +71,7 @@ def metrics_config(fakes: dict[str, FakeOpenAI], data_dir: Path, **metrics: obje
 @pytest.fixture(scope="module")
 def gw(fakes: dict[str, FakeOpenAI], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp("metrics")
-    proc = GatewayProcess(metrics_config(fakes, workdir / "data"), workdir).start()
+    proc = GatewayServer(metrics_config(fakes, workdir / "data"), workdir).start()
     yield proc
     proc.stop()
 
@@ -301,7 +301,7 @@ def non_loopback_address() -> str | None:
 
 # -- who may scrape --------------------------------------------------------------------------------------------------
 def test_token_guards_metrics(fakes, tmp_path: Path) -> None:
-    gw = GatewayProcess(metrics_config(fakes, tmp_path / "data", token=TOKEN), tmp_path).start()
+    gw = GatewayServer(metrics_config(fakes, tmp_path / "data", token=TOKEN), tmp_path).start()
     try:
         # Loopback is not enough once a token is set.
         for headers in ({}, {"Authorization": "Bearer wrong-" + TOKEN}, {"Authorization": f"Basic {TOKEN}"},
@@ -322,7 +322,7 @@ def test_token_guards_metrics(fakes, tmp_path: Path) -> None:
 
 def test_metrics_port_serves_metrics_and_the_main_port_does_not(fakes, tmp_path: Path) -> None:
     port = free_port()
-    gw = GatewayProcess(metrics_config(fakes, tmp_path / "data", metrics_port=port), tmp_path).start()
+    gw = GatewayServer(metrics_config(fakes, tmp_path / "data", metrics_port=port), tmp_path).start()
     try:
         assert chat(gw, {"model": "test/solo"}).status_code == 200
         assert httpx.get(gw.url + "/metrics", timeout=10).status_code == 404
@@ -345,7 +345,7 @@ def test_metrics_port_serves_metrics_and_the_main_port_does_not(fakes, tmp_path:
 
 
 def test_disabled_metrics_are_not_served(fakes, tmp_path: Path) -> None:
-    gw = GatewayProcess(metrics_config(fakes, tmp_path / "data", enabled=False), tmp_path).start()
+    gw = GatewayServer(metrics_config(fakes, tmp_path / "data", enabled=False), tmp_path).start()
     try:
         assert chat(gw, {"model": "test/solo"}).status_code == 200
         assert httpx.get(gw.url + "/metrics", timeout=10).status_code == 404

@@ -14,7 +14,7 @@ import yaml
 
 from crossroads.config import ConfigError, load_config
 from crossroads.gate import oauth
-from tests.conftest import MASTER_KEY, GatewayProcess, gateway_config
+from tests.conftest import MASTER_KEY, GatewayServer, gateway_config
 
 CALLBACK = "http://localhost:3999/cb?state=xyz"
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -24,7 +24,7 @@ def s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
-def approve(gateway: GatewayProcess, params: dict[str, str], *, limit: str = "", decision: str = "approve"
+def approve(gateway: GatewayServer, params: dict[str, str], *, limit: str = "", decision: str = "approve"
             ) -> httpx.Response:
     """Sign in (following /auth's redirect through the sign-in page), then answer the consent page."""
     with httpx.Client(base_url=gateway.url, timeout=15) as client:
@@ -48,7 +48,7 @@ def code_of(resp: httpx.Response, callback: str = CALLBACK) -> str:
     return query["code"][0]
 
 
-def exchange(gateway: GatewayProcess, **body: str) -> httpx.Response:
+def exchange(gateway: GatewayServer, **body: str) -> httpx.Response:
     return httpx.post(gateway.url + "/api/v1/auth/keys", json=body, timeout=15)
 
 
@@ -115,7 +115,7 @@ def test_https_callbacks_anywhere_and_allowed_http_origins(fake_openai, fake_ant
                                                            tmp_path) -> None:
     config = gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data")
     config["server"]["oauth"] = {"allowed_callbacks": ["http://intranet-app:3000"]}
-    proc = GatewayProcess(config, tmp_path).start()
+    proc = GatewayServer(config, tmp_path).start()
     try:
         for callback, allowed in (("https://app.example.com/cb", True), ("http://intranet-app:3000/cb", True),
                                   ("http://intranet-app:3001/cb", False), ("http://127.0.0.1:9/cb", True)):

@@ -35,7 +35,7 @@ from referencing.jsonschema import DRAFT202012
 from crossroads.api import openapi
 from crossroads.api.app import API_PREFIXES, Gateway
 from crossroads.config import load_config
-from tests.conftest import MASTER_KEY, GatewayProcess, gateway_config
+from tests.conftest import MASTER_KEY, GatewayProcess, GatewayServer, gateway_config
 from tests.fakes.base import Fault
 
 DOCUMENT = openapi.DOCUMENT
@@ -141,7 +141,7 @@ def api_config(fake_openai: Any, fake_anthropic: Any, fake_gemini: Any, fake_loc
 def served(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path_factory) -> Any:
     """A gateway of this module's own (its requests create and delete keys, workspaces and members)."""
     workdir = tmp_path_factory.mktemp("openapi")
-    proc = GatewayProcess(api_config(fake_openai, fake_anthropic, fake_gemini, fake_local, workdir / "data"),
+    proc = GatewayServer(api_config(fake_openai, fake_anthropic, fake_gemini, fake_local, workdir / "data"),
                           workdir).start()
     yield proc
     proc.stop()
@@ -163,7 +163,7 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     assert json.loads(openapi.BODY) == json.loads(json.dumps(DOCUMENT))
 
 
-def test_the_document_is_served_without_a_key(served: GatewayProcess) -> None:
+def test_the_document_is_served_without_a_key(served: GatewayServer) -> None:
     for prefix in API_PREFIXES:
         resp = httpx.get(served.url + prefix + "/openapi.json", timeout=10)
         assert resp.status_code == 200
@@ -188,7 +188,7 @@ def routed(method: str, template: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("method", "template"), operations(), ids=[f"{m} {p}" for m, p in operations()])
-def test_every_documented_operation_is_served(served: GatewayProcess, method: str, template: str) -> None:
+def test_every_documented_operation_is_served(served: GatewayServer, method: str, template: str) -> None:
     checker = Checker()
     body = {} if method in ("POST", "PUT", "PATCH") else None
     for path in routed(method, template):
@@ -219,7 +219,7 @@ def registered_operations(gateway: Gateway) -> tuple[set[tuple[str, str]], set[t
     return {(method, canonical(path)) for method, path in raw}, raw
 
 
-def test_every_registered_api_route_is_in_the_document(served: GatewayProcess) -> None:
+def test_every_registered_api_route_is_in_the_document(served: GatewayServer) -> None:
     gateway = Gateway(load_config(str(served.config_path)))
     registered, raw = registered_operations(gateway)
     documented = set(operations())
@@ -248,7 +248,7 @@ def wait_for(read: Any, timeout: float = 10.0) -> Any:
         time.sleep(0.1)
 
 
-def test_live_answers_match_the_document(served: GatewayProcess, fake_openai, fake_anthropic, fake_gemini) -> None:
+def test_live_answers_match_the_document(served: GatewayServer, fake_openai, fake_anthropic, fake_gemini) -> None:
     checker = Checker()
     c = Client(served.url, checker)
 
@@ -412,7 +412,7 @@ FUZZ_TIME_CAP = 50.0  # seconds: a safety net (a run takes about 20 s here); the
 KNOWN_BUGS: dict[str, tuple[Any, Any]] = {}
 
 
-def test_keys_offset_beyond_64_bits_is_a_client_error(served: GatewayProcess) -> None:
+def test_keys_offset_beyond_64_bits_is_a_client_error(served: GatewayServer) -> None:
     """Found by the fuzz run: an offset the database cannot bind was a 500."""
     for offset in (str(2 ** 64), "-1"):
         resp = httpx.get(served.url + f"{API}/keys", params={"offset": offset}, headers=AUTH, timeout=10)
@@ -421,14 +421,15 @@ def test_keys_offset_beyond_64_bits_is_a_client_error(served: GatewayProcess) ->
 
 @pytest.fixture
 def fresh(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path) -> Any:
-    """A gateway of its own for the fuzz run (which creates, renames and deletes at random)."""
+    """A gateway of its own for the fuzz run (which creates, renames and deletes at random). A process: the fuzzer
+    keeps a core busy, and a gateway in this process would share it (the run takes a third longer)."""
     proc = GatewayProcess(api_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data"),
                           tmp_path).start()
     yield proc
     proc.stop()
 
 
-def test_schemathesis_finds_no_gateway_error(fresh: GatewayProcess, tmp_path: Path) -> None:
+def test_schemathesis_finds_no_gateway_error(fresh: GatewayServer, tmp_path: Path) -> None:
     import schemathesis
     from hypothesis.configuration import set_hypothesis_home_dir
     from schemathesis.engine import events

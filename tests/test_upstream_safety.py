@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayProcess, GatewayServer
 from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.base import FakeUpstream, Fault
 from tests.fakes.gemini_fake import FakeGemini
@@ -119,7 +119,7 @@ def echoing(tmp_path_factory: pytest.TempPathFactory):
               "accounting": {"flush_interval": 0.1},
               "routing": {"retries": 0, "breaker": {"failure_threshold": 1000000}},
               "providers": providers}
-    gw = GatewayProcess(config, workdir).start()
+    gw = GatewayServer(config, workdir).start()
     yield gw, fakes
     gw.stop()
     for fake in fakes.values():
