@@ -1,6 +1,7 @@
 """Breaker granularity, end to end: a breaker per endpoint (one upstream model on one connection), connection-level
 faults that eject every model of a connection, 429s that never eject, and panic routing when every candidate is
-ejected. A real gateway process in front of fake OpenAI-compatible upstreams on loopback."""
+ejected. A real gateway (in this process, on a fake clock: cool-downs pass when a test says so) in front of fake
+OpenAI-compatible upstreams on loopback."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayServer
+from tests.conftest import MASTER_KEY, FakeClock, GatewayServer
 from tests.fakes.base import Fault
 from tests.fakes.openai_fake import FakeOpenAI
 
@@ -70,7 +71,7 @@ def gw(fakes, tmp_path_factory) -> Iterator[GatewayServer]:
             {**connection("slow", fakes["slow"], [model("test/s1", "s1"), model("test/s2", "s2")]), "timeout": 0.5},
         ],
     }
-    proc = GatewayServer(config, tmp_path_factory.mktemp("breaker")).start()
+    proc = GatewayServer(config, tmp_path_factory.mktemp("breaker"), clock=FakeClock()).start()
     yield proc
     proc.stop()
 
@@ -202,13 +203,14 @@ def test_every_candidate_ejected_is_still_attempted_in_health_order(gw, fakes) -
     fakes["pa"].fault(*[Fault(status=500, message="pa exploded")] * 3)
     fakes["pb"].fault(*[Fault(status=502, message="pb exploded")] * 3)
     assert post(gw, {"model": "test/both", "provider": {"only": ["pa"]}}).status_code == 502
-    time.sleep(0.05)
+    gw.fake_clock.advance(0.05)
     assert post(gw, {"model": "test/both", "provider": {"only": ["pb"]}}).status_code == 502
     assert status(gw, "test/both") == {"pa": -10, "pb": -10}
 
-    started = time.monotonic()
+    started, clock_started = time.monotonic(), gw.fake_clock.now()
     resp = post(gw, {"model": "test/both"})
-    assert time.monotonic() - started < COOLDOWN - 0.2  # no waiting on the breakers: both still cooling
+    # No waiting on the breakers: both still cooling.
+    assert time.monotonic() - started < COOLDOWN - 0.2 and gw.fake_clock.now() == clock_started
     assert resp.status_code == 502
     message = resp.json()["error"]["message"]
     assert message.startswith("Upstream pb failed (HTTP 502)") and "pb exploded" in message  # the last attempt
@@ -218,7 +220,7 @@ def test_every_candidate_ejected_is_still_attempted_in_health_order(gw, fakes) -
     assert (len(fakes["pa"].requests), len(fakes["pb"].requests)) == (3, 3)
 
     # Panic attempts neither extend nor cut the cool-down: once it is over, a probe closes each breaker.
-    time.sleep(COOLDOWN)
+    gw.fake_clock.advance(COOLDOWN)
     for name in ("pa", "pb"):
         resp = post(gw, {"model": "test/both", "provider": {"only": [name]}})
         assert resp.status_code == 200, resp.text

@@ -1,4 +1,6 @@
-"""Routing, fallbacks, retries, the circuit breaker and capacity limits, end to end against fake upstreams."""
+"""Routing, fallbacks, retries, the circuit breaker and capacity limits, end to end against fake upstreams. The
+module's gateway runs in this process on a fake clock (tests/harness.py FakeClock): cool-downs pass when a test
+advances it, and retry backoffs are waited on it (at once, in real time)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, FakeClock, GatewayProcess, GatewayServer
 from tests.fakes.base import Fault, Reply
 from tests.fakes.openai_fake import FakeOpenAI
 
@@ -82,30 +84,30 @@ def routing_config(fakes: dict[str, FakeOpenAI], data_dir: Path, **routing) -> d
 
 
 @pytest.fixture(scope="module")
-def gw(fakes, tmp_path_factory) -> Iterator[GatewayProcess]:
+def gw(fakes, tmp_path_factory) -> Iterator[GatewayServer]:
     workdir = tmp_path_factory.mktemp("routing")
-    proc = GatewayProcess(routing_config(fakes, workdir / "data"), workdir).start()
+    proc = GatewayServer(routing_config(fakes, workdir / "data"), workdir, clock=FakeClock()).start()
     yield proc
     proc.stop()
 
 
-def post(gw: GatewayProcess, body: dict, headers: dict | None = None, key: str = MASTER_KEY) -> httpx.Response:
+def post(gw: GatewayServer, body: dict, headers: dict | None = None, key: str = MASTER_KEY) -> httpx.Response:
     return httpx.post(gw.url + CHAT, json={"messages": HELLO, **body}, timeout=30,
                       headers={"Authorization": f"Bearer {key}", **(headers or {})})
 
 
-def generation(gw: GatewayProcess, generation_id: str) -> dict:
+def generation(gw: GatewayServer, generation_id: str) -> dict:
     return httpx.get(gw.url + "/api/v1/generation", params={"id": generation_id}, headers=AUTH).json()["data"]
 
 
-def heal(gw: GatewayProcess, model: str, connection: str) -> None:
+def heal(gw: GatewayServer, model: str, connection: str) -> None:
     """After a test opened a breaker on purpose: wait out the cool-down and close it with a good probe."""
-    time.sleep(1.1)
+    gw.fake_clock.advance(1.1)
     resp = post(gw, {"model": model, "provider": {"only": [connection]}})
     assert resp.status_code == 200, resp.text
 
 
-def create_key(gw: GatewayProcess, **fields) -> str:
+def create_key(gw: GatewayServer, **fields) -> str:
     resp = httpx.post(gw.url + "/api/v1/keys", headers=AUTH, json={"name": "routing", **fields})
     assert resp.status_code == 201, resp.text
     return resp.json()["key"]
@@ -196,16 +198,16 @@ def test_retry_then_success(gw, fakes) -> None:
 
 def test_retry_honours_retry_after(gw, fakes) -> None:
     fakes["flaky"].fault(Fault(status=429, headers={"Retry-After": "1"}))
-    started = time.monotonic()
+    started = gw.fake_clock.now()
     resp = post(gw, {"model": "test/flaky"})
     assert resp.status_code == 200
-    assert time.monotonic() - started >= 1.0
+    assert gw.fake_clock.now() - started >= 1.0  # waited on the gateway's clock
     # A Retry-After beyond routing.max_retry_wait is not waited for: the 429 reaches the client at once.
     fakes["flaky"].fault(Fault(status=429, headers={"Retry-After": "30"}))
-    started = time.monotonic()
+    started, real_start = gw.fake_clock.now(), time.monotonic()
     resp = post(gw, {"model": "test/flaky"})
     assert resp.status_code == 429 and resp.headers["retry-after"] == "30"
-    assert time.monotonic() - started < 2
+    assert gw.fake_clock.now() - started < 2 and time.monotonic() - real_start < 2
 
 
 def test_breaker_opens_and_closes(gw, fakes) -> None:
@@ -221,7 +223,7 @@ def test_breaker_opens_and_closes(gw, fakes) -> None:
     resp = post(gw, {"model": "test/flaky"})
     assert resp.status_code == 502 and "Upstream flaky failed (HTTP 500)" in resp.json()["error"]["message"]
     assert len(flaky.requests) == 5
-    time.sleep(1.1)  # the cool-down: one probe goes through, succeeds, and closes the breaker
+    gw.fake_clock.advance(1.1)  # the cool-down: one probe goes through, succeeds, and closes the breaker
     assert post(gw, {"model": "test/flaky"}).status_code == 200
     assert post(gw, {"model": "test/flaky"}).status_code == 200
     assert len(flaky.requests) == 7
@@ -391,8 +393,8 @@ def test_limits_refuse_when_their_store_is_down(fakes, tmp_path) -> None:
     from tests.conftest import free_port
 
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    proc = GatewayProcess(routing_config(fakes, tmp_path / "data"), tmp_path,
-                          env={"CROSSROADS_REDIS_URL": dead}).start()
+    proc = GatewayServer(routing_config(fakes, tmp_path / "data"), tmp_path,
+                         env={"CROSSROADS_REDIS_URL": dead}).start()
     try:
         resp = post(proc, {"model": "test/capped"})
         assert resp.status_code == 503

@@ -60,6 +60,7 @@ from crossroads.observability.record import RequestInfo, presented_key_label, re
 from crossroads.routing.fleet_health import FleetHealth
 from crossroads.routing.health import BreakerPolicy, HealthBoard
 from crossroads.routing.registry import Registry, build_registry, discover_models
+from crossroads.routing.retry import REAL_CLOCK, Clock
 from crossroads.routing.routes import RouteTable
 from crossroads.routing.select import RoutePlan, plan
 from crossroads.store import Store, database_url
@@ -92,8 +93,9 @@ UNRECORDABLE = ("Generation records cannot be written right now (the accounting 
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, clock: Clock = REAL_CLOCK) -> None:
         self.config = config
+        self.clock = clock  # what the breakers read and the retry backoff waits on (tests give a fake one)
         master_key, _ = ensure_master_key(config)
         self.auth = Authenticator(master_key)
         self.registry: Registry = build_registry(config)
@@ -120,7 +122,8 @@ class Gateway:
         self.scoped_resources = bool(self._route_owner) or any(c.workspace for c in config.providers)
         breaker = config.routing.breaker
         self.health = HealthBoard(BreakerPolicy(failure_threshold=breaker.failure_threshold,
-                                                cooldown=breaker.cooldown, probe_timeout=breaker.probe_timeout))
+                                                cooldown=breaker.cooldown, probe_timeout=breaker.probe_timeout),
+                                  clock=clock.now)
         self.fleet_health: FleetHealth | None = None  # with Redis, set at start-up
         self._instance_heartbeat: InstanceHeartbeat | None = None
         self.limiter = make_limiter(self.redis_url, priority_shares=config.routing.priority_shares)

@@ -343,7 +343,7 @@ class Call:
                                              more=index < len(queue) or bool(ejected))
                         if delay is None:
                             raise
-                        await asyncio.sleep(delay)
+                        await gateway.clock.sleep(delay)
                         if not health.acquire(name, model, force=panic):
                             raise
             except AttemptFailed as failed:
