@@ -40,6 +40,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -250,7 +251,8 @@ class GatewayServer:
                 self.server.run(sockets=[sock])
             finally:
                 sock.close()
-                _record_serving(config, 0, only_if=1)
+                with _START, _environment(self.env):  # what `serve` records as it stops, in the same environment
+                    _record_serving(config, 0, only_if=1)
             self.returncode = 0 if self.server.started else 3
         except BaseException as exc:  # noqa: BLE001 - a start-up failure (uvicorn exits with SystemExit) is reported
             self._failure = exc
@@ -268,6 +270,8 @@ class GatewayServer:
             self.server.should_exit = True
         self._thread.join(timeout)
         if self._thread.is_alive() and self.server is not None:
+            print(f"harness: the gateway on port {self.port} did not stop within {timeout:g} s; forcing it",
+                  file=sys.stderr)
             self.server.force_exit = True
             self._thread.join(timeout)
         self._finish()

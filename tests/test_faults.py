@@ -22,7 +22,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess
+from tests.conftest import MASTER_KEY, GatewayServer
 from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.base import Fault, Reply, sse
 from tests.fakes.faulty_proxy import FaultyProxy, Mode
@@ -149,14 +149,12 @@ def _clean(env: Env) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateways(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayProcess]]:
+def gateways(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayServer]]:
     made = {}
-    for name, make in (("outcomes", outcome_config), ("breakers", breaker_config), ("late", late_config)):
-        workdir = tmp_path_factory.mktemp(f"faults-{name}")
-        made[name] = GatewayProcess(make(env, workdir / "data"), workdir).start(wait=False)
     try:
-        for proc in made.values():  # started together: they boot at once
-            proc.wait_ready()
+        for name, make in (("outcomes", outcome_config), ("breakers", breaker_config), ("late", late_config)):
+            workdir = tmp_path_factory.mktemp(f"faults-{name}")
+            made[name] = GatewayServer(make(env, workdir / "data"), workdir).start()
         yield made
     finally:
         for proc in made.values():
@@ -164,17 +162,17 @@ def gateways(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
 
 
 @pytest.fixture(scope="module")
-def gw(gateways: dict[str, GatewayProcess]) -> GatewayProcess:
+def gw(gateways: dict[str, GatewayServer]) -> GatewayServer:
     return gateways["outcomes"]
 
 
 @pytest.fixture(scope="module")
-def late(gateways: dict[str, GatewayProcess]) -> GatewayProcess:
+def late(gateways: dict[str, GatewayServer]) -> GatewayServer:
     return gateways["late"]
 
 
 @pytest.fixture(scope="module")
-def breakers(gateways: dict[str, GatewayProcess]) -> GatewayProcess:
+def breakers(gateways: dict[str, GatewayServer]) -> GatewayServer:
     return gateways["breakers"]
 
 
@@ -196,7 +194,7 @@ class Outcome:
     comments: int = 0  # a stream's comment lines (`: PROCESSING`)
 
 
-def send(gateway: GatewayProcess, front: str, model: str, stream: bool) -> Outcome:
+def send(gateway: GatewayServer, front: str, model: str, stream: bool) -> Outcome:
     with httpx.stream("POST", gateway.url + PATHS[front], headers=AUTH, json=body_for(front, model, stream),
                       timeout=30) as resp:
         raw = resp.read()
@@ -291,7 +289,7 @@ STREAM_CODES = {"chat": {408: 408, 502: 502}, "messages": ERROR_TYPES["messages"
                 "responses": {408: "server_error", 502: "server_error"}}
 
 
-def record(gateway: GatewayProcess, outcome: Outcome) -> dict:
+def record(gateway: GatewayServer, outcome: Outcome) -> dict:
     generation_id = outcome.headers["x-generation-id"]
     resp = httpx.get(gateway.url + "/api/v1/generation", params={"id": generation_id}, headers=AUTH)
     assert resp.status_code == 200, resp.text
@@ -407,7 +405,7 @@ def at_once(checks: dict[str, Callable[[], None]]) -> None:
             raise AssertionError(f"{name}: {failure}") from failure
 
 
-def check_outcome(gateway: GatewayProcess, front: str, case: Case) -> None:
+def check_outcome(gateway: GatewayServer, front: str, case: Case) -> None:
     """Without a fallback: the client's answer and the generation record, as the case's row says."""
     outcome = send(gateway, front, f"fault/{case.connection(front)[2:]}", case.stream)
     assert outcome.status == case.status, (outcome.status, outcome.body or outcome.events)
@@ -438,7 +436,7 @@ def check_outcome(gateway: GatewayProcess, front: str, case: Case) -> None:
     assert attempts(data) == [(connection, case.attempt)] * case.tries, attempts(data)
 
 
-def check_fallback(gateway: GatewayProcess, front: str, case: Case) -> None:
+def check_fallback(gateway: GatewayServer, front: str, case: Case) -> None:
     """Through a route whose fallback is a healthy upstream: served by it, unless answer data had gone out."""
     connection = case.connection(front)
     outcome = send(gateway, front, f"fallback-{connection[2:]}", case.stream)
@@ -456,14 +454,14 @@ def check_fallback(gateway: GatewayProcess, front: str, case: Case) -> None:
     assert data["status"] == 200 and data["provider_name"] == "healthy"
 
 
-def endpoint_status(gateway: GatewayProcess, model_id: str) -> int:
+def endpoint_status(gateway: GatewayServer, model_id: str) -> int:
     """The live status of a model's one endpoint: 0 ok, -10 ejected by a breaker."""
     resp = httpx.get(f"{gateway.url}/api/v1/models/{model_id}/endpoints", headers=AUTH)
     (endpoint,) = resp.json()["data"]["endpoints"]
     return endpoint["status"]
 
 
-def check_breaker(gateway: GatewayProcess, case: Case) -> None:
+def check_breaker(gateway: GatewayServer, case: Case) -> None:
     """One attempt, threshold 1: a connection fault ejects every model of its connection, an endpoint fault only
     the model asked for, a served request neither."""
     n = CASES.index(case)
@@ -473,7 +471,7 @@ def check_breaker(gateway: GatewayProcess, case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_fault(gw: GatewayProcess, breakers: GatewayProcess, env: Env, case: Case) -> None:
+def test_fault(gw: GatewayServer, breakers: GatewayServer, env: Env, case: Case) -> None:
     """Each fault, for the three fronts: without a fallback (`check_outcome`), with one (`check_fallback`, when it
     fails), and which breaker it opens (`check_breaker`). A fault queued on a fake is queued anew for the fallback
     round, after the first."""
@@ -494,7 +492,7 @@ def test_fault(gw: GatewayProcess, breakers: GatewayProcess, env: Env, case: Cas
     assert len(env.healthy.requests) == (len(FRONTS) if fallbacks and not case.data_first else 0)
 
 
-def test_a_stream_failing_after_keepalive_interval_ends_with_its_error_event(late: GatewayProcess,
+def test_a_stream_failing_after_keepalive_interval_ends_with_its_error_event(late: GatewayServer,
                                                                           env: Env) -> None:
     """Past keepalive_interval without the upstream's headers, the stream is committed (200, keep-alive comments):
     a connect that times out later ends it with the front's error event; a whole answer keeps its 502."""
@@ -547,7 +545,7 @@ def gemini_events(upto: int) -> bytes:
 
 @pytest.mark.parametrize("front", FRONTS)
 @pytest.mark.parametrize("upstream", ["ant", "gem"])
-def test_malformed_bodies_of_other_upstreams(gw: GatewayProcess, env: Env, front: str, upstream: str) -> None:
+def test_malformed_bodies_of_other_upstreams(gw: GatewayServer, env: Env, front: str, upstream: str) -> None:
     """Each adapter parses its own wire format: an unreadable whole answer is a 502 in the front's envelope after a
     retry; an unreadable event after answer data is the front's error event, without one."""
     fake = env.ant if upstream == "ant" else env.gem
@@ -571,12 +569,12 @@ def test_malformed_bodies_of_other_upstreams(gw: GatewayProcess, env: Env, front
 
 
 # -- the official SDKs ----------------------------------------------------------------------------------------------
-def sdk_clients(gw: GatewayProcess) -> tuple[openai.OpenAI, anthropic.Anthropic]:
+def sdk_clients(gw: GatewayServer) -> tuple[openai.OpenAI, anthropic.Anthropic]:
     return (openai.OpenAI(base_url=gw.url + "/api/v1", api_key=MASTER_KEY, max_retries=0, timeout=20),
             anthropic.Anthropic(base_url=gw.url + "/api", api_key=MASTER_KEY, max_retries=0, timeout=20))
 
 
-def test_sdks_see_each_fronts_error(gw: GatewayProcess, env: Env) -> None:
+def test_sdks_see_each_fronts_error(gw: GatewayServer, env: Env) -> None:
     """An unreachable upstream reaches each SDK as its typed 502; a stream cut after data as each SDK's stream error."""
     chat, claude = sdk_clients(gw)
     with pytest.raises(openai.InternalServerError) as raised:
@@ -604,7 +602,7 @@ def test_sdks_see_each_fronts_error(gw: GatewayProcess, env: Env) -> None:
     assert "broke off" in events[-2].message and events[-1].response.status == "failed"
 
 
-def test_sdks_are_served_by_the_fallback(gw: GatewayProcess, env: Env) -> None:
+def test_sdks_are_served_by_the_fallback(gw: GatewayServer, env: Env) -> None:
     chat, claude = sdk_clients(gw)
     text = "".join(c.choices[0].delta.content or "" for c in chat.chat.completions.create(
         model="fallback-reset", messages=HELLO, stream=True) if c.choices)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess, gateway_config, redis_test_url
+from tests.conftest import MASTER_KEY, GatewayProcess, GatewayServer, gateway_config, redis_test_url
 from tests.fakes.base import Fault
 from tests.fakes.tcpproxy import TcpProxy
 
@@ -56,7 +56,9 @@ def ready_again(gateway: GatewayProcess, timeout: float = 15.0) -> None:
 
 @pytest.fixture
 def observed(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path) -> GatewayProcess:
-    """A gateway logging JSON with retries, a breaker that opens after two failures, and a route with a fallback."""
+    """A gateway logging JSON with retries, a breaker that opens after two failures, and a route with a fallback. A
+    process: what these tests read is its log output as an operator gets it (the access lines through the batched
+    writer of observability/logs.py, which only a configured process uses)."""
     config = gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data")
     config["routing"] = {"retries": 1, "breaker": {"failure_threshold": 2, "cooldown": 60}}
     config["routes"] = [{"name": "with-fallback", "targets": [{"connection": "oai", "model": "gpt-4o-mini"}],
@@ -183,7 +185,7 @@ def test_not_ready_when_every_connection_is_ejected(fake_openai, tmp_path: Path)
               "routing": {"retries": 0, "breaker": {"failure_threshold": 1, "cooldown": 60}},
               "providers": [{"name": "only", "type": "openai", "base_url": fake_openai.base_url + "/v1",
                              "api_key": fake_openai.api_key, "models": [{"id": MODEL, "upstream": "gpt-4o-mini"}]}]}
-    proc = GatewayProcess(config, tmp_path).start()
+    proc = GatewayServer(config, tmp_path).start()
     try:
         assert httpx.get(proc.url + "/health/ready").status_code == 200
         fake_openai.fault(Fault(status=500))
@@ -204,7 +206,7 @@ def test_readiness_follows_postgres(fake_openai, fake_anthropic, fake_gemini, fa
     proxy = TcpProxy(host, int(port))
     via_proxy = postgres_database.replace(host_port, f"127.0.0.1:{proxy.port}")
     config = gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data")
-    proc = GatewayProcess(config, tmp_path, env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
+    proc = GatewayServer(config, tmp_path, env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
     try:
         assert httpx.get(proc.url + "/health/ready").status_code == 200
         proxy.down()
@@ -224,7 +226,7 @@ def test_readiness_follows_redis(fake_openai, fake_anthropic, fake_gemini, fake_
     parts = urlsplit(redis_url)
     proxy = TcpProxy(parts.hostname, parts.port)
     config = gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path / "data")
-    proc = GatewayProcess(config, tmp_path, env={
+    proc = GatewayServer(config, tmp_path, env={
         "CROSSROADS_REDIS_URL": redis_url.replace(parts.netloc, f"127.0.0.1:{proxy.port}")}).start()
     try:
         ready = httpx.get(proc.url + "/health/ready").json()
