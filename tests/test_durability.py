@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, POSTGRES_URL, GatewayProcess
+from tests.conftest import MASTER_KEY, POSTGRES_URL, GatewayProcess, GatewayServer
 from tests.fakes.base import Fault
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.tcpproxy import TcpProxy
@@ -91,7 +91,7 @@ def test_strict_durability_writes_before_the_response(upstream, tmp_path) -> Non
         data_dir = tmp_path / mode
         workdir = tmp_path / f"{mode}-work"
         workdir.mkdir()
-        gw = GatewayProcess(config(upstream, data_dir, durability=mode, flush_interval=60), workdir).start()
+        gw = GatewayServer(config(upstream, data_dir, durability=mode, flush_interval=60), workdir).start()
         try:
             for stream in (False, True):
                 resp = chat(gw.url, stream=stream)
@@ -121,8 +121,8 @@ def test_database_outage_loses_no_record(upstream, tmp_path, postgres_database) 
     host, port = host_port.rsplit(":", 1)
     proxy = TcpProxy(host, int(port))
     via_proxy = postgres_database.replace(host_port, f"127.0.0.1:{proxy.port}")
-    gw = GatewayProcess(config(upstream, tmp_path / "data", flush_interval=0.2), tmp_path,
-                        env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
+    gw = GatewayServer(config(upstream, tmp_path / "data", flush_interval=0.2), tmp_path,
+                       env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
     try:
         before = [chat(gw.url) for _ in range(5)]
         deadline = time.monotonic() + 10
@@ -205,8 +205,8 @@ def test_nul_in_request_text_is_recorded_on_postgres(upstream, tmp_path, postgre
     for mode in ("batched", "strict"):
         workdir = tmp_path / mode
         workdir.mkdir()
-        gw = GatewayProcess(config(upstream, workdir / "data", durability=mode, flush_interval=0.1), workdir,
-                            env={"CROSSROADS_DATABASE_URL": postgres_database}).start()
+        gw = GatewayServer(config(upstream, workdir / "data", durability=mode, flush_interval=0.1), workdir,
+                           env={"CROSSROADS_DATABASE_URL": postgres_database}).start()
         try:
             answers = [post_chat(gw.url, user=f"{mode}\u0000{i}", stream=i % 2 == 1) for i in range(6)]
             assert [a.status_code for a in answers] == [200] * 6
@@ -290,8 +290,8 @@ def test_batched_keeps_answering_during_an_outage_and_spools_what_memory_cannot_
     direct = via_proxy.replace(f"127.0.0.1:{proxy.port}", POSTGRES_URL.split("@", 1)[1].split("/", 1)[0])
     upstream.reset()
     data_dir = tmp_path / "data"
-    gw = GatewayProcess(config(upstream, data_dir, flush_interval=0.2, max_pending=20), tmp_path,
-                        env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
+    gw = GatewayServer(config(upstream, data_dir, flush_interval=0.2, max_pending=20), tmp_path,
+                       env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
     try:
         before = [post_chat(gw.url) for _ in range(5)]
         wait_for_ids(direct, {r.headers["x-generation-id"] for r in before}, 10)
@@ -323,8 +323,8 @@ def test_strict_refuses_with_503_while_records_cannot_be_written(upstream, tmp_p
     via_proxy, proxy = proxied
     direct = via_proxy.replace(f"127.0.0.1:{proxy.port}", POSTGRES_URL.split("@", 1)[1].split("/", 1)[0])
     upstream.reset()
-    gw = GatewayProcess(config(upstream, tmp_path / "data", durability="strict"), tmp_path,
-                        env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
+    gw = GatewayServer(config(upstream, tmp_path / "data", durability="strict"), tmp_path,
+                       env={"CROSSROADS_DATABASE_URL": via_proxy}).start()
     try:
         ok = [post_chat(gw.url) for _ in range(3)]
         assert [r.status_code for r in ok] == [200] * 3
