@@ -160,7 +160,7 @@ class Call:
 
     async def run(self) -> None:
         gateway, request = self.gateway, self.request
-        self.parsed = await self.front.parse(request, gateway)
+        self.parsed = await self.front.parse(request, gateway.store)
         body = self.body = self.parsed.body
         model = body.get("model")
         if (isinstance(model, str) and model.endswith(ONLINE_SUFFIX)) or body.get("models"):
@@ -480,7 +480,7 @@ class Call:
         """The front's own step once the answer is whole (the Responses API stores it for previous_response_id)."""
         hook = getattr(self.renderer, "on_complete", None)
         if hook is not None:
-            await hook(self.gateway, self.request.principal, translator)
+            await hook(self.gateway.store, self.request.principal, translator)
 
     def _fail_attempt(self, connection: Connection, status: int, raw: bytes, headers: Any) -> None:
         status = connection.adapter.error_status(status, raw)

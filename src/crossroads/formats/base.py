@@ -3,7 +3,8 @@
 A `Front` (one per endpoint, stateless) parses the client's request into a canonical chat request and makes one
 `Renderer` per request. The renderer turns the canonical result back into the client's format: a whole response, one
 stream chunk at a time, the stream's end (usage, terminator) and a mid-stream error in the format's own envelope.
-Errors before a response starts use `Front.error_body`.
+Errors before a response starts use `Front.error_body`. What a front keeps between requests (the Responses API's stored
+responses) it reaches through the `ResponseStore` it is handed, never through the gateway.
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ class Parsed:
     extra: dict[str, Any] = field(default_factory=dict)  # what a front keeps for its renderer (e.g. history)
 
 
+class ResponseStore(Protocol):
+    """Stored Responses (the store's `stored_responses`), for `previous_response_id` and GET/DELETE /responses/{id}."""
+
+    async def get_response(self, id: str) -> tuple[str | None, list[dict[str, Any]], dict[str, Any]] | None:
+        """(key_hash, history items, response) or None."""
+        ...
+
+    async def put_response(self, id: str, key_hash: str | None, history: list[dict[str, Any]],
+                           response: dict[str, Any]) -> None: ...
+
+
 class Renderer(Protocol):
-    """May also define `async on_complete(gateway, principal, translator)`: a step once the answer is whole (the
-    Responses API stores the response there)."""
+    """May also define `async on_complete(responses: ResponseStore, principal, translator)`: a step once the answer
+    is whole (the Responses API stores the response there)."""
 
     def completion(self, result: dict[str, Any], usage: Usage, pricing: Pricing) -> bytes: ...
 
@@ -46,9 +58,9 @@ class Front(Protocol):
     # embeddings front: no chat translation to fall back to). False: a native translator is a pass-through.
     native_only: bool
 
-    async def parse(self, request: Any, gateway: Any) -> Parsed:
+    async def parse(self, request: Any, responses: ResponseStore) -> Parsed:
         """The client's request (an `api.asgi.Request`) as a canonical chat request. Async because a front may
-        need the store (e.g. the Responses API's previous_response_id)."""
+        need the store (`responses`: the Responses API's previous_response_id)."""
         ...
 
     def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed,

@@ -18,7 +18,7 @@ from crossroads.accounting.pricing import completion_cost, prompt_cost
 from crossroads.canonical import Usage
 from crossroads.catalog import Pricing
 from crossroads.errors import GatewayError
-from crossroads.formats.base import Parsed
+from crossroads.formats.base import Parsed, ResponseStore
 from crossroads.formats.json_input import loads_bounded
 from crossroads.reasoning import wants_reasoning
 
@@ -368,7 +368,7 @@ class ChatFront:
     api_type = "chat"
     native_only = False  # see Front.native_only
 
-    async def parse(self, request: Any, gateway: Any) -> Parsed:
+    async def parse(self, request: Any, responses: ResponseStore) -> Parsed:
         return Parsed(parse_chat_request(request.body))
 
     def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed,

@@ -21,7 +21,7 @@ import orjson
 
 from crossroads.accounting.pricing import request_cost
 from crossroads.errors import GatewayError
-from crossroads.formats.base import Parsed
+from crossroads.formats.base import Parsed, ResponseStore
 from crossroads.formats.chat import check_routing_fields, parse_json_object
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class EmbeddingsFront:
     # to), and the renderer re-renders their results (the gen- id, provider and cost are the gateway's).
     native_only = True
 
-    async def parse(self, request: Any, gateway: Any) -> Parsed:
+    async def parse(self, request: Any, responses: ResponseStore) -> Parsed:
         return Parsed(check_embeddings_body(parse_json_object(request.body)))
 
     def renderer(self, *, generation_id: str, model_id: str, provider: str, parsed: Parsed,

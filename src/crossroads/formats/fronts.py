@@ -15,7 +15,7 @@ import orjson
 
 from crossroads.accounting.pricing import request_cost
 from crossroads.errors import GatewayError
-from crossroads.formats.base import Parsed
+from crossroads.formats.base import Parsed, ResponseStore
 from crossroads.formats.chat import check_chat_body, parse_json_object
 from crossroads.formats.completions import CompletionsRenderer, completions_to_chat
 from crossroads.formats.messages import MessagesRenderer, anthropic_error_body, messages_to_chat
@@ -45,7 +45,7 @@ class MessagesFront:
     api_type = "messages"
     native_only = False  # see Front.native_only
 
-    async def parse(self, request: Any, gateway: Any) -> Parsed:
+    async def parse(self, request: Any, responses: ResponseStore) -> Parsed:
         native = parse_json_object(request.body)
         body, dropped = messages_to_chat(native)
         parsed = Parsed(check_chat_body(body), dropped, native)
@@ -86,7 +86,7 @@ class ResponsesFront:
     api_type = "responses"
     native_only = False  # see Front.native_only
 
-    async def parse(self, request: Any, gateway: Any) -> Parsed:
+    async def parse(self, request: Any, responses: ResponseStore) -> Parsed:
         native = parse_json_object(request.body)
         history: list[dict[str, Any]] | None = None
         previous = native.get("previous_response_id")
@@ -94,7 +94,7 @@ class ResponsesFront:
             if not isinstance(previous, str):
                 raise GatewayError(400, "Invalid request: 'previous_response_id' must be a string",
                                    metadata={"field": "previous_response_id"})
-            stored = await gateway.store.get_response(previous)
+            stored = await responses.get_response(previous)
             principal = request.principal
             if stored is None or (not principal.is_master and stored[0] != principal.key_hash):
                 # A key never learns whether another key's response exists.
@@ -140,7 +140,7 @@ class ResponsesRendererAdapter(ResponsesRenderer):
     def error_chunk(self, status: int, message: str, metadata: dict[str, Any] | None) -> bytes:
         return self.error_event(status, message)
 
-    async def on_complete(self, gateway: Any, principal: Any, translator: Any) -> None:
+    async def on_complete(self, responses: ResponseStore, principal: Any, translator: Any) -> None:
         """store: true (the default) keeps the conversation for a later previous_response_id."""
         final = getattr(translator, "final_response", None)
         if final is not None:  # a passed-through Response: keep the upstream's own object, under its own id
@@ -151,8 +151,8 @@ class ResponsesRendererAdapter(ResponsesRenderer):
             return
         history = [*self.parsed.extra.get("history", []), *input_items(request)]
         try:
-            await gateway.store.put_response(self.response_id, principal.key_hash,
-                                             items_for_history(history, self.last_response), self.last_response)
+            await responses.put_response(self.response_id, principal.key_hash,
+                                         items_for_history(history, self.last_response), self.last_response)
         except Exception:  # noqa: BLE001 - the answer still goes out; only its continuation is lost
             log.exception("could not store response %s for previous_response_id", self.response_id)
 
@@ -162,7 +162,7 @@ class CompletionsFront:
     api_type = "completions"
     native_only = False  # see Front.native_only
 
-    async def parse(self, request: Any, gateway: Any) -> Parsed:
+    async def parse(self, request: Any, responses: ResponseStore) -> Parsed:
         native = parse_json_object(request.body)
         body, dropped = completions_to_chat(native)
         return Parsed(check_chat_body(body), dropped, native)
