@@ -239,11 +239,11 @@ def test_a_panic_attempt_that_succeeds_serves_the_request(gw, fakes) -> None:
 def test_which_transport_errors_are_the_connections() -> None:
     import aiohttp
 
-    from crossroads.api.inference import _reached_nothing
+    from crossroads.providers.transport import reached_nothing
 
     for exc in (aiohttp.ServerDisconnectedError(), aiohttp.ClientOSError(104, "reset"),
                 aiohttp.ConnectionTimeoutError("connect timeout"), aiohttp.InvalidURL("x")):
-        assert _reached_nothing(exc), exc
+        assert reached_nothing(exc), exc
     # Connected, then no answer in time, or an answer that broke off: the endpoint's.
     for exc in (TimeoutError(), aiohttp.SocketTimeoutError("read timeout"), aiohttp.ClientPayloadError("cut")):
-        assert not _reached_nothing(exc), exc
+        assert not reached_nothing(exc), exc

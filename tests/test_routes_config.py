@@ -107,7 +107,7 @@ def test_routing_section(tmp_path: Path) -> None:
     assert config.routing.breaker == BreakerConfig(failure_threshold=2, cooldown=5.0, probe_timeout=45.0)
     from crossroads.api.app import Gateway
 
-    policy = Gateway(config).health.policy  # what the breakers run with
+    policy = Gateway(config).services.health.policy  # what the breakers run with
     assert (policy.failure_threshold, policy.cooldown, policy.probe_timeout) == (2, 5.0, 45.0)
     assert config.routing.priority_shares == {"high": 1.0, "normal": 0.5, "batch": 0.25}
 

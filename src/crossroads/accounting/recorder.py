@@ -21,7 +21,7 @@ process spooled records and its writes succeed again.
 With `strict=True` each `record()` waits until its row is committed, for at most `commit_wait` seconds; past that it
 raises `NotCommitted` (the record stays held, and is written or spooled later). While the store is known to be
 unavailable (the last write failed, or a commit wait ran out, and no write succeeded since) `refusing` is true: the
-gateway then refuses strict-durability requests before they go upstream (`Gateway.check_recordable`), and the writer
+gateway then refuses strict-durability requests before they go upstream (`Services.check_recordable`), and the writer
 probes the store until a write transaction succeeds again.
 
 Rows not yet written are still visible through `pending()`, so a record can be read back at once (spooled ones not).

@@ -31,7 +31,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def key_payload(key: KeyRow, spend: Spend) -> dict[str, Any]:
-    """A key as OpenRouter's key endpoints show it, with its figures (Gateway.key_figures)."""
+    """A key as OpenRouter's key endpoints show it, with its figures (Services.key_figures)."""
     usage = {"usage": round(spend.total, 12), "usage_daily": round(spend.daily, 12),
              "usage_weekly": round(spend.weekly, 12), "usage_monthly": round(spend.monthly, 12)}
     remaining = None if key.limit is None else key.limit - spend.in_period(key.limit_reset) - spend.reserved
@@ -51,7 +51,7 @@ def key_payload(key: KeyRow, spend: Spend) -> dict[str, Any]:
 async def _current_key_payload(gateway: Gateway, request: Request) -> dict[str, Any]:
     principal = request.principal
     if principal.key is None:  # the master key: unlimited, may do everything
-        total = await gateway.total_figures()
+        total = await gateway.services.total_figures()
         base: dict[str, Any] = {
             "label": "master", "limit": None, "limit_remaining": None, "limit_reset": None,
             "usage": round(total.total, 12), "usage_daily": round(total.daily, 12),
@@ -80,8 +80,8 @@ _SCOPES = {"key": "key_limit", "environment": "environment", "member": "member",
 async def _budgets_of(gateway: Gateway, key: KeyRow) -> list[dict[str, Any]]:
     """Every budget a request of `key` must fit (its chain: gate/directory.py), as OpenRouter's KeyBudget objects:
     the spend of the current period as the whole fleet knows it (open reservations included)."""
-    limited = [b for b in gateway.keys.directory.chain(key) if b.limit is not None and b.account is not None]
-    figures = await gateway.account_figures([b.account for b in limited])  # type: ignore[misc]
+    limited = [b for b in gateway.services.keys.directory.chain(key) if b.limit is not None and b.account is not None]
+    figures = await gateway.services.account_figures([b.account for b in limited])  # type: ignore[misc]
     now = datetime.now(UTC)
     out = []
     for budget in limited:
@@ -215,19 +215,19 @@ def new_key_row(changes: dict[str, Any]) -> tuple[str, KeyRow]:
 async def add_key(gateway: Gateway, changes: dict[str, Any]) -> tuple[str, KeyRow]:
     """Create a key from validated `changes` (the API, the dashboard, OAuth): the plaintext (shown once) and its row,
     stored and already in the key cache."""
-    await gateway.check_limit_allowed(changes)
+    await gateway.services.check_limit_allowed(changes)
     plaintext, row = new_key_row(changes)
-    await gateway.store.insert_key(row)
-    gateway.keys.put(row)
+    await gateway.services.store.insert_key(row)
+    gateway.services.keys.put(row)
     return plaintext, row
 
 
 async def change_key(gateway: Gateway, key_hash: str, changes: dict[str, Any]) -> KeyRow | None:
     """Apply validated `changes` to a key (None when there is no such key); the key cache follows at once."""
-    await gateway.check_limit_allowed(changes)
-    row = await gateway.store.update_key(key_hash, changes)
+    await gateway.services.check_limit_allowed(changes)
+    row = await gateway.services.store.update_key(key_hash, changes)
     if row is not None:
-        gateway.keys.put(row)
+        gateway.services.keys.put(row)
     return row
 
 
@@ -237,7 +237,7 @@ def place_key(gateway: Gateway, principal: Principal, changes: dict[str, Any]) -
     environment. A management key places keys in its own workspace only (403 otherwise), never with a limit above a
     budget above the key (400). A person (the dashboard) makes keys in the workspace they act in, as their own; a
     member may do nothing else."""
-    directory = gateway.keys.directory
+    directory = gateway.services.keys.directory
     # A person in the dashboard, or a member's management key, makes keys of its own (its member's) only.
     person = principal.kind == "user" or (principal.key is not None and principal.role == "member")
     if person and principal.role not in ("owner", "admin", "member"):
@@ -283,7 +283,7 @@ def place_key(gateway: Gateway, principal: Principal, changes: dict[str, Any]) -
 
 async def create_key(gateway: Gateway, request: Request) -> None:
     writing_scope(request.principal)
-    await gateway.keys.reload_directory()  # a workspace made through another worker a moment ago is found
+    await gateway.services.keys.reload_directory()  # a workspace made through another worker a moment ago is found
     changes = place_key(gateway, request.principal, key_changes(request.json(), creating=True))
     plaintext, row = await add_key(gateway, changes)
     await respond_json(request, 201, {"data": await _payload(gateway, row), "key": plaintext})
@@ -318,14 +318,14 @@ async def list_keys(gateway: Gateway, request: Request) -> None:
         raise GatewayError(400, f"Invalid request: 'offset' must be an integer from 0 to {MAX_OFFSET}",
                            metadata={"field": "offset"}) from None
     if scope is None and query.get("workspace"):
-        workspace = gateway.keys.directory.workspace(query["workspace"])
+        workspace = gateway.services.keys.directory.workspace(query["workspace"])
         if workspace is None:
             raise GatewayError(404, f"Workspace {query['workspace']!r} not found", metadata={"field": "workspace"})
         scope = workspace.id
-    rows = await gateway.store.list_keys(offset=offset)
+    rows = await gateway.services.store.list_keys(offset=offset)
     rows = [r for r in rows if (include_disabled or not r.disabled) and (scope is None or r.workspace_id == scope)
             and (member is None or r.user_id == member)]
-    figures = await gateway.key_figures(rows)
+    figures = await gateway.services.key_figures(rows)
     data = [key_payload(r, figures[r.hash]) for r in rows]
     await respond_json(request, 200, {"data": data})
 
@@ -335,7 +335,7 @@ async def _known_key(gateway: Gateway, request: Request, *, write: bool = True) 
     person's) is not found, as a missing one."""
     scope, member = (writing_scope if write else reading_scope)(request.principal)
     key_hash = request.path_params["hash"]
-    row = await gateway.store.get_key(key_hash)
+    row = await gateway.services.store.get_key(key_hash)
     if row is None or (scope is not None and row.workspace_id != scope) or (member is not None
                                                                            and row.user_id != member):
         raise GatewayError(404, f"API key {key_hash!r} not found")
@@ -349,7 +349,7 @@ async def get_key(gateway: Gateway, request: Request) -> None:
 
 def check_key_limit(gateway: Gateway, principal: Principal, key: KeyRow, limit: float | None) -> None:
     """A new limit for `key` within the budgets above it (`check_within`)."""
-    directory = gateway.keys.directory
+    directory = gateway.services.keys.directory
     workspace = directory.workspaces.get(key.workspace_id)
     if workspace is not None:
         membership = directory.memberships.get((workspace.id, key.user_id)) if key.user_id else None
@@ -361,7 +361,7 @@ async def update_key(gateway: Gateway, request: Request) -> None:
     current = await _known_key(gateway, request)
     changes = key_changes(request.json(), creating=False)
     if "limit" in changes:
-        await gateway.keys.reload_directory()
+        await gateway.services.keys.reload_directory()
         check_key_limit(gateway, request.principal, current, changes["limit"])
     row = await change_key(gateway, current.hash, changes)
     if row is None:
@@ -371,14 +371,14 @@ async def update_key(gateway: Gateway, request: Request) -> None:
 
 async def delete_key(gateway: Gateway, request: Request) -> None:
     key_hash = (await _known_key(gateway, request)).hash
-    if not await gateway.store.delete_key(key_hash):
+    if not await gateway.services.store.delete_key(key_hash):
         raise GatewayError(404, f"API key {key_hash!r} not found")
-    gateway.keys.drop(key_hash)
+    gateway.services.keys.drop(key_hash)
     await respond_json(request, 200, {"deleted": True})
 
 
 async def _payload(gateway: Gateway, key: KeyRow) -> dict[str, Any]:
-    return key_payload(key, (await gateway.key_figures([key]))[key.hash])
+    return key_payload(key, (await gateway.services.key_figures([key]))[key.hash])
 
 
 # -- credits, generations, activity --------------------------------------------------------------------------------
@@ -389,14 +389,14 @@ async def credits(gateway: Gateway, request: Request) -> None:
     scope = managed_workspace(request.principal)  # 403 for a caller that manages nothing
     if scope is not None:
         # A workspace's management key sees its workspace's budget and spend, not the whole gateway's.
-        await gateway.keys.reload_directory()
-        workspace = gateway.keys.directory.workspaces.get(scope)
+        await gateway.services.keys.reload_directory()
+        workspace = gateway.services.keys.directory.workspaces.get(scope)
         total_credits = workspace.budget_limit or 0.0 if workspace is not None else 0.0
-        figures = await gateway.account_figures([f"ws:{scope}"])
+        figures = await gateway.services.account_figures([f"ws:{scope}"])
         usage = figures[f"ws:{scope}"].in_period(workspace.budget_reset if workspace is not None else None)
     else:
         total_credits = gateway.config.accounting.budget or 0.0
-        usage = (await gateway.total_figures()).total
+        usage = (await gateway.services.total_figures()).total
     await respond_json(request, 200, {"data": {"total_credits": total_credits, "total_usage": round(usage, 12)}})
 
 
@@ -437,7 +437,7 @@ async def generation(gateway: Gateway, request: Request) -> None:
     generation_id = request.query().get("id")
     if not generation_id:
         raise GatewayError(400, "Invalid request: the 'id' query parameter is required", metadata={"field": "id"})
-    row = gateway.recorder.pending(generation_id) or await gateway.store.get_generation(generation_id)
+    row = gateway.services.recorder.pending(generation_id) or await gateway.services.store.get_generation(generation_id)
     # A key sees only its own generations, a management key those it may read (reading_scope); not-found and
     # not-yours look the same.
     key = request.principal.key
@@ -485,7 +485,8 @@ async def activity(gateway: Gateway, request: Request) -> None:
         key_hash = query.get("api_key_hash") or query.get("key_hash") or None
     else:
         workspace_id, member, key_hash = None, None, principal.key_hash
-    rows = await gateway.store.activity(date_from, date_to, key_hash, workspace_id=workspace_id, user_id=member)
+    rows = await gateway.services.store.activity(date_from, date_to, key_hash, workspace_id=workspace_id,
+                                                 user_id=member)
     data = [{
         "date": r["date"], "model": r["model"], "model_permaslug": r["model"], "endpoint_id": r["model"],
         "provider_name": r["provider_name"], "key_hash": r["key_hash"], "usage": round(r["cost"], 12),

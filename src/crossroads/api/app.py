@@ -7,17 +7,11 @@ import functools
 import gc
 import logging
 import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, NamedTuple, cast
 from urllib.parse import unquote
 
-from crossroads.accounting.exchange import Exchange
-from crossroads.accounting.recorder import GenerationRecorder, NotCommitted
-from crossroads.accounting.spool import Spool, merge_spend
 from crossroads.api import account, openapi, stored, workspaces
 from crossroads.api.asgi import (
     ClientGone,
@@ -31,8 +25,9 @@ from crossroads.api.asgi import (
     respond_json,
 )
 from crossroads.api.inference import serve
-from crossroads.api.models import ModelViews, model_query
+from crossroads.api.models import model_query
 from crossroads.api.protocol import CUT_OFF
+from crossroads.api.services import Services, make_services, start_discovery, start_services, stop_services
 from crossroads.config import Config, ensure_master_key, load_config
 from crossroads.dashboard.app import Dashboard
 from crossroads.errors import GatewayError
@@ -40,31 +35,10 @@ from crossroads.formats.chat import ChatFront
 from crossroads.formats.embeddings import EmbeddingsFront
 from crossroads.formats.fronts import CompletionsFront, MessagesFront, ResponsesFront
 from crossroads.gate.auth import Authenticator, Principal
-from crossroads.gate.credits import (
-    Budget,
-    CreditLedger,
-    Reservation,
-    Spend,
-    period_starts,
-    shared_credit_store,
-)
-from crossroads.gate.directory import accounts_of
-from crossroads.gate.keys import KeyCache, multiprocess_policy_problem
-from crossroads.gate.pg_credits import PostgresCreditLedger
-from crossroads.gate.ratelimit import Limit, make_limiter
-from crossroads.gate.shared_credits import FleetCredits, RedisCreditLedger, SharedReservation
-from crossroads.instances import INSTANCE_ID_VARIABLE, LIVE_AFTER, InstanceHeartbeat, start_heartbeat
 from crossroads.observability.hub import Observability
 from crossroads.observability.logs import REQUEST_ID
 from crossroads.observability.record import RequestInfo, presented_key_label, request_id_from
-from crossroads.routing.fleet_health import FleetHealth
-from crossroads.routing.health import BreakerPolicy, HealthBoard
-from crossroads.routing.registry import Registry, build_registry, discover_models
 from crossroads.routing.retry import REAL_CLOCK, Clock
-from crossroads.routing.routes import RouteTable
-from crossroads.routing.select import RoutePlan, plan
-from crossroads.store import Store, database_url
-from crossroads.store.rows import RECORD_COST, KeyRow
 from crossroads.store.signins import SignInStore
 
 log = logging.getLogger("crossroads")
@@ -84,12 +58,7 @@ class Endpoint(NamedTuple):
 API_PREFIXES = ("/api/v1", "/v1")
 GC_GEN0_THRESHOLD = 20_000
 WATCH_AFTER = 0.25  # seconds a handler runs before its client's disconnect is watched for (see __call__)
-DISCOVERY_HEAD_START = 1.0  # seconds start-up waits for upstream model discovery before answering /health
 READY_CHECK_TIMEOUT = 2.0  # seconds each readiness check may take
-STORE_UNAVAILABLE_CODE = "accounting_store_unavailable"  # error.metadata.code of strict durability's 503
-FLEET_ID = "fleet_id"  # meta: names this database's fleet in Redis
-UNRECORDABLE = ("Generation records cannot be written right now (the accounting database is unavailable), and strict "
-                "durability refuses requests it cannot record; retry shortly")
 
 
 class Gateway:
@@ -98,44 +67,10 @@ class Gateway:
         self.clock = clock  # what the breakers read and the retry backoff waits on (tests give a fake one)
         master_key, _ = ensure_master_key(config)
         self.auth = Authenticator(master_key)
-        self.registry: Registry = build_registry(config)
-        self.views: ModelViews | None = None
-        self._media: Any = None
+        # What the process holds (registry, breakers, limiter, ledgers; the store and what runs beside the requests
+        # once started): api/services.py. The endpoints reach it as gateway.services.
+        self.services: Services = make_services(config, now=clock.now, sleep=clock.sleep)
         self.ready = False
-        self._background: set[asyncio.Task[None]] = set()
-        self.workers = int(os.environ.get("CROSSROADS_WORKERS") or 1)
-        self.redis_url = os.environ.get("CROSSROADS_REDIS_URL") or None
-        # Credit limits: in Redis when it is configured, else in PostgreSQL when that is the database (either way exact
-        # across every process of every instance; the ledger is made at start-up), else in this process's memory,
-        # which holds them only while it is the only process: with several workers, a key with a limit is refused
-        # rather than served beyond it.
-        self.credit_store = shared_credit_store(self.redis_url, database_url(config.server))
-        self.fleet_credits: FleetCredits | None = None
-        self.ledger = CreditLedger(refuse_limits=None if self.workers == 1 or self.credit_store else (
-            f"the gateway runs {self.workers} worker processes and each would count alone; its operator must set "
-            "CROSSROADS_REDIS_URL (a Redis shared by every process), run one worker, or remove the limit"))
-        # Whether other processes spend too (this one's memory then knows only its own share of each key's spend).
-        self.fleet = self.credit_store is not None or self.workers > 1
-        self.route_table = RouteTable.from_config(config)
-        # Connections and routes that belong to one workspace (config `workspace:`): only its keys see them.
-        self._route_owner = {r.name: r.workspace for r in config.routes if r.workspace}
-        self.scoped_resources = bool(self._route_owner) or any(c.workspace for c in config.providers)
-        breaker = config.routing.breaker
-        self.health = HealthBoard(BreakerPolicy(failure_threshold=breaker.failure_threshold,
-                                                cooldown=breaker.cooldown, probe_timeout=breaker.probe_timeout),
-                                  clock=clock.now)
-        self.fleet_health: FleetHealth | None = None  # with Redis, set at start-up
-        self._instance_heartbeat: InstanceHeartbeat | None = None
-        self.limiter = make_limiter(self.redis_url, priority_shares=config.routing.priority_shares)
-        self._connection_limits = {
-            c.name: [Limit(f"conn:{c.name}", rpm=c.rpm, tpm=c.tpm, priority_shares=True)]
-            for c in config.providers if c.rpm or c.tpm}
-        self._route_limits = {r.name: Limit(f"route:{r.name}", rpm=r.rpm, tpm=r.tpm)
-                              for r in config.routes if r.rpm or r.tpm}
-        # Set at start-up (they need the event loop and the database).
-        self.store: Store = None  # type: ignore[assignment]
-        self.keys: KeyCache = None  # type: ignore[assignment]
-        self.recorder: GenerationRecorder = None  # type: ignore[assignment]
         self.chat_front = ChatFront()
         self.messages_front = MessagesFront()
         self.responses_front = ResponsesFront()
@@ -247,7 +182,7 @@ class Gateway:
         that workspace and environment (403 otherwise); the master key's requests are recorded there."""
 
         def scoped(request: Request) -> Awaitable[None]:
-            directory = self.keys.directory
+            directory = self.services.keys.directory
             ref, env_ref = request.path_params["workspace"], request.path_params["environment"]
             workspace = directory.workspace(ref)
             environment = directory.environment(workspace.id, env_ref) if workspace is not None else None
@@ -264,158 +199,6 @@ class Gateway:
             return handler(request)
 
         return scoped
-
-    async def check_limit_allowed(self, changes: dict[str, Any]) -> None:
-        """400 for a key limit that the processes serving this database could not hold together."""
-        if not (changes.get("limit") is not None or changes.get("rpm") or changes.get("tpm")):
-            return
-        processes = self.workers
-        if self.redis_url is None:
-            # Other instances on this database count too (crossroads/instances.py registers every one).
-            others = [row for row in await self.store.live_instances(LIVE_AFTER)
-                      if row.id != os.environ.get(INSTANCE_ID_VARIABLE)]
-            processes += sum(row.workers for row in others)
-        problem = multiprocess_policy_problem(changes, workers=processes, shared_counters=self.redis_url is not None,
-                                              shared_credits=self.credit_store is not None)
-        if problem is not None:
-            raise GatewayError(400, problem)
-
-    # -- routing and capacity (used by api/inference.py) ---------------------------------------------------------
-    def plan(self, body: dict[str, Any], headers: dict[bytes, bytes], key: Any, prompt_tokens: int) -> RoutePlan:
-        return plan(self.registry, self.route_table, body, headers=headers, key=key, stats=self.health,
-                    prompt_tokens=prompt_tokens)
-
-    def is_known_model(self, model_id: str) -> bool:
-        """Whether `model_id` is served or a route as it is (a suffix in it is then part of the id)."""
-        return model_id in self.registry.models or self.route_table.get(model_id) is not None
-
-    def request_limits(self, key: Any, route: str | None) -> list[Limit]:
-        limits = []
-        if key is not None and (key.rpm or key.tpm):
-            limits.append(Limit(f"key:{key.hash}", rpm=key.rpm, tpm=key.tpm))
-        if route is not None and route in self._route_limits:
-            limits.append(self._route_limits[route])
-        return limits
-
-    def connection_limits(self, name: str) -> list[Limit]:
-        return self._connection_limits.get(name, [])
-
-    def finish(self, exchange: Exchange) -> Awaitable[None] | None:
-        """Settle the request's credit reservation with its real cost and hand its record to the writer; returns what
-        to await when the writer makes the caller wait (see GenerationRecorder.record), else None.
-
-        Called just before the response completes (so that with strict durability the record is committed before the
-        client has its answer; if it cannot be, the awaitable raises a 503 GatewayError) and again, as a no-op, when
-        the request ends whatever the way."""
-        if exchange.finished:
-            return None
-        exchange.finished = True
-        record = exchange.to_record()
-        reservation = exchange.reservation
-        if reservation is not None:
-            if isinstance(reservation, SharedReservation):
-                assert self.fleet_credits is not None  # a shared reservation comes from the fleet's ledger
-                self.fleet_credits.settle_later(reservation, record[RECORD_COST])
-                # This process's share of every level's figures (the shared ledger holds the limited ones).
-                self.ledger.settle(Reservation(tuple(b.account for b in exchange.chain), 0.0), record[RECORD_COST])
-            else:
-                self.ledger.settle(reservation, record[RECORD_COST])
-        waiting = self.recorder.record(record)
-        if waiting is None or not self.recorder.strict:
-            return waiting
-        return self._committed(exchange, waiting)
-
-    async def _committed(self, exchange: Exchange, waiting: Awaitable[None]) -> None:
-        """Strict durability: wait (boundedly) for the record's commit. A record that could not be committed stays
-        held (written or spooled later, never lost); a request about to be answered 200 is answered 503 instead (a
-        stream ends with its format's error), and its record says so."""
-        try:
-            await waiting
-        except NotCommitted:
-            if exchange.status != 200:
-                return  # the client is getting an error (or is gone) anyway
-            self.recorder.amend(exchange.generation_id, status=503, error=UNRECORDABLE)
-            raise GatewayError(503, UNRECORDABLE, metadata={"code": STORE_UNAVAILABLE_CODE},
-                               headers={"Retry-After": "1"}) from None
-
-    async def reserve_credit(self, chain: tuple[Budget, ...], amount: float, *, prompt_cost: float,
-                             completion_price: float) -> Reservation | SharedReservation:
-        """Hold a request's worst-case cost against every budget of its chain (key, environment, member, workspace),
-        all or none: 402 naming the level that does not fit. For a chain with a limit (`directory.chain_limited`):
-        the shared ledger, when there is one, holds the levels that have one."""
-        if self.fleet_credits is not None:
-            return await self.fleet_credits.reserve(chain, amount, prompt_cost=prompt_cost,
-                                                    completion_price=completion_price)
-        return self.ledger.reserve(chain, amount, prompt_cost=prompt_cost, completion_price=completion_price)
-
-    async def key_figures(self, keys: list[KeyRow]) -> dict[str, Spend]:
-        """Each key's spend per period and open reservations, as the whole fleet knows them (`account_figures`)."""
-        return await self.account_figures([key.hash for key in keys])
-
-    async def account_figures(self, accounts: list[str]) -> dict[str, Spend]:
-        """Each ledger account's spend per period and open reservations (a key, "env:", "mem:", "ws:"; see
-        gate/directory.py), as the whole fleet knows them: this process's memory when it is the only one; otherwise
-        the shared ledger for accounts with a limit (exact, reservations included) and the generation records for
-        the others (as of their last write, at most a flush interval behind)."""
-        if not self.fleet:
-            return {name: self.ledger.figures(name) for name in accounts}
-        figures: dict[str, Spend] = {}
-        limited_now = set(self._limited_accounts()) if self.fleet_credits is not None else set()
-        limited = [name for name in accounts if name in limited_now]
-        if limited:
-            try:
-                figures.update(await self.fleet_credits.figures(limited))  # type: ignore[union-attr]
-            except Exception as exc:  # noqa: BLE001 - Redis down: the records' figures are the next best
-                log.warning("credit ledger (%s) unavailable, spend read from the generation records: %s",
-                            self.fleet_credits.ledger.name, type(exc).__name__)  # type: ignore[union-attr]
-        rest = [name for name in accounts if name not in figures]
-        for name, spend in (await self._database_spend(rest) if rest else {}).items():
-            if name is not None:
-                figures[name] = Spend(total=spend["total"], daily=spend["daily"], weekly=spend["weekly"],
-                                      monthly=spend["monthly"])
-        for name in accounts:
-            figures.setdefault(name, Spend())
-        return figures
-
-    async def total_figures(self) -> Spend:
-        """The whole account's spend per period (every key and the master key)."""
-        if not self.fleet:
-            return self.ledger.sum_figures()
-        total = Spend()
-        for spend in (await self.store.key_spend(period_starts(datetime.now(UTC)))).values():
-            total.total += spend["total"]
-            total.daily += spend["daily"]
-            total.weekly += spend["weekly"]
-            total.monthly += spend["monthly"]
-        return total
-
-    async def _database_spend(self, accounts: list[str]) -> dict[str | None, dict[str, float]]:
-        """The generation records' figures of these ledger accounts."""
-        starts = period_starts(datetime.now(UTC))
-        if all(":" not in account for account in accounts):  # keys only: one indexed query
-            return await self.store.key_spend(starts, accounts)
-        wanted = set(accounts)
-        return {account: figures for account, figures in
-                fold_accounts(dict(await self.store.place_spend(starts))).items() if account in wanted}
-
-    def _limited_accounts(self) -> list[str]:
-        return self.keys.directory.limited_accounts(list(self.keys.keys.values()))
-
-    def check_recordable(self) -> None:
-        """Strict durability refuses a request before it goes upstream while the recorder knows its record cannot be
-        written (the store's last write failed and none succeeded since): one attribute read per request."""
-        if self.recorder.refusing:
-            raise GatewayError(503, UNRECORDABLE, metadata={"code": STORE_UNAVAILABLE_CODE},
-                               headers={"Retry-After": "1"})
-
-    @property
-    def media(self) -> Any:
-        if self._media is None:
-            from crossroads.net.fetch import MediaFetcher
-
-            media = self.config.server.media
-            self._media = MediaFetcher(allow=media.allow, max_bytes=media.max_bytes, timeout=media.timeout)
-        return self._media
 
     # -- ASGI ------------------------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -524,50 +307,10 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
-        self.views = ModelViews(self.registry, self.route_table, self.health)
-        self.store = await Store.open(database_url(self.config.server))
-        # This instance's registration (cli.prepare_store) stays live while any of its workers beats.
-        self._instance_heartbeat = start_heartbeat(self.store)
-        self.keys = KeyCache(self.store)
-        self.dashboard.sessions.db = self.dashboard.grants.db = SignInStore(self.store)
-        await self.keys.load()
-        self.keys.start()
-        self._warn_unknown_owners()
-        self.auth.keys = self.keys
-        starts = period_starts(datetime.now(UTC))
-        # Records spooled by an earlier run (written to the database by the recorder from now on) are spend too. The
-        # spool is read before the database, so a file another process replays in between is counted twice (a
-        # stricter limit), never missed.
-        spool = Spool(Path(self.config.server.data_dir) / "spool")
-        spooled = await asyncio.to_thread(spool.spend, starts)
-        self.ledger.load(fold_accounts(merge_spend(dict(await self.store.place_spend(starts)), spooled)), starts)
-        accounting = self.config.accounting
-        self.recorder = GenerationRecorder(self.store, flush_interval=accounting.flush_interval,
-                                           max_pending=accounting.max_pending,
-                                           strict=accounting.durability == "strict", spool=spool)
-        self.recorder.start()
-        if self.redis_url:
-            # Everything this fleet keeps in Redis is named after the database it shares (two fleets may share one
-            # Redis); the id is drawn by the first instance that starts on the database.
-            fleet_id = await self.store.claim_meta(FLEET_ID, secrets.randbits(48))
-            self.fleet_health = FleetHealth(self.redis_url, self.health, prefix=f"crossroads:health:{fleet_id:x}")
-            self.fleet_health.start()
-        if self.credit_store is not None:
-            accounting = self.config.accounting
-            if self.credit_store == "redis":
-                ledger: Any = RedisCreditLedger(self.redis_url, lease=accounting.reservation_lease)  # type: ignore[arg-type]
-                ledger.marker = f"{ledger.prefix}:reconciled:{fleet_id:x}"
-            else:
-                ledger = PostgresCreditLedger(self.store, lease=accounting.reservation_lease)
-            self.fleet_credits = FleetCredits(ledger, database_spend=self._database_spend, limited=self._limited_accounts,
-                                              reconcile_interval=accounting.reconcile_interval)
-            try:
-                await self.fleet_credits.reconcile()
-            except Exception as exc:  # noqa: BLE001 - retried before the first reservation and on every tick
-                log.warning("could not reconcile the credit ledger (%s) with the generation records at start-up: "
-                            "%s: %s; keys with a credit limit are refused until it can be", ledger.name,
-                            type(exc).__name__, exc)
-            self.fleet_credits.start()
+        services = self.services
+        await start_services(services)  # the store, keys, ledgers, record writer, fleet health (api/services.py)
+        self.dashboard.sessions.db = self.dashboard.grants.db = SignInStore(services.store)
+        self.auth.keys = services.keys
         # Everything loaded so far lives as long as the process: keep it out of every future GC pass.
         gc.freeze()
         # The objects of the requests in flight (coroutines, frames, headers: a few thousand at 32 concurrent) keep
@@ -575,42 +318,15 @@ class Gateway:
         # all of them only to find them alive. Requests free their objects by reference counting; the cycle
         # collector runs only once this many container objects have accumulated (a few MB at most).
         gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
-        discovery = asyncio.get_running_loop().create_task(self._discover())
-        # Readiness must not wait on a slow upstream: discovery gets a short head start, then finishes in the
-        # background (ad-hoc "<connection>/<model>" addressing works either way).
-        await asyncio.wait((discovery,), timeout=DISCOVERY_HEAD_START)
-        self._background.add(discovery)
-        discovery.add_done_callback(self._background.discard)
+        await start_discovery(services)
         await self.observability.start()
         self.ready = True
-
-    async def _discover(self) -> None:
-        await discover_models(self.registry, self.config)
-        self.views = ModelViews(self.registry, self.route_table, self.health)
-        warn_unpriced(self.registry)
 
     async def shutdown(self) -> None:
         self.ready = False
         CUT_OFF.flush()  # the slow-client cut-offs counted since the last warning line
         await self.observability.stop()
-        for task in list(self._background):
-            task.cancel()
-        if self.fleet_credits is not None:
-            await self.fleet_credits.stop()
-        if self.fleet_health is not None:
-            await self.fleet_health.stop()
-        if self.recorder is not None:
-            await self.recorder.stop(self.config.server.shutdown_grace)
-        if self.keys is not None:
-            await self.keys.stop()
-        if self._instance_heartbeat is not None:
-            await self._instance_heartbeat.stop()
-        if self.store is not None:
-            await self.store.close()
-        await self.registry.close()
-        await self.limiter.close()
-        if self._media is not None:
-            await self._media.close()
+        await stop_services(self.services)
         if self.dashboard.oidc is not None:
             await self.dashboard.oidc.close()
 
@@ -646,62 +362,42 @@ class Gateway:
 
     # -- handlers ----------------------------------------------------------------------------------------------------
     async def _models(self, request: Request) -> None:
-        assert self.views is not None
+        services = self.services
+        views = services.views
+        assert views is not None
         key = request.principal.key
-        workspace = self.workspace_name(key.workspace_id) if key is not None and self.scoped_resources else None
+        workspace = services.workspace_name(key.workspace_id) if key is not None and services.scoped_resources \
+            else None
         allowed = key.allowed_models if key is not None else None
         if not request.scope.get("query_string"):  # the common case: the prebuilt body (text-output models)
-            await respond(request, 200, self.views.models_body_for(allowed, workspace))
+            await respond(request, 200, views.models_body_for(allowed, workspace))
             return
         # OpenRouter's query: output_modalities (default text), filters, sort, offset/limit (api/models.py).
         params = request.query()
-        await respond(request, 200, self.views.models_page(allowed, workspace, model_query(params), params,
-                                                           request.path))
+        await respond(request, 200, views.models_page(allowed, workspace, model_query(params), params, request.path))
 
     async def _models_count(self, request: Request) -> None:
-        assert self.views is not None
+        services = self.services
+        assert services.views is not None
         key = request.principal.key
-        workspace = self.workspace_name(key.workspace_id) if key is not None and self.scoped_resources else None
-        await respond(request, 200, self.views.count_body(key.allowed_models if key is not None else None, workspace,
-                                                          model_query(request.query())))
-
-    def _warn_unknown_owners(self) -> None:
-        """A connection or route owned by a workspace that does not exist (yet) serves no key: say so once."""
-        names = {w.name for w in self.keys.directory.workspaces.values()}
-        owned = [("connection", c.name, c.workspace) for c in self.config.providers if c.workspace] + \
-            [("route", name, owner) for name, owner in self._route_owner.items()]
-        for kind, name, owner in owned:
-            if owner not in names:
-                log.warning("%s %s belongs to workspace %r, which does not exist: only the master key can use it "
-                            "until a workspace of that name is created", kind, name, owner)
-
-    def workspace_name(self, workspace_id: str | None) -> str | None:
-        workspace = self.keys.directory.workspaces.get(workspace_id) if workspace_id is not None else None
-        return workspace.name if workspace is not None else workspace_id
-
-    def visible_candidates(self, candidates: list[Any], workspace_id: str | None, asked: str) -> list[Any]:
-        """The candidates a request of `workspace_id` may use: connections and routes that are everyone's or that
-        workspace's (config `workspace:`). None left: 404, as for a model that does not exist."""
-        name = self.workspace_name(workspace_id)
-        route_owner = self._route_owner
-        kept = [c for c in candidates if c.deployment.connection.config.workspace in (None, name)
-                and (c.route is None or route_owner.get(c.route) in (None, name))]
-        if not kept:
-            raise GatewayError(404, f"Model {asked!r} not found", metadata={"code": "model_not_found"})
-        return kept
+        workspace = services.workspace_name(key.workspace_id) if key is not None and services.scoped_resources \
+            else None
+        await respond(request, 200, services.views.count_body(key.allowed_models if key is not None else None,
+                                                              workspace, model_query(request.query())))
 
     async def _providers(self, request: Request) -> None:
-        assert self.views is not None
-        await respond(request, 200, self.views.providers_body)
+        assert self.services.views is not None
+        await respond(request, 200, self.services.views.providers_body)
 
     async def _endpoints(self, request: Request) -> None:
-        assert self.views is not None
-        others = await self.fleet_health.others() if self.fleet_health is not None else None
+        services = self.services
+        assert services.views is not None
+        others = await services.fleet_health.others() if services.fleet_health is not None else None
         key = request.principal.key
-        scope = key is not None and self.scoped_resources
-        await respond(request, 200, self.views.endpoints_body(
-            request.path_params["model"], others, workspace=self.workspace_name(key.workspace_id) if scope else None,
-            scoped=scope))
+        scope = key is not None and services.scoped_resources
+        await respond(request, 200, services.views.endpoints_body(
+            request.path_params["model"], others,
+            workspace=services.workspace_name(key.workspace_id) if scope else None, scoped=scope))
 
     def _metrics(self, request: Request) -> Awaitable[None]:
         return self.observability.metrics.serve(request)  # observability/metrics.py: access rules, exposition
@@ -722,10 +418,11 @@ class Gateway:
         if not self.ready:
             await respond_json(request, 503, {"status": "starting", "checks": {}})
             return
+        services = self.services
         checks = {"database": await _bounded_check(self._database_ready())}
-        if self.redis_url is not None:
-            checks["redis"] = await _bounded_check(self.limiter.ping())
-        pending, bound = self.recorder.pending_count(), self.recorder.max_pending
+        if services.redis_url is not None:
+            checks["redis"] = await _bounded_check(services.limiter.ping())
+        pending, bound = services.recorder.pending_count(), services.recorder.max_pending
         checks["accounting"] = {"ok": pending < bound, "pending_records": pending, "bound": bound}
         serving = [c.name for c in self.config.providers if self._connection_serving(c.name)]
         checks["connections"] = {"ok": bool(serving), "serving": len(serving), "configured": len(self.config.providers)}
@@ -740,7 +437,7 @@ class Gateway:
     async def _database_ready(self) -> None:
         """The database answers and its schema is this version's (or newer: an instance of a later version
         migrated it during a rolling upgrade, and migrations only add)."""
-        revision = await self.store.schema_revision()
+        revision = await self.services.store.schema_revision()
         if self._known_revisions is None:
             from crossroads.store.migrate import known_revisions
 
@@ -752,8 +449,9 @@ class Gateway:
 
     def _connection_serving(self, name: str) -> bool:
         """Whether some model of the connection is not ejected by a breaker (its own or the connection's)."""
-        deployments = [d for ds in self.registry.models.values() for d in ds if d.connection.name == name]
-        return not deployments or any(not self.health.ejected(name, d.model.upstream) for d in deployments)
+        deployments = [d for ds in self.services.registry.models.values() for d in ds if d.connection.name == name]
+        health = self.services.health
+        return not deployments or any(not health.ejected(name, d.model.upstream) for d in deployments)
 
 
 class NotMigrated(Exception):
@@ -774,41 +472,12 @@ async def _bounded_check(check: Awaitable[None]) -> dict[str, Any]:
     return {"ok": True}
 
 
-def warn_unpriced(registry: Registry) -> None:
-    """One warning per connection that serves models without a price: keys with a credit limit are refused on them,
-    and everyone else's use of them is recorded at $0."""
-    by_connection: dict[str, list[str]] = {}
-    for deployments in registry.models.values():
-        for dep in deployments:
-            if not dep.model.priced:
-                by_connection.setdefault(dep.connection.name, []).append(dep.model.id)
-    for name, ids in by_connection.items():
-        shown = ", ".join(sorted(ids)[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
-        log.warning("connection %s serves %d model(s) without a price (%s): their use is recorded at $0 and keys "
-                    "with a credit limit are refused on them; set providers[].models[].pricing, or pricing: free "
-                    "to declare a model free on purpose", name, len(ids), shown)
-
-
 async def _end_stream(send: Send) -> None:
     """Close a streamed answer that failed part-way (the client sees a truncated stream, as on a dropped upstream)."""
     try:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except Exception:  # noqa: BLE001 - the answer was already complete, or the connection is gone
         log.debug("could not end a failed stream", exc_info=True)
-
-
-def fold_accounts(by_place: dict[Any, dict[str, float]]) -> dict[str | None, dict[str, float]]:
-    """Figures per place (key_hash, workspace_id, environment_id, user_id) added up per ledger account."""
-    out: dict[str | None, dict[str, float]] = {}
-    for place, figures in by_place.items():
-        for name in accounts_of(*place):
-            into = out.get(name)
-            if into is None:
-                out[name] = dict(figures)
-            else:
-                for period, value in figures.items():
-                    into[period] = into.get(period, 0.0) + value
-    return out
 
 
 async def read_paced_body(request: Request, limit: int, idle_timeout: float) -> None:

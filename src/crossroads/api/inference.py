@@ -1,12 +1,13 @@
-"""Every inference endpoint: front format -> gate -> router -> provider adapter -> upstream, and back.
+"""Every inference endpoint: one request's way through the gateway and back, whatever the client's format.
 
-One `Call` per request. It asks the router for candidates (model x connection, in try order), passes the gate (model
-allow-list, rate limits, credit reservation), then tries candidates in turn: each with bounded retries on the same
-connection for retryable failures (connect error, timeout, 429, 5xx), honouring Retry-After, skipping candidates whose
-circuit breaker (their endpoint's or their connection's, routing/health.py) is open or whose connection's capacity is
-spent; when the breakers left nothing to attempt, the ejected candidates are tried anyway (panic routing). Fallback and
-retry are possible until the first data byte reached the client; after that, a failure becomes the front format's
-mid-stream error.
+One `Call` per request orchestrates it: the front parses the client's body (formats/), the router plans candidates
+(model x connection, in try order: routing/select.py), the gate admits the request (gate/admission.py: allow-lists,
+rate limits, credit), the attempt loop tries the candidates with retries, fallbacks and breakers
+(routing/attempts.py), and each attempt translates the request for its connection, sends it (providers/transport.py)
+and answers the client: the whole response, or the upstream's stream pumped to the client in its format (`_pump`).
+Fallback and retry are possible until the first data byte reached the client; after that, a failure becomes the front
+format's mid-stream error. Settlement (credit, the generation record, rate-limit counts: `Call._settle`) happens once,
+before the answer's last byte.
 """
 
 from __future__ import annotations
@@ -19,18 +20,28 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from crossroads.accounting.exchange import NOTHING_TO_HOLD, Exchange, estimate_prompt_tokens, worst_case_cost
+from crossroads.accounting.exchange import Exchange, estimate_prompt_tokens
 from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, OpenStreams, Request, respond
 from crossroads.errors import GatewayError
 from crossroads.formats.chat import new_generation_id
 from crossroads.formats.transforms import middle_out, wants_middle_out
-from crossroads.gate.auth import allowed_for_inference, priced_for_limit
-from crossroads.gate.directory import chain_limited
-from crossroads.gate.ratelimit import Decision, Limit
-from crossroads.observability.logs import OncePer
-from crossroads.observability.metrics import count_redis_error
+from crossroads.gate.admission import Counts, admissible, reserve_credit
+from crossroads.gate.credits import Reservation
 from crossroads.providers.base import RequestContext, Translator, UpstreamStreamError, sse_frame
-from crossroads.providers.http import ResponseTooLarge, read_body
+from crossroads.providers.http import ResponseTooLarge
+from crossroads.providers.transport import (
+    UNREADABLE,
+    AttemptFailed,
+    failed_status,
+    failed_transport,
+    failed_unreadable,
+    open_stream,
+    post,
+    read_error_body,
+    too_large_error,
+    transport_error,
+)
+from crossroads.routing.attempts import try_candidates
 from crossroads.routing.features import (
     ONLINE_SUFFIX,
     requested_features,
@@ -38,154 +49,65 @@ from crossroads.routing.features import (
     unhonoured,
     without,
 )
-from crossroads.routing.retry import is_retryable, retry_delay
+from crossroads.routing.select import plan
 
 if TYPE_CHECKING:
     from crossroads.api.app import Gateway
+    from crossroads.api.services import Services
+    from crossroads.catalog import ModelSpec
     from crossroads.formats.base import Front
-    from crossroads.routing.registry import Connection
+    from crossroads.providers.base import UpstreamRequest
     from crossroads.routing.select import Candidate
 
 log = logging.getLogger("crossroads.inference")
-_limit_store_down = OncePer(log)
-_MAX_ERROR_BODY = 64 * 1024
 PROCESSING = b": PROCESSING\n\n"
-
-# X-RateLimit-* always mean the gateway's own limits for the calling key (or its route), in OpenRouter's units (reset
-# in epoch milliseconds). The upstream account's request limits, in whatever units the upstream uses ("6ms",
-# an RFC 3339 time...), are passed on as X-Upstream-RateLimit-*.
-# Each provider names its headers (ProviderSpec.rate_limit_headers).
-
-
-class AttemptFailed(Exception):
-    """An attempt failed before anything reached the client: the call may retry or fall back."""
-
-    def __init__(self, error: GatewayError, status: int | None, retry_after: str | None = None,
-                 connection_fault: bool | None = None) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.status = status  # upstream HTTP status; None for connect errors and timeouts
-        self.retry_after = retry_after
-        # Whether the breaker of the whole connection counts it (routing/health.py's fault_scope); None: by status.
-        self.connection_fault = connection_fault
-
-
-# What a translator raises on an upstream answer or event it cannot read: not JSON (ValueError), or JSON of another
-# shape than the adapter expects (a missing key, a list where an object belongs, a string where a list belongs...).
-UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
-
-# aiohttp >= 3.10 raises this (a TimeoutError) when the connect phase times out, total timeout included.
-_CONNECT_TIMEOUT: Any = getattr(aiohttp, "ConnectionTimeoutError", ())
-
-
-def _reached_nothing(exc: BaseException) -> bool:
-    """Whether a transport error means the connection itself is broken (connect refused or timed out, reset or
-    closed before any response, DNS, TLS): a connection-level fault for the breakers. A timeout waiting for the
-    response once connected, or a body that broke off after the headers, is the endpoint's (a slow or stuck model)."""
-    if isinstance(exc, TimeoutError):
-        return isinstance(exc, _CONNECT_TIMEOUT)
-    return not isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError))
-
-
-def upstream_error(connection: Connection, status: int, raw: bytes, headers: Any = None) -> GatewayError:
-    """Map an upstream's HTTP error to the status the client sees, keeping its body (secrets removed). `status` is
-    what the adapter classified the error as (Adapter.error_status)."""
-    message = connection.redact(connection.adapter.error_message(status, raw))
-    metadata = {"provider_name": connection.name, "raw": _raw_excerpt(connection, raw)}
-    if status == 429:
-        extra = {}
-        retry_after = headers.get("Retry-After") if headers is not None else None
-        if retry_after:
-            extra["Retry-After"] = retry_after
-        return GatewayError(429, f"Rate limited by upstream {connection.name}: {message}", metadata=metadata,
-                            headers=extra)
-    if status == 408:
-        return GatewayError(408, f"Upstream {connection.name} timed out: {message}", metadata=metadata)
-    if status in (400, 413, 422):
-        # The upstream refused the request itself (context too long, bad parameter): the client can fix it.
-        return GatewayError(400, f"Upstream {connection.name} rejected the request: {message}", metadata=metadata)
-    if status in (401, 403):
-        # The connection's credentials are wrong: the gateway's fault, not the client's key.
-        return GatewayError(502, f"Upstream {connection.name} refused the gateway's credentials (HTTP {status}): "
-                                 f"{message}", metadata=metadata)
-    return GatewayError(502, f"Upstream {connection.name} failed (HTTP {status}): {message}", metadata=metadata)
-
-
-def _raw_excerpt(connection: Connection, raw: bytes) -> str:
-    return connection.redact(raw[:_MAX_ERROR_BODY].decode("utf-8", "replace"))
-
-
-def transport_error(connection: Connection, exc: BaseException) -> GatewayError:
-    metadata = {"provider_name": connection.name, "raw": None}
-    if isinstance(exc, _CONNECT_TIMEOUT):  # nothing answered: as unreachable as a refused connection
-        return GatewayError(502, f"Could not reach upstream {connection.name}: no connection within "
-                                 f"{connection.client.connect_timeout:g} s", metadata=metadata)
-    if isinstance(exc, TimeoutError):
-        return GatewayError(408, f"Upstream {connection.name} timed out after {connection.config.timeout:g} s",
-                            metadata=metadata)
-    detail = connection.redact(str(exc) or type(exc).__name__)
-    if isinstance(exc, aiohttp.ClientPayloadError):  # it answered, then its body broke off
-        return GatewayError(502, f"Upstream {connection.name} broke off its response: {detail}", metadata=metadata)
-    return GatewayError(502, f"Could not reach upstream {connection.name}: {detail}", metadata=metadata)
-
-
-def too_large_error(connection: Connection, exc: ResponseTooLarge) -> GatewayError:
-    return GatewayError(502, f"Upstream {connection.name} sent more than its max_response_bytes "
-                             f"({exc.limit} bytes)", metadata={"provider_name": connection.name, "raw": None})
 
 
 def serve(gateway: Gateway, front: Front) -> Callable[[Request], Awaitable[None]]:
     """The endpoint handler of a front. A plain function that returns the call's coroutine: no wrapper frame that every
     resumption of the request's task would pass through."""
+    services = gateway.services
 
     def handler(request: Request) -> Awaitable[None]:
-        return Call(gateway, request, front).run()
+        return Call(services, request, front).run()
 
     return handler
 
 
 class Call:
-    __slots__ = ("gateway", "request", "front", "parsed", "body", "exchange", "renderer", "writer", "stream",
-                 "gate_ms", "routing_ms", "limits", "conn_limits", "limit_headers", "passthrough", "features")
+    __slots__ = ("services", "request", "front", "parsed", "body", "exchange", "renderer", "writer", "stream",
+                 "gate_ms", "routing_ms", "counts", "passthrough", "features")
 
-    def __init__(self, gateway: Gateway, request: Request, front: Front) -> None:
-        self.gateway = gateway
+    def __init__(self, services: Services, request: Request, front: Front) -> None:
+        self.services = services
         self.request = request
         self.front = front
         self.writer: SSEWriter | None = None
-        self.limits: list[Limit] = []  # request-level limits (key, route) counted for this call
-        self.conn_limits: list[Limit] = []  # the serving connection's limits counted for this call
-        self.limit_headers: dict[str, str] = {}
         self.passthrough = False
 
     async def run(self) -> None:
-        gateway, request = self.gateway, self.request
-        self.parsed = await self.front.parse(request, gateway.store)
+        """Parse, plan, admit, attempt; settle on the way out."""
+        services, request = self.services, self.request
+        self.parsed = await self.front.parse(request, services.store)
         body = self.body = self.parsed.body
         model = body.get("model")
         if (isinstance(model, str) and model.endswith(ONLINE_SUFFIX)) or body.get("models"):
-            take_online_suffix(body, gateway.is_known_model)
+            take_online_suffix(body, services.is_known_model)
         self.features = requested_features(body)  # optional features some upstreams cannot honour; mostly ()
         self.stream = bool(body.get("stream"))
         principal = request.principal
+        key = principal.key
         prompt_tokens = estimate_prompt_tokens(body)
 
         routing_started = time.perf_counter()
-        plan = gateway.plan(body, request.headers, principal.key, prompt_tokens)
+        candidates = plan(services.registry, services.route_table, body, headers=request.headers, key=key,
+                          stats=services.health, prompt_tokens=prompt_tokens).candidates
         self.routing_ms = (time.perf_counter() - routing_started) * 1000
 
         gate_started = time.perf_counter()
-        key = principal.key
-        candidates = plan.candidates
-        if gateway.scoped_resources and (key is not None or principal.workspace_id is not None):
-            candidates = gateway.visible_candidates(
-                candidates, key.workspace_id if key is not None else principal.workspace_id,
-                model if isinstance(model, str) else candidates[0].model_id)
-        candidates = allowed_for_inference(principal, candidates, _names_of)
-        # Every budget the request must fit: the key's limit, its environment's, member's and workspace's.
-        chain = gateway.keys.directory.chain(key, principal.workspace_id, principal.environment_id)
-        limited = chain_limited(chain)
-        candidates = priced_for_limit(limited, candidates, _model_of)
+        candidates, chain, limited = admissible(principal, candidates, services.keys.directory,
+                                                scoped=services.scoped_resources, route_owner=services.route_owner,
+                                                asked=model if isinstance(model, str) else None)
         first = candidates[0]
         user = body.get("user") if isinstance(body.get("user"), str) else None
         exchange = self.exchange = Exchange(
@@ -197,35 +119,31 @@ class Call:
         exchange.model_id = first.model_id
         exchange.dropped = self.parsed.dropped
         exchange.chain = chain
+        counts = self.counts = Counts(services.limiter, services.limits, priority=key.priority if key else "normal",
+                                      estimate=prompt_tokens)
         # Request-level capacity (key, route): all or nothing, before anything else is spent.
-        limits = gateway.request_limits(key, first.route)
+        limits = services.limits.for_request(key, first.route)
         if limits:
-            decision = await _acquire(gateway, limits, prompt_tokens, key.priority if key else "normal")
-            self.limit_headers = decision.headers()
-            if not decision.allowed:  # nothing was counted
-                raise _limit_error(decision, "this API key" if (decision.scope or "").startswith("key:")
-                                   else "this route")
-            if decision is not UNCOUNTED:
-                self.limits = limits
-        # Credit: the worst case over every candidate that may serve (only a chain with a limit has to hold it).
-        worst = worst_case_cost(body, [(c.deployment.model, c.overrides) for c in candidates]) \
-            if limited else NOTHING_TO_HOLD
+            await counts.count_request(limits)
         try:
-            gateway.check_recordable()  # strict durability: 503 while records cannot be written (an attribute read)
-            if limited:
-                exchange.reservation = await gateway.reserve_credit(chain, worst.total, prompt_cost=worst.prompt,
-                                                                    completion_price=worst.completion_price)
-            else:  # nothing to hold: no await on the common path
-                exchange.reservation = gateway.ledger.reserve(chain, worst.total, prompt_cost=worst.prompt,
-                                                              completion_price=worst.completion_price)
+            services.check_recordable()  # strict durability: 503 while records cannot be written (an attribute read)
+            held = reserve_credit(services.ledger, services.fleet_credits, chain, limited, body, candidates)
+            exchange.reservation = held if isinstance(held, Reservation) else await held  # no await when unlimited
         except GatewayError:
-            if self.limits:  # refused before anything was tried: give the estimate back
-                limits, self.limits = self.limits, []
-                await _adjust(gateway, limits, -prompt_tokens)
+            if counts.request:  # refused before anything was tried: give the estimate back
+                await counts.refund()
             raise
         self.gate_ms = (time.perf_counter() - gate_started) * 1000
         try:
-            await self._try_candidates(candidates)
+            routing = services.config.routing
+            error = await try_candidates(candidates, self._attempt, exchange=exchange, health=services.health,
+                                         capacity=counts, retries=routing.retries,
+                                         max_retry_wait=routing.max_retry_wait, sleep=services.sleep)
+            if error is not None:
+                if self.writer is not None and self.writer.started:
+                    await self._fail_stream(error.status, error.message, error.metadata)
+                else:
+                    raise error
         except GatewayError as error:
             exchange.status, exchange.error = error.status, error.message
             # The failed request has a record too: the client can quote its id.
@@ -255,131 +173,22 @@ class Call:
         Nothing of this may wait until after the last byte: from then on the client may be gone, and the request's
         task cancelled with it."""
         exchange = self.exchange
-        waiting = self.gateway.finish(exchange)
+        waiting = self.services.finish(exchange)
         if waiting is not None:
             await waiting
-        held = self.limits + self.conn_limits
-        if held:
-            self.limits, self.conn_limits = [], []
-            await _adjust(self.gateway, held, exchange.billed_usage().total_tokens - exchange.prompt_estimate)
+        counts = self.counts
+        if counts.request or counts.connection:
+            await counts.settle(exchange.billed_usage().total_tokens)
 
-    # -- the attempt loop ---------------------------------------------------------------------------------------------
-    async def _try_candidates(self, candidates: list[Candidate]) -> None:
-        """Each candidate in turn, each with up to 1 + retries attempts on its endpoint (one loop, not a helper
-        per level: every coroutine frame here is passed through on each resumption of the request's task).
-
-        A candidate whose breaker (its endpoint's or its connection's) refuses is put aside. When no candidate could
-        be attempted at all, those put aside are tried anyway, ejected longest ago first (panic routing, as Envoy does
-        when too few hosts are healthy), under the same retry and fallback rules: a request never fails on breakers
-        alone, and the client's error is the last real upstream failure. Otherwise they are skipped, and the
-        generation record lists them as such."""
-        gateway = self.gateway
-        health = gateway.health
-        retries = gateway.config.routing.retries
-        last: GatewayError | None = None
-        refused: GatewayError | None = None
-        queue = candidates
-        index = 0
-        tried = False  # whether an attempt went upstream
-        ejected: list[Candidate] | None = None  # put aside by their breaker while nothing was tried yet
-        panic = False
-        while True:
-            if index == len(queue):
-                if tried or not ejected:
-                    break
-                # Panic: the breakers refused every candidate that capacity allowed. Try them anyway.
-                ejected.sort(key=lambda c: health.ejected_since(c.connection, c.deployment.model.upstream))
-                queue, ejected, index, panic = ejected, None, 0, True
-            candidate = queue[index]
-            index += 1
-            connection = candidate.deployment.connection
-            name = connection.name
-            model = candidate.deployment.model.upstream
-            if not health.acquire(name, model, force=panic):
-                if tried:
-                    self._skipped(candidate)
-                elif ejected is None:
-                    ejected = [candidate]
-                else:
-                    ejected.append(candidate)
-                continue
-            conn_limits = gateway.connection_limits(name)
-            if conn_limits:
-                key = self.request.principal.key
-                decision = await _acquire(gateway, conn_limits, self.exchange.prompt_estimate,
-                                          key.priority if key else "normal")
-                if not decision.allowed:
-                    health.record_cancelled(name, model)  # frees a half-open probe: nothing was tried
-                    self.exchange.attempts.append({"provider_name": name,
-                                                   "model_permaslug": candidate.deployment.model.id, "status": 429,
-                                                   "latency": None, "error": f"capacity: {decision.code}"})
-                    refused = _limit_error(decision, f"connection {name}")
-                    continue
-                if decision is not UNCOUNTED:
-                    self.conn_limits = conn_limits
-            if not tried:
-                tried = True
-                if ejected:  # an attempt goes: no panic for this request, those stay skipped
-                    for skipped in ejected:
-                        self._skipped(skipped)
-                    ejected = None
-            attempt = 0
-            try:
-                while True:
-                    attempt += 1
-                    try:
-                        await self._attempt(candidate)
-                        return
-                    except AttemptFailed as failed:
-                        health.record_failure(name, model, status=failed.status,
-                                              connection_fault=failed.connection_fault, retry_after=failed.retry_after)
-                        delay = None
-                        if attempt <= retries and is_retryable(failed.status):
-                            delay = retry_delay(attempt, retry_after=failed.retry_after,
-                                                max_wait=gateway.config.routing.max_retry_wait)
-                            if delay is not None and health.ejected(name, model):
-                                delay = None
-                        _warn_attempt_failed(failed, name, model, attempt, delay,
-                                             more=index < len(queue) or bool(ejected))
-                        if delay is None:
-                            raise
-                        await gateway.clock.sleep(delay)
-                        if not health.acquire(name, model, force=panic):
-                            raise
-            except AttemptFailed as failed:
-                # Any upstream failure (context too long included) moves on to the next candidate.
-                last = failed.error
-            except asyncio.CancelledError:
-                health.record_cancelled(name, model)
-                raise
-            finally:
-                if self.conn_limits:  # not settled: this connection served nothing
-                    limits, self.conn_limits = self.conn_limits, []
-                    await _adjust(gateway, limits, -self.exchange.prompt_estimate)
-        error = last or refused or GatewayError(503, "No upstream could serve the request")
-        if last is not None and refused is not None and last.status == 503:
-            error = refused
-        if self.writer is not None and self.writer.started:
-            await self._fail_stream(error.status, error.message, error.metadata)
-            return
-        raise error
-
-    def _skipped(self, candidate: Candidate) -> None:
-        self.exchange.attempts.append({"provider_name": candidate.connection,
-                                       "model_permaslug": candidate.deployment.model.id, "status": None,
-                                       "latency": None, "error": "skipped: circuit breaker open"})
-
-    def _switch_to(self, candidate: Candidate) -> None:
-        exchange = self.exchange
-        exchange.model = candidate.deployment.model
-        exchange.connection = candidate.deployment.connection
-        exchange.model_id = candidate.model_id
-
+    # -- one attempt ---------------------------------------------------------------------------------------------------
     async def _attempt(self, candidate: Candidate) -> None:
-        self._switch_to(candidate)
+        """Send the request to `candidate` and answer the client; AttemptFailed (for the attempt loop) when it failed
+        before anything reached the client."""
         exchange = self.exchange
         connection = candidate.deployment.connection
-        model = candidate.deployment.model
+        model = exchange.model = candidate.deployment.model
+        exchange.connection = connection
+        exchange.model_id = candidate.model_id
         body = self.body if not candidate.overrides else {**self.body, **candidate.overrides}
         if self.features:
             # Never dropped silently: what this upstream cannot honour is left out and named in the response's
@@ -390,22 +199,7 @@ class Call:
                 body = without(body, cannot)
         if model.context_length and not self.front.native_only and wants_middle_out(body, model.context_length):
             body = self._middle_out(body, model, connection.spec.max_messages)
-        ctx = RequestContext(model=model, connection=connection.config, stream=self.stream,
-                             media=self.gateway.media if connection.spec.fetches_media else None)
-        # The front passes the client's own body through when the connection speaks its API (a route's parameter
-        # overrides can only be applied to the canonical body).
-        front = self.front
-        translator: Translator | None
-        if front.native_only:  # embeddings: the front's own translator for every connection, its renderer answers
-            translator = front.native_translator(connection, ctx, self.parsed)
-            if translator is None:
-                raise GatewayError(400, f"Connection {connection.name!r} cannot serve this endpoint")
-            self.passthrough = False
-        else:
-            translator = None if candidate.overrides else front.native_translator(connection, ctx, self.parsed)
-            self.passthrough = translator is not None
-            if translator is None:
-                translator = connection.adapter.translator(ctx)
+        translator = self._translator(candidate)
         upstream = await translator.request(body)
         # A copy: translators may hand out their adapter's shared headers, and this request's id and trace context
         # must not reach another request's upstream call.
@@ -415,55 +209,59 @@ class Call:
         upstream.headers = headers
         if connection.adapter.sign is not None:
             await connection.adapter.sign(upstream)
-        self.renderer = self.front.renderer(generation_id=exchange.generation_id, model_id=candidate.model_id,
-                                            provider=connection.name, parsed=self.parsed, usage=translator.usage)
+        renderer = self.renderer = self.front.renderer(generation_id=exchange.generation_id,
+                                                       model_id=candidate.model_id, provider=connection.name,
+                                                       parsed=self.parsed, usage=translator.usage)
         exchange.upstream_started = time.monotonic()
         exchange.upstream_ended = None
-        client = connection.client
-        if not self.stream:
-            try:
-                async with client.session.post(upstream.url, data=upstream.body, headers=upstream.headers,
-                                               timeout=client.unary_timeout) as resp:
-                    raw = await read_body(resp, client.max_response_bytes)
-                    exchange.upstream_ended = time.monotonic()
-                    if resp.status != 200:
-                        self._fail_attempt(connection, resp.status, raw, resp.headers)
-                    upstream_headers = resp.headers
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                error = transport_error(connection, exc)
-                exchange.attempt(None, error.message)
-                raise AttemptFailed(error, None, connection_fault=_reached_nothing(exc)) from None
-            except ResponseTooLarge as exc:  # an upstream fault like an unreadable answer: retried, falls back
-                error = too_large_error(connection, exc)
-                exchange.attempt(200, error.message)
-                raise AttemptFailed(error, 502) from None
-            try:
-                result = translator.response(raw)
-            except UNREADABLE as exc:
-                error = GatewayError(502, f"Upstream {connection.name} sent a response the gateway cannot read: "
-                                          f"{connection.redact(str(exc))}",
-                                     metadata={"provider_name": connection.name,
-                                               "raw": _raw_excerpt(connection, raw)})
-                exchange.attempt(200, error.message)
-                raise AttemptFailed(error, 502) from None
-            exchange.attempt(200)
-            exchange.usage = translator.usage
-            exchange.upstream_model = translator.upstream_model
-            exchange.upstream_id = translator.upstream_id
-            for choice in result.get("choices") or ():
-                exchange.finish_reason = choice.get("finish_reason")
-                exchange.native_finish_reason = choice.get("native_finish_reason")
-                break
-            self._record_success(candidate, ttft=exchange.upstream_ended - exchange.upstream_started)
-            payload = raw if self.passthrough else self.renderer.completion(result, translator.usage, model.pricing)
-            await self._on_complete(translator)
-            await self._settle()
-            await respond(self.request, 200, payload, self._headers(upstream_headers), JSON_HEADERS)
+        if self.stream:
+            await self._stream(candidate, upstream, translator)
             return
-        await self._stream(candidate, upstream, translator)
+        raw, upstream_headers = await post(connection, upstream, exchange)
+        try:
+            result = translator.response(raw)
+        except UNREADABLE as exc:
+            raise failed_unreadable(connection, exc, raw, exchange) from None
+        exchange.attempt(200)
+        exchange.usage = translator.usage
+        exchange.upstream_model = translator.upstream_model
+        exchange.upstream_id = translator.upstream_id
+        for choice in result.get("choices") or ():
+            exchange.finish_reason = choice.get("finish_reason")
+            exchange.native_finish_reason = choice.get("native_finish_reason")
+            break
+        assert exchange.upstream_ended is not None  # set by `post` once the body was read
+        self._record_success(candidate, ttft=exchange.upstream_ended - exchange.upstream_started)
+        payload = raw if self.passthrough else renderer.completion(result, translator.usage, model.pricing)
+        # The front's own step once the answer is whole (the Responses API stores it for previous_response_id).
+        # Looked up here rather than in a helper coroutine: most fronts have none, and then nothing is awaited.
+        on_complete = getattr(renderer, "on_complete", None)
+        if on_complete is not None:
+            await on_complete(self.services.store, self.request.principal, translator)
+        await self._settle()
+        await respond(self.request, 200, payload, self._headers(upstream_headers), JSON_HEADERS)
 
-    def _middle_out(self, body: dict[str, Any], model: Any, max_messages: int | None) -> dict[str, Any]:
+    def _translator(self, candidate: Candidate) -> Translator:
+        """The request's translator for this connection. The front passes the client's own body through when the
+        connection speaks its API (a route's parameter overrides can only be applied to the canonical body)."""
+        connection = candidate.deployment.connection
+        ctx = RequestContext(model=candidate.deployment.model, connection=connection.config, stream=self.stream,
+                             media=self.services.media if connection.spec.fetches_media else None)
+        front = self.front
+        translator: Translator | None
+        if front.native_only:  # embeddings: the front's own translator for every connection, its renderer answers
+            translator = front.native_translator(connection, ctx, self.parsed)
+            if translator is None:
+                raise GatewayError(400, f"Connection {connection.name!r} cannot serve this endpoint")
+            self.passthrough = False
+            return translator
+        translator = None if candidate.overrides else front.native_translator(connection, ctx, self.parsed)
+        self.passthrough = translator is not None
+        return translator if translator is not None else connection.adapter.translator(ctx)
+
+    def _middle_out(self, body: dict[str, Any], model: ModelSpec, max_messages: int | None) -> dict[str, Any]:
         """OpenRouter's middle-out: drop or shorten messages from the middle until the prompt fits the context."""
+        assert model.context_length  # the caller checked
         requested = body.get("max_tokens") or body.get("max_completion_tokens")
         # Without max_tokens, room for a modest answer (the model's whole max output would crowd out the prompt).
         max_output = requested if isinstance(requested, int) else min(model.max_completion_tokens or 1024,
@@ -476,22 +274,10 @@ class Call:
                                          "connection": self.exchange.connection.name})
         return new_body
 
-    async def _on_complete(self, translator: Any) -> None:
-        """The front's own step once the answer is whole (the Responses API stores it for previous_response_id)."""
-        hook = getattr(self.renderer, "on_complete", None)
-        if hook is not None:
-            await hook(self.gateway.store, self.request.principal, translator)
-
-    def _fail_attempt(self, connection: Connection, status: int, raw: bytes, headers: Any) -> None:
-        status = connection.adapter.error_status(status, raw)
-        error = upstream_error(connection, status, raw, headers)
-        self.exchange.attempt(status, error.message)
-        raise AttemptFailed(error, status, headers.get("Retry-After") if headers is not None else None)
-
     def _record_success(self, candidate: Candidate, *, ttft: float | None) -> None:
         exchange = self.exchange
         end = exchange.upstream_ended or time.monotonic()
-        self.gateway.health.record_success(
+        self.services.health.record_success(
             candidate.deployment.connection.name, candidate.deployment.model.upstream, ttft=ttft,
             output_tokens=exchange.billed_usage().completion_tokens,
             duration=end - (exchange.upstream_started or end))
@@ -513,9 +299,11 @@ class Call:
                 out.append((b"x-upstream-request-id", _header_value(request_id)))
         if exchange.dropped:
             out.append((b"x-crossroads-dropped", _header_value(", ".join(exchange.dropped))))
-        if self.limit_headers:
-            out.extend((k.lower().encode(), v.encode()) for k, v in self.limit_headers.items())
+        limit_headers = self.counts.headers  # X-RateLimit-*: the gateway's own limits (gate/admission.py)
+        if limit_headers:
+            out.extend((k.lower().encode(), v.encode()) for k, v in limit_headers.items())
         if upstream_headers is not None:
+            # The upstream account's limits, in the upstream's own units, under names each provider declares.
             names = connection.spec.rate_limit_headers
             for name, sources in ((b"x-upstream-ratelimit-limit", names.limit),
                                   (b"x-upstream-ratelimit-remaining", names.remaining),
@@ -534,16 +322,14 @@ class Call:
                         out.append((b"x-crossroads-metadata-" + label.encode(), _header_value(str(value))))
         return out
 
-    # -- streams --------------------------------------------------------------------------------------------------
-    async def _stream(self, candidate: Candidate, upstream: Any, translator: Any) -> None:
+    # -- streams -------------------------------------------------------------------------------------------------------
+    async def _stream(self, candidate: Candidate, upstream: UpstreamRequest, translator: Translator) -> None:
         exchange = self.exchange
         connection = candidate.deployment.connection
-        client = connection.client
         if self.writer is None:
-            self.writer = SSEWriter(self.request, self.gateway.config.server.keepalive_interval, self._settle)
+            self.writer = SSEWriter(self.request, self.services.config.server.keepalive_interval, self._settle)
         writer = self.writer
-        pending = asyncio.ensure_future(client.session.post(upstream.url, data=upstream.body,
-                                                            headers=upstream.headers, timeout=client.stream_timeout))
+        pending = open_stream(connection, upstream)
         resp: aiohttp.ClientResponse | None = None
         try:
             # Wait for the upstream's headers; past the keep-alive interval, commit to a 200 stream and keep it
@@ -556,12 +342,9 @@ class Call:
                     await pending
                 resp = pending.result()
             except (TimeoutError, aiohttp.ClientError) as exc:
-                error = transport_error(connection, exc)
-                exchange.attempt(None, error.message)
-                raise AttemptFailed(error, None, connection_fault=_reached_nothing(exc)) from None
+                raise failed_transport(connection, exc, exchange) from None
             if resp.status != 200:
-                raw = await _read_capped(resp)
-                self._fail_attempt(connection, resp.status, raw, resp.headers)
+                raise failed_status(connection, resp.status, await read_error_body(resp), resp.headers, exchange)
             exchange.attempt(200)
             await writer.start(self._headers(resp.headers))
             try:
@@ -595,7 +378,7 @@ class Call:
                                  - (exchange.upstream_started or 0.0))
             writer.stop_heartbeat()
             try:  # the record is handed over (with strict durability: committed) before the stream's end goes out
-                waiting = self.gateway.finish(exchange)
+                waiting = self.services.finish(exchange)
                 if waiting is not None:
                     await waiting
             except GatewayError as error:  # strict, not committed in time: the stream ends in error instead
@@ -604,7 +387,9 @@ class Call:
             if not self.passthrough:  # a passed-through stream already carried its own ending
                 await writer.write(self.renderer.end(exchange.usage, exchange.model.pricing,
                                                      exchange.finish_reason, exchange.native_finish_reason))
-            await self._on_complete(translator)
+            on_complete = getattr(self.renderer, "on_complete", None)  # as for a whole answer (_attempt)
+            if on_complete is not None:
+                await on_complete(self.services.store, self.request.principal, translator)
             await writer.end()
         finally:
             if resp is not None:
@@ -620,8 +405,9 @@ class Call:
             error = GatewayError(code if isinstance(code, int) else 502, message, metadata=metadata)
             self.exchange.attempts[-1]["error"] = message
             raise AttemptFailed(error, status, connection_fault=False)  # the stream began: the connection works
-        self.gateway.health.record_failure(candidate.deployment.connection.name, candidate.deployment.model.upstream,
-                                           status=status, connection_fault=False)
+        self.services.health.record_failure(candidate.deployment.connection.name,
+                                            candidate.deployment.model.upstream, status=status,
+                                            connection_fault=False)
         log.warning("upstream %s model %s failed mid-stream, after data reached the client (no retry): %s",
                     candidate.deployment.connection.name, candidate.deployment.model.upstream, message[:300])
         await self._fail_stream(code, message, metadata)
@@ -678,28 +464,6 @@ class Call:
         return finished
 
 
-def _warn_attempt_failed(failed: AttemptFailed, connection: str, model: str, attempt: int, retry_in: float | None,
-                         *, more: bool) -> None:
-    """One warning per failed upstream attempt: what failed (status, a short excerpt of the upstream's answer, secrets
-    already removed by the connection) and what happens next."""
-    status = f"HTTP {failed.status}" if failed.status is not None else "no response"
-    if retry_in is not None:
-        then = f"retrying in {retry_in:.2f} s"
-    else:
-        then = "falling back to the next candidate" if more else "no candidate left"
-    log.warning("upstream %s model %s failed (attempt %d, %s): %s; %s", connection, model, attempt, status,
-                failed.error.message[:300], then)
-
-
-def _names_of(candidate: Candidate) -> tuple[str, ...]:
-    """What a key's allowed_models may name to allow a candidate: the route asked for, or the model itself."""
-    return (candidate.route, candidate.model_id) if candidate.route else (candidate.model_id,)
-
-
-def _model_of(candidate: Candidate) -> Any:
-    return candidate.deployment.model
-
-
 def _observe(exchange: Exchange, chunk: dict[str, Any]) -> bool:
     """Track time to first token, how much was generated (the bill when no usage comes) and the finish reason."""
     finished = False
@@ -720,62 +484,11 @@ def _observe(exchange: Exchange, chunk: dict[str, Any]) -> bool:
     return finished
 
 
-# What a request gets while the rate-limit store is down and routing.rate_limits_fail_open is set: allowed, counted
-# nowhere (so nothing to correct afterwards), no rate-limit headers.
-UNCOUNTED = Decision(allowed=True, scope=None, kind=None, limit=None, remaining=None, reset=0.0, retry_after=0.0,
-                     code=None)
-
-
-async def _acquire(gateway: Gateway, limits: list[Limit], tokens: int, priority: str) -> Any:
-    """Count a request against its limits. When the shared counter store (Redis) is down the request is refused:
-    a limit that silently stopped counting would no longer be a limit."""
-    try:
-        return await gateway.limiter.acquire(limits, tokens, priority)
-    except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; all mean "cannot count"
-        count_redis_error()
-        if gateway.config.routing.rate_limits_fail_open:
-            _limit_store_down.warning("rate-limit store unavailable, requests served WITHOUT rate limits "
-                                      "(routing.rate_limits_fail_open): %s", type(exc).__name__)
-            return UNCOUNTED
-        _limit_store_down.warning("rate-limit store unavailable, requests refused with 503: %s", type(exc).__name__)
-        raise GatewayError(503, "Rate limits cannot be checked right now (their store is unavailable); retry shortly",
-                           metadata={"code": "rate_limit_store_unavailable"}) from None
-
-
-async def _adjust(gateway: Gateway, limits: list[Limit], delta_tokens: int) -> None:
-    """Replace the token estimate with the real count; best effort (the request has been answered)."""
-    try:
-        await gateway.limiter.adjust(limits, delta_tokens)
-    except Exception as exc:  # noqa: BLE001
-        count_redis_error()
-        _limit_store_down.warning("could not correct token counts in the rate-limit store: %s", type(exc).__name__)
-
-
-def _limit_error(decision: Any, what: str) -> GatewayError:
-    code = decision.code or "resource_exhausted"
-    if code == "prioritization_gate_denied":
-        message = (f"Capacity of {what} is reserved for higher-priority keys right now; retry in "
-                   f"{decision.retry_after:.0f} s")
-    else:
-        unit = "requests" if decision.kind == "rpm" else "tokens"
-        message = f"Rate limit of {what} exceeded: {decision.limit} {unit} per minute; retry in " \
-                  f"{decision.retry_after:.0f} s"
-    return GatewayError(429, message, metadata={"code": code, "scope": decision.scope, "kind": decision.kind},
-                        headers=decision.headers())
-
-
 _HEADER_UNSAFE = dict.fromkeys([*range(0x20), 0x7F], None)  # control characters: invalid in an HTTP header value
 
 
 def _header_value(value: str) -> bytes:
     return value.translate(_HEADER_UNSAFE).encode("latin-1", "replace")[:256]
-
-
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await resp.content.read(_MAX_ERROR_BODY)
-    except (TimeoutError, aiohttp.ClientError):
-        return b""
 
 
 class SSEWriter:

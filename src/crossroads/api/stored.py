@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 async def _owned(gateway: Gateway, request: Request) -> tuple[str, dict]:
     response_id = request.path_params["id"]
-    stored = await gateway.store.get_response(response_id)
+    stored = await gateway.services.store.get_response(response_id)
     principal = request.principal
     if stored is None or (not principal.is_master and stored[0] != principal.key_hash):
         raise GatewayError(404, f"Response with id '{response_id}' not found.")
@@ -30,7 +30,7 @@ async def get_response(gateway: Gateway, request: Request) -> None:
 
 async def delete_response(gateway: Gateway, request: Request) -> None:
     response_id, _ = await _owned(gateway, request)
-    await gateway.store.delete_response(response_id)
+    await gateway.services.store.delete_response(response_id)
     await respond_json(request, 200, {"id": response_id, "object": "response", "deleted": True})
 
 

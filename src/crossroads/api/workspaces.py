@@ -108,7 +108,7 @@ def budget_payload(limit: float | None, reset: str | None, spend: Spend) -> dict
 
 # -- who may see what --------------------------------------------------------------------------------------------------
 def _directory(gateway: Gateway) -> Directory:
-    return gateway.keys.directory
+    return gateway.services.keys.directory
 
 
 def _workspace(gateway: Gateway, request: Request, *, read: bool = False) -> WorkspaceRow:
@@ -145,7 +145,7 @@ async def allow_budget(gateway: Gateway, principal: Principal, limit: float | No
                        what: str) -> None:
     """A budget below the workspace (an environment's, a member's) may be set: every process can hold it
     (`check_limit_allowed`), and it is not above a budget above it (`check_within`)."""
-    await gateway.check_limit_allowed({"limit": limit})
+    await gateway.services.check_limit_allowed({"limit": limit})
     check_within(principal, limit, workspace=workspace, what=what)
 
 
@@ -155,7 +155,7 @@ def with_fresh_directory(handler: Callable[[Gateway, Request], Awaitable[None]]
     another worker than the one that made a workspace a moment ago (a few small queries; not on the inference path)."""
 
     async def fresh(gateway: Gateway, request: Request) -> None:
-        await gateway.keys.reload_directory()
+        await gateway.services.keys.reload_directory()
         await handler(gateway, request)
 
     return fresh
@@ -163,14 +163,14 @@ def with_fresh_directory(handler: Callable[[Gateway, Request], Awaitable[None]]
 
 async def _changed(gateway: Gateway) -> None:
     # This process applies the change at once; the others within their key poll (half a second).
-    await gateway.keys.reload_directory()
+    await gateway.services.keys.reload_directory()
 
 
 # -- payloads ----------------------------------------------------------------------------------------------------------
 async def _workspace_payload(gateway: Gateway, workspace: WorkspaceRow) -> dict[str, Any]:
     directory = _directory(gateway)
     environments = directory.environments_of(workspace.id)
-    figures = await gateway.account_figures([f"ws:{workspace.id}", *(f"env:{e.id}" for e in environments)])
+    figures = await gateway.services.account_figures([f"ws:{workspace.id}", *(f"env:{e.id}" for e in environments)])
     return {
         "id": workspace.id, "name": workspace.name, "slug": slug(workspace.name),
         "budget": budget_payload(workspace.budget_limit, workspace.budget_reset, figures[f"ws:{workspace.id}"]),
@@ -242,10 +242,10 @@ async def add_workspace(gateway: Gateway, principal: Principal, name: str, limit
                         reset: str | None) -> WorkspaceRow:
     """A new workspace (the API, the dashboard): the master key's (or an admin user's) to make."""
     require_master(principal, "Creating a workspace")
-    await gateway.check_limit_allowed({"limit": limit})  # held by every process, or refused
+    await gateway.services.check_limit_allowed({"limit": limit})  # held by every process, or refused
     if _directory(gateway).workspace(name) is not None:
         raise GatewayError(409, f"A workspace named {name!r} exists already", metadata={"field": "name"})
-    directory = DirectoryStore(gateway.store)
+    directory = DirectoryStore(gateway.services.store)
     with _unique(f"A workspace named {name!r} exists already"):
         workspace = await directory.insert(WorkspaceRow(str(uuid.uuid4()), name, limit, reset))
     # Every workspace starts with a `default` environment: keys made without naming one go there.
@@ -271,9 +271,9 @@ async def update_workspace(gateway: Gateway, request: Request) -> None:
     if "budget" in body:
         require_master(request.principal, "Setting a workspace's budget")
         changes["budget_limit"], changes["budget_reset"] = parse_budget(body["budget"])
-        await gateway.check_limit_allowed({"limit": changes["budget_limit"]})
+        await gateway.services.check_limit_allowed({"limit": changes["budget_limit"]})
     with _unique(f"A workspace named {changes.get('name')!r} exists already"):
-        updated = await DirectoryStore(gateway.store).update(WorkspaceRow, workspace.id, changes) \
+        updated = await DirectoryStore(gateway.services.store).update(WorkspaceRow, workspace.id, changes) \
             if changes else workspace
     if updated is None:
         raise GatewayError(404, f"Workspace {workspace.name!r} not found")
@@ -293,7 +293,7 @@ async def delete_workspace(gateway: Gateway, request: Request) -> None:
 async def _delete_unless_keyed(gateway: Gateway, request: Request, kind: type, id: str, holder: str,
                                **owner: str) -> None:
     """Delete a directory row unless API keys still belong to it (409: they would be left without a place)."""
-    directory = DirectoryStore(gateway.store)
+    directory = DirectoryStore(gateway.services.store)
     keys = await directory.key_count(**owner)
     if keys:
         raise GatewayError(409, f"{holder} {keys} API key(s); delete them first")
@@ -313,7 +313,7 @@ def _environment(gateway: Gateway, workspace: WorkspaceRow, ref: str) -> Environ
 async def list_environments(gateway: Gateway, request: Request) -> None:
     workspace = _workspace(gateway, request, read=True)
     environments = _directory(gateway).environments_of(workspace.id)
-    figures = await gateway.account_figures([f"env:{e.id}" for e in environments])
+    figures = await gateway.services.account_figures([f"env:{e.id}" for e in environments])
     await respond_json(request, 200, {"data": [_environment_payload(e, figures[f"env:{e.id}"])
                                                for e in environments]})
 
@@ -323,7 +323,7 @@ async def create_environment(gateway: Gateway, request: Request) -> None:
     body = _body(request)
     environment = await add_environment(gateway, request.principal, workspace, parse_name(body, required=True) or "",
                                         *parse_budget(body.get("budget")))
-    figures = await gateway.account_figures([f"env:{environment.id}"])
+    figures = await gateway.services.account_figures([f"env:{environment.id}"])
     await respond_json(request, 201, {"data": _environment_payload(environment, figures[f"env:{environment.id}"])})
 
 
@@ -335,7 +335,7 @@ async def add_environment(gateway: Gateway, principal: Principal, workspace: Wor
         raise GatewayError(409, f"Workspace {workspace.name!r} has an environment named {name!r} already",
                            metadata={"field": "name"})
     with _unique(f"Workspace {workspace.name!r} has an environment named {name!r} already"):
-        environment = await DirectoryStore(gateway.store).insert(
+        environment = await DirectoryStore(gateway.services.store).insert(
             EnvironmentRow(str(uuid.uuid4()), workspace.id, name, limit, reset))
     await _changed(gateway)
     return environment
@@ -357,12 +357,12 @@ async def update_environment(gateway: Gateway, request: Request) -> None:
         await allow_budget(gateway, request.principal, limit, workspace=workspace, what="an environment's budget")
         changes["budget_limit"], changes["budget_reset"] = limit, reset
     with _unique(f"Workspace {workspace.name!r} has an environment named {changes.get('name')!r} already"):
-        updated = await DirectoryStore(gateway.store).update(EnvironmentRow, environment.id, changes) \
+        updated = await DirectoryStore(gateway.services.store).update(EnvironmentRow, environment.id, changes) \
             if changes else environment
     if updated is None:
         raise GatewayError(404, f"Environment {environment.name!r} not found")
     await _changed(gateway)
-    figures = await gateway.account_figures([f"env:{updated.id}"])
+    figures = await gateway.services.account_figures([f"env:{updated.id}"])
     await respond_json(request, 200, {"data": _environment_payload(updated, figures[f"env:{updated.id}"])})
 
 
@@ -414,7 +414,7 @@ async def list_members(gateway: Gateway, request: Request) -> None:
     offset, limit = _paging(request)
     every = sorted(_directory(gateway).members_of(workspace.id), key=lambda m: (m.created_at or _EPOCH, m.id))
     members = every[offset:offset + limit]
-    figures = await gateway.account_figures([f"mem:{m.workspace_id}:{m.user_id}" for m in members])
+    figures = await gateway.services.account_figures([f"mem:{m.workspace_id}:{m.user_id}" for m in members])
     await respond_json(request, 200, {"data": [
         _member_payload(gateway, m, figures[f"mem:{m.workspace_id}:{m.user_id}"]) for m in members],
         "total_count": len(every)})
@@ -438,11 +438,11 @@ async def add_members(gateway: Gateway, request: Request) -> None:
     if unknown:
         raise GatewayError(404, f"User {unknown[0]!r} not found (people are made with POST .../members or "
                                 "`crossroads users create`)", metadata={"field": "user_ids"})
-    store = DirectoryStore(gateway.store)
+    store = DirectoryStore(gateway.services.store)
     added = [await store.insert(MembershipRow(secrets.token_hex(8), workspace.id, user_id, "member"))
              for user_id in ids if (workspace.id, user_id) not in directory.memberships]
     await _changed(gateway)
-    figures = await gateway.account_figures([f"mem:{workspace.id}:{m.user_id}" for m in added])
+    figures = await gateway.services.account_figures([f"mem:{workspace.id}:{m.user_id}" for m in added])
     await respond_json(request, 200, {"added_count": len(added), "data": [
         _member_payload(gateway, m, figures[f"mem:{workspace.id}:{m.user_id}"]) for m in added]})
 
@@ -453,7 +453,7 @@ async def remove_members(gateway: Gateway, request: Request) -> None:
     workspace = _workspace(gateway, request)
     directory = _directory(gateway)
     members = [m for i in _user_ids(_body(request)) if (m := directory.memberships.get((workspace.id, i)))]
-    store = DirectoryStore(gateway.store)
+    store = DirectoryStore(gateway.services.store)
     for m in members:
         keys = await store.key_count(workspace_id=workspace.id, user_id=m.user_id)
         if keys:
@@ -511,8 +511,8 @@ async def set_budget(gateway: Gateway, request: Request) -> None:
         raise GatewayError(409, f"Workspace {workspace.name!r} has a {workspace.budget_reset or 'lifetime'} budget; "
                                 "Crossroads keeps one budget per workspace: delete that one first, or set it at its "
                                 "interval", metadata={"field": "interval"})
-    await gateway.check_limit_allowed({"limit": float(limit)})  # held by every process, or refused
-    updated = await DirectoryStore(gateway.store).update(WorkspaceRow, workspace.id, {
+    await gateway.services.check_limit_allowed({"limit": float(limit)})  # held by every process, or refused
+    updated = await DirectoryStore(gateway.services.store).update(WorkspaceRow, workspace.id, {
         "budget_limit": float(limit), "budget_reset": None if interval == "lifetime" else interval})
     if updated is None:
         raise GatewayError(404, f"Workspace {workspace.name!r} not found")
@@ -524,8 +524,8 @@ async def delete_budget(gateway: Gateway, request: Request) -> None:
     workspace = _workspace(gateway, request)
     require_master(request.principal, "Deleting a workspace's budget")
     _budget_at(workspace, _interval(request))
-    await DirectoryStore(gateway.store).update(WorkspaceRow, workspace.id, {"budget_limit": None,
-                                                                            "budget_reset": None})
+    await DirectoryStore(gateway.services.store).update(WorkspaceRow, workspace.id,
+                                                        {"budget_limit": None, "budget_reset": None})
     await _changed(gateway)
     await respond_json(request, 200, {"deleted": True})
 
@@ -544,7 +544,7 @@ async def create_member(gateway: Gateway, request: Request) -> None:
     if password is not None and (not isinstance(password, str) or len(password) < MIN_LENGTH):
         raise GatewayError(400, f"Invalid request: 'password' must be a string of at least {MIN_LENGTH} characters",
                            metadata={"field": "password"})
-    directory = DirectoryStore(gateway.store)
+    directory = DirectoryStore(gateway.services.store)
     user = next((u for u in _directory(gateway).users.values() if u.email == email), None)
     if user is None:
         password_hash = await hash_password_async(password) if password else None
@@ -555,7 +555,7 @@ async def create_member(gateway: Gateway, request: Request) -> None:
     membership = await directory.insert(MembershipRow(secrets.token_hex(8), workspace.id, user.id, role, limit, reset))
     await _changed(gateway)
     account = f"mem:{workspace.id}:{user.id}"
-    figures = await gateway.account_figures([account])
+    figures = await gateway.services.account_figures([account])
     await respond_json(request, 201, {"data": _member_payload(gateway, membership, figures[account])})
 
 
@@ -572,13 +572,13 @@ async def update_member(gateway: Gateway, request: Request) -> None:
         limit, reset = parse_budget(body["budget"])
         await allow_budget(gateway, request.principal, limit, workspace=workspace, what="a member's budget")
         changes["budget_limit"], changes["budget_reset"] = limit, reset
-    updated = await DirectoryStore(gateway.store).update(MembershipRow, membership.id, changes) \
+    updated = await DirectoryStore(gateway.services.store).update(MembershipRow, membership.id, changes) \
         if changes else membership
     if updated is None:
         raise GatewayError(404, "Member not found")
     await _changed(gateway)
     account = f"mem:{workspace.id}:{updated.user_id}"
-    figures = await gateway.account_figures([account])
+    figures = await gateway.services.account_figures([account])
     await respond_json(request, 200, {"data": _member_payload(gateway, updated, figures[account])})
 
 

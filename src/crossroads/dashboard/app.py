@@ -174,22 +174,22 @@ class Dashboard:
         session = await self.sessions.get(self._token(request))
         if session is not None and session.key_hash is not None:
             # A management key that was disabled, deleted or has expired ends its sessions at the next request.
-            row = self.gateway.keys.get(session.key_hash)
+            row = self.gateway.services.keys.get(session.key_hash)
             if row is None or row.disabled or is_expired(row):
                 await self.sessions.end_for_key(session.key_hash)
                 return None
         if session is not None and session.user_id is not None:
             # Roles and memberships as the database has them now (changed through another worker a moment ago).
-            await self.gateway.keys.reload_directory()
-            user = self.gateway.keys.directory.users.get(session.user_id)
+            await self.gateway.services.keys.reload_directory()
+            user = self.gateway.services.keys.directory.users.get(session.user_id)
             if user is None or user.disabled:
                 await self.sessions.end_for_user(session.user_id)
                 return None
         return session
 
     async def _access(self, session: Session) -> Access | None:
-        directory = self.gateway.keys.directory
-        key = self.gateway.keys.get(session.key_hash) if session.key_hash is not None else None
+        directory = self.gateway.services.keys.directory
+        key = self.gateway.services.keys.get(session.key_hash) if session.key_hash is not None else None
         user = directory.users.get(session.user_id) if session.user_id is not None else None
         return resolve(session, directory, key=key, user=user)
 
@@ -274,8 +274,8 @@ class Dashboard:
     async def _sign_in_person(self, request: Request, fields: dict[str, str], address: str, next_page: str) -> None:
         """Email and password: a person's session (their workspaces and roles are looked up on every page)."""
         email = fields.get("email", "").strip().lower()
-        await self.gateway.keys.reload_directory()  # a person added through another worker a moment ago
-        user = next((u for u in self.gateway.keys.directory.users.values() if u.email == email), None)
+        await self.gateway.services.keys.reload_directory()  # a person added through another worker a moment ago
+        user = next((u for u in self.gateway.services.keys.directory.users.values() if u.email == email), None)
         known = user is not None and not user.disabled and user.password_hash is not None
         # An unknown email costs the same hash check as a wrong password: the answer's timing tells nothing.
         matched = await verify_password_async(user.password_hash if known else _NO_SUCH_USER,  # type: ignore[union-attr]
@@ -362,7 +362,7 @@ class Dashboard:
         today = datetime.now(UTC).date()
         first = today - timedelta(days=days - 1)
         dates = [(first + timedelta(days=i)).isoformat() for i in range(days)]
-        return await self.gateway.store.activity(
+        return await self.gateway.services.store.activity(
             first, today, None, workspace_id=access.workspace_id if access is not None else None,
             user_id=access.own_only if access is not None else None), dates
 
@@ -373,8 +373,9 @@ class Dashboard:
         if window == "24h":
             hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
             starts = [hour - timedelta(hours=23 - i) for i in range(24)]
-            rows = await self.gateway.store.activity(starts[0].date(), hour.date(), None, hourly=True,
-                                                     workspace_id=access.workspace_id, user_id=access.own_only)
+            rows = await self.gateway.services.store.activity(starts[0].date(), hour.date(), None, hourly=True,
+                                                              workspace_id=access.workspace_id,
+                                                              user_id=access.own_only)
             return rows, [(s.strftime("%Y-%m-%d %H"), s.strftime("%H:00")) for s in starts], starts[0]
         rows, dates = await self._days(int(window[:-1]), access)
         return rows, [(d, d[5:]) for d in dates], datetime.combine(date.fromisoformat(dates[0]), dt_time(), UTC)
@@ -401,8 +402,8 @@ class Dashboard:
                 entry["requests"] += row["requests"]
                 entry["cost"] += row["cost"]
         totals = {name: sum(b[name] for b in per_bucket.values()) for name in ("requests", "cost", "tokens")}
-        outcomes = await self.gateway.store.request_outcomes(since, OUTCOME_SAMPLE, workspace_id=access.workspace_id,
-                                                             user_id=access.own_only)
+        outcomes = await self.gateway.services.store.request_outcomes(
+            since, OUTCOME_SAMPLE, workspace_id=access.workspace_id, user_id=access.own_only)
         by_app: dict[str, dict[str, float]] = {}
         for created_at, status, _, app, cost in outcomes:
             bucket = per_bucket.get(created_at.astimezone(UTC).strftime(bucket_format))
@@ -416,7 +417,7 @@ class Dashboard:
         health = {"sampled": len(outcomes), "capped": len(outcomes) >= OUTCOME_SAMPLE,
                   "error_rate": (sum(1 for o in outcomes if o[1] >= 400) / len(outcomes) if outcomes else None),
                   "p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)}
-        names = {row.hash: row.name for row in await self.gateway.store.list_keys() if access.sees_key(row)}
+        names = {row.hash: row.name for row in await self.gateway.services.store.list_keys() if access.sees_key(row)}
         unit = "hour" if window == "24h" else "day"
 
         def series(name: str) -> list[tuple[str, float]]:
@@ -447,7 +448,7 @@ class Dashboard:
             if row["date"] in per_day:
                 per_day[row["date"]] += row["cost"]
         budget = self.gateway.config.accounting.budget
-        usage = (await self.gateway.total_figures()).total
+        usage = (await self.gateway.services.total_figures()).total
         await self._page(request, "credits.html", access, budget=budget, usage=usage,
                          remaining=None if budget is None else budget - usage,
                          chart=bar_chart([(d[5:], v) for d, v in per_day.items()], title="Spend per day (USD)",
@@ -461,17 +462,17 @@ class Dashboard:
 
     async def _keys(self, request: Request, access: Access, *, new_key: str | None, error: str | None,
                     status: int = 200) -> None:
-        rows = [row for row in await self.gateway.store.list_keys() if access.sees_key(row)]
-        directory = self.gateway.keys.directory
+        rows = [row for row in await self.gateway.services.store.list_keys() if access.sees_key(row)]
+        directory = self.gateway.services.keys.directory
         keys = []
-        figures = await self.gateway.key_figures(rows)
+        figures = await self.gateway.services.key_figures(rows)
         for row in rows:
             used = figures[row.hash].total
             environment = directory.environments.get(row.environment_id)
             owner = directory.users.get(row.user_id) if row.user_id is not None else None
             keys.append({"row": row, "used": used, "changes": access.changes_key(row),
                          "share": min(100, round(100 * used / row.limit)) if row.limit else None,
-                         "place": (self.gateway.workspace_name(row.workspace_id) or "") + " / "
+                         "place": (self.gateway.services.workspace_name(row.workspace_id) or "") + " / "
                          + (environment.name if environment is not None else row.environment_id),
                          "owner": owner.email if owner is not None else None})
         home = access.workspace or directory.workspaces.get(DEFAULT)
@@ -498,7 +499,7 @@ class Dashboard:
 
     def _changeable(self, access: Access, key_hash: str) -> KeyRow:
         """A key the session may change: another workspace's (or, for a member, another person's) is not found."""
-        row = self.gateway.keys.get(key_hash)
+        row = self.gateway.services.keys.get(key_hash)
         if row is None or not access.changes_key(row):
             raise GatewayError(404, "API key not found")
         return row
@@ -510,8 +511,8 @@ class Dashboard:
         key_hash, action = fields.get("hash", ""), fields.get("action")
         current = self._changeable(access, key_hash)
         if action == "delete":
-            if await self.gateway.store.delete_key(key_hash):
-                self.gateway.keys.drop(key_hash)
+            if await self.gateway.services.store.delete_key(key_hash):
+                self.gateway.services.keys.drop(key_hash)
                 await self.sessions.end_for_key(key_hash)
         elif action == "edit":
             try:
@@ -535,7 +536,7 @@ class Dashboard:
     async def edit_key_page(self, request: Request) -> None:
         if (access := await self._signed_in(request)) is None:
             return
-        row = self.gateway.keys.get(request.query().get("hash", ""))
+        row = self.gateway.services.keys.get(request.query().get("hash", ""))
         if row is None or not access.changes_key(row):
             await self._redirect(request, "/keys")
             return
@@ -544,8 +545,8 @@ class Dashboard:
     def _models_for(self, access: Access) -> dict[str, list[Any]]:
         """The served models (id → deployments) the session's workspace may use: those of connections that are
         everyone's or its own (config `workspace:`). Every model for a super-admin looking at all workspaces."""
-        models = self.gateway.registry.models
-        if access.workspace is None or not self.gateway.scoped_resources:
+        models = self.gateway.services.registry.models
+        if access.workspace is None or not self.gateway.services.scoped_resources:
             return models
         name = access.workspace.name
         scoped = {}
@@ -563,7 +564,7 @@ class Dashboard:
         vendor = query.get("vendor", "")
         modality = query.get("modality", "")
         sort = query.get("sort", "name")
-        health = self.gateway.health
+        health = self.gateway.services.health
         models, vendors, modalities = [], set(), set()
         for model_id, deployments in self._models_for(access).items():
             spec = deployments[0].model
@@ -593,19 +594,19 @@ class Dashboard:
     async def connections_page(self, request: Request) -> None:
         if (access := await self._signed_in(request)) is None:
             return
-        health = self.gateway.health
+        health = self.gateway.services.health
         config = self.gateway.config
         owners = (None, access.workspace.name) if access.workspace is not None else None  # None: every one
         providers = [c for c in config.providers if owners is None or c.workspace in owners]
         config_routes = [r for r in config.routes if owners is None or r.workspace in owners]
         scopes = [f"conn:{c.name}" for c in providers] + [f"route:{r.name}" for r in config_routes]
         try:
-            used: dict[tuple[str, str], int] | None = await self.gateway.limiter.usage(scopes)
+            used: dict[tuple[str, str], int] | None = await self.gateway.services.limiter.usage(scopes)
         except Exception:  # Redis down: the page still shows health and configuration
             used = None
         connections = []
         for c in providers:
-            deployments = [d for deps in self.gateway.registry.models.values() for d in deps
+            deployments = [d for deps in self.gateway.services.registry.models.values() for d in deps
                            if d.connection.name == c.name]
             ejected = sum(1 for d in deployments if health.status(c.name, d.model.upstream) == STATUS_EJECTED)
             connections.append({"name": c.name, "type": c.type, "models": len(deployments), "ejected": ejected,
@@ -633,7 +634,7 @@ class Dashboard:
         since = datetime.combine(date.fromisoformat(filters["from"]), dt_time(), UTC) if "from" in filters else None
         until = (datetime.combine(date.fromisoformat(filters["to"]), dt_time(), UTC) + timedelta(days=1)
                  if "to" in filters else None)  # the whole "to" day
-        return await self.gateway.store.list_generations(
+        return await self.gateway.services.store.list_generations(
             key_hash=filters.get("key"), model=filters.get("model"), app=filters.get("app"), since=since,
             until=until, failed=None if status not in ("ok", "failed") else status == "failed", limit=limit,
             offset=offset, workspace_id=access.workspace_id, user_id=access.own_only)
@@ -648,7 +649,7 @@ class Dashboard:
         filters = self._activity_filters(request)
         rows = await self._activity_rows(access, filters, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE)
         # The key filter offers the keys the session sees: others' names are not for it to read.
-        names = {row.hash: row.name for row in await self.gateway.store.list_keys() if access.sees_key(row)}
+        names = {row.hash: row.name for row in await self.gateway.services.store.list_keys() if access.sees_key(row)}
         await self._page(request, "activity.html", access, rows=rows[:PAGE_SIZE], names=names, page=page,
                          more=len(rows) > PAGE_SIZE, filters=filters, filter_query=urlencode(filters))
 
@@ -669,11 +670,11 @@ class Dashboard:
     async def generation_page(self, request: Request) -> None:
         if (access := await self._signed_in(request)) is None:
             return
-        row = await self.gateway.store.get_generation(request.query().get("id", ""))
+        row = await self.gateway.services.store.get_generation(request.query().get("id", ""))
         if row is None or not access.sees_record(row.workspace_id, row.user_id):
             await self._page(request, "generation.html", access, status=404, row=None, key_name=None)
             return
-        key = self.gateway.keys.get(row.key_hash) if row.key_hash else None
+        key = self.gateway.services.keys.get(row.key_hash) if row.key_hash else None
         await self._page(request, "generation.html", access, row=row,
                          key_name=key.name if key is not None else ("master key" if row.key_hash is None else None))
 
@@ -718,7 +719,7 @@ class Dashboard:
                              challenge=challenge or "", method=method or "",
                              error="The credit limit must be a non-negative number of USD")
             return
-        await self.gateway.check_limit_allowed({"limit": limit})
+        await self.gateway.services.check_limit_allowed({"limit": limit})
         # The key belongs where a key made on the Keys page would: this workspace, this person (if a member).
         place = place_key(self.gateway, access.principal, {"workspace": access.workspace_id or DEFAULT,
                                                            "limit": limit})

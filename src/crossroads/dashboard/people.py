@@ -62,7 +62,7 @@ class PeoplePages:
                 ("GET", "/invite", self.invitation_page), ("POST", "/invite", self.accept)]
 
     async def _changed(self) -> None:
-        await self.gateway.keys.reload_directory()
+        await self.gateway.services.keys.reload_directory()
 
     # -- the switcher ------------------------------------------------------------------------------------------------
     async def switch(self, request: Request) -> None:
@@ -93,10 +93,11 @@ class PeoplePages:
         members: list[dict[str, Any]] = []
         invitations: list[InvitationRow] = []
         if workspace is not None:
-            directory = self.gateway.keys.directory
+            directory = self.gateway.services.keys.directory
             memberships = sorted(directory.members_of(workspace.id),
                                  key=lambda m: (ROLES.index(m.role) if m.role in ROLES else 9, m.user_id))
-            figures = await self.gateway.account_figures([f"mem:{workspace.id}:{m.user_id}" for m in memberships])
+            figures = await self.gateway.services.account_figures(
+                [f"mem:{workspace.id}:{m.user_id}" for m in memberships])
             for m in memberships:
                 user = directory.users.get(m.user_id)
                 used = figures[f"mem:{workspace.id}:{m.user_id}"].in_period(m.budget_reset)
@@ -129,8 +130,8 @@ class PeoplePages:
             check_role_grant(access.principal, role)
             limit, reset = _budget_fields(fields)
             await allow_budget(self.gateway, access.principal, limit, workspace=workspace, what="a member's budget")
-            user = next((u for u in self.gateway.keys.directory.users.values() if u.email == email), None)
-            if user is not None and (workspace.id, user.id) in self.gateway.keys.directory.memberships:
+            user = next((u for u in self.gateway.services.keys.directory.users.values() if u.email == email), None)
+            if user is not None and (workspace.id, user.id) in self.gateway.services.keys.directory.memberships:
                 raise GatewayError(409, f"{email} is a member of this workspace already")
         except GatewayError as error:
             await self._members(request, access, link=None, error=error.message, status=error.status)
@@ -151,12 +152,12 @@ class PeoplePages:
         fields = self.dashboard._form(request, access.session)
         workspace = self._managed(access)
         action = fields.get("action")
-        store = DirectoryStore(self.gateway.store)
+        store = DirectoryStore(self.gateway.services.store)
         if action == "withdraw":
             await self.dashboard.sessions.db.delete_invitation(fields.get("invitation", ""), workspace.id)
             await self.dashboard._redirect(request, "/members")
             return
-        membership = self.gateway.keys.directory.memberships.get((workspace.id, fields.get("user", "")))
+        membership = self.gateway.services.keys.directory.memberships.get((workspace.id, fields.get("user", "")))
         if membership is None:
             raise GatewayError(404, "Member not found")
         try:
@@ -187,7 +188,7 @@ class PeoplePages:
         await self.dashboard._redirect(request, "/members")
 
     def _keep_an_owner(self, workspace: WorkspaceRow, leaving: MembershipRow) -> None:
-        owners = [m for m in self.gateway.keys.directory.members_of(workspace.id) if m.role == "owner"]
+        owners = [m for m in self.gateway.services.keys.directory.members_of(workspace.id) if m.role == "owner"]
         if owners == [leaving]:
             raise GatewayError(409, "A workspace keeps at least one owner: make someone else owner first")
 
@@ -201,14 +202,14 @@ class PeoplePages:
         workspace = access.workspace
         levels: list[dict[str, Any]] = []
         if workspace is not None:
-            directory = self.gateway.keys.directory
+            directory = self.gateway.services.keys.directory
             environments = sorted(directory.environments_of(workspace.id), key=lambda e: e.name)
             members = [m for m in directory.members_of(workspace.id)
                        if access.own_only is None or m.user_id == access.own_only]
-            keys = [k for k in self.gateway.keys.keys.values() if access.sees_key(k) and k.limit is not None]
+            keys = [k for k in self.gateway.services.keys.keys.values() if access.sees_key(k) and k.limit is not None]
             accounts = [f"ws:{workspace.id}", *(f"env:{e.id}" for e in environments),
                         *(f"mem:{workspace.id}:{m.user_id}" for m in members), *(k.hash for k in keys)]
-            figures = await self.gateway.account_figures(accounts)
+            figures = await self.gateway.services.account_figures(accounts)
 
             def level(kind: str, name: str, account: str, limit: float | None, reset: str | None,
                       target: str | None) -> dict[str, Any]:
@@ -235,12 +236,12 @@ class PeoplePages:
             return
         fields = self.dashboard._form(request, access.session)
         workspace = self._managed(access)
-        directory = self.gateway.keys.directory
-        store = DirectoryStore(self.gateway.store)
+        directory = self.gateway.services.keys.directory
+        store = DirectoryStore(self.gateway.services.store)
         level, target = fields.get("level"), fields.get("target", "")
         try:
             limit, reset = _budget_fields(fields)
-            await self.gateway.check_limit_allowed({"limit": limit})
+            await self.gateway.services.check_limit_allowed({"limit": limit})
             changes = {"budget_limit": limit, "budget_reset": reset}
             if level == "workspace" and target == workspace.id:
                 if not access.super_admin:
@@ -307,14 +308,15 @@ class PeoplePages:
         _, mode = await self._invitee(request, invitation)
         await self.dashboard._page(
             request, "invite.html", None, status=status, token=token, invitation=invitation, error=error,
-            workspace=self.gateway.workspace_name(invitation.workspace_id), mode=mode, min_length=MIN_LENGTH)
+            workspace=self.gateway.services.workspace_name(invitation.workspace_id), mode=mode, min_length=MIN_LENGTH)
 
     async def _invitee(self, request: Request, invitation: InvitationRow) -> tuple[UserRow | None, str]:
         """The invited person, if they have an account, and how they confirm it is them: "signed-in" (this browser
         is signed in as them), "password" (they have one), "sso" (an account without a password: they sign in
         with single sign-on first; the link never sets a password on an existing account), "new"."""
-        await self.gateway.keys.reload_directory()
-        user = next((u for u in self.gateway.keys.directory.users.values() if u.email == invitation.email), None)
+        await self.gateway.services.keys.reload_directory()
+        users = self.gateway.services.keys.directory.users.values()
+        user = next((u for u in users if u.email == invitation.email), None)
         if user is None:
             return None, "new"
         session = await self.dashboard._session(request)
@@ -353,11 +355,11 @@ class PeoplePages:
         if await db.take_invitation(invitation.id) is None:  # used a moment ago (the link works once)
             await self._invitation(request, token, None, error=None)
             return
-        store = DirectoryStore(self.gateway.store)
+        store = DirectoryStore(self.gateway.services.store)
         if user is None:
             user = await store.insert(UserRow(secrets.token_hex(8), invitation.email,
                                               await hash_password_async(password)))
-        if (invitation.workspace_id, user.id) not in self.gateway.keys.directory.memberships:
+        if (invitation.workspace_id, user.id) not in self.gateway.services.keys.directory.memberships:
             await store.insert(MembershipRow(secrets.token_hex(8), invitation.workspace_id, user.id, invitation.role,
                                              invitation.budget_limit, invitation.budget_reset))
         await self._changed()
@@ -377,15 +379,15 @@ class PeoplePages:
         """The account the identity provider vouches for: the one it signed in before (its subject), else the one
         with its verified email (which then remembers the subject). A person with no account yet who came from an
         invitation link for that email gets one, with no password (they accept the invitation next)."""
-        await self.gateway.keys.reload_directory()
-        users = self.gateway.keys.directory.users.values()
+        await self.gateway.services.keys.reload_directory()
+        users = self.gateway.services.keys.directory.users.values()
         email = signed.email.strip().lower()
         user = next((u for u in users if u.oidc_subject == signed.subject), None)
         if user is not None:
             return user
         if not signed.email_verified:
             return None
-        store = DirectoryStore(self.gateway.store)
+        store = DirectoryStore(self.gateway.services.store)
         user = next((u for u in users if u.email == email), None)
         if user is not None:
             if user.oidc_subject is None:

@@ -17,7 +17,7 @@ Per account A (a key's hash, or "ws:<id>", "env:<id>", "mem:<id>": the two never
   chain. A reservation whose lease ended (its process died: SIGKILL, host loss) is dropped from an account by the
   next reservation on that account, so each budget recovers by itself within one lease.
 
-- `{prefix}:reconciled:<fleet id>` (`marker`; the fleet is the database, see api/app.py) exists once the figures were reconciled with the database (below). A reservation finds it
+- `{prefix}:reconciled:<fleet id>` (`marker`; the fleet is the database, see api/services.py) exists once the figures were reconciled with the database (below). A reservation finds it
   missing after Redis lost its data (a restart without persistence, a flush, a failover to an empty replica): it is
   refused with `NeedsReconcile` instead of being judged against figures that forgot the spend, and the caller
   reconciles and tries again.

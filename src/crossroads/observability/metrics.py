@@ -296,7 +296,7 @@ class Metrics:
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        recorder = self.gateway.recorder
+        recorder = self.gateway.services.recorder
         if recorder is not None:  # hooks the writer calls (accounting/recorder.py)
             recorder.on_write = self.write_seconds.observe
             recorder.on_store_error = self.store_errors.inc
@@ -316,7 +316,7 @@ class Metrics:
             self._listener.close()
             await self._listener.wait_closed()
             self._listener = None
-        recorder = self.gateway.recorder
+        recorder = self.gateway.services.recorder
         if recorder is not None and getattr(recorder, "on_write", None) == self.write_seconds.observe:
             recorder.on_write = recorder.on_store_error = None
         if self.multiprocess_dir:
@@ -334,7 +334,7 @@ class Metrics:
         if exchange is not None:
             if status == 200 and exchange.status != 200:
                 status = exchange.status  # a stream that began 200 and ended with an error (or was cut off)
-            model = exchange.model_id if self.gateway.is_known_model(exchange.model_id) else OTHER_MODEL
+            model = exchange.model_id if self.gateway.services.is_known_model(exchange.model_id) else OTHER_MODEL
             if exchange.attempts:
                 connection = self._count_upstream(info, exchange, model)
             if exchange.stream and exchange.first_token is not None:
@@ -364,7 +364,7 @@ class Metrics:
     def _count_workspace(self, info: RequestInfo, exchange: Exchange, klass: str) -> None:
         principal = exchange.principal
         workspace_id = principal.key.workspace_id if principal.key is not None else principal.workspace_id
-        name = self.gateway.workspace_name(workspace_id) or ""
+        name = self.gateway.services.workspace_name(workspace_id) or ""
         key = (name, klass)
         children = self._workspace_by.get(key)
         if children is None:
@@ -434,11 +434,11 @@ class Metrics:
         gateway = self.gateway
         self.in_flight.set(gateway.in_flight)
         self.open_streams.set(gateway.open_streams)
-        recorder = gateway.recorder
+        recorder = gateway.services.recorder
         self.queue_depth.set(recorder.pending_count() if recorder is not None else 0)
-        health = gateway.health
+        health = gateway.services.health
         breakers = self._breaker_by
-        for model_id, deployments in gateway.registry.models.items():
+        for model_id, deployments in gateway.services.registry.models.items():
             for deployment in deployments:
                 name = deployment.connection.name
                 status = health.status(name, deployment.model.upstream)

@@ -1,5 +1,5 @@
-"""Pooled upstream HTTP: one aiohttp session per connection, a size-capped body reader, and an SSE reader for
-upstream streams."""
+"""Pooled upstream HTTP: one aiohttp session per connection and a size-capped SSE reader for upstream streams (the
+whole-body reader is `transport.post`'s)."""
 
 from __future__ import annotations
 
@@ -55,27 +55,6 @@ class UpstreamClient:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
-
-
-async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body of a response, refused with ResponseTooLarge past `limit` bytes (as decompressed).
-
-    A declared, uncompressed length is checked before anything is read and the body then read as aiohttp does;
-    otherwise the reads are counted as they come.
-    """
-    length = response.content_length
-    if length is not None and not response.headers.get("Content-Encoding"):
-        if length > limit:
-            raise ResponseTooLarge(limit)
-        return await response.read()
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ResponseTooLarge(limit)
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 async def iter_sse(response: aiohttp.ClientResponse,

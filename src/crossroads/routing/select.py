@@ -31,7 +31,7 @@ Which connections, per model
    those whose endpoint (this upstream model on this connection) or whole connection has its breaker open, and those
    cool after a 429's Retry-After (routing/health.py). They are never waited on first; a cool one is still tried
    when everything before it failed, an ejected one only when the breakers leave the request nothing to attempt
-   (panic routing, api/inference.py). Leaving them out would turn a breaker that opened on a few errors into a hard
+   (panic routing, routing/attempts.py). Leaving them out would turn a breaker that opened on a few errors into a hard
    outage for models with one connection.
 
 Named routes: the filters of step 1 apply to route targets too (they are the client's requirements), the ordering
