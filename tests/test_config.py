@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -437,3 +438,111 @@ server:
         with pytest.raises(ConfigError) as error:
             load_config(write(tmp_path, f"server:\n  oidc: {body}\n"))
         assert key in str(error.value) and problem in str(error.value), str(error.value)
+
+
+# -- the schema's errors: paths, wording, secrets ---------------------------------------------------------------------
+
+ROUTE_PROVIDERS = "providers:\n  - {name: oa, type: openai, base_url: 'http://h/v1'}\n"
+
+
+@pytest.mark.parametrize(("text", "key", "problem"), [
+    # An error deep in lists and mappings names the whole path, list indices included.
+    (ROUTE_PROVIDERS + "routes:\n  - {name: a, targets: [{connection: oa, model: m}]}\n"
+     "  - {name: b, strategy: weighted, targets: [{connection: oa, model: m, weight: heavy}]}\n",
+     "routes[1].targets[0].weight", "must be a number, got str 'heavy'"),
+    (ROUTE_PROVIDERS.replace("}", ", models: [{id: a/b}, {id: a/c, context_length: 1.5}]}"),
+     "providers[0].models[1].context_length", "must be an integer, got float 1.5"),
+    (ROUTE_PROVIDERS + "routes:\n  - {name: a, targets: [{connection: oa, model: m}], "
+     "fallback: [x/y, {connection: oa, model: m, params: [1]}]}\n", "routes[0].fallback[1].params",
+     "must be a mapping, got list"),
+    (ROUTE_PROVIDERS + "routes:\n  - {name: a, targets: [{connection: oa, model: m}], "
+     "fallback: [x/y, {connection: ghost, model: m}]}\n", "routes[0].fallback[1].connection",
+     "no connection is named 'ghost' (configured: oa)"),
+    (ROUTE_PROVIDERS + "routes:\n  - {name: a, targets: [{connection: oa, model: m}], "
+     "conditions: [{when: {metadata: {tier: {gt: high}}}, action: block}]}\n",
+     "routes[0].conditions[0].when.metadata.tier.gt", "must be a number, got str 'high'"),
+    ("server:\n  media:\n    max_byte: 5\n", "server.media.max_byte",
+     "unknown key (allowed: allow, max_bytes, timeout)"),
+    ("server:\n  port: '8080'\n", "server.port", "must be an integer, got str '8080'"),  # a YAML string is no number
+    ("server:\n  port: 8080.0\n", "server.port", "must be an integer, got float 8080.0"),
+    ("server:\n  port: true\n", "server.port", "must be an integer, got a boolean"),
+    ("server:\n  shutdown_grace: .nan\n", "server.shutdown_grace", "must be positive, got nan"),
+    ("server:\n  metrics: {enabled: 'yes'}\n", "server.metrics.enabled", "must be a boolean, got str 'yes'"),
+    ("server: 5\n", "server", "must be a mapping, got int"),
+    ("- server\n", "(top level)", "must be a mapping, got list"),
+    ("accounting:\n  durability: fast\n", "accounting.durability", "must be batched or strict, got 'fast'"),
+    ("accounting:\n  budget: -1\n", "accounting.budget", "must not be negative"),
+])
+def test_schema_errors_name_the_path_and_the_problem(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == key and problem in info.value.problem, str(info.value)
+    assert str(info.value) == f"configuration error in {path}: {key}: {info.value.problem}"
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("server:\n  metrics: {token: 98765432109876543210}\n", "server.metrics.token"),
+    ("server:\n  metrics: {token: [sk-secret-98765]}\n", "server.metrics.token"),
+    ("server:\n  oidc: {issuer: 'https://x', client_id: c, client_secret: [sk-secret-98765]}\n",
+     "server.oidc.client_secret"),
+    ("server:\n  oidc: {issuer: 'https://x', client_id: c, client_secret: 98765432109876543210}\n",
+     "server.oidc.client_secret"),
+    ("providers:\n  - {name: a, type: openai, base_url: 'http://h/v1', api_key: 98765432109876543210}\n",
+     "providers[0].api_key"),
+    ("providers:\n  - {name: a, type: openai, base_url: 'http://h/v1', headers: 'X-K: sk-secret-98765'}\n",
+     "providers[0].headers"),
+    ("providers:\n  - {name: a, type: openai, base_url: 'http://h/v1', headers: {X-K: 98765432109876543210}}\n",
+     "providers[0].headers.X-K"),
+    ("providers:\n  - {name: a, type: openai, base_url: ['http://u:sk-secret-98765@h/v1']}\n", "providers[0].base_url"),
+])
+def test_a_secret_in_a_wrongly_typed_key_is_not_echoed(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.key == key and info.value.problem.startswith("must be"), str(info.value)
+    assert "98765" not in str(info.value)
+    # Nor is pydantic's own error, which holds the value, chained to it.
+    assert info.value.__cause__ is None and (info.value.__context__ is None or info.value.__suppress_context__)
+
+
+def test_a_secret_provider_key_is_not_echoed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossroads.providers.base import ConnectionField
+    from crossroads.providers.registry import SPECS
+
+    spec = SPECS["anthropic"]
+    fields = {**spec.connection_fields, "signing_key": ConnectionField(str, secret=True),
+              "region": ConnectionField(str, required=True)}
+    monkeypatch.setitem(SPECS, "anthropic", dataclasses.replace(spec, connection_fields=fields))
+    text = "providers:\n  - {name: c, type: anthropic, region: eu, signing_key: %s}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text % "98765432109876543210"))
+    assert (info.value.key, info.value.problem) == ("providers[0].signing_key", "must be a string, got int")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "providers:\n  - {name: c, type: anthropic}\n"))
+    assert (info.value.key, info.value.problem) == ("providers[0].region", "is required")
+    [conn] = load_config(write(tmp_path, text % "sk-signing")).providers
+    assert conn.options == {"region": "eu", "signing_key": "sk-signing"}
+
+
+def test_null_means_the_default(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.delenv("CR_TEST_UNSET", raising=False)
+    config = load_config(write(tmp_path, "server:\n  port: ${CR_TEST_UNSET:-}\n  host: null\n  media: null\n"
+                                         "routing:\n  retries: null\n"))
+    assert (config.server.port, config.server.host, config.server.media.max_bytes) == (8080, "127.0.0.1", 20971520)
+    assert config.routing.retries == 2
+
+
+@pytest.mark.parametrize(("value", "parsed"), [("true", True), ("false", False), ("yes", True), ("off", False)])
+def test_env_var_booleans(tmp_path: Path, clean_env: pytest.MonkeyPatch, value: str, parsed: bool) -> None:
+    clean_env.setenv("CR_TEST_FLAG", value)
+    config = load_config(write(tmp_path, "server:\n  metrics: {enabled: '${CR_TEST_FLAG}'}\nrouting:\n"
+                                         "  rate_limits_fail_open: ${CR_TEST_FLAG}\n"))
+    assert config.server.metrics.enabled is parsed and config.routing.rate_limits_fail_open is parsed
+
+
+def test_env_var_that_is_no_boolean(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("CR_TEST_FLAG", "maybe")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "routing:\n  rate_limits_fail_open: ${CR_TEST_FLAG}\n"))
+    assert info.value.key == "routing.rate_limits_fail_open"
+    assert info.value.problem == "must be a boolean, got str 'maybe'"

@@ -1,24 +1,43 @@
 """Configuration: a YAML file (``crossroads serve --config FILE``) or, without one, the environment.
 
-The keys documented in the README are a user-facing contract. ``${VAR}`` (and ``${VAR:-default}``) is replaced from
-the environment in every string of the file (a variable that is not set and has no default is an error; ``${VAR:-}``
-allows an empty value). Problems raise `ConfigError`, whose message names the file, the key and the problem (never the
-value of a secret: master key, API keys, header values), and which the CLI prints without a traceback.
+The keys documented in the README are a user-facing contract, declared here as a pydantic schema that mirrors the file
+(`_File` and its sections); what it accepts is built into the dataclasses the gateway reads (`Config` and those it
+holds), which keep the defaults. ``${VAR}`` (and ``${VAR:-default}``) is replaced from the environment in every string
+of the file before validation (a variable that is not set and has no default is an error; ``${VAR:-}`` allows an empty
+value). Problems raise `ConfigError`, whose message names the file, the key and the problem (never the value of a
+secret: master key, API keys, header values), and which the CLI prints without a traceback.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from crossroads.catalog import Catalog, ModelSpec, Vendor, load_catalog, model_from_dict
 from crossroads.providers.base import ProviderSpec, upstream_model_problem
@@ -218,6 +237,29 @@ class Config:
     routes: list[RouteConfig] = field(default_factory=list)
 
 
+def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> Config:
+    catalog = catalog or load_catalog()
+    path = path or os.environ.get("CROSSROADS_CONFIG")
+    if not path:
+        return _config_from_environment(catalog)
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "(file)", f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise ConfigError(source, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    try:
+        file = _File.model_validate(_expand_env(raw, source), context={"catalog": catalog})
+    except ValidationError as exc:
+        raise _config_error(source, exc) from None  # not chained: pydantic's error holds the values, secrets too
+    return file.build(source, catalog)
+
+
 class _EnvStr(str):
     """A string produced by ``${VAR}`` substitution: where the key wants a number or a boolean, it is parsed as one
     (``port: ${PORT:-8080}``), since the environment only holds strings."""
@@ -257,194 +299,571 @@ def _expand_env(value: Any, source: str, path: str = "") -> Any:
     return value
 
 
-class _Reader:
-    """Typed access to one mapping of the file, with errors that name the key's full path."""
+# -- the schema ------------------------------------------------------------------------------------------------------
+# Pydantic models that mirror the file. Strict: a YAML string is no number (but a ${VAR} value is read as one where one
+# is wanted: `_from_env`). A key set to null counts as absent, and an absent key stays unset: the dataclasses above,
+# built from the keys the file sets (`_Section.given`), keep every default. Where users see a rule's wording, the rule
+# declares it (`_must`); `_config_error` words pydantic's own errors alike, never showing a value that may be secret.
 
-    def __init__(self, source: str, path: str, data: Any, allowed: set[str]) -> None:
-        self.source, self.path = source, path
-        if data is None:
-            data = {}
+
+def _fail(problem: str, *at: str | int) -> PydanticCustomError:
+    """An error in the file's own words; `at` continues the key's path below the value being validated."""
+    return PydanticCustomError("config", "{problem}", {"problem": problem, "at": at})
+
+
+def _must(test: Callable[[Any], object], problem: str | Callable[[Any], object]) -> AfterValidator:
+    """A rule and its wording: unless `test(value)`, fail with `problem` (``{value}`` shows the value) or
+    `problem(value)`."""
+
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise _fail(problem.format(value=value) if isinstance(problem, str) else str(problem(value)))
+        return value
+
+    return AfterValidator(check)
+
+
+def _from_env(value: Any) -> Any:
+    """A ``${VAR}`` value where a number or a boolean is wanted (``port: ${PORT:-8080}``) is read as YAML reads one,
+    since the environment only holds strings; one that is no number or boolean stays a string, refused as one."""
+    if not isinstance(value, _EnvStr):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = None
+    return parsed if parsed is not None and not isinstance(parsed, str) else str(value)
+
+
+def _secret(value: Any) -> str:
+    """A credential is a string, and its errors never show it."""
+    if not isinstance(value, str):
+        raise _fail(f"must be a string, got {_got(value, shown=False)}")
+    return str(value)
+
+
+def _keys_as_str(value: Any) -> Any:
+    """A mapping's keys are names, even those YAML reads as numbers or booleans (``1: x``)."""
+    return {str(key): item for key, item in value.items()} if isinstance(value, dict) else value
+
+
+def _unsendable(model: str) -> str:
+    return f"{model!r} cannot be sent upstream as a model id: {upstream_model_problem(model)}"
+
+
+def _is_http_url(value: Any, *, origin: bool = False) -> bool:
+    """An http(s) URL with a host; an `origin` has nothing after the host and port but "/"."""
+    parts = urlsplit(value) if isinstance(value, str) else None
+    return bool(parts and parts.scheme in ("http", "https") and parts.hostname
+                and not (origin and parts.path not in ("", "/")))
+
+
+_V = TypeVar("_V")
+Int = Annotated[int, BeforeValidator(_from_env)]
+Float = Annotated[float, BeforeValidator(_from_env)]
+Bool = Annotated[bool, BeforeValidator(_from_env)]
+Secret = Annotated[str, PlainValidator(_secret)]
+StrDict = Annotated[dict[str, _V], BeforeValidator(_keys_as_str)]
+PositiveInt = Annotated[Int, Field(gt=0)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+Seconds = Annotated[Float, Field(allow_inf_nan=False), Field(gt=0)]  # NaN and infinity would break aiohttp's timers
+NonNegative = Annotated[Float, Field(ge=0)]
+Count = Annotated[Int, _must(lambda v: v > 0, "must be a positive integer, got {value!r}")]  # rpm, tpm, sizes
+Share = Annotated[Float, _must(lambda v: 0 < v <= 1, "must be a share between 0 (exclusive) and 1, got {value!r}")]
+Name = Annotated[str, _must(_NAME_PATTERN.match, "{value!r} may hold only letters, digits, '.', '_' and '-' (no '/')")]
+Workspace = Annotated[str, AfterValidator(str.strip), _must(bool, "must be a workspace's name")]
+UpstreamModel = Annotated[str, _must(lambda m: upstream_model_problem(m) is None, _unsendable)]
+
+
+class _Section(BaseModel):
+    """One mapping of the file."""
+
+    # (hide_input_in_errors: should pydantic's own error ever be printed, it shows no value, which may be a secret.)
+    model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if data is None:  # an empty file
+            return {}
         if not isinstance(data, dict):
-            raise ConfigError(source, path or "(top level)", f"must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(map(str, data)) - allowed)
+            return data  # which pydantic refuses: "must be a mapping"
+        unknown = sorted(set(map(str, data)) - cls._keys())
         if unknown:
-            raise ConfigError(source, self.key(unknown[0]), f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        self.data = data
+            raise _fail(f"unknown key (allowed: {', '.join(sorted(cls._keys()))})", unknown[0])
+        return {str(key): value for key, value in data.items() if value is not None}
 
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
+    @classmethod
+    def _keys(cls) -> set[str]:
+        return set(cls.model_fields)
 
-    def error(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(self.source, self.key(name), problem)
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False,
-            secret: bool = False) -> Any:
-        """The value of `name`, of type `kind`. A `secret` value is never repeated in an error."""
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise self.error(name, "is required")
-            return default
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, _EnvStr):
-            parsed = None
-            if str not in kinds:
-                try:
-                    parsed = yaml.safe_load(value)
-                except yaml.YAMLError:
-                    pass
-            value = self.data[name] = parsed if parsed is not None and not isinstance(parsed, str) else str(value)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.error(name, f"must be {_kind_name(kinds)}, got a boolean")
-        if not isinstance(value, kinds):
-            shown = "" if secret else f" {value!r}"
-            raise self.error(name, f"must be {_kind_name(kinds)}, got {type(value).__name__}{shown}")
-        return value
-
-    def positive(self, name: str, kind: type, default: Any) -> Any:
-        value = self.get(name, kind, default)
-        if value <= 0:
-            raise self.error(name, f"must be positive, got {value!r}")
-        return value
+    def given(self, *skip: str) -> dict[str, Any]:
+        """The keys the file sets (but `skip`), for a dataclass whose defaults fill in the rest."""
+        return {key: getattr(self, key) for key in self.model_fields_set & type(self).model_fields.keys()
+                if key not in skip}
 
 
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", dict: "a mapping"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
+class _Media(_Section):
+    allow: list[str] | None = None
+    max_bytes: PositiveInt | None = None
+    timeout: PositiveFloat | None = None
 
 
-def load_config(path: str | None = None, *, catalog: Catalog | None = None) -> Config:
-    catalog = catalog or load_catalog()
-    path = path or os.environ.get("CROSSROADS_CONFIG")
-    if not path:
-        return _config_from_environment(catalog)
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, "(file)", f"cannot be read: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise ConfigError(source, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    raw = _expand_env(raw, source)
-    top = _Reader(source, "", raw, {"server", "providers", "accounting", "routing", "routes"})
-    server = _read_server(_Reader(source, "server", top.data.get("server"), _SERVER_KEYS))
-    accounting = _read_accounting(_Reader(source, "accounting", top.data.get("accounting"),
-                                          {"durability", "flush_interval", "max_pending", "budget",
-                                           "reservation_lease", "reconcile_interval"}))
-    providers = _read_named(source, "providers", "connection", top.get("providers", list, []), _connection_keys(),
-                            lambda r: _read_connection(r, catalog))
-    seen = {conn.name for conn in providers}
-    routing = _read_routing(_Reader(source, "routing", top.data.get("routing"),
-                                    {"retries", "max_retry_wait", "breaker", "priority_shares",
-                                     "rate_limits_fail_open"}))
-    routes = _read_routes(source, top.get("routes", list, []), seen)
-    return Config(source=source, server=server, providers=providers, catalog=catalog, accounting=accounting,
-                  routing=routing, routes=routes)
+class _OAuth(_Section):
+    allowed_callbacks: list[Any] | None = None
+
+    @field_validator("allowed_callbacks")
+    @classmethod
+    def _origins(cls, callbacks: list[Any]) -> list[str]:
+        for index, origin in enumerate(callbacks):
+            if not _is_http_url(origin, origin=True):
+                raise _fail(f"entry {index} must be an origin such as 'http://intranet-app:3000' "
+                            "(scheme://host[:port])")
+        return [origin.rstrip("/").lower() for origin in callbacks]
 
 
-def _read_accounting(r: _Reader) -> AccountingConfig:
-    accounting = AccountingConfig()
-    accounting.durability = r.get("durability", str, accounting.durability)
-    if accounting.durability not in ("batched", "strict"):
-        raise r.error("durability", f"must be batched or strict, got {accounting.durability!r}")
-    accounting.flush_interval = r.positive("flush_interval", float, accounting.flush_interval)
-    accounting.max_pending = r.positive("max_pending", int, accounting.max_pending)
-    accounting.reservation_lease = r.positive("reservation_lease", float, accounting.reservation_lease)
-    accounting.reconcile_interval = r.positive("reconcile_interval", float, accounting.reconcile_interval)
-    budget = r.get("budget", float, None)
-    if budget is not None and budget < 0:
-        raise r.error("budget", "must not be negative")
-    accounting.budget = budget
-    return accounting
+class _Metrics(_Section):
+    enabled: Bool | None = None
+    token: Annotated[Secret, _must(lambda v: len(v) >= 16,
+                                   "must be at least 16 characters (it guards the metrics)")] | None = None
+    metrics_port: Annotated[Int, _must(lambda v: 1 <= v <= 65535,
+                                       "must be between 1 and 65535, got {value}")] | None = None
 
 
-_SERVER_KEYS = {
-    "host", "port", "master_key", "data_dir", "max_body_bytes", "keepalive_interval", "shutdown_grace",
-    "header_timeout", "body_timeout", "discovery_timeout", "media", "database_url", "oauth", "metrics", "oidc",
-}
-_COMMON_CONNECTION_KEYS = {"name", "type", "base_url", "api_key", "headers", "timeout", "connect_timeout",
-                           "max_response_bytes", "models", "catalog", "discover", "data_collection", "rpm", "tpm",
-                           "responses_api", "workspace"}
+class _Oidc(_Section):
+    issuer: Annotated[str, _must(_is_http_url,
+                                 "must be the provider's issuer URL, such as 'https://accounts.example.com'")]
+    client_id: str
+    client_secret: Secret
+    scopes: Annotated[list[str], _must(lambda v: "openid" in v, "must include 'openid'")] | None = None
 
 
-def _connection_keys() -> set[str]:
-    """Every key a connection may have: the common ones and those some provider type takes (checked against the
-    connection's own type in _read_connection)."""
-    return _COMMON_CONNECTION_KEYS | {key for spec in SPECS.values() for key in spec.connection_fields}
-_MODEL_KEYS = {
-    "id", "upstream", "name", "created", "description", "context_length", "max_completion_tokens", "dimensions",
-    "pricing", "input_modalities", "output_modalities", "tokenizer", "reasoning", "supported_parameters",
-}
+class _Server(_Section):
+    host: str | None = None
+    port: Annotated[Int, _must(lambda v: 0 <= v <= 65535, "must be between 0 and 65535, got {value}")] | None = None
+    master_key: Annotated[Secret, _must(lambda key: master_key_problem(key) is None, master_key_problem)] | None = None
+    data_dir: str | None = None
+    max_body_bytes: PositiveInt | None = None
+    keepalive_interval: PositiveFloat | None = None
+    shutdown_grace: PositiveFloat | None = None
+    header_timeout: Seconds | None = None
+    body_timeout: Seconds | None = None
+    discovery_timeout: PositiveFloat | None = None
+    database_url: str | None = None
+    media: _Media = Field(default_factory=_Media)
+    oauth: _OAuth = Field(default_factory=_OAuth)
+    metrics: _Metrics = Field(default_factory=_Metrics)
+    oidc: _Oidc | None = None
+
+    def build(self) -> ServerConfig:
+        return ServerConfig(**self.given("media", "oauth", "metrics", "oidc"), media=MediaConfig(**self.media.given()),
+                            oauth=OAuthConfig(**self.oauth.given()), metrics=MetricsConfig(**self.metrics.given()),
+                            oidc=OidcConfig(**self.oidc.given()) if self.oidc is not None else None)
 
 
-def _seconds(r: _Reader, name: str, default: float) -> float:
-    """A positive, finite number of seconds (NaN and infinity pass `positive` but would break aiohttp's timers)."""
-    value = r.positive(name, float, default)
-    if not math.isfinite(value):
-        raise r.error(name, f"must be a finite number of seconds, got {value!r}")
+class _Accounting(_Section):
+    durability: Literal["batched", "strict"] | None = None
+    flush_interval: PositiveFloat | None = None
+    max_pending: PositiveInt | None = None
+    budget: NonNegative | None = None
+    reservation_lease: PositiveFloat | None = None
+    reconcile_interval: PositiveFloat | None = None
+
+
+class _Prices(_Section):
+    """USD per 1M tokens (request, image: per unit)."""
+
+    prompt: NonNegative | None = None
+    completion: NonNegative | None = None
+    request: NonNegative | None = None
+    image: NonNegative | None = None
+    input_cache_read: NonNegative | None = None
+    input_cache_write: NonNegative | None = None
+
+
+def _prices(value: Any) -> Any:
+    if value == "free":  # free on purpose: priced, at zero
+        return {}
+    if not isinstance(value, dict):
+        raise _fail("must be a mapping of USD per 1M tokens (prompt, completion, ...) or 'free', "
+                    f"got {type(value).__name__}")
     return value
 
 
-def _read_server(r: _Reader) -> ServerConfig:
-    server = ServerConfig()
-    server.host = r.get("host", str, server.host)
-    server.port = r.get("port", int, server.port)
-    if not 0 <= server.port <= 65535:
-        raise r.error("port", f"must be between 0 and 65535, got {server.port}")
-    server.master_key = r.get("master_key", str, None, secret=True)
-    problem = master_key_problem(server.master_key)
-    if problem is not None:
-        raise r.error("master_key", problem)
-    server.data_dir = r.get("data_dir", str, server.data_dir)
-    server.max_body_bytes = r.positive("max_body_bytes", int, server.max_body_bytes)
-    server.keepalive_interval = r.positive("keepalive_interval", float, server.keepalive_interval)
-    server.shutdown_grace = r.positive("shutdown_grace", float, server.shutdown_grace)
-    server.header_timeout = _seconds(r, "header_timeout", server.header_timeout)
-    server.body_timeout = _seconds(r, "body_timeout", server.body_timeout)
-    server.discovery_timeout = r.positive("discovery_timeout", float, server.discovery_timeout)
-    server.database_url = r.get("database_url", str, None)
-    media = _Reader(r.source, r.key("media"), r.data.get("media"), {"allow", "max_bytes", "timeout"})
-    defaults = MediaConfig()
-    server.media = MediaConfig(
-        allow=[str(x) for x in media.get("allow", list, [])],
-        max_bytes=media.positive("max_bytes", int, defaults.max_bytes),
-        timeout=media.positive("timeout", float, defaults.timeout),
-    )
-    oauth = _Reader(r.source, r.key("oauth"), r.data.get("oauth"), {"allowed_callbacks"})
-    callbacks = oauth.get("allowed_callbacks", list, [])
-    for index, origin in enumerate(callbacks):
-        parts = urlsplit(origin) if isinstance(origin, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-            raise oauth.error("allowed_callbacks", f"entry {index} must be an origin such as "
-                                                   f"'http://intranet-app:3000' (scheme://host[:port])")
-    server.oauth = OAuthConfig(allowed_callbacks=[c.rstrip("/").lower() for c in callbacks])
-    metrics = _Reader(r.source, r.key("metrics"), r.data.get("metrics"), {"enabled", "token", "metrics_port"})
-    server.metrics = MetricsConfig(enabled=metrics.get("enabled", bool, True),
-                                   token=metrics.get("token", str, None, secret=True),
-                                   metrics_port=metrics.get("metrics_port", int, None))
-    if server.metrics.token is not None and len(server.metrics.token) < 16:
-        raise metrics.error("token", "must be at least 16 characters (it guards the metrics)")
-    port = server.metrics.metrics_port
-    if port is not None and not 1 <= port <= 65535:
-        raise metrics.error("metrics_port", f"must be between 1 and 65535, got {port}")
-    if r.data.get("oidc") is not None:
-        oidc = _Reader(r.source, r.key("oidc"), r.data.get("oidc"), {"issuer", "client_id", "client_secret", "scopes"})
-        issuer = oidc.get("issuer", str, required=True)
-        if urlsplit(issuer).scheme not in ("http", "https") or not urlsplit(issuer).hostname:
-            raise oidc.error("issuer", "must be the provider's issuer URL, such as 'https://accounts.example.com'")
-        scopes = [str(scope) for scope in oidc.get("scopes", list, ["openid", "email", "profile"])]
-        if "openid" not in scopes:
-            raise oidc.error("scopes", "must include 'openid'")
-        server.oidc = OidcConfig(issuer=issuer, client_id=oidc.get("client_id", str, required=True),
-                                 client_secret=oidc.get("client_secret", str, required=True, secret=True),
-                                 scopes=scopes)
-    return server
+class _Model(_Section):
+    """A model a connection serves: an entry of its own, or what it changes of the catalog's entry of that id."""
+
+    id: str
+    upstream: str | None = None
+    name: str | None = None
+    created: Int | None = None
+    description: str | None = None
+    context_length: Int | None = None
+    max_completion_tokens: Int | None = None
+    dimensions: Count | None = None  # an embedding model's default vector size
+    pricing: Annotated[_Prices, BeforeValidator(_prices)] | None = None
+    input_modalities: list[str] | None = None
+    output_modalities: list[str] | None = None
+    tokenizer: str | None = None
+    reasoning: Bool | None = None
+    supported_parameters: list[str] | None = None
+
+    def spec(self, catalog: Catalog, vendor: Vendor | None, params: list[str]) -> ModelSpec:
+        fields = self.given("pricing") | ({"pricing": self.pricing.given()} if self.pricing is not None else {})
+        base = catalog.by_id.get(self.id)
+        spec = model_from_dict(fields, vendor_params=params, base=base)
+        if base is not None and self.upstream is None and vendor is not None and vendor.key == "openrouter":
+            spec.upstream = self.id  # OpenRouter takes the catalog's ids as they are
+        return spec
+
+
+@functools.cache
+def _option_type(kind: type) -> TypeAdapter[Any]:
+    """The validator of a provider type's own connection key (`ConnectionField.kind`: str, int, float or bool)."""
+    return TypeAdapter({str: str, int: Int, float: Float, bool: Bool}[kind], config=ConfigDict(strict=True))
+
+
+class _Connection(_Section):
+    # Its extra keys are those some provider type takes (ProviderSpec.connection_fields: a new type needs no change
+    # here): `_keys` lets through those of every type, `_resolve` keeps those of the connection's own.
+    model_config = ConfigDict(extra="allow")
+
+    name: Name
+    type: str
+    base_url: str | None = None
+    api_key: Secret | None = None
+    headers: StrDict[Secret] | None = None
+    timeout: PositiveFloat | None = None
+    connect_timeout: Seconds | None = None
+    max_response_bytes: PositiveInt | None = None
+    models: list[_Model] = []
+    catalog: str | None = None  # the catalog vendor whose models and parameter rules apply
+    discover: Bool | None = None
+    data_collection: Literal["allow", "deny"] | None = None
+    responses_api: Bool | None = None
+    rpm: Count | None = None
+    tpm: Count | None = None
+    workspace: Workspace | None = None
+    _resolved: dict[str, Any] = PrivateAttr(default_factory=dict)  # what `_resolve` works out (ConnectionConfig's)
+
+    @classmethod
+    def _keys(cls) -> set[str]:
+        return super()._keys() | {key for spec in SPECS.values() for key in spec.connection_fields}
+
+    @field_validator("type")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        if kind not in SPECS:
+            raise _fail(f"{kind!r} is not one of {', '.join(SPECS)}")
+        return kind
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise _fail(f"must be an http(s) URL, got {_without_password(url)!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> Self:
+        """What the provider type's spec and the catalog decide: its own keys, the base URL, vendor and models."""
+        catalog: Catalog = (info.context or {})["catalog"]
+        spec = SPECS[self.type]
+        options = self._options(spec)
+        if self.catalog is not None and self.catalog not in catalog.vendors:
+            raise _fail(f"unknown catalog vendor {self.catalog!r} (known: {', '.join(catalog.vendors)})", "catalog")
+        named = catalog.vendors.get(self.catalog or self.name)
+        url = self.base_url or spec.default_base_url or (named.base_url if named else None)
+        if url is None:
+            raise _fail(f"is required for a {self.type}-type connection that is not a known vendor", "base_url")
+        url = versioned_base_url(self.type, url.rstrip("/"))
+        vendor = _pick_vendor(catalog, self.catalog, self.name, spec, url)
+        params = vendor.supported_parameters if vendor else list(spec.default_parameters)
+        models = [model.spec(catalog, vendor, params) for model in self.models]
+        for index, (model, model_spec) in enumerate(zip(self.models, models, strict=True)):
+            if upstream_model_problem(model_spec.upstream) is not None:
+                raise _fail(_unsendable(model_spec.upstream), "models", index,
+                            "id" if model.upstream is None else "upstream")
+        self._resolved = {
+            "base_url": url, "vendor": vendor, "models": models, "options": options,
+            "discover": spec.discover_models and not models
+            and not (vendor and (vendor.models or vendor.key == "openrouter")),
+            "responses_api": vendor is not None and vendor.responses_api,
+        }
+        return self
+
+    def _options(self, spec: ProviderSpec) -> dict[str, Any]:
+        given = self.model_extra or {}
+        for key in given:
+            if key not in spec.connection_fields:
+                takers = ", ".join(s.type for s in SPECS.values() if key in s.connection_fields)
+                raise _fail(f"is a key of {takers} connections only, not of {self.type} ones", key)
+        options: dict[str, Any] = {}
+        for key, option in spec.connection_fields.items():
+            if key in given:
+                try:
+                    options[key] = _option_type(option.kind).validate_python(given[key])
+                except ValidationError as exc:
+                    raise _fail(_problem(exc.errors()[0], shown=not option.secret), key) from None
+            elif option.required:
+                raise _fail("is required", key)
+            elif option.default is not None:
+                options[key] = option.default
+        return options
+
+    def build(self) -> ConnectionConfig:
+        return ConnectionConfig(**(self._resolved | self.given("base_url", "models", "catalog")))
+
+
+class _Target(_Section):
+    connection: str
+    model: UpstreamModel  # the upstream model id (or an id that connection lists)
+    name: str | None = None
+    weight: PositiveFloat | None = None
+    params: StrDict[Any] | None = None
+
+    @property
+    def label(self) -> str:
+        """How conditions refer to it."""
+        return self.name if self.name is not None else f"{self.connection}/{self.model}"
+
+    def build(self) -> RouteTargetConfig:
+        return RouteTargetConfig(**self.given("name"), name=self.label)
+
+
+# A fallback is a model id or a target. The union's tags show in pydantic's error paths (`_config_error` drops them).
+_FALLBACK_TAGS = ("(model id)", "(target)")
+_Fallback = Annotated[
+    Annotated[str, Tag(_FALLBACK_TAGS[0])] | Annotated[_Target, Tag(_FALLBACK_TAGS[1])],
+    Discriminator(lambda v: _FALLBACK_TAGS[0] if isinstance(v, str) and v else
+                  _FALLBACK_TAGS[1] if isinstance(v, dict) else None,
+                  custom_error_type="fallback",
+                  custom_error_message="must be a model id or a mapping with connection and model"),
+]
+_NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
+
+
+def _tests(spec: Any, *, numeric: bool) -> list[ValueTest]:
+    """A scalar means equality, a list means membership, a mapping holds operators (eq, in, gt, exists, ...)."""
+    if isinstance(spec, list):
+        spec = {"in": spec}
+    elif not isinstance(spec, dict):
+        spec = {"eq": spec}
+    if not spec:
+        raise _fail("must hold at least one test")
+    tests: list[ValueTest] = []
+    for op, operand in spec.items():
+        if op not in CONDITION_OPERATORS:
+            raise _fail(f"unknown operator (allowed: {', '.join(CONDITION_OPERATORS)})", str(op))
+        if op == "exists":
+            if not isinstance(operand, bool):
+                raise _fail("must be true or false", op)
+        elif op in ("in", "not_in"):
+            if not isinstance(operand, list) or not all(_is_scalar(x) for x in operand):
+                raise _fail("must be a list of plain values", op)
+            operand = tuple(operand)
+        elif op in _NUMERIC_OPERATORS or numeric:
+            if not isinstance(operand, int | float) or isinstance(operand, bool):
+                raise _fail(f"must be a number, got {_got(operand)}", op)
+        elif not _is_scalar(operand):
+            raise _fail("must be a plain value (string, number or boolean)", op)
+        tests.append(ValueTest(op, operand))
+    return tests
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+def _as_text(test: ValueTest) -> ValueTest:
+    """A header test compares strings (headers are text on the wire), but for its numeric comparisons."""
+
+    def text(operand: Any) -> str:
+        return str(operand).lower() if isinstance(operand, bool) else str(operand)  # true, as YAML spells it
+
+    if test.op in (*_NUMERIC_OPERATORS, "exists"):
+        return test
+    return ValueTest(test.op, tuple(map(text, test.operand)) if isinstance(test.operand, tuple) else text(test.operand))
+
+
+Tests = Annotated[list[ValueTest], PlainValidator(functools.partial(_tests, numeric=False))]
+
+
+class _When(_Section):
+    prompt_tokens: Annotated[list[ValueTest], PlainValidator(functools.partial(_tests, numeric=True))] | None = None
+    key: Tests | None = None  # the API key's name
+    metadata: StrDict[Tests] | None = None
+    header: StrDict[Tests] | None = None
+
+    def checks(self) -> list[ConditionCheck]:
+        checks = [ConditionCheck(subject, None, tests) for subject, tests in (("prompt_tokens", self.prompt_tokens),
+                                                                             ("key", self.key)) if tests is not None]
+        checks += [ConditionCheck("metadata", name, tests) for name, tests in (self.metadata or {}).items()]
+        return checks + [ConditionCheck("header", name.lower(), [_as_text(test) for test in tests])
+                         for name, tests in (self.header or {}).items()]
+
+
+class _Condition(_Section):
+    when: _When = Field(default_factory=_When)
+    target: str | None = None
+    action: str | None = None  # route (the default with a target) | block, in any case
+    message: str | None = None  # what a blocked client is told
+
+    @model_validator(mode="after")
+    def _action(self) -> Self:
+        action = self.action.lower() if self.action is not None else "route" if self.target is not None else None
+        if action not in ("route", "block"):
+            raise _fail("must be route (with a target) or block" if action is not None
+                        else "a condition needs a target or action: block", "action")
+        if action == "block" and self.target is not None:
+            raise _fail("a blocking condition picks no target", "target")
+        if action == "route" and self.target is None:
+            raise _fail("is required for action: route", "target")
+        if action == "route" and self.message is not None:
+            raise _fail("only applies to action: block", "message")
+        self.action = action
+        return self
+
+    def build(self) -> RouteConditionConfig:
+        return RouteConditionConfig(checks=self.when.checks(), target=self.target, block=self.action == "block",
+                                    message=self.message)
+
+
+class _Route(_Section):
+    name: Name
+    targets: Annotated[list[_Target], _must(bool, "must list at least one target")]
+    strategy: Literal["ordered", "weighted"] | None = None
+    display_name: str | None = None
+    description: str | None = None
+    context_length: Count | None = None
+    fallback: list[_Fallback] | None = None
+    conditions: list[_Condition] | None = None
+    rpm: Count | None = None
+    tpm: Count | None = None
+    workspace: Workspace | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [target.label for target in self.targets]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise _fail(f"duplicate target name {name!r}", "targets", index, "name")
+        weights: list[tuple[str, list[_Target] | list[str | _Target]]] = [("fallback", self.fallback or [])]
+        if self.strategy != "weighted":
+            weights.append(("targets", self.targets))
+        for section, entries in weights:
+            for index, entry in enumerate(entries):
+                if isinstance(entry, _Target) and "weight" in entry.model_fields_set:
+                    raise _fail("only applies to a route with strategy: weighted", section, index, "weight")
+        for index, condition in enumerate(self.conditions or []):
+            if condition.target is not None and condition.target not in names:
+                raise _fail(f"{condition.target!r} is not one of this route's targets ({', '.join(sorted(names))})",
+                            "conditions", index, "target")
+        return self
+
+    def build(self) -> RouteConfig:
+        return RouteConfig(**self.given("targets", "fallback", "conditions"),
+                           targets=[target.build() for target in self.targets],
+                           fallback=[e if isinstance(e, str) else e.build() for e in self.fallback or []],
+                           conditions=[condition.build() for condition in self.conditions or []])
+
+
+class _Breaker(_Section):
+    failure_threshold: PositiveInt | None = None
+    cooldown: PositiveFloat | None = None
+    probe_timeout: PositiveFloat | None = None
+
+
+class _Routing(_Section):
+    retries: Annotated[Int, _must(lambda v: v >= 0, "must be a non-negative integer, got {value!r}")] | None = None
+    max_retry_wait: PositiveFloat | None = None
+    rate_limits_fail_open: Bool | None = None
+    breaker: _Breaker = Field(default_factory=_Breaker)
+    priority_shares: StrDict[Share] | None = None
+
+    def build(self) -> RoutingConfig:
+        return RoutingConfig(**self.given("breaker"), breaker=BreakerConfig(**self.breaker.given()))
+
+
+class _File(_Section):
+    server: _Server = Field(default_factory=_Server)
+    accounting: _Accounting = Field(default_factory=_Accounting)
+    providers: list[_Connection] = []
+    routing: _Routing = Field(default_factory=_Routing)
+    routes: list[_Route] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> Self:
+        """Names are unique; routes' targets name configured connections; a fallback names no route (it could loop:
+        routes fall back to models and targets only)."""
+        connections, routes = [conn.name for conn in self.providers], [route.name for route in self.routes]
+        for section, what, names in (("providers", "connection", connections), ("routes", "route", routes)):
+            for index, name in enumerate(names):
+                if name in names[:index]:
+                    raise _fail(f"duplicate {what} name {name!r}", section, index, "name")
+        for index, route in enumerate(self.routes):
+            for section, entries in (("targets", [*route.targets]), ("fallback", route.fallback or [])):
+                for position, entry in enumerate(entries):
+                    at = ("routes", index, section, position)
+                    if isinstance(entry, str) and entry in routes:
+                        raise _fail(f"{entry!r} is a route; a fallback must be a model id or a target", *at)
+                    if isinstance(entry, _Target) and entry.connection not in connections:
+                        known = ", ".join(sorted(connections)) or "none"
+                        raise _fail(f"no connection is named {entry.connection!r} (configured: {known})",
+                                    *at, "connection")
+        return self
+
+    def build(self, source: str, catalog: Catalog) -> Config:
+        return Config(source=source, server=self.server.build(), providers=[conn.build() for conn in self.providers],
+                      catalog=catalog, accounting=AccountingConfig(**self.accounting.given()),
+                      routing=self.routing.build(), routes=[route.build() for route in self.routes])
+
+
+# -- errors ---------------------------------------------------------------------------------------------------------
+# Pydantic's own errors in the words of the file's other rules (its only bounds are gt=0 and ge=0). A value is shown
+# only where a scalar was wanted: what a container held could be a secret.
+_SCALAR = {"int_type": "an integer", "float_type": "a number", "bool_type": "a boolean", "string_type": "a string",
+           "literal_error": "a string"}
+_CONTAINER = {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
+_BOUNDS = {"greater_than": "must be positive", "greater_than_equal": "must not be negative",
+           "finite_number": "must be a finite number"}
+
+
+def _config_error(source: str, exc: ValidationError) -> ConfigError:
+    """The first of pydantic's errors as a ConfigError: the key's path as the file spells it, and the problem."""
+    error = exc.errors(include_url=False)[0]
+    key = ""
+    for part in (*error["loc"], *(error.get("ctx") or {}).get("at", ())):
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif part not in _FALLBACK_TAGS:
+            key += f".{part}" if key else part
+    return ConfigError(source, key or "(top level)", _problem(error))
+
+
+def _problem(error: ErrorDetails, *, shown: bool = True) -> str:
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "config":
+        return str(ctx["problem"])
+    if kind == "missing":
+        return "is required"
+    if kind == "literal_error" and isinstance(value, str):
+        return f"must be {str(ctx['expected']).replace(chr(39), '')}, got {value!r}"
+    if kind in _SCALAR:
+        return f"must be {_SCALAR[kind]}, got {_got(value, shown=shown)}"
+    if kind in _CONTAINER:
+        return f"must be {_CONTAINER[kind]}, got {_got(value, shown=False)}"
+    if kind in _BOUNDS:
+        return f"{_BOUNDS[kind]}, got {value!r}"
+    return error["msg"]  # a rule's own wording (a fallback entry's), or pydantic's where nothing here words it
+
+
+def _got(value: Any, *, shown: bool = True) -> str:
+    """What the file holds instead: the type, and the value too if `shown` and a scalar."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "a boolean"
+    kind = "str" if isinstance(value, str) else type(value).__name__
+    return f"{kind} {value!r}" if shown and isinstance(value, str | int | float) else kind
 
 
 def versioned_base_url(kind: str, base_url: str) -> str:
@@ -461,99 +880,6 @@ def versioned_base_url(kind: str, base_url: str) -> str:
     return base_url if path.endswith(spec.accepted_versions) else base_url + spec.api_version
 
 
-def _read_connection(r: _Reader, catalog: Catalog) -> ConnectionConfig:
-    name = r.get("name", str, required=True)
-    if not _NAME_PATTERN.match(name):
-        raise r.error("name", f"{name!r} may hold only letters, digits, '.', '_' and '-' (no '/')")
-    kind = r.get("type", str, required=True)
-    if kind not in SPECS:
-        raise r.error("type", f"{kind!r} is not one of {', '.join(SPECS)}")
-    provider = SPECS[kind]
-    for key in r.data:
-        if key not in _COMMON_CONNECTION_KEYS and key not in provider.connection_fields:
-            takers = ", ".join(s.type for s in SPECS.values() if key in s.connection_fields)
-            raise r.error(key, f"is a key of {takers} connections only, not of {kind} ones")
-    vendor_key = r.get("catalog", str, None)
-    if vendor_key is not None and vendor_key not in catalog.vendors:
-        raise r.error("catalog", f"unknown catalog vendor {vendor_key!r} (known: {', '.join(catalog.vendors)})")
-    base_url = r.get("base_url", str, None)
-    if base_url is None:
-        vendor_guess = catalog.vendors.get(vendor_key or name)
-        base_url = provider.default_base_url or (vendor_guess.base_url if vendor_guess else None)
-        if base_url is None:
-            raise r.error("base_url", f"is required for a {kind}-type connection that is not a known vendor")
-    if not base_url.startswith(("http://", "https://")):
-        raise r.error("base_url", f"must be an http(s) URL, got {_without_password(base_url)!r}")
-    base_url = versioned_base_url(kind, base_url.rstrip("/"))
-    vendor = _pick_vendor(catalog, vendor_key, name, provider, base_url)
-    headers = r.get("headers", dict, {}, secret=True)
-    for key, value in headers.items():
-        if not isinstance(value, str):
-            raise r.error(f"headers.{key}", f"must be a string, got {type(value).__name__}")
-    conn = ConnectionConfig(
-        name=name,
-        type=kind,
-        base_url=base_url,
-        api_key=r.get("api_key", str, None, secret=True),
-        headers={str(k): str(v) for k, v in headers.items()},
-        timeout=r.positive("timeout", float, 600.0),
-        connect_timeout=_seconds(r, "connect_timeout", 10.0),
-        max_response_bytes=r.positive("max_response_bytes", int, 64 * 1024 * 1024),
-        vendor=vendor,
-    )
-    models_raw = r.get("models", list, [])
-    params = vendor.supported_parameters if vendor else list(provider.default_parameters)
-    for index, item in enumerate(models_raw):
-        mr = _Reader(r.source, r.key(f"models[{index}]"), item, _MODEL_KEYS)
-        model_id = mr.get("id", str, required=True)
-        for key in ("context_length", "max_completion_tokens", "created"):
-            mr.get(key, int)
-        _optional_positive(mr, "dimensions")  # an embedding model's default vector size
-        for key in ("input_modalities", "output_modalities", "supported_parameters"):
-            mr.get(key, list)
-        pricing = item.get("pricing")
-        if pricing == "free":
-            pricing = None  # declared free on purpose
-        elif pricing is not None and not isinstance(pricing, dict):
-            raise mr.error("pricing", "must be a mapping of USD per 1M tokens (prompt, completion, ...) or 'free', "
-                                      f"got {type(pricing).__name__}")
-        if pricing is not None:
-            pr = _Reader(r.source, mr.key("pricing"), pricing, {"prompt", "completion", "request", "image",
-                                                                 "input_cache_read", "input_cache_write"})
-            for key in pr.data:
-                if pr.get(key, float) < 0:
-                    raise pr.error(key, "must not be negative")
-        base = catalog.by_id.get(model_id)
-        spec = model_from_dict(item, vendor_params=params, base=base)
-        if base is not None and "upstream" not in item and vendor is not None and vendor.key == "openrouter":
-            spec.upstream = model_id
-        problem = upstream_model_problem(spec.upstream)
-        if problem is not None:
-            raise mr.error("upstream" if "upstream" in item else "id",
-                           f"{spec.upstream!r} cannot be sent upstream as a model id: {problem}")
-        conn.models.append(spec)
-    conn.discover = r.get("discover", bool, provider.discover_models and not conn.models
-                          and not (vendor and vendor.models) and not (vendor and vendor.key == "openrouter"))
-    conn.data_collection = r.get("data_collection", str, "allow")
-    conn.responses_api = r.get("responses_api", bool, vendor is not None and vendor.responses_api)
-    for key, option in provider.connection_fields.items():
-        value = r.get(key, option.kind, option.default, required=option.required, secret=option.secret)
-        if value is not None:
-            conn.options[key] = value
-    if conn.data_collection not in ("allow", "deny"):
-        raise r.error("data_collection", f"must be allow or deny, got {conn.data_collection!r}")
-    conn.rpm = _optional_positive(r, "rpm")
-    conn.tpm = _optional_positive(r, "tpm")
-    conn.workspace = _optional_name(r, "workspace")
-    return conn
-
-
-def _optional_name(r: _Reader, key: str) -> str | None:
-    value = r.get(key, str, None)
-    if value is not None and not value.strip():
-        raise r.error(key, "must be a workspace's name")
-    return value.strip() if value is not None else None
-
 
 def _without_password(url: str) -> str:
     """`url` with the password of its user-info (``scheme://user:password@host``) replaced by ``***``."""
@@ -563,216 +889,6 @@ def _without_password(url: str) -> str:
     if not sep or not at or ":" not in userinfo:
         return url
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{tail}"
-
-
-def _optional_positive(r: _Reader, name: str) -> int | None:
-    value = r.get(name, int, None)
-    if value is not None and value <= 0:
-        raise r.error(name, f"must be a positive integer, got {value!r}")
-    return value
-
-
-def _read_routing(r: _Reader) -> RoutingConfig:
-    routing = RoutingConfig()
-    routing.retries = r.get("retries", int, routing.retries)
-    if isinstance(routing.retries, bool) or routing.retries < 0:
-        raise r.error("retries", f"must be a non-negative integer, got {routing.retries!r}")
-    routing.max_retry_wait = r.positive("max_retry_wait", float, routing.max_retry_wait)
-    routing.rate_limits_fail_open = r.get("rate_limits_fail_open", bool, routing.rate_limits_fail_open)
-    breaker = _Reader(r.source, r.key("breaker"), r.data.get("breaker"),
-                      {"failure_threshold", "cooldown", "probe_timeout"})
-    defaults = BreakerConfig()
-    routing.breaker = BreakerConfig(
-        failure_threshold=breaker.positive("failure_threshold", int, defaults.failure_threshold),
-        cooldown=breaker.positive("cooldown", float, defaults.cooldown),
-        probe_timeout=breaker.positive("probe_timeout", float, defaults.probe_timeout),
-    )
-    shares_raw = r.get("priority_shares", dict, None)
-    if shares_raw is not None:
-        shares = _Reader(r.source, r.key("priority_shares"), shares_raw, set(map(str, shares_raw)))
-        routing.priority_shares = {}
-        for name in shares_raw:
-            value = shares.get(str(name), float, required=True)
-            if not 0 < value <= 1:
-                raise shares.error(str(name), f"must be a share between 0 (exclusive) and 1, got {value!r}")
-            routing.priority_shares[str(name)] = value
-    return routing
-
-
-_ROUTE_KEYS = {"name", "display_name", "description", "context_length", "strategy", "targets", "fallback",
-               "conditions", "rpm", "tpm", "workspace"}
-_TARGET_KEYS = {"connection", "model", "name", "weight", "params"}
-_CONDITION_KEYS = {"when", "target", "action", "message"}
-_CONDITION_SUBJECTS = {"prompt_tokens", "key", "metadata", "header"}
-_NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
-
-
-def _read_named(source: str, section: str, what: str, items: list[Any], keys: set[str],
-                read: Callable[[_Reader], Any]) -> list[Any]:
-    """A list of config entries with unique `name`s, each read by `read`."""
-    entries: list[Any] = []
-    names: set[str] = set()
-    for index, item in enumerate(items):
-        entry = read(_Reader(source, f"{section}[{index}]", item, keys))
-        if entry.name in names:
-            raise ConfigError(source, f"{section}[{index}].name", f"duplicate {what} name {entry.name!r}")
-        names.add(entry.name)
-        entries.append(entry)
-    return entries
-
-
-def _read_routes(source: str, items: list[Any], connections: set[str]) -> list[RouteConfig]:
-    routes: list[RouteConfig] = _read_named(source, "routes", "route", items, _ROUTE_KEYS,
-                                            lambda r: _read_route(r, connections))
-    names = {route.name for route in routes}
-    # A fallback naming another route could loop; routes fall back to models and targets only.
-    for index, route in enumerate(routes):
-        for position, entry in enumerate(route.fallback):
-            if isinstance(entry, str) and entry in names:
-                raise ConfigError(source, f"routes[{index}].fallback[{position}]",
-                                  f"{entry!r} is a route; a fallback must be a model id or a target")
-    return routes
-
-
-def _read_route(r: _Reader, connections: set[str]) -> RouteConfig:
-    name = r.get("name", str, required=True)
-    if not _NAME_PATTERN.match(name):
-        raise r.error("name", f"{name!r} may hold only letters, digits, '.', '_' and '-' (no '/')")
-    strategy = r.get("strategy", str, "ordered")
-    if strategy not in ("ordered", "weighted"):
-        raise r.error("strategy", f"must be ordered or weighted, got {strategy!r}")
-    targets_raw = r.get("targets", list, required=True)
-    if not targets_raw:
-        raise r.error("targets", "must list at least one target")
-    targets = [_read_target(_Reader(r.source, r.key(f"targets[{i}]"), item, _TARGET_KEYS), connections,
-                            weighted=strategy == "weighted") for i, item in enumerate(targets_raw)]
-    seen: set[str] = set()
-    for i, target in enumerate(targets):
-        if target.name in seen:
-            raise r.error(f"targets[{i}].name", f"duplicate target name {target.name!r}")
-        seen.add(target.name)
-    fallback: list[str | RouteTargetConfig] = []
-    for i, item in enumerate(r.get("fallback", list, [])):
-        key = r.key(f"fallback[{i}]")
-        if isinstance(item, str) and item:
-            fallback.append(item)
-        elif isinstance(item, dict):
-            fallback.append(_read_target(_Reader(r.source, key, item, _TARGET_KEYS), connections, weighted=False))
-        else:
-            raise ConfigError(r.source, key, "must be a model id or a mapping with connection and model")
-    conditions = [_read_condition(_Reader(r.source, r.key(f"conditions[{i}]"), item, _CONDITION_KEYS), seen)
-                  for i, item in enumerate(r.get("conditions", list, []))]
-    return RouteConfig(
-        name=name,
-        targets=targets,
-        strategy=strategy,
-        display_name=r.get("display_name", str, ""),
-        description=r.get("description", str, ""),
-        context_length=_optional_positive(r, "context_length"),
-        fallback=fallback,
-        conditions=conditions,
-        rpm=_optional_positive(r, "rpm"),
-        tpm=_optional_positive(r, "tpm"),
-        workspace=_optional_name(r, "workspace"),
-    )
-
-
-def _read_target(r: _Reader, connections: set[str], *, weighted: bool) -> RouteTargetConfig:
-    connection = r.get("connection", str, required=True)
-    if connection not in connections:
-        known = ", ".join(sorted(connections)) or "none"
-        raise r.error("connection", f"no connection is named {connection!r} (configured: {known})")
-    model = r.get("model", str, required=True)
-    problem = upstream_model_problem(model)
-    if problem is not None:
-        raise r.error("model", f"{model!r} cannot be sent upstream as a model id: {problem}")
-    if not weighted and "weight" in r.data:
-        raise r.error("weight", "only applies to a route with strategy: weighted")
-    params = r.get("params", dict, {})
-    return RouteTargetConfig(
-        connection=connection,
-        model=model,
-        name=r.get("name", str, f"{connection}/{model}"),
-        weight=r.positive("weight", float, 1.0),
-        params={str(k): v for k, v in params.items()},
-    )
-
-
-def _read_condition(r: _Reader, target_names: set[str]) -> RouteConditionConfig:
-    when = _Reader(r.source, r.key("when"), r.data.get("when"), _CONDITION_SUBJECTS)
-    checks: list[ConditionCheck] = []
-    if "prompt_tokens" in when.data:
-        checks.append(ConditionCheck("prompt_tokens", None,
-                                     _read_tests(when, "prompt_tokens", when.data["prompt_tokens"], numeric=True)))
-    if "key" in when.data:
-        checks.append(ConditionCheck("key", None, _read_tests(when, "key", when.data["key"], numeric=False)))
-    for subject in ("metadata", "header"):
-        fields = when.get(subject, dict, {})
-        for field_name, spec in fields.items():
-            name = str(field_name).lower() if subject == "header" else str(field_name)
-            tests = _read_tests(when, f"{subject}.{field_name}", spec, numeric=False)
-            if subject == "header":
-                # Header values are strings on the wire; compare them as strings.
-                tests = [ValueTest(t.op, _stringify(t.operand)) if t.op not in _NUMERIC_OPERATORS + ("exists",)
-                         else t for t in tests]
-            checks.append(ConditionCheck(subject, name, tests))
-    action = r.get("action", str, None)
-    action = action.lower() if action is not None else ("route" if "target" in r.data else None)
-    if action not in ("route", "block"):
-        raise r.error("action", "must be route (with a target) or block"
-                      if action is not None else "a condition needs a target or action: block")
-    target = r.get("target", str, None)
-    message = r.get("message", str, None)
-    if action == "block":
-        if target is not None:
-            raise r.error("target", "a blocking condition picks no target")
-        return RouteConditionConfig(checks=checks, block=True, message=message)
-    if target is None:
-        raise r.error("target", "is required for action: route")
-    if target not in target_names:
-        raise r.error("target", f"{target!r} is not one of this route's targets ({', '.join(sorted(target_names))})")
-    if message is not None:
-        raise r.error("message", "only applies to action: block")
-    return RouteConditionConfig(checks=checks, target=target)
-
-
-def _stringify(operand: Any) -> Any:
-    if isinstance(operand, tuple):
-        return tuple(str(x) for x in operand)
-    return str(operand) if not isinstance(operand, bool) else str(operand).lower()
-
-
-def _read_tests(r: _Reader, name: str, spec: Any, *, numeric: bool) -> list[ValueTest]:
-    """A scalar means equality, a list means membership, a mapping holds operators (eq, in, gt, exists, ...)."""
-    if isinstance(spec, list):
-        spec = {"in": spec}
-    elif not isinstance(spec, dict):
-        spec = {"eq": spec}
-    if not spec:
-        raise r.error(name, "must hold at least one test")
-    tests: list[ValueTest] = []
-    for op, operand in spec.items():
-        if op not in CONDITION_OPERATORS:
-            raise r.error(f"{name}.{op}", f"unknown operator (allowed: {', '.join(CONDITION_OPERATORS)})")
-        key = f"{name}.{op}"
-        if op == "exists":
-            if not isinstance(operand, bool):
-                raise r.error(key, "must be true or false")
-        elif op in ("in", "not_in"):
-            if not isinstance(operand, list) or not all(_is_scalar(x) for x in operand):
-                raise r.error(key, "must be a list of plain values")
-            operand = tuple(operand)
-        elif op in _NUMERIC_OPERATORS or numeric:
-            if not isinstance(operand, (int, float)) or isinstance(operand, bool):
-                raise r.error(key, f"must be a number, got {type(operand).__name__} {operand!r}")
-        elif not _is_scalar(operand):
-            raise r.error(key, "must be a plain value (string, number or boolean)")
-        tests.append(ValueTest(op, operand))
-    return tests
-
-
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool))
 
 
 def _pick_vendor(catalog: Catalog, key: str | None, name: str, spec: ProviderSpec, base_url: str) -> Vendor | None:
