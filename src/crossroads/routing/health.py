@@ -12,8 +12,9 @@ Where a failed attempt counts (``fault_scope``):
 - ``CONNECTION``: the attempt reached no upstream, or the upstream refused the account: connect refused, reset or
   closed before any response, DNS or TLS failure, a *connect* timeout, and HTTP 401, 402, 403. A failure without a
   status counts here unless the caller passes ``connection_fault=False`` (providers/transport.py and the stream
-  pump say so for a timeout waiting for the response and for a stream that broke off). These count on the connection's breaker; while it is open,
-  every endpoint of the connection is held back (one bad key or a dead host ejects all its models at once).
+  pump say so for a timeout waiting for the response and for a stream that broke off). These count on the
+  connection's breaker; while it is open, every endpoint of the connection is held back (one bad key or a dead host
+  ejects all its models at once).
 - ``ENDPOINT``: the upstream answered (or accepted the connection) but this model failed: any 5xx, 408, a timeout
   waiting for the response once connected (a slow or stuck model says nothing about the account's other models), a
   stream that broke after it began. These count on that endpoint's breaker only; the account's other models go on.
@@ -37,8 +38,9 @@ Breaker (the same state machine at both levels, one per endpoint and one per con
   probe that never reports back frees it after ``probe_timeout``.
 - panic: ``acquire(..., force=True)`` lets an attempt through whatever the state. A breaker still cooling stays open
   (the forced attempt's verdict, like a straggler's, neither extends nor cuts the cool-down; the probe after it
-  decides), so panic traffic does not change when an endpoint comes back. routing/attempts.py forces attempts only when
-  no candidate of a request could be attempted, trying them in ``ejected_since`` order (ejected longest ago first).
+  decides), so panic traffic does not change when an endpoint comes back. routing/attempts.py forces attempts only
+  when no candidate of a request could be attempted, trying them in ``ejected_since`` order (ejected longest ago
+  first).
 
 Figures, per endpoint, in OpenRouter's endpoint shapes and units:
 
