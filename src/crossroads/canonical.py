@@ -71,6 +71,7 @@ class Message(TypedDict, total=False):
     reasoning: str | None
     reasoning_details: list[ReasoningDetail]
     refusal: str | None
+    cache_control: dict[str, Any]  # Anthropic prompt caching, as OpenRouter passes it
 
 
 class Reasoning(TypedDict, total=False):
@@ -124,7 +125,7 @@ class Choice(TypedDict, total=False):
     index: int
     message: Message
     delta: Delta
-    finish_reason: FinishReason | None
+    finish_reason: str | None  # one of FINISH_REASONS (translators normalise the upstream's)
     native_finish_reason: str | None
     logprobs: Any
 
@@ -134,6 +135,9 @@ class Completion(TypedDict, total=False):
     only. Ids, `model`, `provider` and usage are the front's to stamp."""
 
     choices: list[Choice]
+
+
+Chunk = Completion  # a stream chunk has the same shape, its choices carrying `delta` instead of `message`
 
 
 def text_of(content: Any) -> str:

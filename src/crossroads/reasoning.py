@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import orjson
 
-from crossroads.canonical import ReasoningDetail
+from crossroads.canonical import Message, Reasoning, ReasoningDetail
 
 # reasoning_details entry types
 TEXT = "reasoning.text"
@@ -43,7 +43,7 @@ def excluded(reasoning: Any) -> bool:
     return isinstance(reasoning, dict) and reasoning.get("exclude") is True
 
 
-def switched_off(reasoning: dict[str, Any]) -> bool:
+def switched_off(reasoning: Reasoning | dict[str, Any]) -> bool:
     """Whether a reasoning object turns reasoning off (`enabled: false` or effort "none")."""
     return reasoning.get("enabled") is False or reasoning.get("effort") == "none"
 
@@ -135,7 +135,7 @@ def merge_details(details: Any, into: list[ReasoningDetail] | None = None) -> li
     return cast(list[ReasoningDetail], out)
 
 
-def add_to_message(message: dict[str, Any], texts: list[str], details: list[ReasoningDetail]) -> None:
+def add_to_message(message: Message | dict[str, Any], texts: list[str], details: list[ReasoningDetail]) -> None:
     """Set a message's `reasoning` (the texts joined) and `reasoning_details`, each only when there is some."""
     if texts:
         message["reasoning"] = "".join(texts)

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from crossroads.canonical import FINISH_REASONS, Usage, text_of
+from crossroads.canonical import FINISH_REASONS, Chunk, Completion, Delta, Usage, text_of
 from crossroads.providers.http import iter_sse
 
 if TYPE_CHECKING:
@@ -80,13 +80,15 @@ class Translator(Protocol):
     upstream_model: str | None
     upstream_id: str | None
 
-    async def request(self, body: dict[str, Any]) -> UpstreamRequest: ...
+    # A chat translator takes a ChatRequest and answers Completions; the embeddings translators (a native-only front)
+    # take OpenAI's embeddings request and answer its embeddings response.
+    async def request(self, body: Any) -> UpstreamRequest: ...
 
-    def response(self, raw: bytes) -> dict[str, Any]: ...
+    def response(self, raw: bytes) -> Completion | dict[str, Any]: ...
 
-    def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]: ...
+    def stream_event(self, event: str | None, data: bytes) -> list[Chunk]: ...
 
-    def finish(self) -> list[dict[str, Any]]: ...
+    def finish(self) -> list[Chunk]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +236,11 @@ def string_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def choice_chunk(delta: dict[str, Any], finish_reason: str | None = None,
-                 native_finish_reason: str | None = None, index: int = 0) -> dict[str, Any]:
+def choice_chunk(delta: Delta | dict[str, Any], finish_reason: str | None = None,
+                 native_finish_reason: str | None = None, index: int = 0) -> Chunk:
     """A canonical stream chunk with one choice."""
-    return {"choices": [{"index": index, "delta": delta, "finish_reason": finish_reason,
+    # A delta built from an upstream's event may carry keys of its own; the Delta keys are the ones fronts read.
+    return {"choices": [{"index": index, "delta": cast(Delta, delta), "finish_reason": finish_reason,
                          "native_finish_reason": native_finish_reason}]}
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from crossroads import reasoning as rsn
-from crossroads.canonical import ReasoningDetail
+from crossroads.canonical import ChatRequest, Chunk, Completion, Message, ReasoningDetail, ToolCall
 from crossroads.errors import GatewayError
 from crossroads.formats.json_input import too_deep, too_deep_text
 from crossroads.providers.base import (
@@ -278,7 +278,7 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     return {}
 
 
-def _system_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+def _system_parts(message: Message) -> list[dict[str, Any]]:
     content = message.get("content")
     parts: list[dict[str, Any]] = []
     if isinstance(content, str):
@@ -322,11 +322,11 @@ class AnthropicTranslator:
         self._input = self._cache_read = self._cache_write = 0
 
     # -- request ---------------------------------------------------------------------------------------------
-    async def request(self, body: dict[str, Any]) -> UpstreamRequest:
+    async def request(self, body: ChatRequest) -> UpstreamRequest:
         return UpstreamRequest(url=self.adapter.messages_url, body=orjson.dumps(self.build(body)),
                                headers=self.adapter.headers)
 
-    def build(self, body: dict[str, Any]) -> dict[str, Any]:
+    def build(self, body: ChatRequest) -> dict[str, Any]:
         """The Messages request body for a canonical chat request."""
         system: list[dict[str, Any]] = []
         turns: list[dict[str, Any]] = []
@@ -572,7 +572,7 @@ class AnthropicTranslator:
         usage.cached_tokens = self._cache_read
         usage.cache_write_tokens = self._cache_write
 
-    def response(self, raw: bytes) -> dict[str, Any]:
+    def response(self, raw: bytes) -> Completion:
         data = orjson.loads(raw)
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
             raise ValueError("upstream response is not an Anthropic message")
@@ -583,7 +583,7 @@ class AnthropicTranslator:
         texts: list[str] = []
         reasoning: list[str] = []
         details: list[ReasoningDetail] = []
-        tool_calls: list[dict[str, Any]] = []
+        tool_calls: list[ToolCall] = []
         for block in data["content"]:
             if not isinstance(block, dict):
                 continue
@@ -592,15 +592,15 @@ class AnthropicTranslator:
                 texts.append(_text(block.get("text")))
             elif kind == "tool_use":
                 arguments = orjson.dumps(block.get("input") or {}).decode()
-                tool_calls.append({"index": len(tool_calls), "id": block.get("id"), "type": "function",
-                                   "function": {"name": block.get("name"), "arguments": arguments}})
+                tool_calls.append({"index": len(tool_calls), "id": _text(block.get("id")), "type": "function",
+                                   "function": {"name": _text(block.get("name")), "arguments": arguments}})
             elif kind == "thinking" and not self.exclude_reasoning:
                 reasoning.append(_text(block.get("thinking")))
                 details.append(rsn.detail(rsn.TEXT, REASONING_FORMAT, len(details), text=_text(block.get("thinking")),
                                           signature=block.get("signature")))
             elif kind == "redacted_thinking" and not self.exclude_reasoning:
                 details.append(rsn.detail(rsn.ENCRYPTED, REASONING_FORMAT, len(details), data=block.get("data")))
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+        message: Message = {"role": "assistant", "content": "".join(texts) if texts else None}
         if tool_calls:
             message["tool_calls"] = tool_calls
         rsn.add_to_message(message, reasoning, details)
@@ -611,13 +611,13 @@ class AnthropicTranslator:
 
     # -- stream ----------------------------------------------------------------------------------------------
     def _chunk(self, delta: dict[str, Any], finish: str | None = None,
-               native: str | None = None) -> dict[str, Any]:
+               native: str | None = None) -> Chunk:
         if not self._role_sent:
             self._role_sent = True
             delta = {"role": "assistant", **delta}
         return choice_chunk(delta, finish, native)
 
-    def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
+    def stream_event(self, event: str | None, data: bytes) -> list[Chunk]:
         payload = orjson.loads(data)
         if not isinstance(payload, dict):
             return []
@@ -652,7 +652,7 @@ class AnthropicTranslator:
         # content_block_stop, message_stop and ping carry nothing a client needs.
         return []
 
-    def _block_start(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    def _block_start(self, payload: dict[str, Any]) -> list[Chunk]:
         block = payload.get("content_block")
         if not isinstance(block, dict):
             return []
@@ -684,11 +684,11 @@ class AnthropicTranslator:
             return [self._thinking_chunk(text, ordinal)] if text else []
         return []  # server tool blocks and the like have no chat-completions counterpart
 
-    def _thinking_chunk(self, text: str, ordinal: int) -> dict[str, Any]:
+    def _thinking_chunk(self, text: str, ordinal: int) -> Chunk:
         return self._chunk({"reasoning": text,
                             "reasoning_details": [rsn.detail(rsn.TEXT, REASONING_FORMAT, ordinal, text=text)]})
 
-    def _block_delta(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    def _block_delta(self, payload: dict[str, Any]) -> list[Chunk]:
         delta = payload.get("delta")
         if not isinstance(delta, dict):
             return []
@@ -716,7 +716,7 @@ class AnthropicTranslator:
             return [self._chunk({"reasoning_details": [detail]})]
         return []  # citations_delta and future delta types
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Chunk]:
         return []
 
 
@@ -732,7 +732,7 @@ class AnthropicNativeTranslator(AnthropicTranslator):
         self.native = native
         self.beta = beta
 
-    async def request(self, body: dict[str, Any]) -> UpstreamRequest:
+    async def request(self, body: ChatRequest) -> UpstreamRequest:
         headers = self.adapter.headers if not self.beta else {**self.adapter.headers, "anthropic-beta": self.beta}
         raw = orjson.dumps({**self.native, "model": self.ctx.model.upstream})
         return UpstreamRequest(url=self.adapter.messages_url, body=raw, headers=headers)

@@ -27,7 +27,7 @@ from urllib.parse import quote
 import orjson
 
 from crossroads import reasoning as rsn
-from crossroads.canonical import ReasoningDetail
+from crossroads.canonical import ChatRequest, Chunk, Completion, Message, ReasoningDetail, ToolCall
 from crossroads.errors import GatewayError
 from crossroads.formats.json_input import too_deep_text
 from crossroads.net.fetch import FetchError, parse_data_url
@@ -264,7 +264,7 @@ class GeminiTranslator:
         self._finished = False
 
     # == request =======================================================================================================
-    async def request(self, body: dict[str, Any]) -> UpstreamRequest:
+    async def request(self, body: ChatRequest) -> UpstreamRequest:
         messages = body.get("messages")
         if not isinstance(messages, list):
             prompt = body.get("prompt")
@@ -289,7 +289,7 @@ class GeminiTranslator:
         url = self.adapter.model_url(self.ctx.model.upstream, self.ctx.stream)
         return UpstreamRequest(url=url, body=orjson.dumps(out), headers=self.adapter.headers)
 
-    def _generation_config(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _generation_config(self, body: ChatRequest) -> dict[str, Any]:
         config: dict[str, Any] = {}
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
@@ -328,7 +328,7 @@ class GeminiTranslator:
             config["thinkingConfig"] = thinking
         return config
 
-    def _thinking_config(self, body: dict[str, Any], max_output: int | None) -> dict[str, Any] | None:
+    def _thinking_config(self, body: ChatRequest, max_output: int | None) -> dict[str, Any] | None:
         reasoning = body.get("reasoning")
         if not isinstance(reasoning, dict):
             if body.get("include_reasoning") is True:
@@ -376,14 +376,14 @@ class GeminiTranslator:
         return thinking
 
     # == response ======================================================================================================
-    def response(self, raw: bytes) -> dict[str, Any]:
+    def response(self, raw: bytes) -> Completion:
         data = orjson.loads(raw)
         # streamGenerateContent without alt=sse answers a JSON array of responses; treat it like a stream.
         events = data if isinstance(data, list) else [data]
         content: list[str] = []
         reasoning: list[str] = []
         details: list[ReasoningDetail] = []
-        tool_calls: list[dict[str, Any]] = []
+        tool_calls: list[ToolCall] = []
         finish: str | None = None
         native: str | None = None
         for event in events:
@@ -404,8 +404,7 @@ class GeminiTranslator:
                     tool_calls.append({"id": call["id"], "type": "function", "function": call["function"]})
         if finish == "stop" and tool_calls:
             finish = "tool_calls"
-        message: dict[str, Any] = {"role": "assistant",
-                                   "content": "".join(content) if content or not tool_calls else None}
+        message: Message = {"role": "assistant", "content": "".join(content) if content or not tool_calls else None}
         if tool_calls:
             message["tool_calls"] = tool_calls
         rsn.add_to_message(message, reasoning, details)
@@ -413,7 +412,7 @@ class GeminiTranslator:
                              "native_finish_reason": native}]}
 
     # == stream ========================================================================================================
-    def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
+    def stream_event(self, event: str | None, data: bytes) -> list[Chunk]:
         if not data or data == b"[DONE]":
             return []
         chunk = orjson.loads(data)
@@ -421,7 +420,7 @@ class GeminiTranslator:
             return [c for item in chunk for c in self._chunks(item)]
         return self._chunks(chunk)
 
-    def _chunks(self, chunk: Any) -> list[dict[str, Any]]:
+    def _chunks(self, chunk: Any) -> list[Chunk]:
         if not isinstance(chunk, dict):
             return []
         if "error" in chunk and "candidates" not in chunk:
@@ -429,7 +428,7 @@ class GeminiTranslator:
             code = err.get("code") if isinstance(err, dict) else None
             status = code if isinstance(code, int) and 400 <= code <= 599 else 502
             raise UpstreamStreamError(_error_message(err), code=status, raw=err)
-        out: list[dict[str, Any]] = []
+        out: list[Chunk] = []
         for delta, reason, native in self._event_deltas(chunk):
             if self._finished:
                 continue
@@ -443,7 +442,7 @@ class GeminiTranslator:
             out.append(choice_chunk(delta))
         return out
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Chunk]:
         return []
 
     # == shared: one GenerateContentResponse -> deltas =================================================================
@@ -845,8 +844,8 @@ class GeminiEmbeddingsTranslator:
         self.usage.prompt_tokens = token_count(counted) if type(counted) is int else self._estimate
         return {"data": [item["values"] for item in items], "model": self.ctx.model.upstream}
 
-    def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
+    def stream_event(self, event: str | None, data: bytes) -> list[Chunk]:
         raise ValueError("embeddings do not stream")
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Chunk]:
         return []

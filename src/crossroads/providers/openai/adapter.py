@@ -8,10 +8,11 @@ dropped. Responses get finish reasons normalised and `reasoning_content` (DeepSe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
+from crossroads.canonical import ChatRequest, Chunk, Completion
 from crossroads.providers.base import (
     Adapter,
     RequestContext,
@@ -180,9 +181,9 @@ class OpenAITranslator:
         self.upstream_model: str | None = None
         self.upstream_id: str | None = None
 
-    async def request(self, body: dict[str, Any]) -> UpstreamRequest:
+    async def request(self, body: ChatRequest) -> UpstreamRequest:
         adapter = self.adapter
-        out = {k: v for k, v in body.items() if k not in adapter.dropped}
+        out: dict[str, Any] = {k: v for k, v in body.items() if k not in adapter.dropped}
         out["model"] = self.ctx.model.upstream
         messages = out.get("messages")
         if messages and not adapter.is_openrouter:
@@ -203,7 +204,7 @@ class OpenAITranslator:
             out.pop("stream_options", None)
         return UpstreamRequest(url=adapter.chat_url, body=orjson.dumps(out), headers=adapter.headers)
 
-    def response(self, raw: bytes) -> dict[str, Any]:
+    def response(self, raw: bytes) -> Completion:
         data = orjson.loads(raw)
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise ValueError("upstream response has no choices")
@@ -221,9 +222,9 @@ class OpenAITranslator:
             native = choice.get("native_finish_reason") or choice.get("finish_reason")
             choice["finish_reason"] = normalise_finish_reason(choice.get("finish_reason"))
             choice["native_finish_reason"] = string_or_none(native)
-        return data
+        return cast(Completion, data)  # the upstream's own object, its choices checked and normalised above
 
-    def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
+    def stream_event(self, event: str | None, data: bytes) -> list[Chunk]:
         if data == b"[DONE]":
             return []
         chunk = orjson.loads(data)
@@ -262,9 +263,9 @@ class OpenAITranslator:
             else:
                 choice["native_finish_reason"] = string_or_none(choice.get("native_finish_reason") or finish)
                 choice["finish_reason"] = normalise_finish_reason(finish)
-        return [chunk]
+        return [cast(Chunk, chunk)]  # the upstream's own chunk, its choices checked and normalised above
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Chunk]:
         return []
 
 
@@ -304,8 +305,8 @@ class OpenAIEmbeddingsTranslator:
         ordered = sorted(items, key=lambda item: item.get("index") or 0)
         return {"data": [item["embedding"] for item in ordered], "model": self.upstream_model}
 
-    def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
+    def stream_event(self, event: str | None, data: bytes) -> list[Chunk]:
         raise ValueError("embeddings do not stream")
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Chunk]:
         return []

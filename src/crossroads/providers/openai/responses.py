@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from crossroads.canonical import ChatRequest, Chunk, Completion
 from crossroads.providers.base import (
     RequestContext,
     UpstreamRequest,
@@ -45,7 +46,7 @@ class ResponsesPassthrough:
         self.upstream_id: str | None = None
         self.final_response: dict[str, Any] | None = None
 
-    async def request(self, body: dict[str, Any]) -> UpstreamRequest:
+    async def request(self, body: ChatRequest) -> UpstreamRequest:
         out = {**self.native, "model": self.ctx.model.upstream}
         return UpstreamRequest(url=self.adapter.responses_url, body=orjson.dumps(out),
                                headers=self.adapter.headers)
@@ -67,7 +68,7 @@ class ResponsesPassthrough:
             reason = "tool_calls"
         return {"finish_reason": reason, "native_finish_reason": status}
 
-    def response(self, raw: bytes) -> dict[str, Any]:
+    def response(self, raw: bytes) -> Completion:
         data = orjson.loads(raw)
         if not isinstance(data, dict) or not isinstance(data.get("output"), list):
             raise ValueError("upstream Responses body has no output")
@@ -76,9 +77,11 @@ class ResponsesPassthrough:
         text = "".join(part["text"] for item in messages if isinstance(item.get("content"), list)
                        for part in item["content"] if isinstance(part, dict) and part.get("type") == "output_text"
                        and isinstance(part.get("text"), str))
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, **finish}]}
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": finish["finish_reason"],
+                             "native_finish_reason": finish["native_finish_reason"]}]}
 
-    def stream_event(self, event: str | None, data: bytes) -> list[dict[str, Any]]:
+    def stream_event(self, event: str | None, data: bytes) -> list[Chunk]:
         kind = event
         if kind not in ("response.output_text.delta", "response.function_call_arguments.delta",
                         "response.reasoning_summary_text.delta", "response.completed", "response.incomplete",
@@ -104,5 +107,5 @@ class ResponsesPassthrough:
             raise UpstreamStreamError(str(error.get("message") or "upstream response failed"), raw=payload)
         return [choice_chunk({}, finish["finish_reason"], finish["native_finish_reason"])]
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Chunk]:
         return []
