@@ -2,7 +2,7 @@
 pyproject.toml changed; the README's commands work as written), scripts/test and scripts/ci-services.sh (the test
 servers a run started are stopped when it ends; apt-get's output goes to a log file).
 
-Each test runs the real scripts in a copy of the repository whose .venv holds stand-ins for pip, pytest and ruff that
+Each test runs the real scripts in a copy of the repository whose .venv holds stand-ins for pip, pytest, ruff and mypy that
 record how they were called (a real install needs the network and minutes); the PostgreSQL and Redis servers are
 real, in directories of their own."""
 
@@ -43,7 +43,8 @@ def make_checkout(tmp_path: Path, *, real_crossroads: bool = False) -> Path:
     bindir = root / ".venv" / "bin"
     bindir.mkdir(parents=True)
     (bindir / "python").write_text(FAKE_PYTHON)
-    (bindir / "ruff").write_text('#!/usr/bin/env bash\necho "ruff $*" >> "$(dirname "$0")/../../calls.log"\n')
+    for checker in ("ruff", "mypy"):
+        (bindir / checker).write_text(f'#!/usr/bin/env bash\necho "{checker} $*" >> "$(dirname "$0")/../../calls.log"\n')
     if real_crossroads:
         (bindir / "crossroads").symlink_to(REAL_CROSSROADS)
     else:
@@ -102,7 +103,11 @@ def test_serve_installs_only_when_pyproject_changed(tmp_path: Path) -> None:
     # scripts/test needs the test dependencies too: it installs them once, after which serve is content as well.
     tested = run(["./scripts/test"], cwd=root, env={"CROSSROADS_TEST_SERVICES": "0"})
     assert tested.returncode == 0, tested.stderr
-    assert pip_installs(calls(root)) == ['python -m pip install -e .[test]']
+    test_calls = calls(root)
+    assert pip_installs(test_calls) == ['python -m pip install -e .[test]']
+    # Style and types are checked before the tests run.
+    checks = [line.split()[0] for line in test_calls if line.startswith(("ruff", "mypy", "pytest"))]
+    assert checks == ["ruff", "mypy", "pytest"], test_calls
     assert run(["./scripts/test"], cwd=root, env={"CROSSROADS_TEST_SERVICES": "0"}).returncode == 0
     assert run(["./scripts/serve"], cwd=root).stderr == ""
 
