@@ -34,6 +34,7 @@ Process-wide state, and how each gateway keeps its own:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import gc
@@ -118,8 +119,6 @@ class FakeClock:
         self.time += seconds
 
     async def sleep(self, delay: float) -> None:
-        import asyncio
-
         self.waits.append(delay)
         self.time += delay
         await asyncio.sleep(0)
@@ -160,6 +159,7 @@ class GatewayServer:
         self.server: Any = None
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._log_lock = threading.Lock()
         self._log: Any = None
         self._formatter: logging.Formatter | None = None
@@ -241,6 +241,7 @@ class GatewayServer:
             original_startup = self.server.startup
 
             async def startup(sockets: Any = None) -> None:
+                self._loop = asyncio.get_running_loop()
                 try:
                     await original_startup(sockets)
                 finally:
@@ -270,8 +271,18 @@ class GatewayServer:
             self.server.should_exit = True
         self._thread.join(timeout)
         if self._thread.is_alive() and self.server is not None:
-            print(f"harness: the gateway on port {self.port} did not stop within {timeout:g} s; forcing it",
-                  file=sys.stderr)
+            import traceback
+
+            frame = sys._current_frames().get(self._thread.ident or 0)
+            where = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
+            try:
+                for task in asyncio.all_tasks(self._loop) if self._loop is not None else ():
+                    stack = task.get_stack()
+                    where += f"\n{task!r}:\n" + ("".join(traceback.format_stack(stack[-1])) if stack else "")
+            except RuntimeError:  # the set of tasks changed meanwhile
+                pass
+            print(f"harness: the gateway on port {self.port} did not stop within {timeout:g} s; forcing it; its "
+                  f"thread is at:\n{where}", file=sys.stderr)
             self.server.force_exit = True
             self._thread.join(timeout)
         self._finish()
