@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -247,6 +248,13 @@ def redis_test_url() -> str:
 @pytest.fixture
 def postgres_database() -> Iterator[str]:
     """A fresh database in the test PostgreSQL server, dropped afterwards."""
+    with new_postgres_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def new_postgres_database() -> Iterator[str]:
+    """The `postgres_database` fixture's database, for fixtures of a wider scope."""
     if not POSTGRES_URL:
         if os.environ.get("CI"):
             pytest.fail("CROSSROADS_TEST_POSTGRES_URL is not set in CI")
@@ -264,8 +272,10 @@ def postgres_database() -> Iterator[str]:
             await conn.close()
 
     asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 # -- credit ledgers (tests/test_shared_credits.py, tests/test_pg_credits.py) ----------------------------------------

@@ -8,6 +8,7 @@ without them, except under CI."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import socket
@@ -18,11 +19,12 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, GatewayProcess, redis_test_url
+from tests.conftest import MASTER_KEY, GatewayProcess, new_postgres_database, redis_test_url
 from tests.fakes.base import Fault
 from tests.fakes.openai_fake import FakeOpenAI
 
@@ -51,23 +53,58 @@ def upstream() -> Iterator[FakeOpenAI]:
     fake.stop()
 
 
-@pytest.fixture
-def fleet(request: pytest.FixtureRequest, upstream: FakeOpenAI, postgres_database: str,
-          tmp_path: Path) -> Iterator[list[GatewayProcess]]:
-    """Two instances of two workers on one PostgreSQL, with Redis (the default) or, parametrised "postgresql",
-    without: credit limits are then held by PostgreSQL alone (gate/pg_credits.py)."""
-    env = {"CROSSROADS_DATABASE_URL": postgres_database}
-    if getattr(request, "param", "redis") == "redis":
+def start_fleet(upstream: FakeOpenAI, database: str, mode: str, workdir: Path) -> list[GatewayProcess]:
+    """Two instances of two workers on one PostgreSQL, with Redis ("redis") or without ("postgresql": credit limits
+    are then held by PostgreSQL alone, gate/pg_credits.py)."""
+    env = {"CROSSROADS_DATABASE_URL": database}
+    if mode == "redis":
         env["CROSSROADS_REDIS_URL"] = redis_test_url()
-    instances = []
+    instances: list[GatewayProcess] = []
     try:
         for name in ("a", "b"):
-            workdir = tmp_path / name
-            workdir.mkdir()
-            gw = GatewayProcess(fleet_config(upstream, workdir / "data"), workdir, args=["--workers", "2"], env=env)
+            (workdir / name).mkdir(parents=True)
+            gw = GatewayProcess(fleet_config(upstream, workdir / name / "data"), workdir / name,
+                                args=["--workers", "2"], env=env)
             instances.append(gw.start(wait=False))
         for gw in instances:
             gw.wait_ready(timeout=60)
+    except BaseException:
+        for gw in instances:
+            gw.stop()
+        raise
+    return instances
+
+
+@pytest.fixture(scope="module")
+def shared_fleets(upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The module's fleets by mode, started when a test first asks for one (see `fleet`)."""
+    fleets: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        def get(mode: str) -> list[GatewayProcess]:
+            if mode not in fleets:
+                database = stack.enter_context(new_postgres_database())
+                instances = start_fleet(upstream, database, mode, tmp_path_factory.mktemp(f"fleet-{mode}"))
+                stack.callback(lambda: [gw.stop() for gw in instances])
+                fleets[mode] = instances
+            return fleets[mode]
+
+        yield {"get": get}
+
+
+@pytest.fixture
+def fleet(request: pytest.FixtureRequest, upstream: FakeOpenAI, shared_fleets: dict[str, Any],
+          tmp_path: Path) -> Iterator[list[GatewayProcess]]:
+    """Two instances of two workers on one PostgreSQL, with Redis (the default) or, parametrised "postgresql",
+    without. Tests whose requests only touch keys and workspaces of their own share the module's fleet of their mode;
+    a test marked `fresh_fleet` (it kills an instance, opens a breaker or corrupts Redis's figures) gets its own."""
+    mode = getattr(request, "param", "redis")
+    if request.node.get_closest_marker("fresh_fleet") is None:
+        instances = shared_fleets["get"](mode)
+        upstream.reset()
+        yield instances
+        return
+    instances = start_fleet(upstream, request.getfixturevalue("postgres_database"), mode, tmp_path)
+    try:
         upstream.reset()
         yield instances
     finally:
@@ -203,6 +240,7 @@ def test_previous_response_id_continues_on_the_other_instance(fleet: list[Gatewa
     assert fetched.status_code == 200 and fetched.json()["id"] == first.json()["id"]
 
 
+@pytest.mark.fresh_fleet
 def test_an_endpoint_ejected_by_one_instance_shows_in_every_instance(fleet: list[GatewayProcess],
                                                                      upstream: FakeOpenAI) -> None:
     a, b = fleet
@@ -260,6 +298,7 @@ def kill_instance(gw: GatewayProcess) -> None:
 
 
 @pytest.mark.parametrize("fleet", ["redis", "postgresql"], indirect=True)
+@pytest.mark.fresh_fleet
 def test_a_killed_instance_releases_its_reservations_and_loses_no_answered_record(
         fleet: list[GatewayProcess], upstream: FakeOpenAI) -> None:
     a, b = fleet
@@ -323,6 +362,7 @@ def _quietly(call, *args) -> None:
         pass
 
 
+@pytest.mark.fresh_fleet
 def test_drift_in_redis_is_corrected_from_the_records(fleet: list[GatewayProcess]) -> None:
     import redis
 
@@ -356,6 +396,7 @@ def test_without_its_redis_a_limited_key_is_refused_and_the_others_are_served(up
         dead_redis = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
     config = fleet_config(upstream, tmp_path / "data")
     config["routing"]["rate_limits_fail_open"] = fail_open
+    # A process: the warning read below is logged once per 30 s per process (gate/admission.py), not per gateway.
     gw = GatewayProcess(config, tmp_path, env={"CROSSROADS_REDIS_URL": dead_redis}).start()
     try:
         limited, _ = new_key(gw, limit=1.0)
