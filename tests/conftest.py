@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import openai
@@ -48,7 +49,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: its leaks go to the controller (below), which reports them
+        workeroutput["secret_leaks"] = list(secret_watch.leaks)
     secret_watch.report(session)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist's controller: a worker is done; its leaks count for the whole run."""
+    secret_watch.leaks.extend(getattr(node, "workeroutput", {}).get("secret_leaks", []))
 
 
 class GatewayProcess:
@@ -232,6 +242,17 @@ def _reset_fakes(request: pytest.FixtureRequest) -> None:
             request.getfixturevalue(name).reset()
 
 
+def _redis_database_per_worker() -> None:
+    """Under pytest-xdist (scripts/test runs `-n 2`) each worker gets a database of its own in the test Redis (1, 2,
+    ...; the suite alone uses 0): tests flush theirs and count the keys in it. Set before any test module reads the
+    variable."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    url = os.environ.get("CROSSROADS_TEST_REDIS_URL")
+    if url and worker.startswith("gw") and worker[2:].isdigit():
+        os.environ["CROSSROADS_TEST_REDIS_URL"] = urlunsplit(urlsplit(url)._replace(path=f"/{int(worker[2:]) + 1}"))
+
+
+_redis_database_per_worker()
 POSTGRES_URL = os.environ.get("CROSSROADS_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("CROSSROADS_TEST_REDIS_URL")
 

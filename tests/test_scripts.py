@@ -8,6 +8,7 @@ real, in directories of their own."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -176,7 +177,15 @@ needs_servers = pytest.mark.skipif(
 
 @pytest.fixture
 def service_dirs() -> Iterator[dict[str, str]]:
-    """Directories of this test's own servers (under /tmp, which the postgres user can reach); stopped afterwards."""
+    """Directories of this test's own servers (under /tmp, which the postgres user can reach); stopped afterwards.
+    One such test at a time across pytest-xdist's workers (a lock file): each sets up a PostgreSQL cluster from
+    nothing, the heaviest thing the suite does, and two at once on two cores have missed start-up deadlines."""
+    with open("/tmp/crossroads-test-scripts.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield from _service_dirs()
+
+
+def _service_dirs() -> Iterator[dict[str, str]]:
     tag = uuid.uuid4().hex[:10]
     env = {"CROSSROADS_PG_DIR": f"/tmp/crossroads-t-{tag}-pg", "CROSSROADS_REDIS_DIR": f"/tmp/crossroads-t-{tag}-redis",
            "CROSSROADS_CI_INSTALL_LOG": f"/tmp/crossroads-t-{tag}-install.log"}
@@ -205,7 +214,7 @@ def test_scripts_test_stops_the_servers_it_started(tmp_path: Path, service_dirs:
     result = run(["./scripts/test", "-k", "something"], cwd=root, env={**service_dirs, "FAKE_PYTEST_STATUS": "3"})
     assert result.returncode == 3, result.stderr  # pytest's status is the script's
     lines = calls(root)
-    assert "python -m pytest -q -k something" in lines
+    assert "python -m pytest -q -n 2 --dist worksteal -k something" in lines
     pg_port, redis_port = servers_of(lines)
     assert not listening(pg_port) and not listening(redis_port)
     assert not Path(service_dirs["CROSSROADS_PG_DIR"]).exists()
