@@ -61,6 +61,26 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     secret_watch.leaks.extend(getattr(node, "workeroutput", {}).get("secret_leaks", []))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """With --cov (scripts/coverage), one line: how much of src/crossroads the run covered (pytest-cov's own report
+    is off: `--cov-report=`)."""
+    controller = getattr(config.pluginmanager.getplugin("_cov"), "cov_controller", None)
+    if controller is None or controller.cov is None or hasattr(config, "workerinput"):
+        return
+    import io
+
+    from coverage.exceptions import CoverageException
+
+    try:
+        total = controller.cov.report(file=io.StringIO())
+    except CoverageException as exc:  # e.g. no data: nothing of crossroads ran in this process
+        terminalreporter.write_line(f"coverage: {exc}")
+        return
+    terminalreporter.write_line(f"coverage: {total:.1f}% of src/crossroads (lines run in the test process; gateway "
+                                "processes are not measured)")
+
+
 class GatewayProcess:
     """`crossroads serve` in a subprocess, with its output captured to a file for assertions: for what needs a process
     (signals, `--workers N`, a crash, the CLI's output and exit codes, several instances on one database). A test
