@@ -221,7 +221,7 @@ def gateway_config(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic, fake_
                    "keepalive_interval": 0.3, "max_body_bytes": 2 * 1024 * 1024,
                    "media": {"allow": ["127.0.0.0/8"]}},
         # The shared gateway checks how each failure reaches the client: no retries, and a breaker that never opens
-        # (a test's injected failures must not eject a connection for the tests after it). tests/test_routing.py
+        # (a test's injected failures must not eject a connection for the tests after it). tests/routing/test_routing.py
         # runs its own gateways with the defaults.
         "routing": {"retries": 0, "breaker": {"failure_threshold": 1000000}},
         "providers": [
@@ -319,7 +319,7 @@ def new_postgres_database() -> Iterator[str]:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-# -- credit ledgers (tests/test_shared_credits.py, tests/test_pg_credits.py) ----------------------------------------
+# -- credit ledgers (tests/gate/test_shared_credits.py, tests/gate/test_pg_credits.py) ----------------------------------------
 
 def key_chain(row: Any) -> list[Any]:
     """The budget chain of a key row alone: its own limit."""

@@ -1,6 +1,6 @@
 """A company's dashboard in Chromium (issue 16): each person signs in with email and password and sees only their
 workspace's keys, records and models; an owner invites someone by a one-time link; the master key switches between
-workspaces. tests/test_dashboard_members.py makes the same checks over HTTP."""
+workspaces. tests/dashboard/test_dashboard_members.py makes the same checks over HTTP."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 // One call through the official OpenRouter TypeScript SDK (@openrouter/sdk) against a Crossroads gateway, for
-// tests/test_sdk_conformance.py. Argument: JSON {"url", "key", "call", "args"}. Output (stdout): the call's outcome
+// tests/api/test_sdk_conformance.py. Argument: JSON {"url", "key", "call", "args"}. Output (stdout): the call's outcome
 // as JSON; an SDK error class raised for an HTTP error is an outcome too ({"error": {"name", "status", "code"}}).
 // Anything else the SDK throws (a validation error of our answer, say) exits non-zero with it on stderr.
 

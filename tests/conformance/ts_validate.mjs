@@ -1,5 +1,5 @@
 // Validates JSON samples with the zod schemas of the official OpenRouter TypeScript SDK (@openrouter/sdk), the ones
-// its client runs on every response. tests/test_sdk_conformance.py feeds it what a live Crossroads answered.
+// its client runs on every response. tests/api/test_sdk_conformance.py feeds it what a live Crossroads answered.
 //
 // Input (stdin): one JSON object per line, {"id": <label>, "schema": "<models|operations|errors>.<Name>", "sample":
 // <the JSON body or SSE event>}. Output (stdout): one line per input line, {"id", "ok", "problems": [...]}, written

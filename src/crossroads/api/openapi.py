@@ -1,7 +1,7 @@
 """The gateway's API as an OpenAPI 3.1 document, served at GET /api/v1/openapi.json (and /v1/openapi.json).
 
 Written from what the handlers really answer (api/app.py's route tables, api/account.py, api/workspaces.py,
-api/stored.py, api/models.py and the formats/ renderers), and checked against live answers by tests/test_openapi.py:
+api/stored.py, api/models.py and the formats/ renderers), and checked against live answers by tests/api/test_openapi.py:
 every path and method here is served, every API route the gateway registers is here, and the bodies of the test
 suite's requests validate against these schemas. Response schemas require the fields every answer has and leave
 `additionalProperties` open (fields are added over time, and pass-through answers carry the upstream's own).

@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from tests.conftest import MASTER_KEY, PROVIDERS, GatewayServer, gateway_config
 from tests.fakes.base import Fault, Reply, ToolCall
 
-CONFORMANCE_DIR = Path(__file__).parent / "conformance"
+CONFORMANCE_DIR = Path(__file__).resolve().parents[1] / "conformance"
 API = "/api/v1"
 EMBEDDING_MODEL = "openai/text-embedding-3-small"
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {

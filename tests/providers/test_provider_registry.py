@@ -17,7 +17,7 @@ from crossroads.providers.registry import PROVIDER_TYPES, SPECS, make_adapter, s
 from tests.conftest import MASTER_KEY, GatewayProcess
 from tests.fakes.openai_fake import FakeOpenAI
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "crossroads"
+SRC = Path(__file__).resolve().parents[2] / "src" / "crossroads"
 
 
 def _provider_names() -> set[str]:
@@ -51,7 +51,7 @@ def test_each_provider_is_one_package_with_a_spec_and_a_fake(kind: str) -> None:
     spec = spec_for(kind)
     assert isinstance(spec, ProviderSpec) and spec.type == kind
     # The fake upstream that speaks its wire format for the tests (docs/providers.md, step 3).
-    assert (Path(__file__).parent / "fakes" / f"{kind}_fake.py").is_file()
+    assert (Path(__file__).resolve().parents[1] / "fakes" / f"{kind}_fake.py").is_file()
 
 
 def _config(tmp_path: Path, providers: list[dict]) -> object:

@@ -1,5 +1,5 @@
 """The hostile inputs a probe of the running gateway answered with a 500, a 503 or a closed connection, one by one:
-each now gets a 4xx in its endpoint's error shape and never reaches an upstream (tests/test_fuzz.py covers the rest
+each now gets a 4xx in its endpoint's error shape and never reaches an upstream (tests/api/test_fuzz.py covers the rest
 at random)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import httpx
 import orjson
 import pytest
 
+from tests.api.test_fuzz import PATHS, error_shape_problem
 from tests.conftest import MASTER_KEY
-from tests.test_fuzz import PATHS, error_shape_problem
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"}
 MAX_DEPTH = 128  # crossroads.formats.json_input.MAX_DEPTH
@@ -176,7 +176,7 @@ def test_management_api_bounds_nesting_too(gateway) -> None:
     assert "nested more than" in resp.json()["error"]["message"]
 
 
-# -- found by tests/test_fuzz.py's account, key and header cases ---------------------------------------------------
+# -- found by tests/api/test_fuzz.py's account, key and header cases ---------------------------------------------------
 
 MASTER = {"Authorization": f"Bearer {MASTER_KEY}"}
 

@@ -1,5 +1,5 @@
 """What the gateway tells operators (issue 12): the access log, warnings, X-Request-Id, no secret in any log line,
-and the liveness/readiness checks. Metrics: tests/test_metrics.py; traces: tests/test_tracing.py."""
+and the liveness/readiness checks. Metrics: tests/observability/test_metrics.py; traces: tests/observability/test_tracing.py."""
 
 from __future__ import annotations
 
@@ -244,7 +244,7 @@ def test_readiness_follows_redis(fake_openai, fake_anthropic, fake_gemini, fake_
 def test_the_grafana_dashboard_names_only_metrics_the_gateway_serves(gateway) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    dashboard = json.loads((Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json").read_text())
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json").read_text())
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     named = {re.sub(r"_(bucket|count|sum)$", "", name) for expr in expressions
              for name in re.findall(r"\bcrossroads_\w+", expr)}

@@ -3,7 +3,7 @@ stale credentials, keys reaching past their scope, clients steering the upstream
 
 The SSRF cases run end to end: a chat request with an image URL goes to a Gemini connection (Gemini needs the bytes,
 so the gateway fetches them), and a listening socket on loopback counts connections to prove none arrives. The
-media fetcher's own unit tests (tests/test_fetch.py) cover the policy case by case; here the whole request path is
+media fetcher's own unit tests (tests/net/test_fetch.py) cover the policy case by case; here the whole request path is
 the subject. The whole suite's responses and logs are watched for secrets by tests/secret_watch.py; the first tests
 here prove that watch can fail.
 """
@@ -23,16 +23,16 @@ import orjson
 import pytest
 
 from tests import secret_watch
+from tests.api.test_fuzz import error_shape_problem
 from tests.conftest import MASTER_KEY, PRICING, GatewayServer, free_port
 from tests.fakes.base import Reply
 from tests.fakes.gemini_fake import FakeGemini
-from tests.test_fuzz import error_shape_problem
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 
 
 def shape_problem(path: str, resp: httpx.Response) -> str | None:
-    """What is wrong with an error answer's shape for the endpoint at `path` (tests/test_fuzz.py's check)."""
+    """What is wrong with an error answer's shape for the endpoint at `path` (tests/api/test_fuzz.py's check)."""
     endpoint = path.split("?")[0].rsplit("/", 1)[-1]
     try:
         payload = resp.json()

@@ -1,6 +1,6 @@
 """Dashboard single sign-on end to end (issue 16): a real gateway configured with `server.oidc`, a small OpenID
 provider on loopback (tests/fakes/oidc_provider.py), and a client that follows the redirects as a browser does,
-cookies included. dashboard/oidc.py's own checks of the provider's answers are tested in tests/test_oidc.py."""
+cookies included. dashboard/oidc.py's own checks of the provider's answers are tested in tests/dashboard/test_oidc.py."""
 
 from __future__ import annotations
 

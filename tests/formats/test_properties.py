@@ -27,7 +27,7 @@ written to the work tree, and when the environment variable CI is set generation
 reproducible. For a longer run by hand, pick the thorough profile (25 times the examples):
 
     CROSSROADS_HYPOTHESIS_PROFILE=crossroads-thorough .venv/bin/python -m pytest -q -p no:cacheprovider \
-        tests/test_properties.py
+        tests/formats/test_properties.py
 """
 
 from __future__ import annotations
@@ -1129,7 +1129,7 @@ def network_reads(draw: st.DrawFn, raw: bytes) -> list[bytes]:
 
 class Received:
     """Stands in for aiohttp's ClientResponse as `iter_sse` reads it, delivering exactly these network reads: over a
-    real socket the writes would be merged at the kernel's whim, not at the chosen offsets (tests/test_sse.py reads
+    real socket the writes would be merged at the kernel's whim, not at the chosen offsets (tests/providers/test_sse.py reads
     over a real server). The body is complete: `content` is at its end once the last read is taken."""
 
     def __init__(self, reads: list[bytes]) -> None:

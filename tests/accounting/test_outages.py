@@ -24,11 +24,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.accounting.test_durability import AUTH, MODEL, postgres_ids
+from tests.accounting.test_durability import config as durability_config
 from tests.conftest import MASTER_KEY, GatewayProcess, redis_test_url
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.tcpproxy import TcpProxy
-from tests.test_durability import AUTH, MODEL, postgres_ids
-from tests.test_durability import config as durability_config
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def upstream() -> Iterator[FakeOpenAI]:
 
 
 def config(upstream: FakeOpenAI, data_dir: Path, **accounting: object) -> dict:
-    """tests/test_durability.py's gateway, its records flushed every 0.2 s."""
+    """tests/accounting/test_durability.py's gateway, its records flushed every 0.2 s."""
     return durability_config(upstream, data_dir, **{"flush_interval": 0.2, **accounting})
 
 

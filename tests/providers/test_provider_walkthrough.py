@@ -19,7 +19,7 @@ from crossroads.providers.base import RequestContext
 from crossroads.providers.registry import SPECS
 from crossroads.routing.registry import Connection
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "providers.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "providers.md"
 _BLOCK = re.compile(r"```(python|yaml)\n(.*?)```", re.DOTALL)
 
 

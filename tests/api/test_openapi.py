@@ -172,7 +172,7 @@ def test_the_document_is_served_without_a_key(served: GatewayServer) -> None:
 
 
 def test_the_readme_links_the_document() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     endpoints = readme.split("## Endpoints", 1)[1].split("\n## ", 1)[0]
     assert "`GET /api/v1/openapi.json`" in endpoints
 
@@ -317,7 +317,7 @@ def test_live_answers_match_the_document(served: GatewayServer, fake_openai, fak
     c.call("DELETE", f"{API}/keys/{{hash}}", params={"hash": key_hash})
     c.call("GET", f"{API}/keys/{{hash}}", params={"hash": key_hash}, expect=404)
     # OAuth PKCE: a code approved in the dashboard, traded for a key (no API key needed).
-    from tests.test_oauth import approve, code_of
+    from tests.gate.test_oauth import approve, code_of
 
     code = code_of(approve(served, {"callback_url": "http://localhost:3999/cb?state=xyz"}))
     c.call("POST", f"{API}/auth/keys", key=None, json={"code": code})

@@ -36,7 +36,7 @@ PRICE = {"prompt": 1.0, "completion": 2.0}
 # Text that must never reach a span: what the client asked and what the model answered.
 PROMPT = "the-secret-prompt-" + secrets.token_hex(8)
 COMPLETION = "the-secret-completion-" + secrets.token_hex(8)
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 # -- a gateway exporting to a receiver ------------------------------------------------------------------------------

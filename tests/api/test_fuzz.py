@@ -30,7 +30,7 @@ valid JSON. After the run the gateway is healthy, its log has no ERROR line or t
 files have stayed bounded.
 
 The run is deterministic in what it sends: `CROSSROADS_FUZZ_SEED` and `CROSSROADS_FUZZ_COUNT` run another or a longer
-one by hand, e.g. `CROSSROADS_FUZZ_SEED=7 CROSSROADS_FUZZ_COUNT=50000 .venv/bin/python -m pytest tests/test_fuzz.py -q`.
+one by hand, e.g. `CROSSROADS_FUZZ_SEED=7 CROSSROADS_FUZZ_COUNT=50000 .venv/bin/python -m pytest tests/api/test_fuzz.py -q`.
 """
 
 from __future__ import annotations
@@ -1204,7 +1204,7 @@ def fuzz_gateway(fake_openai, fake_anthropic, fake_gemini, fake_local, tmp_path_
     del config["server"]["max_body_bytes"]
     for connection in config["providers"]:
         # The fakes run in this process, beside the senders: on a busy machine one may answer late, which is not
-        # what this test is about (tests/test_faults.py is).
+        # what this test is about (tests/api/test_faults.py is).
         connection["timeout"] = 30
     config["providers"][0]["models"].append({
         "id": EMBEDDING_MODEL, "upstream": "text-embedding-3-small", "context_length": 8191,
