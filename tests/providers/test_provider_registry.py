@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import importlib
 from pathlib import Path
 
 import httpx
@@ -50,6 +51,10 @@ def test_each_provider_is_one_package_with_a_spec_and_a_fake(kind: str) -> None:
     assert (package / "__init__.py").is_file()
     spec = spec_for(kind)
     assert isinstance(spec, ProviderSpec) and spec.type == kind
+    # The adapter class it names lives in its own package (imported only when a connection is built).
+    module, _, name = spec.adapter.partition(":")
+    assert module.startswith(f"crossroads.providers.{kind}.") and name
+    assert issubclass(getattr(importlib.import_module(module), name), Adapter)
     # The fake upstream that speaks its wire format for the tests (docs/providers.md, step 3).
     assert (Path(__file__).resolve().parents[1] / "fakes" / f"{kind}_fake.py").is_file()
 

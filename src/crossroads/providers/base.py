@@ -119,7 +119,9 @@ class ProviderSpec:
     once in `providers/registry.py`; nothing outside `providers/` names a provider type."""
 
     type: str  # a connection's `type:` in the config file
-    adapter: Callable[[ConnectionConfig], Adapter]  # builds the adapter of one connection
+    # The Adapter class, as "package.module:Class": imported by the registry when the first connection of this type
+    # is built, so reading specs at start-up (config) imports no translator.
+    adapter: str
     # Connection defaults: the base URL when none is given, and the API version path its SDKs add themselves
     # (`api_version`, appended unless the base URL already ends with one of `accepted_versions`).
     default_base_url: str | None = None

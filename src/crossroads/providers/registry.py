@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from crossroads.providers import anthropic, gemini, openai
@@ -25,7 +26,11 @@ def spec_for(kind: str) -> ProviderSpec:
 
 
 def make_adapter(conn: ConnectionConfig) -> Adapter:
+    """The adapter of one connection, built from the class its type's spec names ("package.module:Class"; the module
+    is imported here the first time, once per connection at start-up, never per request)."""
     spec = SPECS.get(conn.type)
     if spec is None:
         raise ValueError(f"unknown provider type {conn.type!r}")
-    return spec.adapter(conn)
+    module, _, name = spec.adapter.partition(":")
+    adapter_class: type[Adapter] = getattr(importlib.import_module(module), name)
+    return adapter_class(conn)

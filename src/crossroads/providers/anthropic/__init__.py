@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from crossroads.providers.base import ConnectionField, ProviderSpec, RateLimitHeaders
-
-if TYPE_CHECKING:
-    from crossroads.config import ConnectionConfig
-    from crossroads.providers.anthropic.adapter import AnthropicAdapter
 
 # Anthropic's documented cap on messages per request (middle-out trims to it).
 MAX_MESSAGES = 1000
 
 
-def _adapter(conn: ConnectionConfig) -> AnthropicAdapter:
-    from crossroads.providers.anthropic.adapter import AnthropicAdapter
-
-    return AnthropicAdapter(conn)
-
-
 SPEC = ProviderSpec(
     type="anthropic",
-    adapter=_adapter,
+    adapter="crossroads.providers.anthropic.adapter:AnthropicAdapter",
     default_base_url="https://api.anthropic.com/v1",
     api_version="/v1",
     accepted_versions=("/v1",),

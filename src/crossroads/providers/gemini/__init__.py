@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from crossroads.providers.base import ProviderSpec
-
-if TYPE_CHECKING:
-    from crossroads.config import ConnectionConfig
-    from crossroads.providers.gemini.adapter import GeminiAdapter
-
-
-def _adapter(conn: ConnectionConfig) -> GeminiAdapter:
-    from crossroads.providers.gemini.adapter import GeminiAdapter
-
-    return GeminiAdapter(conn)
-
 
 SPEC = ProviderSpec(
     type="gemini",
-    adapter=_adapter,
+    adapter="crossroads.providers.gemini.adapter:GeminiAdapter",
     default_base_url="https://generativelanguage.googleapis.com/v1beta",
     api_version="/v1beta",
     accepted_versions=("/v1", "/v1beta", "/v1alpha"),

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from crossroads.providers.base import ProviderSpec
-
-if TYPE_CHECKING:
-    from crossroads.config import ConnectionConfig
-    from crossroads.providers.openai.adapter import OpenAIAdapter
-
-
-def _adapter(conn: ConnectionConfig) -> OpenAIAdapter:
-    from crossroads.providers.openai.adapter import OpenAIAdapter
-
-    return OpenAIAdapter(conn)
-
 
 SPEC = ProviderSpec(
     type="openai",
-    adapter=_adapter,
+    adapter="crossroads.providers.openai.adapter:OpenAIAdapter",
     # Many servers speak this API (vLLM, Ollama, Groq, OpenRouter...), each under its own path (`/v1`, `/openai/v1`,
     # `/api/v1`): the base URL is taken as written and is required unless the catalog knows the vendor.
     default_parameters=("max_tokens", "temperature", "top_p", "stop", "frequency_penalty", "presence_penalty",
