@@ -21,6 +21,7 @@ import socket
 import time
 from typing import Any
 
+from crossroads.store.loops import Stopping
 from crossroads.store.rows import InstanceRow
 
 HEARTBEAT_INTERVAL = 5.0  # seconds between two heartbeats of a worker
@@ -131,18 +132,17 @@ class InstanceHeartbeat:
         self.instance_id = instance_id
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._stopping = Stopping()
         self._warned_at: float | None = None
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = Stopping()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="crossroads-instance-heartbeat")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stopping.stop(task)  # between two beats (store/loops.py says why)
 
     async def beat(self) -> bool | None:
         """One heartbeat: True when written, False when the registration is gone, None when the store failed."""
@@ -158,9 +158,9 @@ class InstanceHeartbeat:
         return found
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await self.beat()
-            await asyncio.sleep(self.interval)
+            await self._stopping.pause(self.interval)
 
     def _warn(self, message: str, *args: object) -> None:
         now = time.monotonic()

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from crossroads.store import StoreUnavailable
+from crossroads.store.loops import STOP_BOUND, Stopping
 from crossroads.store.rows import GENERATION_COLUMNS, GenerationRow, from_record
 
 if TYPE_CHECKING:
@@ -88,11 +89,13 @@ class GenerationRecorder:
         self._replay_due = spool is not None  # spool files may wait for the database (set again by each spill)
         self._warned_at = 0.0
         self._closing = False
+        self._stopping = Stopping()
         # Observers set by the metrics (observability/metrics.py): seconds each committed batch took; each failure.
         self.on_write: Callable[[float], None] | None = None
         self.on_store_error: Callable[[], None] | None = None
 
     def start(self) -> None:
+        self._stopping = Stopping()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     # -- the request path -------------------------------------------------------------------------------------------
@@ -169,14 +172,16 @@ class GenerationRecorder:
             await self._replay()
         delay = self.flush_interval
         limit = MAX_BACKOFF_STRICT if self.strict else MAX_BACKOFF
-        while True:
+        while not self._closing:
             if self.store_down:  # (also when a commit wait ran out: not before the next write attempt)
-                await asyncio.sleep(min(delay, limit))  # backoff, whatever arrives meanwhile
+                await self._stopping.pause(min(delay, limit))  # backoff, whatever arrives meanwhile
             else:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
                 except TimeoutError:
                     pass
+            if self._closing:  # stop() writes what is left
+                return
             self._wake.clear()
             if not self._buffer:
                 ok = await self._probe() if self.store_down else True
@@ -373,12 +378,9 @@ class GenerationRecorder:
     async def stop(self, grace: float = 30.0) -> None:
         """Flush everything still buffered, retrying for up to `grace` seconds; spool whatever is left."""
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        self._wake.set()
+        # Between two writes (store/loops.py says why); a round against a store known to be down is cut short.
+        await self._stopping.stop(self._task, bound=1.0 if self.store_down else STOP_BOUND)
         if self._spilling is not None:
             await asyncio.shield(self._spilling)  # not cancelled: its worker thread would go on writing regardless
         loop = asyncio.get_running_loop()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from crossroads.gate.directory import Directory
 from crossroads.observability.logs import OncePer
 from crossroads.observability.metrics import count_store_error
+from crossroads.store.loops import Stopping
 from crossroads.store.rows import KeyRow
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class KeyCache:
         self._version: str | None = None
         self._during_load: list[tuple[Any, bool]] | None = None  # see load
         self._task: asyncio.Task[None] | None = None
+        self._stopping = Stopping()
         self._store_down = OncePer(log)  # polled every second: one line per 30 s of an outage, not one per poll
 
     async def load(self) -> None:
@@ -92,12 +94,12 @@ class KeyCache:
             self._during_load = None
 
     def start(self) -> None:
+        self._stopping = Stopping()
         self._task = asyncio.get_running_loop().create_task(self._poll())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        task, self._task = self._task, None
+        await self._stopping.stop(task)  # between two polls (store/loops.py says why)
 
     def get(self, key_hash: str) -> KeyRow | None:
         return self.keys.get(key_hash)
@@ -125,8 +127,7 @@ class KeyCache:
                                       await directory.users(), await directory.memberships())
 
     async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_interval)
+        while await self._stopping.pause(self.poll_interval):
             try:
                 version = await self.store.keys_version()
                 if version != self._version:
