@@ -41,6 +41,7 @@ import gc
 import logging
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -56,6 +57,17 @@ _GATEWAY: contextvars.ContextVar[GatewayServer | None] = contextvars.ContextVar(
 _START = threading.Lock()  # one gateway is set up at a time (the environment, the loggers' levels)
 _LIVE: list[GatewayServer] = []
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def read_database_files(data_dir: Path) -> bytes:
+    """The bytes of every SQLite file of a gateway's data directory (crossroads.db, -wal, -shm), read by another
+    process. Opening and closing such a file here would drop every POSIX lock this process holds on it, those of an
+    in-process gateway's connections included (SQLite guards only the descriptors it opened itself): the next
+    process to close the database would then take itself for the last one, checkpoint and reset the WAL under the
+    gateway, whose reads go stale and whose writes fail with "disk I/O error"."""
+    files = sorted(str(path) for path in data_dir.glob("crossroads.db*"))
+    assert files, f"no database in {data_dir}"
+    return subprocess.run(["cat", *files], capture_output=True, check=True, timeout=30).stdout
 
 
 def free_port() -> int:

@@ -27,6 +27,7 @@ from tests.api.test_fuzz import error_shape_problem
 from tests.conftest import MASTER_KEY, PRICING, GatewayServer, free_port
 from tests.fakes.base import Reply
 from tests.fakes.gemini_fake import FakeGemini
+from tests.harness import read_database_files
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 
@@ -396,7 +397,7 @@ def test_the_database_holds_no_plaintext_key(gateway, fake_openai) -> None:
     database = data_dir / "crossroads.db"
     with sqlite3.connect(database) as db:  # a checkpoint puts the WAL's pages into the file too
         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    stored = b"".join(p.read_bytes() for p in data_dir.glob("crossroads.db*"))
+    stored = read_database_files(data_dir)
     assert key_hash.encode() in stored  # the file read is the one holding the keys
     assert key.encode() not in stored and key.removeprefix("sk-or-v1-").encode() not in stored
     assert MASTER_KEY.encode() not in stored

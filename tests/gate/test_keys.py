@@ -17,6 +17,7 @@ from openrouter import OpenRouter
 
 from tests.conftest import MASTER_KEY, PRICING, GatewayServer, gateway_config
 from tests.fakes.base import Fault, Reply
+from tests.harness import read_database_files
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 
@@ -223,11 +224,9 @@ def test_no_plaintext_key_in_logs_or_database(gw, fake_openai) -> None:
     assert chat(gw, key + "x").status_code == 401
     time.sleep(1.5)
     assert key not in gw.log()
-    db_files = list(Path(gw.workdir / "data").glob("crossroads.db*"))
-    assert db_files
-    for path in db_files:
-        assert key.encode() not in path.read_bytes()
-        assert key[len("sk-or-v1-"):].encode() not in path.read_bytes()
+    stored = read_database_files(Path(gw.workdir / "data"))
+    assert key.encode() not in stored
+    assert key[len("sk-or-v1-"):].encode() not in stored
 
 
 def test_cli_keys(gw, tmp_path) -> None:
