@@ -27,6 +27,7 @@ from tests.fakes.base import FakeUpstream
 from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.harness import FakeClock, GatewayServer, free_port
+from tests.machine_share import pytest_runtest_protocol  # noqa: F401  (the `alone` marker's hook)
 
 __all__ = ["FakeClock", "GatewayProcess", "GatewayServer", "free_port"]
 

@@ -7,6 +7,10 @@ import gc
 import json
 import logging
 import os
+import ssl
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -85,3 +89,60 @@ def test_a_gateway_that_cannot_start_says_why(tmp_path) -> None:
     config = {"server": {"master_key": MASTER_KEY}, "providers": [{"name": "x", "type": "no-such-type"}]}
     with pytest.raises(RuntimeError, match="did not start"):
         GatewayServer(config, tmp_path).start()
+
+
+# -- the suite's own plumbing (tests/__init__.py, tests/machine_share.py) ------------------------------------------------
+
+def test_the_test_clients_share_one_tls_context() -> None:
+    with httpx.Client() as first, httpx.Client() as second, httpx.Client(verify=False) as unverified:
+        contexts = [client._transport._pool._ssl_context for client in (first, second, unverified)]  # type: ignore
+    assert contexts[0] is contexts[1]
+    assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname
+    assert contexts[2] is not contexts[0] and contexts[2].verify_mode == ssl.CERT_NONE
+
+
+GENERATED_SUITE = '''
+import os
+import time
+
+import pytest
+
+
+def record(name):
+    start = time.monotonic()
+    time.sleep(0.3)
+    with open(os.environ["RUNS_LOG"], "a") as log:
+        log.write(f"{name} {start} {time.monotonic()}\\n")
+
+
+@pytest.mark.alone
+@pytest.mark.parametrize("i", range(2))
+def test_alone(i):
+    record(f"alone{i}")
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_shared(i):
+    record(f"shared{i}")
+'''
+
+
+def test_an_alone_test_runs_while_no_other_test_does(tmp_path) -> None:
+    (tmp_path / "test_generated.py").write_text(GENERATED_SUITE)
+    runs = tmp_path / "runs.log"
+    env = {**os.environ, "RUNS_LOG": str(runs), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.machine_share",
+                           "-n", "2", "--dist", "worksteal", "-o", "markers=alone", "--rootdir", str(tmp_path),
+                           str(tmp_path)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    spans = {name: (float(start), float(end)) for name, start, end in map(str.split, runs.read_text().splitlines())}
+    assert len(spans) == 10
+
+    def overlap(a: str, b: str) -> bool:
+        return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+
+    shared = [name for name in spans if name.startswith("shared")]
+    for alone in ("alone0", "alone1"):
+        assert not [other for other in spans if other != alone and overlap(alone, other)], spans
+    # The two workers did run tests side by side: without the lock the alone tests would have overlapped too.
+    assert any(overlap(a, b) for a in shared for b in shared if a != b), spans

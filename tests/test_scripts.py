@@ -214,7 +214,7 @@ def test_scripts_test_stops_the_servers_it_started(tmp_path: Path, service_dirs:
     result = run(["./scripts/test", "-k", "something"], cwd=root, env={**service_dirs, "FAKE_PYTEST_STATUS": "3"})
     assert result.returncode == 3, result.stderr  # pytest's status is the script's
     lines = calls(root)
-    assert "python -m pytest -q -k something" in lines
+    assert "python -m pytest -q -n 2 --dist worksteal -k something" in lines
     pg_port, redis_port = servers_of(lines)
     assert not listening(pg_port) and not listening(redis_port)
     assert not Path(service_dirs["CROSSROADS_PG_DIR"]).exists()

@@ -113,6 +113,7 @@ def kill_under_load(gw: GatewayProcess) -> tuple[Answers, float]:
     return answers, killed_at
 
 
+@pytest.mark.alone  # the flush interval's bound, measured under load
 @pytest.mark.parametrize("durability", ["strict", "batched"])
 def test_kill_9_under_load_then_restart(fake_openai: FakeOpenAI, tmp_path: Path, durability: str,
                                         record_property: pytest.RecordProperty) -> None:

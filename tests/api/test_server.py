@@ -100,6 +100,7 @@ class StreamReader(threading.Thread):
 
 # -- start-up ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.alone  # a start-up bound
 def test_ready_within_two_seconds(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     gw = GatewayProcess(small_config(fake_openai, tmp_path / "data"), tmp_path)
     started = time.monotonic()

@@ -135,6 +135,7 @@ def test_a_head_sent_one_byte_at_a_time_gets_408_and_is_closed(slow_gateway: Gat
     assert "filler" not in log.lower()  # nothing the client sent is repeated
 
 
+@pytest.mark.alone  # the deadline's timing, measured
 def test_a_slow_head_on_a_kept_alive_connection_gets_408(slow_gateway: GatewayProcess) -> None:
     """The first request is served; the next one's head trickles in on the same connection."""
     with socket.create_connection(("127.0.0.1", slow_gateway.port)) as sock:
@@ -293,6 +294,7 @@ async def attack(port: int, connections: int, stop: asyncio.Event) -> list[Answe
     return [answer for answers in per_slot for answer in answers]
 
 
+@pytest.mark.alone  # 200 trickling clients and a deadline, measured
 def test_200_slowloris_connections_do_not_stop_normal_requests(slow_gateway: GatewayProcess) -> None:
     async def scenario() -> tuple[list[Answer], list[int]]:
         stop = asyncio.Event()

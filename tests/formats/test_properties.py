@@ -86,7 +86,8 @@ def bounded(examples: int, *, also_suppress: tuple[HealthCheck, ...] = ()) -> se
 
 
 # One event loop for the module's coroutines (front parse, translator request, the SSE reader): a loop per example
-# would cost more than the example.
+# would cost more than the example. Opened by `module_scope` each time the module's tests start (pytest-xdist's
+# worksteal can run them in two stretches on one worker, the module torn down in between).
 LOOP = asyncio.new_event_loop()
 
 
@@ -103,7 +104,10 @@ set_hypothesis_home_dir(HYPOTHESIS_HOME)
 
 @pytest.fixture(scope="module", autouse=True)
 def module_scope() -> Iterator[None]:
+    global LOOP
     set_hypothesis_home_dir(HYPOTHESIS_HOME)  # again: another module's test may have set it back meanwhile
+    if LOOP.is_closed():
+        LOOP = asyncio.new_event_loop()
     yield
     LOOP.close()
 
