@@ -617,6 +617,24 @@ def test_bad_key(gateway, target: Target) -> None:
     assert not target.fake.requests
 
 
+def test_the_sdk_reads_the_gateways_request_id(client: anthropic.Anthropic, target: Target) -> None:
+    """The anthropic SDK takes `_request_id` (and its errors' `request_id`) from Request-Id, as Anthropic sends it;
+    the gateway sends its own id there as well as in X-Request-Id, on whole answers, streams and errors."""
+    raw = client.messages.with_raw_response.create(model=target.model, max_tokens=64, messages=HI)
+    message = raw.parse()
+    assert message._request_id and message._request_id.startswith("req-")
+    assert message._request_id == raw.headers["x-request-id"]
+    with client.messages.stream(model=target.model, max_tokens=64, messages=HI) as streamed:
+        final = streamed.get_final_message()
+        assert streamed.response.headers["request-id"] == streamed.response.headers["x-request-id"]
+        assert streamed.response.headers["request-id"] not in ("", message._request_id)
+    assert final.content
+    with pytest.raises(anthropic.NotFoundError) as err:
+        client.messages.create(model=target.model + "-does-not-exist", max_tokens=64, messages=HI)
+    assert err.value.request_id == err.value.response.headers["x-request-id"]
+    assert err.value.request_id and err.value.request_id.startswith("req-")
+
+
 def test_unknown_model(client: anthropic.Anthropic, target: Target) -> None:
     with pytest.raises(anthropic.NotFoundError) as err:
         client.messages.create(model=target.model + "-does-not-exist", max_tokens=64, messages=HI)

@@ -112,14 +112,22 @@ def _header_list(headers: dict[str, str] | Iterable[tuple[bytes, bytes]] | None)
     return list(headers)
 
 
+def request_id_headers(request: Request) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """The request's id under the name each SDK reads it from: X-Request-Id (OpenAI's, OpenRouter's; the
+    `_request_id` of an openai response) and Request-Id (Anthropic's; the anthropic SDK's `_request_id` and its
+    errors' `request_id`)."""
+    value = request.request_id.encode()
+    return (b"x-request-id", value), (b"request-id", value)
+
+
 async def respond(request: Request, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
                   content_type: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
-    """The whole answer at once, with the request's X-Request-Id; notes the status for the request's log line."""
+    """The whole answer at once, with the request's id; notes the status for the request's log line."""
     request.status = status
     send = request.send
     await send({"type": "http.response.start", "status": status,
                 "headers": [*content_type, (b"content-length", str(len(body)).encode()),
-                            (b"x-request-id", request.request_id.encode()), *(headers or [])]})
+                            *request_id_headers(request), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 

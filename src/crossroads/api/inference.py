@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from crossroads.accounting.exchange import Exchange, estimate_prompt_tokens
-from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, OpenStreams, Request, respond
+from crossroads.api.asgi import JSON_HEADERS, SSE_HEADERS, OpenStreams, Request, request_id_headers, respond
 from crossroads.errors import GatewayError
 from crossroads.formats.chat import new_generation_id
 from crossroads.formats.transforms import middle_out, wants_middle_out
@@ -293,7 +293,7 @@ class Call:
                (b"x-crossroads-gate-ms", f"{self.gate_ms:.2f}".encode()),
                (b"x-crossroads-routing-ms", f"{self.routing_ms:.2f}".encode())]
         if upstream_headers is not None:
-            # X-Request-Id is the gateway's own (asgi.respond and SSEWriter.start add it); the upstream's is kept.
+            # X-Request-Id and Request-Id are the gateway's own (asgi.request_id_headers); the upstream's is kept.
             request_id = upstream_headers.get("x-request-id") or upstream_headers.get("request-id")
             if request_id:
                 out.append((b"x-upstream-request-id", _header_value(request_id)))
@@ -512,7 +512,7 @@ class SSEWriter:
             OpenStreams.count += 1
             self.request.status = 200
             await self.send({"type": "http.response.start", "status": 200,
-                             "headers": [*SSE_HEADERS, (b"x-request-id", self.request.request_id.encode()), *headers]})
+                             "headers": [*SSE_HEADERS, *request_id_headers(self.request), *headers]})
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     async def write(self, payload: bytes, *, data: bool = False) -> None:
