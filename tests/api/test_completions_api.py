@@ -6,12 +6,14 @@ The prompt must reach every upstream as one user message; answers come back as `
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from crossroads.formats.chat import stream_error_type
 from tests.conftest import MASTER_KEY, assert_ends_with_done, expected_cost
 from tests.fakes.base import FakeUpstream, Fault, Reply
 
@@ -177,6 +179,24 @@ def test_bad_key_is_401(gateway, fake_openai) -> None:
     with pytest.raises(openai.AuthenticationError):
         client.completions.create(model="openai/gpt-4o-mini", prompt="hi")
     assert not fake_openai.requests
+
+
+def test_mid_stream_error_chunk_has_openrouters_error_shape(gateway, target) -> None:
+    """The error chunk of a legacy completions stream carries the same error object as a chat stream's:
+    code, message and metadata.error_type (OpenRouter's canonical type for the status)."""
+    model, _, fake = target
+    fake.reply(Reply(text="alpha beta gamma delta", chunks=4))
+    fake.fault(Fault(error_event_after=2, message="upstream overloaded"))
+    with httpx.stream("POST", gateway.url + "/api/v1/completions", headers=AUTH, timeout=10,
+                      json={"model": model, "prompt": "go", "stream": True}) as resp:
+        assert resp.status_code == 200
+        events = [json.loads(line[len("data: "):]) for line in resp.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    [failed] = [event for event in events if "error" in event]
+    assert failed["object"] == "text_completion" and failed["choices"][0]["finish_reason"] == "error"
+    error = failed["error"]
+    assert "upstream overloaded" in error["message"] and isinstance(error["code"], int)
+    assert error["metadata"]["error_type"] == stream_error_type(error["code"]) != "unmapped"
 
 
 def test_mid_stream_error_raised_by_the_sdk(client: openai.OpenAI, target) -> None:

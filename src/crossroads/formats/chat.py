@@ -335,14 +335,8 @@ class ChatRenderer:
         return self.usage_chunk(usage, pricing) + b"data: [DONE]\n\n"
 
     def error_chunk(self, code: int | str, message: str, metadata: dict[str, Any] | None = None) -> bytes:
-        # Both OpenRouter SDKs require error.metadata.error_type on this chunk: without it the chunk fails their
-        # validation and the stream aborts before the client sees the error.
-        error_type = (metadata or {}).get("error_type")
-        if not isinstance(error_type, str) or not error_type:
-            error_type = stream_error_type(code)
-        error = {"code": code, "message": message, "metadata": {**(metadata or {}), "error_type": error_type}}
         return b"data: " + orjson.dumps({
-            **self._stamp, "error": error,
+            **self._stamp, "error": stream_error(code, message, metadata),
             "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error",
                          "native_finish_reason": "error"}],
         }) + b"\n\n"
@@ -353,6 +347,15 @@ _STREAM_ERROR_TYPES = {400: "invalid_request", 401: "authentication", 402: "paym
                        404: "not_found", 408: "timeout", 413: "payload_too_large", 422: "unprocessable",
                        429: "rate_limit_exceeded", 502: "provider_unavailable", 503: "provider_unavailable",
                        504: "timeout", 524: "timeout", 529: "provider_overloaded"}
+
+
+def stream_error(code: int | str, message: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The `error` object of a mid-stream error chunk. Both OpenRouter SDKs require error.metadata.error_type on a
+    chat chunk: without it the chunk fails their validation and the stream aborts before the client sees the error."""
+    error_type = (metadata or {}).get("error_type")
+    if not isinstance(error_type, str) or not error_type:
+        error_type = stream_error_type(code)
+    return {"code": code, "message": message, "metadata": {**(metadata or {}), "error_type": error_type}}
 
 
 def stream_error_type(status: int | str) -> str:

@@ -16,7 +16,7 @@ import orjson
 from crossroads.accounting.pricing import request_cost
 from crossroads.errors import GatewayError
 from crossroads.formats.base import Parsed, ResponseStore
-from crossroads.formats.chat import check_chat_body, parse_json_object
+from crossroads.formats.chat import check_chat_body, parse_json_object, stream_error
 from crossroads.formats.completions import CompletionsRenderer, completions_to_chat
 from crossroads.formats.messages import MessagesRenderer, anthropic_error_body, messages_to_chat
 from crossroads.formats.responses import (
@@ -188,10 +188,9 @@ class CompletionsAdapter(CompletionsRenderer):
         return self.finish(usage, request_cost(usage, pricing))
 
     def error_chunk(self, status: int, message: str, metadata: dict[str, Any] | None) -> bytes:
-        error: dict[str, Any] = {"code": status, "message": message}
-        if metadata:
-            error["metadata"] = metadata
+        # The same error object as a chat stream's (OpenRouter's shape, with metadata.error_type).
         return b"data: " + orjson.dumps({"id": self.completion_id, "object": "text_completion",
-                                          "created": self.created, "model": self.model, "error": error,
+                                          "created": self.created, "model": self.model,
+                                          "error": stream_error(status, message, metadata),
                                           "choices": [{"text": "", "index": 0, "logprobs": None,
                                                        "finish_reason": "error"}]}) + b"\n\n"
