@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, POSTGRES_URL, GatewayProcess, GatewayServer
+from tests.conftest import MASTER_KEY, GatewayProcess, GatewayServer
 from tests.fakes.base import Fault
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.tcpproxy import TcpProxy
@@ -224,9 +224,10 @@ def test_nul_in_request_text_is_recorded_on_postgres(upstream, tmp_path, postgre
             gw.stop()
 
 
-def test_sigterm_during_outage_spools_records_and_the_next_start_writes_them(upstream, tmp_path, proxied) -> None:
+def test_sigterm_during_outage_spools_records_and_the_next_start_writes_them(upstream, tmp_path, proxied,
+                                                                             postgres_database) -> None:
     via_proxy, proxy = proxied
-    direct = via_proxy.replace(f"127.0.0.1:{proxy.port}", POSTGRES_URL.split("@", 1)[1].split("/", 1)[0])
+    direct = postgres_database  # the same database, not through the proxy
     upstream.reset()
     data_dir = tmp_path / "data"
     grace = 2
@@ -284,10 +285,10 @@ def test_sigterm_during_outage_spools_records_and_the_next_start_writes_them(ups
         gw.stop()
 
 
-def test_batched_keeps_answering_during_an_outage_and_spools_what_memory_cannot_hold(upstream, tmp_path,
-                                                                                     proxied) -> None:
+def test_batched_keeps_answering_during_an_outage_and_spools_what_memory_cannot_hold(upstream, tmp_path, proxied,
+                                                                                     postgres_database) -> None:
     via_proxy, proxy = proxied
-    direct = via_proxy.replace(f"127.0.0.1:{proxy.port}", POSTGRES_URL.split("@", 1)[1].split("/", 1)[0])
+    direct = postgres_database  # the same database, not through the proxy
     upstream.reset()
     data_dir = tmp_path / "data"
     gw = GatewayServer(config(upstream, data_dir, flush_interval=0.2, max_pending=20), tmp_path,
@@ -319,9 +320,10 @@ def test_batched_keeps_answering_during_an_outage_and_spools_what_memory_cannot_
         gw.stop()
 
 
-def test_strict_refuses_with_503_while_records_cannot_be_written(upstream, tmp_path, proxied) -> None:
+def test_strict_refuses_with_503_while_records_cannot_be_written(upstream, tmp_path, proxied,
+                                                                 postgres_database) -> None:
     via_proxy, proxy = proxied
-    direct = via_proxy.replace(f"127.0.0.1:{proxy.port}", POSTGRES_URL.split("@", 1)[1].split("/", 1)[0])
+    direct = postgres_database  # the same database, not through the proxy
     upstream.reset()
     gw = GatewayServer(config(upstream, tmp_path / "data", durability="strict"), tmp_path,
                        env={"CROSSROADS_DATABASE_URL": via_proxy}).start()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import itertools
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -85,32 +86,41 @@ def read_response(sock: socket.socket, timeout: float = 10) -> bytes:
         received += chunk
 
 
-def trickle(port: int, prefix: bytes, slow: bytes, interval: float, *, give_up: float = GIVE_UP) -> Answer:
-    """Send `prefix` at once, then `slow` one byte every `interval` seconds, reading all the while; stop sending
-    once an answer begins. Returns what arrived until the server closed the connection, or until `give_up`."""
-    received = b""
-    deadline = time.monotonic() + give_up
+def trickle(port: int, prefix: bytes, slow: Iterable[int], interval: float, *, give_up: float = GIVE_UP,
+            after_answer: bool = False) -> Answer:
+    """On a new connection, send `prefix` at once, then trickle `slow` (`trickle_on`)."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(prefix)
-        sending = iter(slow)
-        while time.monotonic() < deadline:
-            if not received:
-                byte = next(sending, None)
-                if byte is not None:
-                    try:
-                        sock.sendall(bytes([byte]))
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass
-            sock.settimeout(interval)
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                return Answer(received, closed=True)
-            if not chunk:
-                return Answer(received, closed=True)
-            received += chunk
+        return trickle_on(sock, slow, interval, give_up=give_up, after_answer=after_answer)
+
+
+def trickle_on(sock: socket.socket, slow: Iterable[int], interval: float, *, give_up: float = GIVE_UP,
+               after_answer: bool = False) -> Answer:
+    """Send `slow` one byte every `interval` seconds, reading all the while; stop sending once an answer begins
+    (unless `after_answer`: the rest of a body that a client refused early still sends). Returns what arrived until
+    the server closed the connection, or until `give_up`."""
+    received = b""
+    deadline = time.monotonic() + give_up
+    sending = iter(slow)
+    while time.monotonic() < deadline:
+        if after_answer or not received:
+            byte = next(sending, None)
+            if byte is not None:
+                try:
+                    sock.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the server closed: the read below says so
+        sock.settimeout(interval)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            # A byte sent after the gateway closed makes its kernel answer with a reset: closed too.
+            return Answer(received, closed=True)
+        if not chunk:
+            return Answer(received, closed=True)
+        received += chunk
     return Answer(received, closed=False)
 
 
@@ -142,32 +152,8 @@ def test_a_slow_head_on_a_kept_alive_connection_gets_408(slow_gateway: GatewayPr
         sock.settimeout(5)
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert Answer(read_response(sock), False).status == 200
-        received, closed = b"", False
-        for byte in SLOW_HEAD[:int(GIVE_UP / 0.2)]:
-            try:
-                sock.sendall(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sock.settimeout(0.2)
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                # A byte sent after the gateway closed makes its kernel answer with a reset: closed too.
-                closed = True
-                break
-            if not chunk:
-                closed = True
-                break
-            received += chunk
-        if received and not closed:
-            sock.settimeout(5)
-            try:
-                closed = sock.recv(65536) == b""
-            except ConnectionResetError:
-                closed = True
-    assert_cut_off(Answer(received, closed))
+        answer = trickle_on(sock, SLOW_HEAD, 0.2)
+    assert_cut_off(answer)
 
 
 def test_a_connection_that_sends_nothing_is_closed(slow_gateway: GatewayProcess) -> None:
@@ -222,30 +208,10 @@ def test_a_slow_but_steady_body_is_accepted(slow_gateway: GatewayProcess) -> Non
 def test_the_rest_of_a_body_answered_early_cannot_keep_the_connection(slow_gateway: GatewayProcess) -> None:
     """Refused before its body is read (no key: 401); the rest of the body, trickling in, would be read and thrown
     away for ever: it is given body_timeout, then the connection closes."""
-    received, closed = b"", False
-    deadline = time.monotonic() + GIVE_UP
-    with socket.create_connection(("127.0.0.1", slow_gateway.port)) as sock:
-        sock.sendall(post_head(CHAT, 1000, key=None))
-        while time.monotonic() < deadline:
-            try:
-                sock.sendall(b" ")
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
-                break
-            sock.settimeout(0.3)
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                closed = True
-                break
-            if not chunk:
-                closed = True
-                break
-            received += chunk
-    assert Answer(received, closed).status == 401
-    assert closed, "the rest of an answered body kept the connection open"
+    answer = trickle(slow_gateway.port, post_head(CHAT, 1000, key=None), itertools.repeat(ord(" ")), 0.3,
+                     after_answer=True)
+    assert answer.status == 401
+    assert answer.closed, "the rest of an answered body kept the connection open"
 
 
 # -- under attack ---------------------------------------------------------------------------------------------------

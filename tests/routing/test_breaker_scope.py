@@ -13,34 +13,14 @@ import pytest
 
 from tests.conftest import MASTER_KEY, FakeClock, GatewayServer
 from tests.fakes.base import Fault
-from tests.fakes.openai_fake import FakeOpenAI
+from tests.routing.conftest import connection
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 CHAT = "/api/v1/chat/completions"
 HELLO = [{"role": "user", "content": "hi"}]
 PRICE = {"prompt": 1.0, "completion": 2.0}
-FAKES = ("acct", "auto", "doomed", "pa", "pb", "busy", "spare", "slow")
+FAKES = ("acct", "auto", "doomed", "pa", "pb", "busy", "spare", "slow")  # started by tests/routing/conftest.py
 COOLDOWN = 1.5  # routing.breaker.cooldown of the gateway below; failure_threshold is 2
-
-
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[dict[str, FakeOpenAI]]:
-    servers = {name: FakeOpenAI(api_key=f"sk-{name}").start() for name in FAKES}
-    yield servers
-    for server in servers.values():
-        if server._thread is not None and server._thread.is_alive():  # one test stops "doomed" itself
-            server.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean(fakes) -> None:
-    for fake in fakes.values():
-        fake.reset()
-
-
-def connection(name: str, fake: FakeOpenAI, models: list[dict], **extra) -> dict:
-    return {"name": name, "type": "openai", "base_url": fake.base_url + "/v1", "api_key": fake.api_key,
-            "timeout": 5, "models": models, **extra}
 
 
 def model(model_id: str, upstream: str, **extra) -> dict:

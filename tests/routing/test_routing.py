@@ -16,31 +16,14 @@ import pytest
 from tests.conftest import MASTER_KEY, FakeClock, GatewayProcess, GatewayServer
 from tests.fakes.base import Fault, Reply
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.routing.conftest import connection
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 CHAT = "/api/v1/chat/completions"
 HELLO = [{"role": "user", "content": "hi"}]
 PRICE = {"prompt": 1.0, "completion": 2.0}
+FAKES = ("alpha", "beta", "flaky", "capped")  # tests/routing/conftest.py starts one fake upstream each
 REDIS_URL = os.environ.get("CROSSROADS_TEST_REDIS_URL")
-
-
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[dict[str, FakeOpenAI]]:
-    servers = {name: FakeOpenAI(api_key=f"sk-{name}").start() for name in ("alpha", "beta", "flaky", "capped")}
-    yield servers
-    for server in servers.values():
-        server.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean(fakes) -> None:
-    for fake in fakes.values():
-        fake.reset()
-
-
-def connection(name: str, fake: FakeOpenAI, models: list[dict], **extra) -> dict:
-    return {"name": name, "type": "openai", "base_url": fake.base_url + "/v1", "api_key": fake.api_key,
-            "timeout": 5, "models": models, **extra}
 
 
 def routing_config(fakes: dict[str, FakeOpenAI], data_dir: Path, **routing) -> dict:
