@@ -63,10 +63,16 @@ as_owner() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# A port below the kernel's ephemeral range (ip_local_port_range, 32768-60999 by default): the tests' fakes and
+# gateways bind port 0 and their clients connect from ephemeral ports, so a port picked inside that range could be
+# taken between this check and the server's bind (a Redis that failed with "Address already in use").
 pick_port() {
-  local port tries=0
+  local port tries=0 low=32768 span
+  read -r low _ < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
+  span=$(( low - 20000 ))
+  if [ "$span" -lt 1000 ]; then span=20000; fi  # an unusual range: as before
   while [ "$tries" -lt 200 ]; do
-    port=$(( 20000 + (RANDOM % 20000) ))
+    port=$(( 20000 + (RANDOM % span) ))
     if ! port_in_use "$port"; then echo "$port"; return 0; fi
     tries=$((tries + 1))
   done
