@@ -19,6 +19,7 @@ with the gateway, which caps what two workers can gain on a 2-core machine: the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -37,10 +38,14 @@ import run as bench  # noqa: E402 - bench/run.py: servers, load generation, CPU 
 TARGET_RATIO = 1.7
 
 
-def tree_ticks(pid: int) -> int:
-    """CPU ticks of a process and its children (a supervisor and its workers)."""
+def process_ticks(pid: int) -> dict[int, int]:
+    """CPU ticks of a process and of each of its children (a supervisor and its workers), by pid."""
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return bench.cpu_ticks(pid) + sum(bench.cpu_ticks(int(child)) for child in children)
+    ticks = {pid: bench.cpu_ticks(pid)}
+    for child in children:
+        with contextlib.suppress(OSError):
+            ticks[int(child)] = bench.cpu_ticks(int(child))
+    return ticks
 
 
 def redis_pid(url: str) -> int | None:
@@ -79,24 +84,38 @@ def run_cell(name: str, workers: int, redis_url: str | None, upstream: bench.Ser
         server.wait_ready()
         key = create_limited_key(f"http://127.0.0.1:{port}")
         time.sleep(1.2)  # every worker knows the key (keys are polled every 0.5 s)
-        target = bench.Target("gateway", f"http://127.0.0.1:{port}/v1/chat/completions", server, key)
-        bench.check_target(target)
-        bench.load(target, body_file, concurrency, 2.0)  # warm-up
+        target = bench.Target("gateway", f"http://127.0.0.1:{port}/v1", server, key)
+        bench.check_target(target, ["plain"])
+        bench.load(target, "plain", body_file, concurrency, 2.0)  # warm-up
         pid = redis_pid(redis_url) if redis_url else None
-        gateway_before = tree_ticks(server.pid)
+        gateway_before = process_ticks(server.pid)
         redis_before = bench.cpu_ticks(pid) if pid else 0
-        result = bench.load(target, body_file, concurrency, duration)
-        gateway_ticks = tree_ticks(server.pid) - gateway_before
+        upstream_before = bench.cpu_ticks(upstream.pid)
+        loadgen_before = bench.children_cpu_s()
+        busy_before, total_before = bench.system_ticks()
+        result = bench.load(target, "plain", body_file, concurrency, duration)
+        busy_after, total_after = bench.system_ticks()
+        loadgen_s = bench.children_cpu_s() - loadgen_before
+        gateway_after = process_ticks(server.pid)
         redis_ticks = (bench.cpu_ticks(pid) - redis_before) if pid else 0
+        upstream_ticks = bench.cpu_ticks(upstream.pid) - upstream_before
     finally:
         server.stop()
     requests = max(result["requests"], 1)
     seconds = result["duration_us"] / 1e6
     errors = {k: v for k, v in result["errors"].items() if v}
+    # Each worker's share of the gateway's CPU (the supervisor, and multiprocessing's resource tracker, idle).
+    per_process = sorted((gateway_after[p] - gateway_before.get(p, 0) for p in gateway_after), reverse=True)
+    gateway_ticks = sum(per_process)
+    machine_cores = os.cpu_count() or 1
     return {"cell": name, "workers": workers, "rps": result["requests"] / seconds,
             "gateway_cpu_ms": gateway_ticks / bench.CLK_TCK * 1000 / requests,
             "gateway_cores": gateway_ticks / bench.CLK_TCK / seconds,
+            "worker_cores": [round(t / bench.CLK_TCK / seconds, 2) for t in per_process[:workers]],
             "redis_cpu_ms": redis_ticks / bench.CLK_TCK * 1000 / requests,
+            "upstream_cpu_ms": upstream_ticks / bench.CLK_TCK * 1000 / requests,
+            "loadgen_cpu_ms": loadgen_s * 1000 / requests,
+            "machine_busy": (busy_after - busy_before) / max(total_after - total_before, 1) * machine_cores,
             "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000, "errors": errors}
 
 
@@ -126,7 +145,9 @@ def main() -> int:
                 cell = run_cell(name, workers, url, upstream, body_file, args.concurrency, args.duration, workdir)
                 cells.setdefault(name, []).append(cell)
                 print(f"round {round_no + 1} {name}: {cell['rps']:.0f} req/s, gateway {cell['gateway_cpu_ms']:.3f} "
-                      f"ms/req ({cell['gateway_cores']:.2f} cores), redis {cell['redis_cpu_ms']:.3f} ms/req, p50 "
+                      f"ms/req ({cell['gateway_cores']:.2f} cores: {cell['worker_cores']}), redis "
+                      f"{cell['redis_cpu_ms']:.3f}, upstream {cell['upstream_cpu_ms']:.3f}, load generator "
+                      f"{cell['loadgen_cpu_ms']:.3f} ms/req; machine busy {cell['machine_busy']:.2f} cores; p50 "
                       f"{cell['p50_ms']:.2f} ms, p99 {cell['p99_ms']:.2f} ms, errors {cell['errors'] or 0}",
                       file=sys.stderr)
     finally:
@@ -139,14 +160,26 @@ def main() -> int:
     ratio = median("redis-2", "rps") / median("redis-1", "rps")
     lines = [f"plain completion, concurrency {args.concurrency}, {args.duration:g} s per cell, median of "
              f"{args.rounds} round(s); every request reserves and settles credit",
-             "", "| cell | req/s | gateway CPU ms/req | gateway cores used | Redis CPU ms/req | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| cell | req/s | gateway CPU ms/req | gateway cores used (per worker) | Redis CPU ms/req | "
+                 "upstream CPU ms/req | load generator CPU ms/req | machine busy (cores) | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in cells:
+        worker_cores = min(cells[name], key=lambda c: abs(c["rps"] - median(name, "rps")))["worker_cores"]
         lines.append(f"| {name} | {median(name, 'rps'):.0f} | {median(name, 'gateway_cpu_ms'):.3f} | "
-                     f"{median(name, 'gateway_cores'):.2f} | {median(name, 'redis_cpu_ms'):.3f} | "
+                     f"{median(name, 'gateway_cores'):.2f} ({' + '.join(f'{c:.2f}' for c in worker_cores)}) | "
+                     f"{median(name, 'redis_cpu_ms'):.3f} | {median(name, 'upstream_cpu_ms'):.3f} | "
+                     f"{median(name, 'loadgen_cpu_ms'):.3f} | {median(name, 'machine_busy'):.2f} | "
                      f"{median(name, 'p50_ms'):.2f} | {median(name, 'p99_ms'):.2f} |")
+    # What two workers could reach at most on this machine: its cores shared by the workers and by what serves each
+    # request beside them (load generator, upstream, Redis), at the CPU per request measured with two workers.
+    cores = os.cpu_count() or 1
+    per_request_ms = sum(median("redis-2", f) for f in ("gateway_cpu_ms", "redis_cpu_ms", "upstream_cpu_ms",
+                                                         "loadgen_cpu_ms"))
+    ceiling = cores / (per_request_ms / 1000) / median("redis-1", "rps")
     lines += ["", f"--workers 2 / --workers 1 with the Redis ledger: {ratio:.2f}x (target {TARGET_RATIO:g}x: "
                   f"{'met' if ratio >= TARGET_RATIO else 'NOT MET'})",
+              f"Ceiling on this machine: {cores} cores / {per_request_ms:.3f} ms of CPU per request (gateway, Redis, "
+              f"upstream and load generator with two workers) = {ceiling:.2f}x redis-1's req/s",
               f"Redis ledger vs in-memory ledger, gateway CPU per request: "
               f"{median('redis-1', 'gateway_cpu_ms'):.3f} vs {median('memory-1', 'gateway_cpu_ms'):.3f} ms "
               f"(+{median('redis-1', 'gateway_cpu_ms') - median('memory-1', 'gateway_cpu_ms'):.3f} ms), plus "

@@ -235,13 +235,14 @@ class GatewayServer:
             import uvicorn
 
             from crossroads.api.app import Gateway
-            from crossroads.cli import _bind, _record_serving, uvicorn_options
+            from crossroads.cli import _record_serving, uvicorn_options
             from crossroads.config import ensure_master_key, load_config
             from crossroads.store import database_url, migrate
+            from crossroads.workers import bind_shared
 
             config = load_config(str(self.config_path))
             ensure_master_key(config)
-            sock = _bind(self.host, self.port)
+            sock = bind_shared(self.host, self.port)
             # cli.prepare_store for one worker, less the instance registration (process-wide: see the docstring).
             migrate(database_url(config.server))
             _record_serving(config, 1)

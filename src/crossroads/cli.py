@@ -111,26 +111,23 @@ def serve(args: argparse.Namespace) -> int:
         print(f"crossroads: cannot prepare data_dir {config.server.data_dir!r}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
+    from crossroads.workers import bind_shared
+
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
-    # One worker serves on a socket bound here, before anything else starts: a port that cannot be had fails at
-    # once, and port 0 is known (and printed) before serving. uvicorn binds for several workers itself.
-    sock: socket.socket | None = None
+    # The socket is bound here, before anything else starts: a port that cannot be had fails at once, and port 0 is
+    # known (and printed) before serving. One worker serves on it; several each bind their own beside it
+    # (crossroads/workers.py), which it holds for them without listening.
     try:
-        if args.workers == 1:
-            sock = _bind(host, port)
-            port = sock.getsockname()[1]
-        elif port == 0:
-            with _bind(host, 0) as probe:
-                port = probe.getsockname()[1]
+        sock = bind_shared(host, port, reuse_port=args.workers > 1)
+        port = sock.getsockname()[1]
     except OSError as exc:
         print(f"crossroads: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(f"store: {shown_url(database_url(config.server))}", file=sys.stderr)
     problem = prepare_store(config, args.workers)
     if problem:
-        if sock is not None:
-            sock.close()
+        sock.close()
         print(f"crossroads: {problem}", file=sys.stderr)
         return 2
     os.environ["CROSSROADS_WORKERS"] = str(args.workers)
@@ -158,6 +155,8 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from crossroads.workers import STARTUP_FAILURE, Supervisor
+
     options = uvicorn_options(config, host=host, port=port, workers=args.workers, log_level=args.log_level)
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die of it (exit status -15/143);
     # a requested stop is a clean exit (0). Until uvicorn installs its own handler, SIGTERM exits at once.
@@ -167,7 +166,7 @@ def serve(args: argparse.Namespace) -> int:
           f"listening on http://{shown_host}:{port}", file=sys.stderr, flush=True)
     probe_connections(config, config.server.discovery_timeout)
     try:
-        if sock is not None:
+        if args.workers == 1:
             from crossroads.api.app import Gateway
 
             server = uvicorn.Server(uvicorn.Config(Gateway(config), **options))
@@ -176,9 +175,10 @@ def serve(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:  # uvicorn re-raises a captured Ctrl-C once it has stopped
                 pass
             if not server.started:
-                return 3  # uvicorn's start-up failure status
+                return STARTUP_FAILURE
         else:
-            uvicorn.run("crossroads.api.app:create_app", factory=True, **options)
+            with sock:
+                return Supervisor(options, host, port, args.workers, config.server.shutdown_grace).run()
     finally:
         _record_serving(config, 0, only_if=args.workers, instance_id=instance_id)
     return 0
@@ -231,19 +231,6 @@ def _share_metrics(config: Any, workers: int) -> None:
         if name.endswith(".db"):  # prometheus_client's value files, and nothing else
             os.remove(os.path.join(path, name))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound (not yet listening) to host:port, as uvicorn binds one."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 def probe_connections(config: Any, timeout: float) -> threading.Thread | None:

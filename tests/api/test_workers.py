@@ -1,0 +1,169 @@
+"""`crossroads serve --workers N` (crossroads/workers.py): every worker accepts on a socket of its own, so connections
+opened together spread over the workers; a worker that dies is replaced; one that cannot start stops the server."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from tests.api.test_server import MASTER_KEY, auth, chat_body, small_config
+from tests.conftest import GatewayProcess, free_port
+from tests.fakes.openai_fake import FakeOpenAI
+
+CONNECTIONS = 32
+BURSTS = 6
+
+
+def requests_by_worker(data_dir: Path) -> dict[int, float]:
+    """Requests each worker process counted (every endpoint), from its own metrics value file."""
+    counted: dict[int, float] = {}
+    for path in glob.glob(str(data_dir / "metrics-multiproc" / "counter_*.db")):
+        pid = int(Path(path).stem.rpartition("_")[2])
+        counted[pid] = sum(sample.value for family in MultiProcessCollector.merge([path]) for sample in family.samples
+                           if sample.name == "crossroads_requests_total")
+    return counted
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's worker processes (multiprocessing's resource tracker, also its child, is not one)."""
+    children = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True).stdout.split()
+    pids = []
+    for child in children:
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" not in command:
+            pids.append(int(child))
+    return pids
+
+
+def wait_for(condition, timeout: float, what: str) -> None:  # noqa: ANN001 - a zero-argument predicate
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def wait_started(gw: GatewayProcess, workers: int, already: int = 0) -> None:
+    """Until `workers` more workers than `already` said their application started (each then listens at once)."""
+    wait_for(lambda: gw.log().count("Application startup complete") >= already + workers, 20,
+             f"{workers} worker(s) to start:\n{gw.log()}")
+    time.sleep(0.3)
+
+
+def open_together(port: int, count: int) -> list[socket.socket]:
+    """`count` connections whose handshakes are all under way at once (as a load balancer's or wrk's burst)."""
+    connections = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        connections.append(sock)
+    for sock in connections:
+        select.select([], [sock], [], 10)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        sock.setblocking(True)
+        sock.settimeout(10)
+    return connections
+
+
+def post_on(sock: socket.socket, port: int, body: bytes) -> None:
+    """One chat completion on an open connection (kept alive), its answer read whole."""
+    sock.sendall(b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (port, MASTER_KEY.encode(), len(body), body))
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+
+
+def test_connections_opened_together_spread_over_the_workers(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    # uvicorn's own supervisor shares one listening socket: the worker woken first could take most connections of a
+    # burst and keep them (kept alive), leaving the other idle. Each worker's own SO_REUSEPORT socket lets the kernel
+    # spread them by address.
+    data_dir = tmp_path / "data"
+    gw = GatewayProcess(small_config(fake_openai, data_dir), tmp_path, args=["--workers", "2"]).start()
+    try:
+        wait_started(gw, 2)
+        body = orjson.dumps(chat_body())
+        for burst in range(BURSTS):
+            before = requests_by_worker(data_dir)
+            connections = open_together(gw.port, CONNECTIONS)
+            try:
+                for sock in connections:
+                    post_on(sock, gw.port, body)
+            finally:
+                for sock in connections:
+                    sock.close()
+            # A request is counted just after its answer's last byte: the last few may still be on their way.
+            expected = sum(before.values()) + CONNECTIONS
+            wait_for(lambda: sum(requests_by_worker(data_dir).values()) >= expected, 5,  # noqa: B023 - used at once
+                     "every request to be counted")
+            after = requests_by_worker(data_dir)
+            served = sorted(after[pid] - before.get(pid, 0) for pid in after)
+            assert sum(served) == CONNECTIONS, served
+            # Spread by a hash, each worker's share of a burst is binomial(32, 1/2): fewer than 4 has a chance of
+            # ~3e-6. With one shared socket, a burst fell mostly on one worker about once in four.
+            assert len(served) == 2 and served[0] >= 4, (burst, served)
+    finally:
+        assert gw.stop() == 0
+    assert "Traceback" not in gw.log()
+
+
+def test_a_worker_that_dies_is_replaced(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    gw = GatewayProcess(small_config(fake_openai, tmp_path / "data"), tmp_path, args=["--workers", "2"]).start()
+    try:
+        assert gw.proc is not None
+        wait_started(gw, 2)
+        workers = worker_pids(gw.proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: "ended unexpectedly (killed by SIGKILL); starting another" in gw.log(), 10,
+                 "the supervisor's warning")
+        wait_started(gw, 1, already=2)
+        replaced = worker_pids(gw.proc.pid)
+        assert len(replaced) == 2 and workers[0] not in replaced and workers[1] in replaced, (workers, replaced)
+        for _ in range(8):  # new connections each time: whichever worker the kernel picks answers
+            resp = httpx.post(gw.url + "/api/v1/chat/completions", json=chat_body(), headers=auth(), timeout=10)
+            assert resp.status_code == 200, resp.text
+    finally:
+        assert gw.stop() == 0
+    assert "Traceback" not in gw.log()
+
+
+def test_a_worker_that_cannot_start_stops_the_server(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    # The metrics port is taken by another program: every worker's start-up fails the same way, and restarting them
+    # would loop forever. The server stops with uvicorn's start-up failure status and says why.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", free_port()))
+    taken.listen()
+    try:
+        config = small_config(fake_openai, tmp_path / "data", metrics={"metrics_port": taken.getsockname()[1]})
+        gw = GatewayProcess(config, tmp_path, args=["--workers", "2"]).start(wait=False)
+        assert gw.proc is not None
+        try:
+            assert gw.proc.wait(30) == 3
+        finally:
+            gw.stop()
+    finally:
+        taken.close()
+    log = gw.log()
+    assert "cannot listen for metrics on 127.0.0.1" in log and "could not start" in log, log
+    assert not worker_pids(gw.proc.pid)
