@@ -3,7 +3,9 @@ and the liveness/readiness checks. Metrics: tests/observability/test_metrics.py;
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import secrets
 import time
@@ -93,6 +95,42 @@ def test_one_access_line_per_request_with_its_fields(observed, fake_openai) -> N
         assert resp.headers["x-request-id"].startswith("req-")
         line = access_line(observed, resp.headers["x-request-id"])
         assert line["status"] == resp.status_code and line["path"] == resp.request.url.path
+
+
+def test_records_are_observed_in_batches_and_a_stop_observes_the_last(fake_openai, fake_anthropic, fake_gemini,
+                                                                      fake_local, tmp_path, caplog) -> None:
+    # Access lines and counts are made for the requests of each BATCH_EVERY together, shortly after their answers;
+    # stopping makes the batch still waiting first.
+    from crossroads.api.app import Gateway
+    from crossroads.config import load_config
+    from crossroads.observability.hub import BATCH_EVERY
+    from crossroads.observability.record import RequestInfo
+
+    config_path = tmp_path / "crossroads.yaml"
+    config_path.write_text(json.dumps(gateway_config(fake_openai, fake_anthropic, fake_gemini, fake_local,
+                                                          tmp_path / "data")))
+    observability = Gateway(load_config(str(config_path))).observability
+    caplog.set_level(logging.INFO, logger="crossroads.access")
+
+    def record(request_id: str) -> RequestInfo:
+        return RequestInfo(request_id=request_id, method="GET", path="/nope", endpoint="unmatched", status=404,
+                           started=time.time(), started_mono=time.monotonic(), duration=0.001, key_name=None,
+                           key_label=None, exchange=None)
+
+    def logged() -> list[str]:
+        return [r.fields["request_id"] for r in caplog.records if r.name == "crossroads.access"]
+
+    async def scenario() -> None:
+        observability.end(record("first"), None)
+        assert logged() == []
+        await asyncio.sleep(BATCH_EVERY * 3)
+        assert logged() == ["first"]
+        observability.end(record("second"), None)
+        observability.end(record("third"), None)
+        await observability.stop()
+        assert logged() == ["first", "second", "third"]
+
+    asyncio.run(scenario())
 
 
 def test_warnings_say_what_failed(observed, fake_openai, fake_anthropic) -> None:

@@ -430,6 +430,7 @@ class Metrics:
     def refresh(self) -> None:
         """Hand the tallies to prometheus_client and set the state gauges from the gateway's figures (on the event
         loop, where both are written)."""
+        self.gateway.observability.drain()  # the requests answered so far, counted
         self.apply()
         gateway = self.gateway
         self.in_flight.set(gateway.in_flight)
