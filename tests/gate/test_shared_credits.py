@@ -216,13 +216,13 @@ async def test_concurrent_calls_share_round_trips_and_survive_a_script_flush(pre
     try:
         k = key(10.0)
         sent = []
-        execute = book._reserve._pipeline
+        execute = book._reserve._run
 
-        async def counting(batch):
-            sent.append(len(batch))
-            return await execute(batch)
+        async def counting(calls):
+            sent.append(len(calls))
+            return await execute(calls)
 
-        book._reserve._pipeline = counting
+        book._reserve._run = counting
         results = await asyncio.gather(*(book.reserve(chain(k), 0.5, prompt_cost=0, completion_price=0)
                                          for _ in range(40)), return_exceptions=True)
         admitted = [r for r in results if not isinstance(r, Exception)]
