@@ -82,6 +82,30 @@ def body_for(workload: str) -> bytes:
     return embeddings_body() if workload == "embeddings" else request_body(workload == "stream")
 
 
+RESULTS = BENCH / "RESULTS.md"
+_MARKED_SECTION = re.compile(r"<!-- (\w+):begin.*?<!-- \1:end -->\n?", re.S)
+
+
+def marked_sections(text: str) -> str:
+    """The sections other scripts own in bench/RESULTS.md (between their `<!-- name:begin ...` and `<!-- name:end -->`
+    markers), in order: what this script's rewrite of the file keeps."""
+    return "".join(match.group(0) for match in _MARKED_SECTION.finditer(text))
+
+
+def write_marked_section(name: str, script: str, section: str) -> None:
+    """Put `section` between the `name` markers of bench/RESULTS.md (appended when they are missing), leaving the rest
+    of the file alone."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Crossroads benchmark results\n"
+    block = f"<!-- {name}:begin ({script} --write-results replaces what is between these markers) -->\n{section}" \
+            f"<!-- {name}:end -->\n"
+    pattern = re.compile(rf"<!-- {name}:begin.*?<!-- {name}:end -->\n?", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    RESULTS.write_text(text)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -743,12 +767,10 @@ def main() -> int:
             text, verdict = report(cells, idle_rss, loaded_rss, info, command, duration, args.rounds)
             print(text)
             if not args.no_write:
-                results = BENCH / "RESULTS.md"
-                # bench/soak.py's section (between its markers) is its own: kept as it was.
-                soak = re.search(r"<!-- soak:begin.*?<!-- soak:end -->\n?", results.read_text(), re.S) \
-                    if results.exists() else None
-                results.write_text(text + ("\n" + soak.group(0) if soak else ""))
-                print(f"written to {BENCH / 'RESULTS.md'}", file=sys.stderr)
+                # The sections of bench/soak.py and bench/workers.py (between their markers) are theirs: kept.
+                kept = marked_sections(RESULTS.read_text()) if RESULTS.exists() else ""
+                RESULTS.write_text(text + ("\n" + kept if kept else ""))
+                print(f"written to {RESULTS}", file=sys.stderr)
         if args.py_spy:
             target = next(t for t in targets if t.name == args.py_spy_target)
             profile(target, args.py_spy_workload, body_files[args.py_spy_workload], max(duration, 5.0), args.py_spy)

@@ -32,7 +32,6 @@ import datetime
 import os
 import platform
 import random
-import re
 import resource
 import shutil
 import sys
@@ -48,15 +47,20 @@ import orjson
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 # bench/run.py, next to this file (on sys.path when this runs as a script)
-from run import Server, cpu_ticks, free_port, source_description, system_ticks  # noqa: E402
+from run import (  # noqa: E402 - bench/run.py: servers, CPU accounting, bench/RESULTS.md's sections
+    RESULTS,
+    Server,
+    cpu_ticks,
+    free_port,
+    source_description,
+    system_ticks,
+    write_marked_section,
+)
 
 ROOT = BENCH.parent
 PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MASTER_KEY = "sk-soak-master-key-0123456789abcdef"
-RESULTS = BENCH / "RESULTS.md"
-BEGIN_MARK = "<!-- soak:begin (bench/soak.py --write-results replaces what is between these markers) -->"
-END_MARK = "<!-- soak:end -->"
 
 RSS_GROWTH_LIMIT = 0.10  # RSS at the end at most this much above RSS at the end of the warm-up
 FD_SLACK = 5  # open descriptors: the last window's fewest may exceed the first post-warm-up window's by this many
@@ -479,18 +483,6 @@ def report(args: argparse.Namespace, windows: list[Window], checks: list[Check],
     return "\n".join(lines) + "\n"
 
 
-def write_results(section: str) -> None:
-    """Put the section between the soak markers of bench/RESULTS.md (appended when they are missing)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Crossroads benchmark results\n"
-    block = f"{BEGIN_MARK}\n{section}{END_MARK}\n"
-    pattern = re.compile(re.escape(BEGIN_MARK.split(" (")[0]) + r".*?" + re.escape(END_MARK) + r"\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(text)
-
-
 # -- main ------------------------------------------------------------------------------------------------------------
 
 def upstream_stats(port: int) -> dict:
@@ -592,7 +584,7 @@ def main() -> int:
     text = report(args, windows, checks, load, extra, command)
     print(text)
     if args.write_results:
-        write_results(text)
+        write_marked_section("soak", "bench/soak.py", text)
         print(f"written to the Soak section of {RESULTS}", file=sys.stderr)
     failed = [c for c in checks if not c.ok]
     for check in failed:
