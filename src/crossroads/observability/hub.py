@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("crossroads.observability")
 gate_log = logging.getLogger("crossroads.gate")
 BATCH_EVERY = 0.05  # seconds a request's record may wait before its access line and metrics are made
+# Records a batch takes at most: a full batch is drained once the current turn of the event loop ends, so a drain
+# holds the loop for about 16 x 9 µs, not for the hundreds a busy 0.05 s brings (a tail at low concurrency).
+BATCH_SIZE = 16
 DENIAL_WINDOW = 60.0  # seconds over which repeated denials of one kind are summarised in one line
 _DENIED = {"auth": "authentication failed", "credit": "credit limit reached", "rate_limit": "rate limit reached"}
 
@@ -102,7 +105,7 @@ class Observability:
         self.tracer: Any = tracer_from_environment()
         self.denials = DenialLog()
         self._pending: list[RequestInfo] = []  # records waiting for the next drain
-        self._drain_timer: asyncio.TimerHandle | None = None
+        self._drain_timer: asyncio.Handle | None = None
 
     async def start(self) -> None:
         if self.metrics is not None:
@@ -136,14 +139,19 @@ class Observability:
                 trace.end(info)
         except Exception:  # noqa: BLE001 - observing a request must never break serving the next
             log.exception("could not record request %s for traces", info.request_id)
-        self._pending.append(info)
-        if self._drain_timer is None:
+        pending = self._pending
+        pending.append(info)
+        if self._drain_timer is None or len(pending) == BATCH_SIZE:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # not on an event loop (a caller outside the server): at once
                 self.drain()
                 return
-            self._drain_timer = loop.call_later(BATCH_EVERY, self.drain)
+            if self._drain_timer is not None:  # a full batch: after this turn, not a pause of many at once later
+                self._drain_timer.cancel()
+                self._drain_timer = loop.call_soon(self.drain)
+            else:
+                self._drain_timer = loop.call_later(BATCH_EVERY, self.drain)
 
     def drain(self) -> None:
         """Hand every request record taken since the last drain to the access log, the denial log and the metrics.
