@@ -139,6 +139,11 @@ class Observability:
                 trace.end(info)
         except Exception:  # noqa: BLE001 - observing a request must never break serving the next
             log.exception("could not record request %s for traces", info.request_id)
+        error = info.error
+        if error is not None:
+            # The answer is out: the error's traceback (and those it chained) would keep the failed request's frames,
+            # its body included (up to max_body_bytes), alive until the batch is drained.
+            error.__traceback__ = error.__context__ = error.__cause__ = None
         pending = self._pending
         pending.append(info)
         if self._drain_timer is None or len(pending) == BATCH_SIZE:
