@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from crossroads.gate.redis_client import redis_client
+from crossroads.gate.redis_client import ScriptBatch, redis_client
 
 RESOURCE_EXHAUSTED = "resource_exhausted"
 PRIORITIZATION_GATE_DENIED = "prioritization_gate_denied"
@@ -283,9 +283,10 @@ class RedisLimiter:
         self._window_ms = max(1, round(window * 1000))
         self._prefix = prefix
         self._redis: Any = redis_client(url)
-        # register_script runs EVALSHA and loads the script on the server's first NOSCRIPT.
-        self._acquire_script = self._redis.register_script(_ACQUIRE_LUA)
-        self._adjust_script = self._redis.register_script(_ADJUST_LUA)
+        # The request path's scripts: each turn's calls in one write (redis_client.ScriptBatch). The usage reads
+        # (dashboard, /key) through register_script, which loads the script on the server's first NOSCRIPT.
+        self._acquire_script = ScriptBatch(self._redis, _ACQUIRE_LUA)
+        self._adjust_script = ScriptBatch(self._redis, _ADJUST_LUA)
         self._usage_script = self._redis.register_script(_USAGE_LUA)
 
     def _key(self, scope: str, kind: str) -> str:
@@ -299,7 +300,7 @@ class RedisLimiter:
         args: list[int] = [self._window_ms]
         for check in checks:
             args += [check.limit, check.allowance, check.amount]
-        reply = await self._acquire_script(keys=[self._key(c.scope, c.kind) for c in checks], args=args)
+        reply = await self._acquire_script([self._key(c.scope, c.kind) for c in checks], args)
         admitted, index, used, reset_ms = (int(value) for value in reply[:4])
         reset = reset_ms / 1000.0
         reset_at = time.time() + reset
@@ -312,7 +313,7 @@ class RedisLimiter:
     async def adjust(self, limits: list[Limit], delta_tokens: int) -> None:
         keys = [self._key(limit.scope, "tpm") for limit in limits if limit.tpm is not None]
         if keys and delta_tokens:
-            await self._adjust_script(keys=keys, args=[self._window_ms, delta_tokens])
+            await self._adjust_script(keys, [self._window_ms, delta_tokens])
 
     async def usage(self, scopes: list[str]) -> dict[tuple[str, str], int]:
         pairs = [(scope, kind) for scope in scopes for kind in ("rpm", "tpm")]
