@@ -9,9 +9,11 @@ ends' addresses, whoever is awake.
 
 The supervisor claims the address first with a socket that is bound, with SO_REUSEPORT, but never listens: the port
 is taken (and port 0 resolved) before any worker starts, and a socket that does not listen is given no connections.
-Only processes of the same user can join a SO_REUSEPORT address. The supervisor starts a new worker when one dies,
-and stops them all on SIGINT or SIGTERM, giving each its graceful shutdown. A worker that could not start (exit status
-`STARTUP_FAILURE`: its app, or its socket, is broken and would break the same way again) stops the whole server.
+Only processes of the same user can join a SO_REUSEPORT address. The supervisor starts a new worker when one dies
+(at once, or, for one that keeps dying within `STABLE_AFTER` seconds of its start, after a wait that doubles up to
+`MAX_RESTART_DELAY`), and stops them all on SIGINT or SIGTERM, giving each its graceful shutdown. A worker that could
+not start (exit status `STARTUP_FAILURE`: its app, or its socket, is broken and would break the same way again) stops
+the whole server.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ log = logging.getLogger("crossroads")
 STARTUP_FAILURE = 3  # uvicorn's exit status for a server that did not start
 CHECK_INTERVAL = 0.5  # seconds between two looks at the workers
 STOP_MARGIN = 5.0  # seconds a worker gets beyond the graceful shutdown before it is killed
+STABLE_AFTER = 10.0  # seconds after which a worker that dies is replaced at once (younger: after a growing wait)
+MAX_RESTART_DELAY = 30.0  # seconds, the longest wait before a worker that keeps dying young is started again
 APP = "crossroads.api.app:create_app"
 
 
@@ -94,11 +98,21 @@ class Supervisor:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
         status = 0
-        processes = [self._start() for _ in range(self.workers)]
+        processes: list[Any] = [self._start() for _ in range(self.workers)]
+        started = [time.monotonic()] * self.workers  # when each slot's process started
+        delays = [0.0] * self.workers  # the wait before the slot's next start, doubled while its workers die young
+        restart_at: list[float | None] = [None] * self.workers
         try:
             while not self._stopping.wait(CHECK_INTERVAL):
+                now = time.monotonic()
                 for index, process in enumerate(processes):
+                    if process is None:  # waiting out its delay
+                        if now >= (restart_at[index] or now):
+                            processes[index], started[index], restart_at[index] = self._start(), now, None
+                        continue
                     if process.is_alive():
+                        if now - started[index] >= STABLE_AFTER:
+                            delays[index] = 0.0
                         continue
                     process.join()
                     if process.exitcode == STARTUP_FAILURE:
@@ -106,11 +120,20 @@ class Supervisor:
                         status = STARTUP_FAILURE
                         self._stopping.set()
                         break
-                    log.warning("worker %s ended unexpectedly (%s); starting another", process.pid,
-                                describe_exit(process.exitcode))
-                    processes[index] = self._start()
+                    # A worker that dies young again and again (a crash at its first request, memory exhausted) is
+                    # started again after a wait that doubles each time, up to MAX_RESTART_DELAY: not in a tight loop.
+                    lived = now - started[index]
+                    delays[index] = min(MAX_RESTART_DELAY, delays[index] * 2 or CHECK_INTERVAL) \
+                        if lived < STABLE_AFTER else 0.0
+                    log.warning("worker %s ended unexpectedly (%s) after %.1f s; starting another%s", process.pid,
+                                describe_exit(process.exitcode), lived,
+                                f" in {delays[index]:g} s" if delays[index] else "")
+                    if delays[index]:
+                        processes[index], restart_at[index] = None, now + delays[index]
+                    else:
+                        processes[index], started[index] = self._start(), now
         finally:
-            self._stop(processes)
+            self._stop([process for process in processes if process is not None])
         return status
 
     def _stop(self, processes: list[Any]) -> None:

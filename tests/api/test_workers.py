@@ -127,19 +127,24 @@ def test_connections_opened_together_spread_over_the_workers(fake_openai: FakeOp
     assert "Traceback" not in gw.log()
 
 
-def test_a_worker_that_dies_is_replaced(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+def test_a_worker_that_dies_is_replaced_and_one_that_keeps_dying_young_waits_longer(fake_openai: FakeOpenAI,
+                                                                                    tmp_path: Path) -> None:
     gw = GatewayProcess(small_config(fake_openai, tmp_path / "data"), tmp_path, args=["--workers", "2"]).start()
     try:
         assert gw.proc is not None
         wait_started(gw, 2)
         workers = worker_pids(gw.proc.pid)
         assert len(workers) == 2, workers
-        os.kill(workers[0], signal.SIGKILL)
-        wait_for(lambda: "ended unexpectedly (killed by SIGKILL); starting another" in gw.log(), 10,
-                 "the supervisor's warning")
-        wait_started(gw, 1, already=2)
-        replaced = worker_pids(gw.proc.pid)
-        assert len(replaced) == 2 and workers[0] not in replaced and workers[1] in replaced, (workers, replaced)
+        victim = workers[0]
+        for round_no, delay in enumerate(("0.5", "1"), start=1):  # each died a few seconds after its start
+            os.kill(victim, signal.SIGKILL)
+            warning = re.compile(rf"worker {victim} ended unexpectedly \(killed by SIGKILL\) after [0-9.]+ s; "
+                                 rf"starting another in {re.escape(delay)} s")
+            wait_for(lambda: warning.search(gw.log()), 10, f"the supervisor's warning for worker {victim}")  # noqa: B023
+            wait_started(gw, 1, already=2 + round_no - 1)
+            replaced = worker_pids(gw.proc.pid)
+            assert len(replaced) == 2 and victim not in replaced and workers[1] in replaced, (workers, replaced)
+            victim = next(pid for pid in replaced if pid != workers[1])
         for _ in range(8):  # new connections each time: whichever worker the kernel picks answers
             resp = httpx.post(gw.url + "/api/v1/chat/completions", json=chat_body(), headers=auth(), timeout=10)
             assert resp.status_code == 200, resp.text
