@@ -111,7 +111,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"crossroads: cannot prepare data_dir {config.server.data_dir!r}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
-    from crossroads.workers import bind_shared
+    from crossroads.workers import STARTUP_FAILURE, Supervisor, bind_shared
 
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
@@ -154,8 +154,6 @@ def serve(args: argparse.Namespace) -> int:
               "use --config)", file=sys.stderr)
 
     import uvicorn
-
-    from crossroads.workers import STARTUP_FAILURE, Supervisor
 
     options = uvicorn_options(config, host=host, port=port, workers=args.workers, log_level=args.log_level)
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die of it (exit status -15/143);

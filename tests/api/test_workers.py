@@ -3,7 +3,6 @@ opened together spread over the workers; a worker that dies is replaced; one tha
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import select
@@ -15,24 +14,15 @@ from pathlib import Path
 
 import httpx
 import orjson
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.api.test_server import MASTER_KEY, auth, chat_body, small_config
 from tests.conftest import GatewayProcess, free_port
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.harness import wait_for
+from tests.observability.test_metrics import chat_requests_by_worker
 
 CONNECTIONS = 32
 BURSTS = 6
-
-
-def requests_by_worker(data_dir: Path) -> dict[int, float]:
-    """Requests each worker process counted (every endpoint), from its own metrics value file."""
-    counted: dict[int, float] = {}
-    for path in glob.glob(str(data_dir / "metrics-multiproc" / "counter_*.db")):
-        pid = int(Path(path).stem.rpartition("_")[2])
-        counted[pid] = sum(sample.value for family in MultiProcessCollector.merge([path]) for sample in family.samples
-                           if sample.name == "crossroads_requests_total")
-    return counted
 
 
 def worker_pids(supervisor: int) -> list[int]:
@@ -49,17 +39,9 @@ def worker_pids(supervisor: int) -> list[int]:
     return pids
 
 
-def wait_for(condition, timeout: float, what: str) -> None:  # noqa: ANN001 - a zero-argument predicate
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def wait_started(gw: GatewayProcess, workers: int, already: int = 0) -> None:
     """Until `workers` more workers than `already` said their application started (each then listens at once)."""
-    wait_for(lambda: gw.log().count("Application startup complete") >= already + workers, 20,
-             f"{workers} worker(s) to start:\n{gw.log()}")
+    wait_for(lambda: gw.log().count("Application startup complete") >= already + workers, 20)
     time.sleep(0.3)
 
 
@@ -102,9 +84,10 @@ def test_connections_opened_together_spread_over_the_workers(fake_openai: FakeOp
     gw = GatewayProcess(small_config(fake_openai, data_dir), tmp_path, args=["--workers", "2"]).start()
     try:
         wait_started(gw, 2)
+        counters = data_dir / "metrics-multiproc"  # each worker's counts, in a file of its own
         body = orjson.dumps(chat_body())
         for burst in range(BURSTS):
-            before = requests_by_worker(data_dir)
+            before = chat_requests_by_worker(counters)
             connections = open_together(gw.port, CONNECTIONS)
             try:
                 for sock in connections:
@@ -114,9 +97,8 @@ def test_connections_opened_together_spread_over_the_workers(fake_openai: FakeOp
                     sock.close()
             # A request is counted just after its answer's last byte: the last few may still be on their way.
             expected = sum(before.values()) + CONNECTIONS
-            wait_for(lambda: sum(requests_by_worker(data_dir).values()) >= expected, 5,  # noqa: B023 - used at once
-                     "every request to be counted")
-            after = requests_by_worker(data_dir)
+            wait_for(lambda: sum(chat_requests_by_worker(counters).values()) >= expected, 5)  # noqa: B023 - used at once
+            after = chat_requests_by_worker(counters)
             served = sorted(after[pid] - before.get(pid, 0) for pid in after)
             assert sum(served) == CONNECTIONS, served
             # Spread by a hash, each worker's share of a burst is binomial(32, 1/2): fewer than 4 has a chance of
@@ -140,7 +122,7 @@ def test_a_worker_that_dies_is_replaced_and_one_that_keeps_dying_young_waits_lon
             os.kill(victim, signal.SIGKILL)
             warning = re.compile(rf"worker {victim} ended unexpectedly \(killed by SIGKILL\) after [0-9.]+ s; "
                                  rf"starting another in {re.escape(delay)} s")
-            wait_for(lambda: warning.search(gw.log()), 10, f"the supervisor's warning for worker {victim}")  # noqa: B023
+            wait_for(lambda: warning.search(gw.log()), 10)  # noqa: B023
             wait_started(gw, 1, already=2 + round_no - 1)
             replaced = worker_pids(gw.proc.pid)
             assert len(replaced) == 2 and victim not in replaced and workers[1] in replaced, (workers, replaced)
