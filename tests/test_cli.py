@@ -479,3 +479,16 @@ def test_workers_argument() -> None:
         result = subprocess.run([sys.executable, "-m", "crossroads", "serve", "--workers", bad],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 2 and "--workers" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_worker_timeout_argument() -> None:
+    from crossroads.cli import _parser
+
+    parse = _parser().parse_args
+    assert parse(["serve"]).worker_timeout == 30
+    assert parse(["serve", "--worker-timeout", "2.5"]).worker_timeout == 2.5
+    for bad in ("0", "0.5", "-1", "inf", "nan", "soon"):
+        result = subprocess.run([sys.executable, "-m", "crossroads", "serve", "--worker-timeout", bad],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert "--worker-timeout" in result.stderr and "Traceback" not in result.stderr, result.stderr

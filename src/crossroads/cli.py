@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from crossroads import __version__
+from crossroads.workers import WORKER_TIMEOUT  # the standard library only: cheap for every subcommand
 
 if TYPE_CHECKING:  # imported lazily at run time: `crossroads --help` and the subcommands load only what they use
     from crossroads.config import Config
@@ -34,6 +35,17 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {port}")
     return port
+
+
+def _seconds(text: str) -> float:
+    """--worker-timeout: seconds, at least 1 (workers beat every half second)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 1 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be at least 1 second, got {text}")
+    return seconds
 
 
 def _workers(text: str) -> int:
@@ -62,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
                                                   "printed)")
     serve.add_argument("--workers", type=_workers, default=1,
                        help="worker processes, or auto: one per core (default: 1)")
+    serve.add_argument("--worker-timeout", type=_seconds, default=WORKER_TIMEOUT, metavar="SECONDS",
+                       help="with --workers above 1: a worker whose event loop has not run for this long (blocked, "
+                            f"or its process stopped) is killed and replaced (default: {WORKER_TIMEOUT:g})")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["json", "text"], default=None,
                        help="json: one JSON object per line; text: key=value for people (default: text on a "
@@ -176,7 +191,8 @@ def serve(args: argparse.Namespace) -> int:
                 return STARTUP_FAILURE
         else:
             with sock:
-                return Supervisor(options, host, port, args.workers, config.server.shutdown_grace).run()
+                return Supervisor(options, host, port, args.workers, config.server.shutdown_grace,
+                                  worker_timeout=args.worker_timeout).run()
     finally:
         _record_serving(config, 0, only_if=args.workers, instance_id=instance_id)
     return 0

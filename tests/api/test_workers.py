@@ -1,5 +1,5 @@
 """`crossroads serve --workers N` (crossroads/workers.py): every worker accepts on a socket of its own, so connections
-opened together spread over the workers; a worker that dies is replaced; one that cannot start stops the server."""
+opened together spread over the workers; a worker that dies, or stops answering, is replaced; one that cannot start stops the server."""
 
 from __future__ import annotations
 
@@ -154,3 +154,37 @@ def test_a_worker_that_cannot_start_stops_the_server(fake_openai: FakeOpenAI, tm
     log = gw.log()
     assert "cannot listen for metrics on 127.0.0.1" in log and "could not start" in log, log
     assert not worker_pids(gw.proc.pid)
+
+
+def test_a_worker_that_stops_answering_is_killed_and_replaced(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    # A stopped process (or a blocked event loop) keeps its listening socket: the kernel would keep handing it
+    # connections nobody answers. Its heartbeat goes stale and the supervisor kills and replaces it; the other
+    # worker, idle but beating, is left alone.
+    gw = GatewayProcess(small_config(fake_openai, tmp_path / "data"), tmp_path,
+                        args=["--workers", "2", "--worker-timeout", "2"]).start()
+    try:
+        assert gw.proc is not None
+        wait_started(gw, 2)
+        workers = worker_pids(gw.proc.pid)
+        assert len(workers) == 2, workers
+        time.sleep(3)  # longer than the timeout: idle workers still beat
+        assert "stopped answering" not in gw.log()
+        victim, survivor = workers
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        warning = re.compile(rf"worker {victim} stopped answering: its event loop has not run for ([0-9.]+) s "
+                             rf"\(more than --worker-timeout 2 s; blocked, or the process stopped\); killed it")
+        wait_for(lambda: warning.search(gw.log()), 10)
+        match = warning.search(gw.log())
+        assert match is not None and 2 < float(match.group(1)) < 4, match
+        assert time.monotonic() - stopped_at < 5
+        wait_started(gw, 1, already=2)
+        replaced = worker_pids(gw.proc.pid)
+        assert len(replaced) == 2 and victim not in replaced and survivor in replaced, (workers, replaced)
+        assert not Path(f"/proc/{victim}").exists()
+        for _ in range(8):  # new connections each time: whichever worker the kernel picks answers
+            resp = httpx.post(gw.url + "/api/v1/chat/completions", json=chat_body(), headers=auth(), timeout=10)
+            assert resp.status_code == 200, resp.text
+    finally:
+        assert gw.stop() == 0
+    assert "Traceback" not in gw.log()
