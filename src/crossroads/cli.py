@@ -232,19 +232,17 @@ CLAIM_TIMEOUT = 10.0  # seconds the database may take to register this instance
 def _share_metrics(config: Any, workers: int) -> None:
     """With several workers, /metrics must report their sum: each keeps its values in files of one directory that
     prometheus_client finds in PROMETHEUS_MULTIPROC_DIR (read when a worker imports it; workers inherit this
-    environment), and a scrape merges them (observability/metrics.py). The directory starts empty: counts start at
-    zero with each start. One worker keeps its values in memory, so the variables are cleared (an inherited one would
-    make it write files). Nothing here imports prometheus_client, which must see these variables first."""
+    environment), and a scrape merges them (observability/metrics.py). The directory is this instance's own and starts
+    empty: counts start at zero with each start, and another instance on the same data_dir keeps its own
+    (observability/multiproc.py). One worker keeps its values in memory, so the variables are cleared (an inherited
+    one would make it write files). Nothing here imports prometheus_client, which must see these variables first."""
     for name in MULTIPROC_VARIABLES:
         os.environ.pop(name, None)
     if workers == 1 or not config.server.metrics.enabled:
         return
-    path = os.path.abspath(os.path.join(config.server.data_dir, "metrics-multiproc"))
-    os.makedirs(path, exist_ok=True)
-    for name in os.listdir(path):
-        if name.endswith(".db"):  # prometheus_client's value files, and nothing else
-            os.remove(os.path.join(path, name))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    from crossroads.observability.multiproc import claim_metrics_dir
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = claim_metrics_dir(config.server.data_dir)
 
 
 def probe_connections(config: Any, timeout: float) -> threading.Thread | None:

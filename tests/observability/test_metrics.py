@@ -355,9 +355,10 @@ def test_disabled_metrics_are_not_served(fakes, tmp_path: Path) -> None:
 
 # -- several workers ---------------------------------------------------------------------------------------------------
 def chat_requests_by_worker(directory: Path) -> dict[int, float]:
-    """Chat requests counted by each worker process, read from its own value file."""
+    """Chat requests counted by each worker process, read from its own value file (in `directory` or an instance's
+    directory under it)."""
     counted: dict[int, float] = {}
-    for path in glob.glob(str(directory / "counter_*.db")):
+    for path in glob.glob(str(directory / "**" / "counter_*.db"), recursive=True):
         pid = int(Path(path).stem.rpartition("_")[2])
         counted[pid] = sum(sample.value for family in MultiProcessCollector.merge([path])
                            for sample in family.samples
@@ -367,14 +368,19 @@ def chat_requests_by_worker(directory: Path) -> dict[int, float]:
 
 def test_workers_report_their_sum(fakes, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    stale = data_dir / "metrics-multiproc"
-    stale.mkdir(parents=True)
-    (stale / "counter_1.db").write_bytes(b"left by an earlier run")  # wiped at start: counts start at zero
+    base = data_dir / "metrics-multiproc"
+    ended = base / "999999"  # an instance that has ended: its lock is free
+    ended.mkdir(parents=True)
+    (ended / ".owner").write_bytes(b"")
+    (ended / "counter_7.db").write_bytes(b"left by an earlier run")
+    (base / "counter_1.db").write_bytes(b"left by an earlier version")  # wiped at start: counts start at zero
     # On a metrics port, which every worker listens on (SO_REUSEPORT): a worker that could not would not start.
     port = free_port()
     gw = GatewayProcess(metrics_config(fakes, data_dir, metrics_port=port), tmp_path, args=["--workers", "2"]).start()
     try:
-        directory = data_dir / "metrics-multiproc"
+        assert gw.proc is not None
+        assert sorted(path.name for path in base.iterdir()) == [str(gw.proc.pid)]  # this instance's own
+        directory = base / str(gw.proc.pid)
         sent = 0
         # New connections each time; go on until both workers have served some (the kernel picks who accepts).
         while sent < 200:
@@ -408,6 +414,48 @@ def test_workers_report_their_sum(fakes, tmp_path: Path) -> None:
     # A stopped worker takes its gauges out of the sum; its counts stay.
     assert not glob.glob(str(directory / "gauge_live*.db"))
     assert sum(chat_requests_by_worker(directory).values()) == sent
+
+
+def test_instances_sharing_a_data_dir_keep_their_own_metrics(fakes, tmp_path: Path) -> None:
+    # Two instances on one host with one data_dir (each --workers 2; a database each, as two instances on one
+    # database need a shared store): each /metrics counts its own requests, and one starting again (its counts from
+    # zero) leaves the other's values alone.
+    data_dir = tmp_path / "data"
+    base = data_dir / "metrics-multiproc"
+
+    def start(name: str) -> GatewayProcess:
+        database = f"sqlite:///{tmp_path / name / 'crossroads.db'}"
+        return GatewayProcess(metrics_config(fakes, data_dir), tmp_path / name, args=["--workers", "2"],
+                              env={"CROSSROADS_DATABASE_URL": database}).start()
+
+    def counted(gw: GatewayProcess, expected: int) -> float:
+        deadline = time.monotonic() + 5  # records are counted in batches, within BATCH_EVERY of each answer
+        while True:
+            total = value(scrape(gw.url), "crossroads_requests_total", endpoint=CHAT, model="test/solo",
+                          connection="alpha", status_class="2xx")
+            if total >= expected or time.monotonic() > deadline:
+                return total
+            time.sleep(0.05)
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = start("a"), start("b")
+    try:
+        for gw, requests in ((first, 3), (second, 5)):
+            for _ in range(requests):
+                assert chat(gw, {"model": "test/solo"}).status_code == 200
+        assert counted(first, 3) == 3 and counted(second, 5) == 5
+        assert first.proc is not None and second.proc is not None
+        assert sorted(path.name for path in base.iterdir()) == sorted([str(first.proc.pid), str(second.proc.pid)])
+        assert first.stop() == 0
+        first = start("a")  # again: from zero, in a directory of its own; the ended one's is removed
+        assert chat(first, {"model": "test/solo"}).status_code == 200
+        assert counted(first, 1) == 1 and counted(second, 5) == 5
+        assert first.proc is not None
+        assert sorted(path.name for path in base.iterdir()) == sorted([str(first.proc.pid), str(second.proc.pid)])
+    finally:
+        first.stop()
+        assert second.stop() == 0
 
 
 # -- the rules themselves --------------------------------------------------------------------------------------------
