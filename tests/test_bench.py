@@ -39,3 +39,21 @@ def test_run_bench_reports_every_target() -> None:
     for target in ("upstream", "floor", "gateway", "gw-quiet", "gw-strict"):
         assert f"| {target} | plain | 1 |" in result.stdout, result.stdout
     assert "## Targets" in result.stdout
+
+
+def test_phases_bench_reports_every_server_and_phase() -> None:
+    result = run_bench("bench/phases.py", "--rounds", "1", "--segment", "0.5")
+    assert result.returncode == 0, result.stderr
+    for server in ("floor", "gateway", "gw-quiet"):
+        for phase in ("pre", "upstream", "post", "total", "client"):
+            assert f"| {server} |" in result.stdout and f"| {phase} |" in result.stdout, result.stdout
+    # Every request was stamped at all four points: as many samples as the client sent.
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[2] in ("total", "client"):
+            rows[(cells[0], cells[2])] = int(cells[1].replace(",", ""))
+    for server in ("floor", "gateway", "gw-quiet"):
+        assert rows[(server, "total")] == rows[(server, "client")] > 100, rows
+    assert "- gateway over the floor, p50 / p99 (µs):" in result.stdout
+    assert "- client p99: gateway" in result.stdout
