@@ -88,6 +88,24 @@ def test_transport_errors_say_what_happened() -> None:
     assert (large.status, large.message) == (502, "Upstream up sent more than its max_response_bytes (1024 bytes)")
 
 
+async def test_connection_failures_name_the_address_and_the_reason() -> None:
+    # Real failures from aiohttp: a refused port and a name that does not resolve. Its own wording says
+    # "ssl:default" for a plain-http upstream; the gateway's says what failed.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, never listening: refused
+        async with aiohttp.ClientSession() as session:
+            for url, expected in ((f"http://127.0.0.1:{port}/v1",
+                                   f"cannot connect to 127.0.0.1:{port} (Connection refused)"),
+                                  ("http://upstream.invalid:8000/v1", "cannot connect to upstream.invalid:8000 (")):
+                with pytest.raises(aiohttp.ClientConnectorError) as raised:
+                    await session.get(url)
+                error = transport_error(connection(), raised.value)
+                assert error.status == 502 and error.message.startswith(f"Could not reach upstream up: {expected}"), \
+                    error.message
+                assert "ssl:default" not in error.message
+
+
 def test_failures_are_recorded_as_the_attempts_outcome() -> None:
     conn = connection()
     ex = exchange(conn)

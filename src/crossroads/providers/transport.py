@@ -10,6 +10,7 @@ Nothing here names a provider type: what differs per upstream (error classificat
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -175,7 +176,15 @@ def transport_error(connection: Connection, exc: BaseException) -> GatewayError:
     if isinstance(exc, TimeoutError):
         return GatewayError(408, f"Upstream {connection.name} timed out after {connection.config.timeout:g} s",
                             metadata=metadata)
-    detail = connection.redact(str(exc) or type(exc).__name__)
+    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError):
+        # aiohttp's own wording names its default TLS setting ("ssl:default") even for a plain-http upstream.
+        cause = exc.os_error
+        # A refusal's own text repeats the address ("Connect call failed ('127.0.0.1', 9)"): the errno's says it.
+        reason = os.strerror(cause.errno) if isinstance(cause.errno, int) and cause.errno > 0 else \
+            cause.strerror or str(cause) or type(cause).__name__
+        detail = connection.redact(f"cannot connect to {exc.host}:{exc.port} ({reason})")
+    else:
+        detail = connection.redact(str(exc) or type(exc).__name__)
     if isinstance(exc, aiohttp.ClientPayloadError):  # it answered, then its body broke off
         return GatewayError(502, f"Upstream {connection.name} broke off its response: {detail}", metadata=metadata)
     return GatewayError(502, f"Could not reach upstream {connection.name}: {detail}", metadata=metadata)
