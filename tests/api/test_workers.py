@@ -61,6 +61,13 @@ def open_together(port: int, count: int) -> list[socket.socket]:
     return connections
 
 
+def every_worker_answers(gw: GatewayProcess) -> None:
+    """Eight requests on new connections each: whichever worker the kernel picks answers them all."""
+    for _ in range(8):
+        resp = httpx.post(gw.url + "/api/v1/chat/completions", json=chat_body(), headers=auth(), timeout=10)
+        assert resp.status_code == 200, resp.text
+
+
 def post_on(sock: socket.socket, port: int, body: bytes) -> None:
     """One chat completion on an open connection (kept alive), its answer read whole."""
     sock.sendall(b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
@@ -127,9 +134,7 @@ def test_a_worker_that_dies_is_replaced_and_one_that_keeps_dying_young_waits_lon
             replaced = worker_pids(gw.proc.pid)
             assert len(replaced) == 2 and victim not in replaced and workers[1] in replaced, (workers, replaced)
             victim = next(pid for pid in replaced if pid != workers[1])
-        for _ in range(8):  # new connections each time: whichever worker the kernel picks answers
-            resp = httpx.post(gw.url + "/api/v1/chat/completions", json=chat_body(), headers=auth(), timeout=10)
-            assert resp.status_code == 200, resp.text
+        every_worker_answers(gw)
     finally:
         assert gw.stop() == 0
     assert "Traceback" not in gw.log()
@@ -182,9 +187,7 @@ def test_a_worker_that_stops_answering_is_killed_and_replaced(fake_openai: FakeO
         replaced = worker_pids(gw.proc.pid)
         assert len(replaced) == 2 and victim not in replaced and survivor in replaced, (workers, replaced)
         assert not Path(f"/proc/{victim}").exists()
-        for _ in range(8):  # new connections each time: whichever worker the kernel picks answers
-            resp = httpx.post(gw.url + "/api/v1/chat/completions", json=chat_body(), headers=auth(), timeout=10)
-            assert resp.status_code == 200, resp.text
+        every_worker_answers(gw)
     finally:
         assert gw.stop() == 0
     assert "Traceback" not in gw.log()
