@@ -485,10 +485,17 @@ def test_worker_timeout_argument() -> None:
     from crossroads.cli import _parser
 
     parse = _parser().parse_args
-    assert parse(["serve"]).worker_timeout == 30
+    assert parse(["serve"]).worker_timeout is None  # the supervisor's default, workers.WORKER_TIMEOUT (30 s)
     assert parse(["serve", "--worker-timeout", "2.5"]).worker_timeout == 2.5
     for bad in ("0", "0.5", "-1", "inf", "nan", "soon"):
         result = subprocess.run([sys.executable, "-m", "crossroads", "serve", "--worker-timeout", bad],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 2, (bad, result.stderr)
         assert "--worker-timeout" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    # With one process it does nothing, and says so (here before the configuration, missing on purpose, is read).
+    result = subprocess.run([sys.executable, "-m", "crossroads", "serve", "--worker-timeout", "5", "--config",
+                             "/nonexistent/crossroads.yaml"], capture_output=True, text=True, timeout=30)
+    assert "note: --worker-timeout watches the workers of --workers above 1" in result.stderr, result.stderr
+    result = subprocess.run([sys.executable, "-m", "crossroads", "serve", "--workers", "2", "--worker-timeout", "5",
+                             "--config", "/nonexistent/crossroads.yaml"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "note:" not in result.stderr, result.stderr

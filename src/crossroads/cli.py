@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                                                   "printed)")
     serve.add_argument("--workers", type=_workers, default=1,
                        help="worker processes, or auto: one per core (default: 1)")
-    serve.add_argument("--worker-timeout", type=_seconds, default=WORKER_TIMEOUT, metavar="SECONDS",
+    serve.add_argument("--worker-timeout", type=_seconds, default=None, metavar="SECONDS",
                        help="with --workers above 1: a worker whose event loop has not run for this long (blocked, "
                             f"or its process stopped) is killed and replaced (default: {WORKER_TIMEOUT:g})")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -112,6 +112,10 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("crossroads: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.worker_timeout is not None and args.workers == 1:
+        # Said, not refused: the option does nothing here, and a user who set it expects a watch.
+        print("crossroads: note: --worker-timeout watches the workers of --workers above 1; a single process is "
+              "watched by what runs it (e.g. a liveness probe on /health)", file=sys.stderr)
     config_path = getattr(args, "config", None)
     if config_path:
         os.environ["CROSSROADS_CONFIG"] = os.path.abspath(config_path)
@@ -192,7 +196,7 @@ def serve(args: argparse.Namespace) -> int:
         else:
             with sock:
                 return Supervisor(options, host, port, args.workers, config.server.shutdown_grace,
-                                  worker_timeout=args.worker_timeout).run()
+                                  worker_timeout=args.worker_timeout or WORKER_TIMEOUT).run()
     finally:
         _record_serving(config, 0, only_if=args.workers, instance_id=instance_id)
     return 0
