@@ -155,6 +155,32 @@ async def test_periods_reset_once_for_everyone(prefix) -> None:
         await tomorrow.close()
 
 
+async def test_period_keys_live_a_period_from_their_first_spend(prefix) -> None:
+    # A period's key gets its lifetime when the first settle creates it; later settles only add (no EXPIRE each);
+    # the total never expires.
+    import redis.asyncio as aioredis
+
+    book = await ledger(prefix)
+    direct = aioredis.Redis.from_url(redis_test_url())
+    try:
+        k = key(5.0, "daily")
+        names = book._keys(k.hash)
+        await book.settle(await book.reserve(chain(k), 0.5, prompt_cost=0, completion_price=0), 0.5)
+        lifetimes = {period: await direct.ttl(names[period]) for period in ("daily", "weekly", "monthly")}
+        assert 2 * 86400 - 5 <= lifetimes["daily"] <= 2 * 86400, lifetimes
+        assert 8 * 86400 - 5 <= lifetimes["weekly"] <= 8 * 86400, lifetimes
+        assert 32 * 86400 - 5 <= lifetimes["monthly"] <= 32 * 86400, lifetimes
+        assert await direct.ttl(names["total"]) == -1
+        await direct.expire(names["daily"], 1000)  # as if the key were older: a later settle leaves its lifetime
+        await book.settle(await book.reserve(chain(k), 0.25, prompt_cost=0, completion_price=0), 0.25)
+        assert 990 <= await direct.ttl(names["daily"]) <= 1000
+        figures = await book.spend(k.hash)
+        assert (figures.total, figures.daily, figures.monthly) == (0.75, 0.75, 0.75)
+    finally:
+        await direct.aclose()
+        await book.close()
+
+
 async def test_reconcile_repairs_lost_spend_and_never_lowers_it(prefix) -> None:
     book = await ledger(prefix)
     try:
