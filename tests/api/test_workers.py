@@ -181,7 +181,7 @@ def test_a_worker_that_stops_answering_is_killed_and_replaced(fake_openai: FakeO
                              rf"\(more than --worker-timeout 2 s; blocked, or the process stopped\); killed it")
         wait_for(lambda: warning.search(gw.log()), 10)
         match = warning.search(gw.log())
-        assert match is not None and 2 < float(match.group(1)) < 4, match
+        assert match is not None and 2 <= float(match.group(1)) < 4, match  # more than 2 s, shown to 0.1 s
         assert time.monotonic() - stopped_at < 5
         wait_started(gw, 1, already=2)
         replaced = worker_pids(gw.proc.pid)
