@@ -439,7 +439,12 @@ def test_instances_sharing_a_data_dir_keep_their_own_metrics(fakes, tmp_path: Pa
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    first, second = start("a"), start("b")
+    first = start("a")
+    try:
+        second = start("b")
+    except BaseException:  # the first one must not outlive the test
+        first.stop()
+        raise
     try:
         for gw, requests in ((first, 3), (second, 5)):
             for _ in range(requests):
