@@ -44,9 +44,10 @@ class ScriptBatch:
         self._connection_args: tuple[str, ...] = ("EVALSHA",) if wants_name else ()
 
     def __call__(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         if not self._pending:  # the first call of this turn sends the batch once the turn's other calls are in
-            asyncio.get_running_loop().call_soon(self._send)
+            loop.call_soon(self._send)
         self._pending.append(([len(keys), *keys, *args], future))
         return future
 
